@@ -1,0 +1,359 @@
+//! The `kenning` command line: `index`, `search`, `status`.
+//!
+//! Results go to stdout (human-readable, or JSON with `--json`); progress bars and warnings go to
+//! stderr, so `kenning search --json ... | jq` works.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::assets::Assets;
+use crate::chunk::Language;
+use crate::embed::{Embedder, FastEmbedder};
+use crate::index::{self, IndexOptions, Progress};
+use crate::paths::Paths;
+use crate::retrieve::{self, SearchRequest};
+use crate::store::{Filter, Store};
+use crate::workspace::WalkOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "kenning", version, about = "A language server that knows the repository it runs in")]
+pub struct Cli {
+    /// Cache root for assets and indexes (default: ~/.cache/kenning).
+    #[arg(long, global = true, env = "KENNING_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Index a workspace (incremental: only changed files are re-read and re-embedded).
+    Index(IndexArgs),
+    /// Search the index: keyword (BM25) and semantic (vector) results, fused.
+    Search(SearchArgs),
+    /// Show what the index holds and whether the assets are in place.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Index directory (default: a per-workspace directory under the cache root).
+    #[arg(long)]
+    index_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct IndexArgs {
+    /// Workspace root.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    #[command(flatten)]
+    target: Target,
+    /// Store text only (keyword search); skip embeddings.
+    #[arg(long)]
+    no_embed: bool,
+    /// Skip files larger than this many bytes.
+    #[arg(long, default_value_t = crate::workspace::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Threads for ONNX Runtime (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    embed_threads: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// List every skipped file with its reason.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// What to look for: words, identifiers, or a question.
+    query: String,
+    /// Workspace root whose index to search.
+    #[arg(long, short = 'w', default_value = ".")]
+    workspace: PathBuf,
+    #[command(flatten)]
+    target: Target,
+    /// Number of results.
+    #[arg(long, short = 'k', default_value_t = 10)]
+    k: usize,
+    /// Only this language (rust, python, javascript, typescript, tsx, go, java, c, cpp, text).
+    #[arg(long)]
+    lang: Option<String>,
+    /// Only paths matching this glob (e.g. 'src/**/*.rs').
+    #[arg(long)]
+    path: Option<String>,
+    /// At most this many results from one file.
+    #[arg(long, default_value_t = 2)]
+    per_file: usize,
+    /// Keyword search only (no embedding model needed).
+    #[arg(long)]
+    no_embed: bool,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Workspace root.
+    #[arg(long, short = 'w', default_value = ".")]
+    workspace: PathBuf,
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses arguments and runs the command.
+pub async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = cli.cache_dir.map(Paths::with_root).unwrap_or_else(Paths::from_env);
+    match cli.command {
+        Command::Index(args) => index_cmd(&paths, args).await,
+        Command::Search(args) => search_cmd(&paths, args).await,
+        Command::Status(args) => status_cmd(&paths, args).await,
+    }
+}
+
+fn workspace_root(path: &Path) -> Result<PathBuf> {
+    let root = path.canonicalize().with_context(|| format!("workspace {} not found", path.display()))?;
+    if !root.is_dir() {
+        bail!("workspace {} is not a directory", root.display());
+    }
+    Ok(root)
+}
+
+fn index_dir(paths: &Paths, target: &Target, root: &Path) -> PathBuf {
+    target.index_dir.clone().unwrap_or_else(|| paths.index_for(root))
+}
+
+fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>> {
+    let embedder = FastEmbedder::load(&Assets::new(paths.assets()), threads)
+        .context("cannot load the embedding model (use --no-embed for keyword search only)")?;
+    Ok(Arc::new(embedder))
+}
+
+async fn open_store(dir: &Path) -> Result<Store> {
+    Store::open(dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM)
+        .await
+        .with_context(|| format!("cannot open the index at {}", dir.display()))
+}
+
+async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
+    let root = workspace_root(&args.path)?;
+    let dir = index_dir(paths, &args.target, &root);
+    let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
+    let store = open_store(&dir).await?;
+    let bars = Arc::new(Bars::new(!args.json));
+    let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() } };
+    let summary = index::index_workspace(&root, &store, embedder, &options, bars.clone()).await?;
+    bars.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let stats = store.stats().await?;
+    println!("indexed {} into {}", root.display(), dir.display());
+    println!(
+        "  files: {} seen, {} changed, {} unchanged, {} removed, {} skipped",
+        summary.files_seen,
+        summary.files_changed,
+        summary.files_unchanged,
+        summary.files_removed,
+        summary.skipped.len()
+    );
+    println!(
+        "  chunks: {} written; vectors: {} embedded, {} reused",
+        summary.chunks_written, summary.vectors_computed, summary.vectors_reused
+    );
+    if !summary.languages.is_empty() {
+        let langs: Vec<String> = summary.languages.iter().map(|(l, n)| format!("{l} {n}")).collect();
+        println!("  new chunks by language: {}", langs.join(", "));
+    }
+    println!(
+        "  index: {} files, {} chunks, {} vectors, {:.1} MB on disk",
+        stats.files,
+        stats.chunks,
+        stats.vectors,
+        stats.bytes_on_disk as f64 / 1e6
+    );
+    println!(
+        "  time: keyword search ready after {:.2}s, vectors after {:.2}s, total {:.2}s",
+        summary.text_ready.as_secs_f64(),
+        summary.vectors_ready.as_secs_f64(),
+        summary.total.as_secs_f64()
+    );
+    if summary.files_lossy_utf8 > 0 {
+        println!("  {} files were not valid UTF-8 and were read with replacement characters", summary.files_lossy_utf8);
+    }
+    if args.verbose {
+        for (path, reason) in &summary.skipped {
+            println!("  skipped {path}: {reason}");
+        }
+    }
+    Ok(())
+}
+
+async fn search_cmd(paths: &Paths, args: SearchArgs) -> Result<()> {
+    let root = workspace_root(&args.workspace)?;
+    let dir = index_dir(paths, &args.target, &root);
+    if !dir.exists() {
+        bail!("no index for {} at {}: run `kenning index {}` first", root.display(), dir.display(), root.display());
+    }
+    let language = match &args.lang {
+        Some(l) => Some(Language::from_name(l).with_context(|| format!("unknown language `{l}` (--lang)"))?),
+        None => None,
+    };
+    let path_glob = match &args.path {
+        Some(g) => Some(globset::Glob::new(g).with_context(|| format!("invalid glob `{g}` (--path)"))?.compile_matcher()),
+        None => None,
+    };
+    let store = open_store(&dir).await?;
+    let embedder = if args.no_embed {
+        None
+    } else {
+        match load_embedder(paths, 0) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("warning: {e:#}; showing keyword results only");
+                None
+            }
+        }
+    };
+    let request = SearchRequest {
+        query: args.query.clone(),
+        k: args.k,
+        per_file: args.per_file.max(1),
+        filter: Filter { language, path_glob },
+    };
+    let hits = retrieve::search(&store, embedder, &request).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&hits)?);
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("no results for {:?}", args.query);
+    }
+    for (i, hit) in hits.iter().enumerate() {
+        let found_by: Vec<String> = [("keyword", hit.text_rank), ("vector", hit.vector_rank)]
+            .into_iter()
+            .filter_map(|(name, rank)| rank.map(|r| format!("{name} #{r}")))
+            .collect();
+        println!("{}. {}  {}  [{}]", i + 1, hit.citation, hit.symbol, found_by.join(", "));
+        for line in hit.text.lines().filter(|l| !l.trim().is_empty()).take(4) {
+            println!("     {line}");
+        }
+    }
+    Ok(())
+}
+
+async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
+    let root = workspace_root(&args.workspace)?;
+    let dir = index_dir(paths, &args.target, &root);
+    let assets = Assets::new(paths.assets());
+    let asset_state: Vec<(String, String)> = assets
+        .specs()
+        .iter()
+        .map(|s| (s.name.clone(), assets.path(&s.name).map_or_else(|e| e.to_string(), |p| p.display().to_string())))
+        .collect();
+    let stats = if dir.exists() { Some(open_store(&dir).await?.stats().await?) } else { None };
+    if args.json {
+        let json = serde_json::json!({
+            "workspace": root, "index_dir": dir, "index": stats,
+            "assets": asset_state.iter().map(|(n, s)| serde_json::json!({"name": n, "state": s})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("workspace: {}", root.display());
+    println!("index:     {}", dir.display());
+    match stats {
+        Some(s) => println!(
+            "           {} files, {} chunks, {} vectors ({}), {:.1} MB; keyword index: {}, vector index: {}",
+            s.files,
+            s.chunks,
+            s.vectors,
+            FastEmbedder::MODEL_ID,
+            s.bytes_on_disk as f64 / 1e6,
+            if s.has_text_index { "yes" } else { "no" },
+            if s.has_vector_index { "yes" } else { "no (flat scan)" }
+        ),
+        None => println!("           not indexed yet: run `kenning index {}`", root.display()),
+    }
+    println!("assets:    {}", assets.root().display());
+    for (name, state) in asset_state {
+        println!("  {name:<24} {state}");
+    }
+    Ok(())
+}
+
+/// Progress bars on stderr for `kenning index`.
+struct Bars {
+    multi: MultiProgress,
+    files: ProgressBar,
+    chunks: ProgressBar,
+    embed: ProgressBar,
+}
+
+impl Bars {
+    fn new(visible: bool) -> Self {
+        let multi = MultiProgress::new();
+        if !visible {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let spinner = |prefix: &str| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(ProgressStyle::with_template("{prefix:>10} {spinner} {pos} {msg}").expect("valid template"));
+            bar.set_prefix(prefix.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        };
+        let files = spinner("files");
+        let chunks = spinner("chunks");
+        let embed = multi.add(ProgressBar::new(0));
+        embed.set_style(
+            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        embed.set_prefix("embeddings");
+        Self { multi, files, chunks, embed }
+    }
+
+    fn finish(&self) {
+        for bar in [&self.files, &self.chunks, &self.embed] {
+            bar.finish();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+impl Progress for Bars {
+    fn file_done(&self) {
+        self.files.inc(1);
+    }
+    fn chunks_stored(&self, n: usize) {
+        self.chunks.inc(n as u64);
+    }
+    fn text_searchable(&self) {
+        self.files.set_message("done");
+        self.chunks.set_message("stored, keyword search ready");
+    }
+    fn embedding_started(&self, total: usize) {
+        self.embed.set_length(total as u64);
+    }
+    fn embedded(&self, n: usize) {
+        self.embed.inc(n as u64);
+    }
+    fn optimizing(&self) {
+        self.embed.set_message("optimizing the index");
+    }
+}

@@ -1,0 +1,318 @@
+//! The indexing pipeline: walk → read → chunk → store text → embed → store vectors → optimize.
+//!
+//! Incremental by construction: a file whose size and mtime match the index is not read; one whose
+//! content hash matches is not re-chunked; a changed file's chunks are replaced, and those whose
+//! text did not change keep their embedding. Files gone from the workspace (or now excluded) are
+//! removed. Walking, reading and chunking run on the walker's threads; embedding runs on a blocking
+//! thread; the async side only writes.
+//!
+//! The text of every changed file is stored before any embedding starts, and the full-text index is
+//! built right after the first write, so keyword search works while vectors are still computed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::chunk::{self, Chunk, Language};
+use crate::embed::{EmbedError, Embedder, Purpose};
+use crate::store::{Store, StoreError, StoredFile};
+use crate::workspace::{self, SkipReason, WalkItem, WalkOptions};
+
+/// Chunks gathered before one write to the store.
+const WRITE_BATCH_CHUNKS: usize = 2_000;
+/// Files gathered before one write to the store (many small files).
+const WRITE_BATCH_FILES: usize = 500;
+/// Chunks embedded between two writes of vectors.
+const EMBED_SLICE: usize = 512;
+/// Items in flight between the walker threads and the writer.
+const CHANNEL_CAPACITY: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+}
+
+/// Options of one indexing run.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    pub walk: WalkOptions,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self { walk: WalkOptions::default() }
+    }
+}
+
+/// Callbacks for progress reporting (CLI bars, LSP `$/progress`). All default to nothing.
+pub trait Progress: Send + Sync {
+    fn file_done(&self) {}
+    fn chunks_stored(&self, _n: usize) {}
+    fn text_searchable(&self) {}
+    fn embedding_started(&self, _total: usize) {}
+    fn embedded(&self, _n: usize) {}
+    fn optimizing(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct IndexSummary {
+    pub files_seen: usize,
+    pub files_changed: usize,
+    pub files_unchanged: usize,
+    pub files_removed: usize,
+    pub files_lossy_utf8: usize,
+    pub skipped: Vec<(String, String)>,
+    pub chunks_written: usize,
+    pub vectors_computed: usize,
+    pub vectors_reused: usize,
+    /// From the start of the run until keyword search covered every changed file.
+    pub text_ready: Duration,
+    /// From the start of the run until every chunk had its vector.
+    pub vectors_ready: Duration,
+    pub total: Duration,
+    pub languages: Vec<(String, usize)>,
+}
+
+/// What the walker threads hand to the writer.
+enum Work {
+    Unchanged(String),
+    /// Same content, new mtime: only the file row changes.
+    Touched(StoredFile),
+    Changed { file: StoredFile, chunks: Vec<Chunk>, lossy: bool },
+    Skipped(String, SkipReason),
+}
+
+/// The text embedded for a chunk: where it lives, what it defines, then the code.
+pub fn embedding_text(chunk: &Chunk) -> String {
+    if chunk.symbol.is_empty() {
+        format!("{}\n{}", chunk.path, chunk.text)
+    } else {
+        format!("{} {}\n{}", chunk.path, chunk.symbol, chunk.text)
+    }
+}
+
+/// Indexes `root` into `store`. Without an embedder only text (BM25) is indexed.
+pub async fn index_workspace(
+    root: &Path,
+    store: &Store,
+    embedder: Option<Arc<dyn Embedder>>,
+    options: &IndexOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<IndexSummary, IndexError> {
+    let started = Instant::now();
+    if !root.is_dir() {
+        return Err(IndexError::NotADirectory(root.to_owned()));
+    }
+    let known = Arc::new(store.files().await?);
+    let mut summary = IndexSummary::default();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Work>(CHANNEL_CAPACITY);
+    let walker = {
+        let root = root.to_owned();
+        let known = Arc::clone(&known);
+        let walk_options = options.walk.clone();
+        let progress = Arc::clone(&progress);
+        tokio::task::spawn_blocking(move || {
+            workspace::walk(&root, &walk_options, |item| {
+                let work = classify(item, &known, walk_options.max_file_bytes);
+                progress.file_done();
+                // A closed channel means the writer failed; its error is reported, not this one.
+                let _ = tx.blocking_send(work);
+            });
+        })
+    };
+
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut languages: HashMap<Language, usize> = HashMap::new();
+    let mut pending = Batch::default();
+    let mut touched: Vec<StoredFile> = Vec::new();
+    let mut text_indexed = false;
+    while let Some(work) = rx.recv().await {
+        match work {
+            Work::Unchanged(path) => {
+                summary.files_unchanged += 1;
+                seen.insert(path);
+            }
+            Work::Touched(file) => {
+                summary.files_unchanged += 1;
+                seen.insert(file.path.clone());
+                touched.push(file);
+            }
+            Work::Changed { file, chunks, lossy } => {
+                summary.files_changed += 1;
+                summary.files_lossy_utf8 += usize::from(lossy);
+                for c in &chunks {
+                    *languages.entry(c.language).or_default() += 1;
+                }
+                seen.insert(file.path.clone());
+                pending.add(file, chunks);
+                if pending.is_full() {
+                    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused).await?;
+                    if !text_indexed {
+                        text_indexed = store.ensure_text_index().await?;
+                    }
+                }
+            }
+            Work::Skipped(path, reason) => summary.skipped.push((path, reason.to_string())),
+        }
+    }
+    walker.await.expect("the walker thread does not panic");
+    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused).await?;
+    if !touched.is_empty() {
+        store.record_files(&touched).await?;
+    }
+
+    // Anything indexed before but not seen now is gone (deleted, ignored, or now filtered out),
+    // including chunks an interrupted run left for files it never recorded.
+    let mut stale: Vec<String> = known.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+    stale.extend(store.chunk_paths().await?.into_iter().filter(|p| !seen.contains(p) && !known.contains_key(p)));
+    if !stale.is_empty() {
+        let refs: Vec<&str> = stale.iter().map(String::as_str).collect();
+        store.remove_paths(&refs).await?;
+    }
+    summary.files_removed = stale.len();
+    store.ensure_text_index().await?;
+    summary.text_ready = started.elapsed();
+    progress.text_searchable();
+
+    if let Some(embedder) = embedder {
+        summary.vectors_computed = embed_missing(store, embedder, &progress).await?;
+    }
+    summary.vectors_ready = started.elapsed();
+
+    let changed = summary.files_changed + summary.files_removed + touched.len() > 0;
+    if changed || summary.vectors_computed > 0 {
+        progress.optimizing();
+        store.ensure_vector_index().await?;
+        store.optimize().await?;
+    }
+    summary.files_seen = seen.len() + summary.skipped.len();
+    summary.skipped.sort();
+    let mut languages: Vec<(String, usize)> = languages.into_iter().map(|(l, n)| (l.name().to_owned(), n)).collect();
+    languages.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    summary.languages = languages;
+    summary.total = started.elapsed();
+    Ok(summary)
+}
+
+/// Decides, on a walker thread, what a walked file needs.
+fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes: u64) -> Work {
+    let meta = match item {
+        WalkItem::Skipped { rel_path, reason } => return Work::Skipped(rel_path, reason),
+        WalkItem::File(meta) => meta,
+    };
+    let previous = known.get(&meta.rel_path);
+    if previous.is_some_and(|p| p.size == meta.size && p.mtime_ns == meta.mtime_ns) {
+        return Work::Unchanged(meta.rel_path);
+    }
+    let rel_path = meta.rel_path.clone();
+    let source = match workspace::read_source(meta, max_file_bytes) {
+        Ok(s) => s,
+        Err(reason) => return Work::Skipped(rel_path, reason),
+    };
+    let file = StoredFile {
+        path: source.meta.rel_path.clone(),
+        hash: source.hash.clone(),
+        size: source.meta.size,
+        mtime_ns: source.meta.mtime_ns,
+        chunks: 0,
+    };
+    if let Some(p) = previous
+        && p.hash == source.hash
+    {
+        return Work::Touched(StoredFile { chunks: p.chunks, ..file });
+    }
+    let language = Language::from_path(&file.path);
+    let chunks = chunk::chunk_file(&file.path, language, &source.text);
+    Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy }
+}
+
+/// Changed files waiting to be written together.
+#[derive(Default)]
+struct Batch {
+    files: Vec<StoredFile>,
+    chunks: Vec<Chunk>,
+}
+
+impl Batch {
+    fn add(&mut self, file: StoredFile, chunks: Vec<Chunk>) {
+        self.files.push(file);
+        self.chunks.extend(chunks);
+    }
+
+    fn is_full(&self) -> bool {
+        self.chunks.len() >= WRITE_BATCH_CHUNKS || self.files.len() >= WRITE_BATCH_FILES
+    }
+
+    /// Writes the batch, carrying over the vectors of chunks whose text did not change.
+    async fn write(
+        &mut self,
+        store: &Store,
+        reuse_vectors: bool,
+        known: &HashMap<String, StoredFile>,
+        progress: &Arc<dyn Progress>,
+        reused: &mut usize,
+    ) -> Result<usize, StoreError> {
+        if self.files.is_empty() {
+            return Ok(0);
+        }
+        let previously: Vec<&str> =
+            self.files.iter().map(|f| f.path.as_str()).filter(|p| known.contains_key(*p)).collect();
+        let old_vectors = if reuse_vectors && !previously.is_empty() {
+            store.vectors_by_content(&previously).await?
+        } else {
+            HashMap::new()
+        };
+        store.replace_files(&self.files, &self.chunks).await?;
+        let (keep, vectors): (Vec<&Chunk>, Vec<Vec<f32>>) = self
+            .chunks
+            .iter()
+            .filter_map(|c| old_vectors.get(&c.content_hash).map(|v| (c, v.clone())))
+            .unzip();
+        store.add_vectors(&keep, &vectors).await?;
+        *reused += keep.len();
+        let written = self.chunks.len();
+        progress.chunks_stored(written);
+        self.files.clear();
+        self.chunks.clear();
+        Ok(written)
+    }
+}
+
+/// Embeds every chunk that has no vector yet; returns how many were embedded.
+async fn embed_missing(store: &Store, embedder: Arc<dyn Embedder>, progress: &Arc<dyn Progress>) -> Result<usize, IndexError> {
+    let missing = store.chunks_missing_vectors().await?;
+    progress.embedding_started(missing.len());
+    let missing = Arc::new(missing);
+    let mut total = 0;
+    for start in (0..missing.len()).step_by(EMBED_SLICE) {
+        let end = (start + EMBED_SLICE).min(missing.len());
+        let vectors = {
+            let missing = Arc::clone(&missing);
+            let embedder = Arc::clone(&embedder);
+            tokio::task::spawn_blocking(move || {
+                let texts: Vec<String> = missing[start..end].iter().map(embedding_text).collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                embedder.embed(&refs, Purpose::Document)
+            })
+            .await
+            .expect("the embedding thread does not panic")?
+        };
+        let chunks: Vec<&Chunk> = missing[start..end].iter().collect();
+        store.add_vectors(&chunks, &vectors).await?;
+        total += chunks.len();
+        progress.embedded(chunks.len());
+    }
+    Ok(total)
+}

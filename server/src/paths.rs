@@ -1,0 +1,73 @@
+//! Where kenning keeps things on disk: the cache root, the pinned assets, and one index per workspace.
+//!
+//! The cache root is `$KENNING_CACHE_DIR`, else `$XDG_CACHE_HOME/kenning`, else the platform cache
+//! directory (`~/.cache/kenning` on Linux, `~/Library/Caches/kenning` on macOS). `scripts/fetch_assets.py`
+//! resolves the same root, so the binary finds what the setup script installed.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable that overrides the cache root.
+pub const CACHE_DIR_ENV: &str = "KENNING_CACHE_DIR";
+
+/// The directories kenning reads and writes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    cache: PathBuf,
+}
+
+impl Paths {
+    /// Resolves the cache root from the environment.
+    pub fn from_env() -> Self {
+        let cache = std::env::var_os(CACHE_DIR_ENV)
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kenning")))
+            .or_else(|| dirs::cache_dir().map(|d| d.join("kenning")))
+            .unwrap_or_else(|| PathBuf::from(".kenning-cache"));
+        Self { cache }
+    }
+
+    /// Uses `cache` as the root (tests, explicit configuration).
+    pub fn with_root(cache: impl Into<PathBuf>) -> Self {
+        Self { cache: cache.into() }
+    }
+
+    pub fn cache(&self) -> &Path {
+        &self.cache
+    }
+
+    /// Where `scripts/setup` installs the pinned assets.
+    pub fn assets(&self) -> PathBuf {
+        self.cache.join("assets")
+    }
+
+    /// The default index directory of a workspace: `indexes/<dir name>-<hash of the canonical path>`,
+    /// so two checkouts with the same name never share an index.
+    pub fn index_for(&self, workspace: &Path) -> PathBuf {
+        let canonical = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
+        let name = canonical
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".to_owned());
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        let digest = blake3::hash(canonical.to_string_lossy().as_bytes()).to_hex();
+        self.cache.join("indexes").join(format!("{name}-{}", &digest[..12]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_dirs_differ_for_same_named_workspaces() {
+        let paths = Paths::with_root("/cache");
+        let a = paths.index_for(Path::new("/nonexistent/a/proj"));
+        let b = paths.index_for(Path::new("/nonexistent/b/proj"));
+        assert_ne!(a, b);
+        assert!(a.file_name().unwrap().to_string_lossy().starts_with("proj-"));
+        assert!(a.starts_with("/cache/indexes"));
+    }
+}

@@ -1,0 +1,630 @@
+//! The index on disk: an embedded Lance database (the `lancedb` crate). The only module that knows Lance.
+//!
+//! Three tables live in the index directory:
+//! - `chunks`: text and metadata of every chunk, with a BM25 full-text index on `text` (code
+//!   tokenizer, identifiers split). Written first, so keyword search works before any embedding.
+//! - `vectors`: one embedding per chunk id (plus path/language for filtering and the content hash
+//!   for reuse), filled as embeddings are computed; an IVF-HNSW-SQ index once it is large enough.
+//! - `files`: one row per indexed file with its content hash, size and mtime. A file's row is
+//!   written only after its chunks, so it marks the file as done: a run killed half-way leaves files
+//!   without rows (or with old hashes), and the next run redoes exactly those.
+//!
+//! `kenning-index.json` beside the tables records the embedding model; vectors from another model are
+//! dropped rather than mixed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{
+    Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use futures::TryStreamExt;
+use globset::GlobMatcher;
+use lancedb::index::scalar::{FullTextSearchQuery, InvertedIndexParams};
+use lancedb::index::vector::IvfHnswSqIndexBuilder;
+use lancedb::index::{Index, IndexType};
+use lancedb::query::{ExecutableQuery, QueryBase, Select};
+use lancedb::table::OptimizeAction;
+use lancedb::{Connection, DistanceType, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{Chunk, Language};
+
+const CHUNKS: &str = "chunks";
+const VECTORS: &str = "vectors";
+const FILES: &str = "files";
+const META_FILE: &str = "kenning-index.json";
+/// Bumped when the table layout changes; an index of another version is rebuilt.
+const FORMAT_VERSION: u32 = 1;
+/// Below this many vectors a flat scan is fast enough and an IVF index would be poorly trained.
+pub const VECTOR_INDEX_MIN_ROWS: usize = 10_000;
+/// Paths per `IN (...)` list in one SQL predicate.
+const PATHS_PER_PREDICATE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("index at {path}: {source}")]
+    Lance { path: PathBuf, source: lancedb::Error },
+    #[error("index at {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("index at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the index knows about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub path: String,
+    pub hash: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub chunks: u32,
+}
+
+/// Restricts a search to a language and/or a path glob.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub language: Option<Language>,
+    pub path_glob: Option<GlobMatcher>,
+}
+
+impl Filter {
+    fn sql(&self) -> Option<String> {
+        self.language.map(|l| format!("language = '{}'", l.name()))
+    }
+
+    fn keeps(&self, path: &str) -> bool {
+        self.path_glob.as_ref().is_none_or(|g| g.is_match(path))
+    }
+
+    /// How many more rows to ask for so that post-filtering on the glob still leaves `k`.
+    fn overfetch(&self, k: usize) -> usize {
+        if self.path_glob.is_some() { k * 10 } else { k }
+    }
+}
+
+/// Sizes of the index.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStats {
+    pub files: usize,
+    pub chunks: usize,
+    pub vectors: usize,
+    pub bytes_on_disk: u64,
+    pub has_text_index: bool,
+    pub has_vector_index: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Meta {
+    format: u32,
+    embed_model: String,
+    dim: usize,
+}
+
+/// An open index.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    dim: usize,
+    chunks: Table,
+    vectors: Table,
+    files: Table,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).field("dim", &self.dim).finish()
+    }
+}
+
+fn chunks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("language", DataType::Utf8, false),
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("start_line", DataType::UInt32, false),
+        Field::new("end_line", DataType::UInt32, false),
+        Field::new("start_byte", DataType::UInt64, false),
+        Field::new("end_byte", DataType::UInt64, false),
+        Field::new("content_hash", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]))
+}
+
+fn vectors_schema(dim: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("language", DataType::Utf8, false),
+        Field::new("content_hash", DataType::Utf8, false),
+        Field::new(
+            "vector",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim as i32),
+            false,
+        ),
+    ]))
+}
+
+fn files_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("hash", DataType::Utf8, false),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("mtime_ns", DataType::Int64, false),
+        Field::new("chunks", DataType::UInt32, false),
+    ]))
+}
+
+/// Quotes a string for a SQL predicate.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn in_list<'a>(column: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    let list: Vec<String> = values.into_iter().map(quote).collect();
+    format!("{column} IN ({})", list.join(", "))
+}
+
+impl Store {
+    /// Opens the index in `dir`, creating it if needed. Vectors made by another embedding model
+    /// (or of another dimension) are dropped; an index of another format version is rebuilt.
+    pub async fn open(dir: &Path, embed_model: &str, dim: usize) -> Result<Self> {
+        let io = |source| StoreError::Io { path: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let meta_path = dir.join(META_FILE);
+        let wanted = Meta { format: FORMAT_VERSION, embed_model: embed_model.to_owned(), dim };
+        let existing: Option<Meta> = std::fs::read(&meta_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+
+        let uri = dir.to_str().ok_or_else(|| StoreError::Invalid {
+            path: dir.to_owned(),
+            message: "the index path is not valid UTF-8".into(),
+        })?;
+        let lance = |source| StoreError::Lance { path: dir.to_owned(), source };
+        let db = lancedb::connect(uri).execute().await.map_err(lance)?;
+        let names = db.table_names().execute().await.map_err(lance)?;
+
+        let rebuild_all = existing.as_ref().is_some_and(|m| m.format != FORMAT_VERSION);
+        let rebuild_vectors = rebuild_all || existing.as_ref().is_some_and(|m| *m != wanted);
+        for (name, drop) in [(CHUNKS, rebuild_all), (FILES, rebuild_all), (VECTORS, rebuild_vectors)] {
+            if drop && names.iter().any(|n| n == name) {
+                db.drop_table(name, &[]).await.map_err(lance)?;
+            }
+        }
+        let names = db.table_names().execute().await.map_err(lance)?;
+        let chunks = open_or_create(&db, &names, CHUNKS, chunks_schema()).await.map_err(lance)?;
+        let vectors = open_or_create(&db, &names, VECTORS, vectors_schema(dim)).await.map_err(lance)?;
+        let files = open_or_create(&db, &names, FILES, files_schema()).await.map_err(lance)?;
+        if existing.as_ref() != Some(&wanted) {
+            let json = serde_json::to_vec_pretty(&wanted).expect("meta serializes");
+            std::fs::write(&meta_path, json).map_err(io)?;
+        }
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn err(&self, source: lancedb::Error) -> StoreError {
+        StoreError::Lance { path: self.dir.clone(), source }
+    }
+
+    /// Every file the index holds, by path.
+    pub async fn files(&self) -> Result<HashMap<String, StoredFile>> {
+        let batches = collect(self.files.query().execute().await.map_err(|e| self.err(e))?)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = HashMap::new();
+        for b in &batches {
+            let path = b.column_by_name("path").unwrap().as_string::<i32>();
+            let hash = b.column_by_name("hash").unwrap().as_string::<i32>();
+            let size = b.column_by_name("size").unwrap().as_primitive::<UInt64Type>();
+            let mtime = b.column_by_name("mtime_ns").unwrap().as_primitive::<Int64Type>();
+            let chunks = b.column_by_name("chunks").unwrap().as_primitive::<UInt32Type>();
+            for i in 0..b.num_rows() {
+                let f = StoredFile {
+                    path: path.value(i).to_owned(),
+                    hash: hash.value(i).to_owned(),
+                    size: size.value(i),
+                    mtime_ns: mtime.value(i),
+                    chunks: chunks.value(i),
+                };
+                out.insert(f.path.clone(), f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Paths that have chunks (including leftovers of an interrupted run).
+    pub async fn chunk_paths(&self) -> Result<HashSet<String>> {
+        let stream = self
+            .chunks
+            .query()
+            .select(Select::columns(&["path"]))
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        let batches = collect(stream).await.map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for b in &batches {
+            let path = b.column(0).as_string::<i32>();
+            out.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces everything stored for `files` with `chunks`, then records the files as done.
+    pub async fn replace_files(&self, files: &[StoredFile], chunks: &[Chunk]) -> Result<()> {
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        self.delete_paths(&[&self.chunks, &self.vectors], &paths).await?;
+        if !chunks.is_empty() {
+            self.chunks.add(chunk_batch(chunks)).execute().await.map_err(|e| self.err(e))?;
+        }
+        self.delete_paths(&[&self.files], &paths).await?;
+        if !files.is_empty() {
+            self.files.add(files_batch(files)).execute().await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Records files whose chunks are already stored (content unchanged, new mtime).
+    pub async fn record_files(&self, files: &[StoredFile]) -> Result<()> {
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        self.delete_paths(&[&self.files], &paths).await?;
+        self.files.add(files_batch(files)).execute().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Removes every trace of `paths`.
+    pub async fn remove_paths(&self, paths: &[&str]) -> Result<()> {
+        self.delete_paths(&[&self.chunks, &self.vectors, &self.files], paths).await
+    }
+
+    async fn delete_paths(&self, tables: &[&Table], paths: &[&str]) -> Result<()> {
+        for group in paths.chunks(PATHS_PER_PREDICATE) {
+            let predicate = in_list("path", group.iter().copied());
+            for table in tables {
+                table.delete(predicate.as_str()).await.map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeddings already stored for chunks of `paths`, by content hash (reused when a file
+    /// changes but most of its chunks do not).
+    pub async fn vectors_by_content(&self, paths: &[&str]) -> Result<HashMap<String, Vec<f32>>> {
+        let mut out = HashMap::new();
+        for group in paths.chunks(PATHS_PER_PREDICATE) {
+            let stream = self
+                .vectors
+                .query()
+                .only_if(in_list("path", group.iter().copied()))
+                .select(Select::columns(&["content_hash", "vector"]))
+                .execute()
+                .await
+                .map_err(|e| self.err(e))?;
+            for b in collect(stream).await.map_err(|e| self.err(e))? {
+                let hash = b.column(0).as_string::<i32>();
+                let vectors = b.column(1).as_fixed_size_list();
+                for i in 0..b.num_rows() {
+                    let v = vectors.value(i);
+                    let v = v.as_primitive::<Float32Type>();
+                    out.insert(hash.value(i).to_owned(), v.values().to_vec());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores one vector per chunk.
+    pub async fn add_vectors(&self, chunks: &[&Chunk], vectors: &[Vec<f32>]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        if let Some(bad) = vectors.iter().find(|v| v.len() != self.dim) {
+            return Err(StoreError::Invalid {
+                path: self.dir.clone(),
+                message: format!("vector of dimension {}, index expects {}", bad.len(), self.dim),
+            });
+        }
+        let batch = vector_batch(chunks, vectors, self.dim);
+        self.vectors.add(batch).execute().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Chunks that have no vector yet (new, or left by an interrupted run).
+    pub async fn chunks_missing_vectors(&self) -> Result<Vec<Chunk>> {
+        let stream = self
+            .vectors
+            .query()
+            .select(Select::columns(&["id"]))
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut have = HashSet::new();
+        for b in collect(stream).await.map_err(|e| self.err(e))? {
+            let id = b.column(0).as_string::<i32>();
+            have.extend((0..b.num_rows()).map(|i| id.value(i).to_owned()));
+        }
+        let stream = self.chunks.query().execute().await.map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for b in collect(stream).await.map_err(|e| self.err(e))? {
+            out.extend(read_chunks(&b).into_iter().filter(|c| !have.contains(&c.id)));
+        }
+        Ok(out)
+    }
+
+    /// Builds the full-text index if it does not exist yet (later rows are merged by [`optimize`]
+    /// and searched unindexed until then).
+    ///
+    /// [`optimize`]: Store::optimize
+    pub async fn ensure_text_index(&self) -> Result<bool> {
+        if self.has_index(&self.chunks, IndexType::FTS).await? {
+            return Ok(false);
+        }
+        if self.chunks.count_rows(None).await.map_err(|e| self.err(e))? == 0 {
+            return Ok(false);
+        }
+        self.chunks
+            .create_index(&["text"], Index::FTS(InvertedIndexParams::code()))
+            .replace(true)
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Builds the vector index once there are enough vectors to train it.
+    pub async fn ensure_vector_index(&self) -> Result<bool> {
+        if self.has_index(&self.vectors, IndexType::IvfHnswSq).await? {
+            return Ok(false);
+        }
+        let rows = self.vectors.count_rows(None).await.map_err(|e| self.err(e))?;
+        if rows < VECTOR_INDEX_MIN_ROWS {
+            return Ok(false);
+        }
+        let partitions = ((rows as f64).sqrt() / 4.0).clamp(1.0, 256.0) as u32;
+        let builder = IvfHnswSqIndexBuilder::default()
+            .distance_type(DistanceType::Cosine)
+            .num_partitions(partitions);
+        self.vectors
+            .create_index(&["vector"], Index::IvfHnswSq(builder))
+            .replace(true)
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    async fn has_index(&self, table: &Table, kind: IndexType) -> Result<bool> {
+        let indices = table.list_indices().await.map_err(|e| self.err(e))?;
+        Ok(indices.iter().any(|i| i.index_type == kind))
+    }
+
+    /// Compacts small appends, folds new rows into the indexes and deletes old versions.
+    pub async fn optimize(&self) -> Result<()> {
+        for table in [&self.chunks, &self.vectors, &self.files] {
+            table.optimize(OptimizeAction::All).await.map_err(|e| self.err(e))?;
+            table
+                .optimize(OptimizeAction::Prune {
+                    older_than: Some(lancedb::table::optimize::Duration::zero()),
+                    delete_unverified: Some(true),
+                    error_if_tagged_old_versions: Some(false),
+                })
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// BM25 search over chunk text. Empty if there is no text index yet.
+    pub async fn search_text(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
+        if query.trim().is_empty() || !self.has_index(&self.chunks, IndexType::FTS).await? {
+            return Ok(Vec::new());
+        }
+        let mut q = self
+            .chunks
+            .query()
+            .full_text_search(FullTextSearchQuery::new(query.to_owned()))
+            .limit(filter.overfetch(k));
+        if let Some(sql) = filter.sql() {
+            q = q.only_if(sql);
+        }
+        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let scores = b.column_by_name("_score").map(|c| c.as_primitive::<Float32Type>().clone());
+            for (i, chunk) in read_chunks(b).into_iter().enumerate() {
+                if filter.keeps(&chunk.path) {
+                    out.push((chunk, scores.as_ref().map_or(0.0, |s| s.value(i))));
+                }
+            }
+        }
+        out.truncate(k);
+        Ok(out)
+    }
+
+    /// Nearest chunks to `vector` by cosine similarity (1 = identical direction).
+    pub async fn search_vector(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
+        let mut q = self
+            .vectors
+            .query()
+            .nearest_to(vector)
+            .map_err(|e| self.err(e))?
+            .distance_type(DistanceType::Cosine)
+            .select(Select::columns(&["id", "path"]))
+            .limit(filter.overfetch(k));
+        if let Some(sql) = filter.sql() {
+            q = q.only_if(sql);
+        }
+        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
+        let mut ranked: Vec<(String, f32)> = Vec::new();
+        for b in &batches {
+            let ids = b.column_by_name("id").unwrap().as_string::<i32>();
+            let paths = b.column_by_name("path").unwrap().as_string::<i32>();
+            let dist = b.column_by_name("_distance").unwrap().as_primitive::<Float32Type>();
+            for i in 0..b.num_rows() {
+                if filter.keeps(paths.value(i)) {
+                    ranked.push((ids.value(i).to_owned(), 1.0 - dist.value(i)));
+                }
+            }
+        }
+        ranked.truncate(k);
+        let mut by_id = self.chunks_by_id(ranked.iter().map(|(id, _)| id.as_str())).await?;
+        Ok(ranked.into_iter().filter_map(|(id, score)| by_id.remove(&id).map(|c| (c, score))).collect())
+    }
+
+    async fn chunks_by_id<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<HashMap<String, Chunk>> {
+        let ids: Vec<&str> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let stream = self
+            .chunks
+            .query()
+            .only_if(in_list("id", ids))
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        let batches = collect(stream).await.map_err(|e| self.err(e))?;
+        Ok(batches.iter().flat_map(read_chunks).map(|c| (c.id.clone(), c)).collect())
+    }
+
+    /// Every stored vector with its chunk id (for the brute-force baseline of the benchmark).
+    pub async fn all_vectors(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let stream = self
+            .vectors
+            .query()
+            .select(Select::columns(&["id", "vector"]))
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for b in collect(stream).await.map_err(|e| self.err(e))? {
+            let ids = b.column(0).as_string::<i32>();
+            let vectors = b.column(1).as_fixed_size_list();
+            for i in 0..b.num_rows() {
+                let v = vectors.value(i);
+                out.push((ids.value(i).to_owned(), v.as_primitive::<Float32Type>().values().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats> {
+        let count = |t: &Table| {
+            let t = t.clone();
+            async move { t.count_rows(None).await }
+        };
+        Ok(StoreStats {
+            files: count(&self.files).await.map_err(|e| self.err(e))?,
+            chunks: count(&self.chunks).await.map_err(|e| self.err(e))?,
+            vectors: count(&self.vectors).await.map_err(|e| self.err(e))?,
+            bytes_on_disk: dir_size(&self.dir),
+            has_text_index: self.has_index(&self.chunks, IndexType::FTS).await?,
+            has_vector_index: self.has_index(&self.vectors, IndexType::IvfHnswSq).await?,
+        })
+    }
+}
+
+async fn open_or_create(db: &Connection, names: &[String], name: &str, schema: SchemaRef) -> lancedb::Result<Table> {
+    if names.iter().any(|n| n == name) {
+        db.open_table(name).execute().await
+    } else {
+        db.create_empty_table(name, schema).execute().await
+    }
+}
+
+async fn collect(stream: impl futures::Stream<Item = lancedb::Result<RecordBatch>>) -> lancedb::Result<Vec<RecordBatch>> {
+    stream.try_collect().await
+}
+
+fn chunk_batch(chunks: &[Chunk]) -> RecordBatch {
+    let strings = |f: fn(&Chunk) -> &str| Arc::new(StringArray::from_iter_values(chunks.iter().map(f))) as Arc<dyn Array>;
+    RecordBatch::try_new(
+        chunks_schema(),
+        vec![
+            strings(|c| &c.id),
+            strings(|c| &c.path),
+            strings(|c| c.language.name()),
+            strings(|c| &c.symbol),
+            Arc::new(UInt32Array::from_iter_values(chunks.iter().map(|c| c.start_line))),
+            Arc::new(UInt32Array::from_iter_values(chunks.iter().map(|c| c.end_line))),
+            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.start_byte as u64))),
+            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.end_byte as u64))),
+            strings(|c| &c.content_hash),
+            strings(|c| &c.text),
+        ],
+    )
+    .expect("chunk columns match the schema")
+}
+
+fn files_batch(files: &[StoredFile]) -> RecordBatch {
+    RecordBatch::try_new(
+        files_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.path.as_str()))),
+            Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.hash.as_str()))),
+            Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.size))),
+            Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.mtime_ns))),
+            Arc::new(UInt32Array::from_iter_values(files.iter().map(|f| f.chunks))),
+        ],
+    )
+    .expect("file columns match the schema")
+}
+
+fn vector_batch(chunks: &[&Chunk], vectors: &[Vec<f32>], dim: usize) -> RecordBatch {
+    let flat: Float32Array = vectors.iter().flatten().copied().collect();
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let list = FixedSizeListArray::try_new(item, dim as i32, Arc::new(flat), None).expect("vectors have the index dimension");
+    let strings = |f: fn(&Chunk) -> &str| Arc::new(StringArray::from_iter_values(chunks.iter().map(|c| f(c)))) as Arc<dyn Array>;
+    RecordBatch::try_new(
+        vectors_schema(dim),
+        vec![strings(|c| &c.id), strings(|c| &c.path), strings(|c| c.language.name()), strings(|c| &c.content_hash), Arc::new(list)],
+    )
+    .expect("vector columns match the schema")
+}
+
+fn read_chunks(b: &RecordBatch) -> Vec<Chunk> {
+    let s = |name: &str| b.column_by_name(name).expect("chunk column").as_string::<i32>().clone();
+    let u32s = |name: &str| b.column_by_name(name).expect("chunk column").as_primitive::<UInt32Type>().clone();
+    let u64s = |name: &str| b.column_by_name(name).expect("chunk column").as_primitive::<UInt64Type>().clone();
+    let (id, path, language, symbol, hash, text) =
+        (s("id"), s("path"), s("language"), s("symbol"), s("content_hash"), s("text"));
+    let (start_line, end_line) = (u32s("start_line"), u32s("end_line"));
+    let (start_byte, end_byte) = (u64s("start_byte"), u64s("end_byte"));
+    (0..b.num_rows())
+        .map(|i| Chunk {
+            id: id.value(i).to_owned(),
+            path: path.value(i).to_owned(),
+            language: Language::from_name(language.value(i)).unwrap_or(Language::Text),
+            start_byte: start_byte.value(i) as usize,
+            end_byte: end_byte.value(i) as usize,
+            start_line: start_line.value(i),
+            end_line: end_line.value(i),
+            symbol: symbol.value(i).to_owned(),
+            text: text.value(i).to_owned(),
+            content_hash: hash.value(i).to_owned(),
+        })
+        .collect()
+}
+
+/// Total size of the files below `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,337 @@
+//! Walking a workspace: which files kenning may read, and reading them safely.
+//!
+//! The walk is parallel (`ignore::WalkBuilder::build_parallel`), honours `.gitignore` (even outside
+//! a git repository), `.ignore` and `.kenningignore`, skips hidden files and VCS directories, and
+//! never yields a file that looks like a secret, is binary, is too large, or looks minified or
+//! generated. Every skipped file is reported with its reason, so the CLI can say what it left out.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::{WalkBuilder, WalkState};
+
+/// Files larger than this are skipped by default (1 MiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 20;
+/// A NUL byte within this many leading bytes marks a file as binary.
+const BINARY_SNIFF_BYTES: usize = 8 * 1024;
+/// A file with a line this long is minified or generated, not source worth indexing.
+const MAX_LINE_BYTES: usize = 4 * 1024;
+/// The per-workspace ignore file, with `.gitignore` syntax.
+pub const IGNORE_FILE: &str = ".kenningignore";
+
+/// File names that hold credentials often enough that kenning never reads them.
+const SECRET_GLOBS: &[&str] = &[
+    ".env",
+    ".env.*",
+    "*.env",
+    ".envrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "*.gpg",
+    "*.asc",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".htpasswd",
+    ".npmrc",
+    ".pypirc",
+    ".git-credentials",
+    "credentials",
+    "credentials.*",
+    "*credentials*.json",
+    "secrets.*",
+    "*.secret",
+    "*.secrets",
+    "service-account*.json",
+    "*.tfstate",
+    "*.tfstate.*",
+    "*.tfvars",
+];
+
+/// Text that only appears in private key material.
+const SECRET_MARKERS: &[&[u8]] = &[b"-----BEGIN RSA PRIVATE KEY-----", b"-----BEGIN OPENSSH PRIVATE KEY-----",
+    b"-----BEGIN EC PRIVATE KEY-----", b"-----BEGIN PRIVATE KEY-----", b"-----BEGIN DSA PRIVATE KEY-----",
+    b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"-----BEGIN PGP PRIVATE KEY BLOCK-----"];
+
+/// Why a file was left out of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    Secret,
+    Binary,
+    TooLarge(u64),
+    Minified,
+    Unreadable(String),
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Secret => f.write_str("looks like a secret"),
+            SkipReason::Binary => f.write_str("binary"),
+            SkipReason::TooLarge(n) => write!(f, "too large ({n} bytes)"),
+            SkipReason::Minified => f.write_str("minified or generated (very long lines)"),
+            SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+/// A file the walk found, before it is read.
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    /// Path relative to the workspace root, with `/` separators: the citation path.
+    pub rel_path: String,
+    pub abs_path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// A file that passed every filter, with its text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub meta: FileMeta,
+    /// The text; invalid UTF-8 sequences are replaced (U+FFFD) so line numbers stay true.
+    pub text: String,
+    /// Whether the bytes were not valid UTF-8.
+    pub lossy: bool,
+    /// blake3 of the raw bytes.
+    pub hash: String,
+}
+
+/// Options of a walk.
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    pub max_file_bytes: u64,
+    pub threads: usize,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        Self { max_file_bytes: DEFAULT_MAX_FILE_BYTES, threads: 0 }
+    }
+}
+
+/// What the walk yields for each candidate file.
+#[derive(Debug)]
+pub enum WalkItem {
+    File(FileMeta),
+    Skipped { rel_path: String, reason: SkipReason },
+}
+
+fn secret_globs() -> &'static GlobSet {
+    static SET: std::sync::OnceLock<GlobSet> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let mut b = GlobSetBuilder::new();
+        for g in SECRET_GLOBS {
+            b.add(Glob::new(g).expect("secret globs are valid"));
+        }
+        b.build().expect("secret globs are valid")
+    })
+}
+
+/// Whether a file name alone marks a likely secret.
+pub fn is_secret_name(file_name: &str) -> bool {
+    secret_globs().is_match(file_name.to_ascii_lowercase())
+}
+
+/// Walks `root` in parallel, calling `visit` (from several threads) for every regular file that
+/// survives the ignore rules, size limit and secret-name filter, and for every file skipped by those.
+pub fn walk(root: &Path, opts: &WalkOptions, visit: impl Fn(WalkItem) + Send + Sync) {
+    let visit = Arc::new(visit);
+    let mut builder = WalkBuilder::new(root);
+    builder
+        .hidden(true)
+        .git_ignore(true)
+        .git_global(false)
+        .git_exclude(true)
+        .ignore(true)
+        .parents(true)
+        .require_git(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .threads(opts.threads)
+        .filter_entry(|e| !matches!(e.file_name().to_str(), Some(".git" | ".hg" | ".svn" | ".jj")));
+    let max = opts.max_file_bytes;
+    builder.build_parallel().run(|| {
+        let visit = Arc::clone(&visit);
+        Box::new(move |entry| {
+            let Ok(entry) = entry else { return WalkState::Continue };
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                return WalkState::Continue;
+            }
+            let path = entry.path();
+            let rel_path = relative(root, path);
+            let name = entry.file_name().to_string_lossy();
+            if is_secret_name(&name) {
+                visit(WalkItem::Skipped { rel_path, reason: SkipReason::Secret });
+                return WalkState::Continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    visit(WalkItem::Skipped { rel_path, reason: SkipReason::Unreadable(e.to_string()) });
+                    return WalkState::Continue;
+                }
+            };
+            if meta.len() > max {
+                visit(WalkItem::Skipped { rel_path, reason: SkipReason::TooLarge(meta.len()) });
+                return WalkState::Continue;
+            }
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            visit(WalkItem::File(FileMeta { rel_path, abs_path: path.to_owned(), size: meta.len(), mtime_ns }));
+            WalkState::Continue
+        })
+    });
+}
+
+/// `path` relative to `root` with `/` separators.
+pub fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let mut out = String::new();
+    for (i, part) in rel.components().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&part.as_os_str().to_string_lossy());
+    }
+    out
+}
+
+/// Reads a file found by [`walk`] and applies the content filters (binary, secret markers,
+/// minified). The size is checked again, since the file may have grown since the walk.
+pub fn read_source(meta: FileMeta, max_file_bytes: u64) -> Result<SourceFile, SkipReason> {
+    let bytes = fs::read(&meta.abs_path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    if bytes.len() as u64 > max_file_bytes {
+        return Err(SkipReason::TooLarge(bytes.len() as u64));
+    }
+    classify_bytes(&bytes)?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let (text, lossy) = match String::from_utf8(bytes) {
+        Ok(s) => (s, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    };
+    Ok(SourceFile { meta, text, lossy, hash })
+}
+
+/// The content filters alone: binary, private-key material, minified.
+pub fn classify_bytes(bytes: &[u8]) -> Result<(), SkipReason> {
+    if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
+        return Err(SkipReason::Binary);
+    }
+    if SECRET_MARKERS.iter().any(|m| memfind(bytes, m)) {
+        return Err(SkipReason::Secret);
+    }
+    if bytes.split(|&b| b == b'\n').any(|line| line.len() > MAX_LINE_BYTES) {
+        return Err(SkipReason::Minified);
+    }
+    Ok(())
+}
+
+fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn collect(root: &Path) -> (Vec<String>, Vec<(String, SkipReason)>) {
+        let files = Mutex::new(Vec::new());
+        let skipped = Mutex::new(Vec::new());
+        walk(root, &WalkOptions::default(), |item| match item {
+            WalkItem::File(m) => files.lock().unwrap().push(m.rel_path),
+            WalkItem::Skipped { rel_path, reason } => skipped.lock().unwrap().push((rel_path, reason)),
+        });
+        let mut files = files.into_inner().unwrap();
+        let mut skipped = skipped.into_inner().unwrap();
+        files.sort();
+        skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        (files, skipped)
+    }
+
+    fn write(root: &Path, rel: &str, content: &[u8]) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn honours_gitignore_ignore_kenningignore_and_skips_vcs_and_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(r, ".gitignore", b"target/\n*.log\n");
+        write(r, ".ignore", b"vendored/\n");
+        write(r, IGNORE_FILE, b"fixtures/big_*.rs\n");
+        write(r, "src/main.rs", b"fn main() {}\n");
+        write(r, "src/lib.rs", b"pub fn f() {}\n");
+        write(r, "target/debug/out.rs", b"fn gen() {}\n");
+        write(r, "app.log", b"log line\n");
+        write(r, "vendored/dep.rs", b"fn dep() {}\n");
+        write(r, "fixtures/big_one.rs", b"fn big() {}\n");
+        write(r, "fixtures/small.rs", b"fn small() {}\n");
+        write(r, ".git/config", b"[core]\n");
+        write(r, ".hidden/x.rs", b"fn x() {}\n");
+        let (files, skipped) = collect(r);
+        assert_eq!(files, ["fixtures/small.rs", "src/lib.rs", "src/main.rs"]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+    }
+
+    #[test]
+    fn secret_names_are_never_yielded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for name in ["config/.env.production", "deploy/server.pem", "keys/id_ed25519", "aws/credentials",
+            "gcp/service-account-prod.json", "my.key", "infra/prod.tfvars", "app/secrets.yaml"] {
+            write(r, name, b"SECRET=1\n");
+        }
+        write(r, "src/env.rs", b"fn env() {}\n");
+        let (files, skipped) = collect(r);
+        assert_eq!(files, ["src/env.rs"]);
+        assert_eq!(skipped.len(), 7, "{skipped:?}");
+        assert!(skipped.iter().all(|(_, r)| *r == SkipReason::Secret));
+        // `.env.production` is hidden, so the walk never even sees it.
+    }
+
+    #[test]
+    fn content_filters() {
+        assert_eq!(classify_bytes(b"fn main() {}\n"), Ok(()));
+        assert_eq!(classify_bytes(b""), Ok(()));
+        assert_eq!(classify_bytes(b"\x7fELF\x02\x01\x00\x00"), Err(SkipReason::Binary));
+        let key = b"const K: &str = \"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\";\n";
+        assert_eq!(classify_bytes(key), Err(SkipReason::Secret));
+        let minified = format!("var a={};\n", "x".repeat(MAX_LINE_BYTES + 1));
+        assert_eq!(classify_bytes(minified.as_bytes()), Err(SkipReason::Minified));
+    }
+
+    #[test]
+    fn large_files_are_skipped_and_invalid_utf8_is_read_lossily() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(r, "big.txt", &vec![b'a'; (DEFAULT_MAX_FILE_BYTES + 1) as usize]);
+        write(r, "latin1.rs", b"// caf\xe9\nfn f() {}\n");
+        let (files, skipped) = collect(r);
+        assert_eq!(files, ["latin1.rs"]);
+        assert_eq!(skipped, [("big.txt".to_owned(), SkipReason::TooLarge(DEFAULT_MAX_FILE_BYTES + 1))]);
+
+        let meta = FileMeta { rel_path: "latin1.rs".into(), abs_path: r.join("latin1.rs"), size: 0, mtime_ns: 0 };
+        let src = read_source(meta, DEFAULT_MAX_FILE_BYTES).unwrap();
+        assert!(src.lossy);
+        assert_eq!(src.text, "// caf\u{fffd}\nfn f() {}\n");
+        assert_eq!(src.text.lines().count(), 2);
+    }
+}
