@@ -59,6 +59,13 @@ const SECRET_GLOBS: &[&str] = &[
     "*.tfvars",
 ];
 
+/// Files that tools write, not people: lock files and the like. Indexing them only adds noise.
+const GENERATED_NAMES: &[&str] = &[
+    "Cargo.lock", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lockb",
+    "poetry.lock", "Pipfile.lock", "uv.lock", "pdm.lock", "go.sum", "Gemfile.lock", "composer.lock",
+    "flake.lock", "pubspec.lock", "Podfile.lock", "packages.lock.json", "gradle.lockfile", "mix.lock",
+];
+
 /// Text that only appears in private key material.
 const SECRET_MARKERS: &[&[u8]] = &[b"-----BEGIN RSA PRIVATE KEY-----", b"-----BEGIN OPENSSH PRIVATE KEY-----",
     b"-----BEGIN EC PRIVATE KEY-----", b"-----BEGIN PRIVATE KEY-----", b"-----BEGIN DSA PRIVATE KEY-----",
@@ -71,6 +78,7 @@ pub enum SkipReason {
     Binary,
     TooLarge(u64),
     Minified,
+    Generated,
     Unreadable(String),
 }
 
@@ -81,6 +89,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::Binary => f.write_str("binary"),
             SkipReason::TooLarge(n) => write!(f, "too large ({n} bytes)"),
             SkipReason::Minified => f.write_str("minified or generated (very long lines)"),
+            SkipReason::Generated => f.write_str("generated (lock file)"),
             SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
         }
     }
@@ -176,6 +185,10 @@ pub fn walk(root: &Path, opts: &WalkOptions, visit: impl Fn(WalkItem) + Send + S
                 visit(WalkItem::Skipped { rel_path, reason: SkipReason::Secret });
                 return WalkState::Continue;
             }
+            if GENERATED_NAMES.contains(&name.as_ref()) {
+                visit(WalkItem::Skipped { rel_path, reason: SkipReason::Generated });
+                return WalkState::Continue;
+            }
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) => {
@@ -232,7 +245,7 @@ pub fn classify_bytes(bytes: &[u8]) -> Result<(), SkipReason> {
     if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
         return Err(SkipReason::Binary);
     }
-    if SECRET_MARKERS.iter().any(|m| memfind(bytes, m)) {
+    if SECRET_MARKERS.iter().any(|m| holds_key_block(bytes, m)) {
         return Err(SkipReason::Secret);
     }
     if bytes.split(|&b| b == b'\n').any(|line| line.len() > MAX_LINE_BYTES) {
@@ -241,8 +254,33 @@ pub fn classify_bytes(bytes: &[u8]) -> Result<(), SkipReason> {
     Ok(())
 }
 
-fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `marker` starts a real key block: the marker at the start of a line (after optional
+/// quote or indentation), followed by a line of base64 or a PEM header. Code that merely mentions
+/// the marker (like this file) does not match.
+fn holds_key_block(bytes: &[u8], marker: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = find(&bytes[from..], marker) {
+        let at = from + i;
+        from = at + marker.len();
+        let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        if !bytes[line_start..at].iter().all(|b| matches!(b, b' ' | b'\t' | b'"' | b'\'')) {
+            continue;
+        }
+        let rest = &bytes[from..];
+        let rest = rest.strip_prefix(b"\r").unwrap_or(rest);
+        let Some(rest) = rest.strip_prefix(b"\n") else { continue };
+        let next: &[u8] = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+        let next = next.strip_suffix(b"\r").unwrap_or(next);
+        let base64 = next.len() >= 40 && next.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        if base64 || next.starts_with(b"Proc-Type:") {
+            return true;
+        }
+    }
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -300,10 +338,12 @@ mod tests {
             write(r, name, b"SECRET=1\n");
         }
         write(r, "src/env.rs", b"fn env() {}\n");
+        write(r, "Cargo.lock", b"# generated\n");
         let (files, skipped) = collect(r);
         assert_eq!(files, ["src/env.rs"]);
-        assert_eq!(skipped.len(), 7, "{skipped:?}");
-        assert!(skipped.iter().all(|(_, r)| *r == SkipReason::Secret));
+        assert_eq!(skipped.len(), 8, "{skipped:?}");
+        assert_eq!(skipped[0], ("Cargo.lock".to_owned(), SkipReason::Generated));
+        assert!(skipped[1..].iter().all(|(_, r)| *r == SkipReason::Secret));
         // `.env.production` is hidden, so the walk never even sees it.
     }
 
@@ -312,8 +352,15 @@ mod tests {
         assert_eq!(classify_bytes(b"fn main() {}\n"), Ok(()));
         assert_eq!(classify_bytes(b""), Ok(()));
         assert_eq!(classify_bytes(b"\x7fELF\x02\x01\x00\x00"), Err(SkipReason::Binary));
-        let key = b"const K: &str = \"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\";\n";
+        let key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n";
         assert_eq!(classify_bytes(key), Err(SkipReason::Secret));
+        let embedded = b"const KEY: &str = \"\n-----BEGIN RSA PRIVATE KEY-----\r\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\r\n\";\n";
+        assert_eq!(classify_bytes(embedded), Err(SkipReason::Secret));
+        let encrypted = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n";
+        assert_eq!(classify_bytes(encrypted), Err(SkipReason::Secret));
+        // Code that only names the marker is code, not a key.
+        let mention = b"const MARKERS: &[&[u8]] = &[b\"-----BEGIN PRIVATE KEY-----\", b\"x\"];\n";
+        assert_eq!(classify_bytes(mention), Ok(()));
         let minified = format!("var a={};\n", "x".repeat(MAX_LINE_BYTES + 1));
         assert_eq!(classify_bytes(minified.as_bytes()), Err(SkipReason::Minified));
     }
