@@ -2,7 +2,7 @@
 //!
 //! Three tables live in the index directory:
 //! - `chunks`: text and metadata of every chunk, with a BM25 full-text index on `text` (code
-//!   tokenizer, identifiers split). Written first, so keyword search works before any embedding.
+//!   tokenizer: `parse_expr` is found by `parse`, `expr` and `parse_expr`). Written first, so keyword search works before any embedding.
 //! - `vectors`: one embedding per chunk id (plus path/language for filtering and the content hash
 //!   for reuse), filled as embeddings are computed; an IVF-HNSW-SQ index once it is large enough.
 //! - `files`: one row per indexed file with its content hash, size and mtime. A file's row is
@@ -373,7 +373,7 @@ impl Store {
             return Ok(false);
         }
         self.chunks
-            .create_index(&["text"], Index::FTS(InvertedIndexParams::code()))
+            .create_index(&["text"], Index::FTS(InvertedIndexParams::code().split_identifiers(true)))
             .replace(true)
             .execute()
             .await
@@ -627,4 +627,110 @@ pub fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::chunk_file;
+
+    const DIM: usize = 4;
+
+    fn chunks(path: &str, text: &str) -> Vec<Chunk> {
+        chunk_file(path, Language::from_path(path), text)
+    }
+
+    fn file(path: &str, hash: &str, chunks: &[Chunk]) -> StoredFile {
+        StoredFile { path: path.into(), hash: hash.into(), size: 1, mtime_ns: 2, chunks: chunks.len() as u32 }
+    }
+
+    /// A deterministic unit vector per text: enough to test storage and ranking, not semantics.
+    fn vector_of(text: &str) -> Vec<f32> {
+        let h = blake3::hash(text.as_bytes());
+        crate::embed::normalized(h.as_bytes()[..DIM].iter().map(|&b| b as f32 + 1.0).collect())
+    }
+
+    async fn add_with_vectors(store: &Store, path: &str, text: &str) -> Vec<Chunk> {
+        let cs = chunks(path, text);
+        store.replace_files(&[file(path, text, &cs)], &cs).await.unwrap();
+        let refs: Vec<&Chunk> = cs.iter().collect();
+        let vs: Vec<Vec<f32>> = cs.iter().map(|c| vector_of(&c.text)).collect();
+        store.add_vectors(&refs, &vs).await.unwrap();
+        cs
+    }
+
+    #[tokio::test]
+    async fn insert_search_replace_delete_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test-model", DIM).await.unwrap();
+        let parser = add_with_vectors(&store, "src/parser.rs", "fn parse_expression(tokens: &[Token]) -> Expr {\n    todo!()\n}\n").await;
+        add_with_vectors(&store, "src/lexer.rs", "fn tokenize(input: &str) -> Vec<Token> {\n    Vec::new()\n}\n").await;
+        add_with_vectors(&store, "web/app.py", "def render_page(request):\n    return template.render(request)\n").await;
+
+        // Keyword search needs the text index, and finds identifiers split by the code tokenizer.
+        assert!(store.search_text("parse", 5, &Filter::default()).await.unwrap().is_empty());
+        assert!(store.ensure_text_index().await.unwrap());
+        let hits = store.search_text("expression", 5, &Filter::default()).await.unwrap();
+        assert_eq!(hits.first().map(|(c, _)| c.path.as_str()), Some("src/parser.rs"), "{hits:?}");
+        assert_eq!(hits[0].0, parser[0]);
+
+        // Filters: language in SQL, path glob afterwards.
+        let rust_only = Filter { language: Some(Language::Rust), path_glob: None };
+        let hits = store.search_text("render page tokenize", 5, &rust_only).await.unwrap();
+        assert!(hits.iter().all(|(c, _)| c.language == Language::Rust) && !hits.is_empty());
+        let web_only = Filter { language: None, path_glob: Some(globset::Glob::new("web/**").unwrap().compile_matcher()) };
+        let hits = store.search_text("render page tokenize", 5, &web_only).await.unwrap();
+        assert_eq!(hits.iter().map(|(c, _)| c.path.as_str()).collect::<Vec<_>>(), ["web/app.py"]);
+
+        // Vector search returns the exact chunk for its own vector, with similarity ~1.
+        let hits = store.search_vector(&vector_of(&parser[0].text), 3, &Filter::default()).await.unwrap();
+        assert_eq!(hits[0].0.id, parser[0].id);
+        assert!((hits[0].1 - 1.0).abs() < 1e-4, "{}", hits[0].1);
+
+        // Replacing a file drops its old chunks and vectors.
+        let new = chunks("src/parser.rs", "fn parse_statement() {}\n");
+        store.replace_files(&[file("src/parser.rs", "v2", &new)], &new).await.unwrap();
+        let missing = store.chunks_missing_vectors().await.unwrap();
+        assert_eq!(missing, new);
+        assert!(store.search_text("expression", 5, &Filter::default()).await.unwrap().is_empty());
+        assert_eq!(store.files().await.unwrap()["src/parser.rs"].hash, "v2");
+
+        // Deleting a path removes every trace.
+        store.remove_paths(&["web/app.py"]).await.unwrap();
+        assert!(!store.files().await.unwrap().contains_key("web/app.py"));
+        assert!(!store.chunk_paths().await.unwrap().contains("web/app.py"));
+
+        store.optimize().await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), "test-model", DIM).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.files, stats.chunks, stats.vectors), (2, 2, 1));
+        assert!(stats.has_text_index);
+        let hits = store.search_text("statement", 5, &Filter::default()).await.unwrap();
+        assert_eq!(hits.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_embedding_model_drops_vectors_but_keeps_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "model-a", DIM).await.unwrap();
+        add_with_vectors(&store, "a.rs", "fn a() {}\n").await;
+        drop(store);
+        let store = Store::open(dir.path(), "model-b", 8).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.chunks, stats.vectors), (1, 0));
+        assert_eq!(store.chunks_missing_vectors().await.unwrap().len(), 1);
+        let err = store.add_vectors(&[&chunks("a.rs", "fn a() {}\n")[0]], &[vec![0.0; DIM]]).await.unwrap_err();
+        assert!(err.to_string().contains("dimension 4, index expects 8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn quotes_in_paths_are_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "m", DIM).await.unwrap();
+        add_with_vectors(&store, "it's/o'clock.rs", "fn quoted() {}\n").await;
+        assert_eq!(store.vectors_by_content(&["it's/o'clock.rs"]).await.unwrap().len(), 1);
+        store.remove_paths(&["it's/o'clock.rs"]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().chunks, 0);
+    }
 }
