@@ -1,0 +1,269 @@
+//! End-to-end indexing tests on real parts: the pinned MiniLM model on ONNX Runtime, a real Lance
+//! dataset in a temp dir, the real `kenning` binary. They need the assets that `scripts/setup`
+//! installs and fail with its error message when they are missing.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kenning::assets::Assets;
+use kenning::embed::{Embedder, FastEmbedder, Purpose};
+use kenning::index::{IndexOptions, IndexSummary, NoProgress, index_workspace};
+use kenning::paths::Paths;
+use kenning::retrieve::{SearchRequest, search};
+use kenning::store::{Filter, Store};
+
+fn embedder() -> Arc<dyn Embedder> {
+    match FastEmbedder::load(&Assets::new(Paths::from_env().assets()), 0) {
+        Ok(e) => Arc::new(e),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+/// A small polyglot project with one obvious answer per natural-language question.
+fn fixture_repo(root: &Path) {
+    write(root, ".gitignore", "build/\n");
+    write(
+        root,
+        "src/config.rs",
+        r#"use std::path::Path;
+
+/// Settings of the service.
+pub struct Config {
+    pub port: u16,
+    pub data_dir: String,
+}
+
+/// Reads the settings from a TOML file.
+pub fn load_config(path: &Path) -> std::io::Result<Config> {
+    let text = std::fs::read_to_string(path)?;
+    let port = text.lines().find_map(|l| l.strip_prefix("port = ")).and_then(|p| p.parse().ok()).unwrap_or(8080);
+    Ok(Config { port, data_dir: "data".into() })
+}
+"#,
+    );
+    let mut math = String::from("//! Number theory helpers.\n\n");
+    math.push_str("/// Returns true when `n` has no divisor other than 1 and itself.\npub fn is_prime(n: u64) -> bool {\n    if n < 2 {\n        return false;\n    }\n    let mut d = 2;\n    while d * d <= n {\n        if n % d == 0 {\n            return false;\n        }\n        d += 1;\n    }\n    true\n}\n\n");
+    for i in 0..12 {
+        math.push_str(&format!(
+            "/// Scales a value by {i}.\npub fn scale_{i}(values: &mut [f64]) {{\n    for v in values.iter_mut() {{\n        *v *= {i}.0;\n    }}\n}}\n\n"
+        ));
+    }
+    math.push_str("/// Greatest common divisor.\npub fn gcd(a: u64, b: u64) -> u64 {\n    if b == 0 { a } else { gcd(b, a % b) }\n}\n");
+    write(root, "src/math.rs", &math);
+    write(
+        root,
+        "src/http.rs",
+        "/// Retries a request with exponential backoff.\npub async fn fetch_with_retry(url: &str, attempts: u32) -> Result<String, Error> {\n    let mut delay = 100;\n    for _ in 0..attempts {\n        match get(url).await {\n            Ok(body) => return Ok(body),\n            Err(_) => sleep_ms(delay).await,\n        }\n        delay *= 2;\n    }\n    Err(Error::GaveUp)\n}\n",
+    );
+    write(
+        root,
+        "app/users.py",
+        "class UserRepository:\n    \"\"\"Stores accounts in the database.\"\"\"\n\n    def __init__(self, db):\n        self.db = db\n\n    def find_by_email(self, email):\n        \"\"\"Returns the account registered with this e-mail address, or None.\"\"\"\n        return self.db.query(\"SELECT * FROM users WHERE email = ?\", email).first()\n",
+    );
+    write(
+        root,
+        "web/cart.ts",
+        "export interface Item { price: number; quantity: number }\n\n/** Sum of all items in the shopping cart, with sales tax. */\nexport function computeCartTotal(items: Item[], taxRate: number): number {\n  const subtotal = items.reduce((sum, i) => sum + i.price * i.quantity, 0);\n  return subtotal * (1 + taxRate);\n}\n",
+    );
+    write(
+        root,
+        "cmd/server/main.go",
+        "package main\n\nimport \"net/http\"\n\n// handleHealth answers the load balancer's liveness probe.\nfunc handleHealth(w http.ResponseWriter, r *http.Request) {\n\tw.WriteHeader(http.StatusOK)\n}\n",
+    );
+    // Never indexed: ignored by .gitignore, or secrets.
+    write(root, "build/generated.rs", "fn zzgeneratedtoken() {}\n");
+    write(root, ".env", "API_KEY=supersecretvalue123\n");
+    write(root, "deploy/server.pem", "supersecretvalue123\n");
+    write(root, "deploy/credentials.json", "{\"token\": \"supersecretvalue123\"}\n");
+}
+
+async fn index(root: &Path, store: &Store, embedder: &Arc<dyn Embedder>) -> IndexSummary {
+    index_workspace(root, store, Some(Arc::clone(embedder)), &IndexOptions::default(), Arc::new(NoProgress))
+        .await
+        .unwrap()
+}
+
+async fn top_path(store: &Store, embedder: &Arc<dyn Embedder>, query: &str) -> String {
+    let hits = search(store, Some(Arc::clone(embedder)), &SearchRequest::new(query)).await.unwrap();
+    hits.first().map(|h| h.citation.path.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finds_code_by_meaning_and_stays_incremental() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    fixture_repo(root);
+    let index_dir = tempfile::tempdir().unwrap();
+    let embedder = embedder();
+    let store = Store::open(index_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap();
+
+    let first = index(root, &store, &embedder).await;
+    assert_eq!(first.files_changed, 6, "{first:?}");
+    assert_eq!(first.vectors_computed, first.chunks_written);
+    assert!(first.skipped.iter().any(|(p, r)| p == "deploy/server.pem" && r.contains("secret")), "{:?}", first.skipped);
+
+    // Natural-language questions whose words mostly do not appear in the code.
+    for (question, expected) in [
+        ("read the service settings from a file", "src/config.rs"),
+        ("check whether a number is prime", "src/math.rs"),
+        ("look up an account by its e-mail address", "app/users.py"),
+        ("add up the price of everything in the shopping basket", "web/cart.ts"),
+        ("liveness probe endpoint", "cmd/server/main.go"),
+    ] {
+        assert_eq!(top_path(&store, &embedder, question).await, expected, "query: {question}");
+    }
+    // The vector side alone ranks the right chunk first (the fusion is not carried by keywords).
+    let q = embedder.embed(&["is this integer prime"], Purpose::Query).unwrap();
+    let nearest = store.search_vector(&q[0], 1, &Filter::default()).await.unwrap();
+    assert!(nearest[0].0.symbol.contains("fn is_prime"), "{:?}", nearest[0].0.symbol);
+    let cited = &nearest[0].0;
+    assert!(cited.start_line <= 4 && 4 <= cited.end_line, "`fn is_prime` is on line 4: {cited:?}");
+
+    // Ignored and secret files never reach the index.
+    for secret in ["zzgeneratedtoken", "supersecretvalue123", "API_KEY"] {
+        let hits = search(&store, None, &SearchRequest::new(secret)).await.unwrap();
+        assert!(hits.iter().all(|h| !h.text.contains(secret)), "{secret} found: {hits:?}");
+    }
+    let files = store.files().await.unwrap();
+    assert!(files.keys().all(|p| !p.starts_with("build/") && !p.starts_with("deploy/") && p != ".env"), "{files:?}");
+
+    // Nothing changed: nothing is read again.
+    let again = index(root, &store, &embedder).await;
+    assert_eq!((again.files_changed, again.files_unchanged, again.vectors_computed), (0, 6, 0), "{again:?}");
+
+    // Edit the end of a multi-chunk file: only its changed chunks are embedded again.
+    let math = fs::read_to_string(root.join("src/math.rs")).unwrap();
+    write(root, "src/math.rs", math.replace("gcd(b, a % b)", "gcd(b, a.rem_euclid(b))"));
+    let edited = index(root, &store, &embedder).await;
+    assert_eq!(edited.files_changed, 1, "{edited:?}");
+    assert!(edited.vectors_reused >= 1 && edited.vectors_computed >= 1, "{edited:?}");
+    assert!(edited.vectors_computed < edited.chunks_written, "{edited:?}");
+    let hits = search(&store, None, &SearchRequest::new("rem_euclid")).await.unwrap();
+    assert_eq!(hits[0].citation.path, "src/math.rs");
+
+    // A touched file (same content, new mtime) is hashed but not re-chunked.
+    let config = fs::read(root.join("src/config.rs")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    write(root, "src/config.rs", &config);
+    let touched = index(root, &store, &embedder).await;
+    assert_eq!((touched.files_changed, touched.chunks_written), (0, 0), "{touched:?}");
+
+    // A deleted file disappears.
+    fs::remove_file(root.join("src/http.rs")).unwrap();
+    let removed = index(root, &store, &embedder).await;
+    assert_eq!(removed.files_removed, 1);
+    let hits = search(&store, None, &SearchRequest::new("fetch_with_retry")).await.unwrap();
+    assert!(hits.iter().all(|h| h.citation.path != "src/http.rs"), "{hits:?}");
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.files, 5);
+    assert_eq!(stats.chunks, stats.vectors, "every chunk has its vector");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_skipped_or_read_safely() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write(root, "blob.bin", b"\x00\x01\x02binary\x00data");
+    write(root, "image.rs", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR");
+    write(root, "latin1.rs", b"// caf\xe9 cr\xe8me\nfn latin_function() {}\n");
+    write(root, "crlf.rs", "// header\r\n\r\nfn first() {}\r\n\r\nfn crlf_function() -> u32 {\r\n    42\r\n}\r\n");
+    write(root, "empty.rs", "");
+    write(root, "blank.py", "\n   \n\n");
+    write(root, "huge.txt", vec![b'a'; 50 * 1024 * 1024]);
+    write(root, "minified.js", format!("var a={};\n", "1,".repeat(10_000)));
+    write(root, "ok.rs", "fn fine() {}\n");
+
+    let index_dir = tempfile::tempdir().unwrap();
+    let embedder = embedder();
+    let store = Store::open(index_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap();
+    let summary = index(root, &store, &embedder).await;
+
+    let reason = |path: &str| summary.skipped.iter().find(|(p, _)| p == path).map(|(_, r)| r.as_str());
+    assert_eq!(reason("blob.bin"), Some("binary"));
+    assert_eq!(reason("image.rs"), Some("binary"));
+    assert_eq!(reason("huge.txt"), Some("too large (52428800 bytes)"));
+    assert!(reason("minified.js").is_some_and(|r| r.contains("minified")));
+    assert_eq!(summary.files_lossy_utf8, 1);
+
+    let files = store.files().await.unwrap();
+    let mut indexed: Vec<&str> = files.keys().map(String::as_str).collect();
+    indexed.sort();
+    assert_eq!(indexed, ["blank.py", "crlf.rs", "empty.rs", "latin1.rs", "ok.rs"]);
+    assert_eq!((files["empty.rs"].chunks, files["blank.py"].chunks), (0, 0));
+
+    // CRLF lines are counted like the editor counts them.
+    let hits = search(&store, None, &SearchRequest::new("crlf_function")).await.unwrap();
+    assert_eq!(hits[0].citation.path, "crlf.rs");
+    assert_eq!(hits[0].citation.start_line, 1);
+    assert!(hits[0].text.contains("crlf_function() -> u32 {\r\n"));
+    let hits = search(&store, None, &SearchRequest::new("latin_function")).await.unwrap();
+    assert!(hits[0].text.contains("caf\u{fffd}"));
+}
+
+/// `kenning index` killed with SIGKILL while embedding leaves a readable index; the next run
+/// completes it without redoing the stored text.
+#[test]
+fn a_killed_index_run_is_completed_by_the_next() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    for i in 0..300 {
+        write(
+            root,
+            &format!("src/m{i:03}.rs"),
+            format!("/// Module {i}.\npub fn handler_{i}(input: &str) -> usize {{\n    input.len() * {i}\n}}\n"),
+        );
+    }
+    let index_dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_kenning");
+    let kenning = |args: &[&str]| {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).arg("--index-dir").arg(index_dir.path());
+        cmd
+    };
+    let status = || -> serde_json::Value {
+        let out = kenning(&["status", "--json", "-w", root.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let mut child = kenning(&["index", "--embed-threads", "1"]).arg(root).spawn().unwrap();
+    // Wait until the text of every file is stored (the `files` table has data), then kill.
+    let files_data = index_dir.path().join("files.lance").join("data");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !files_data.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline, "indexing never stored anything");
+        assert!(child.try_wait().unwrap().is_none(), "index finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let killed = status();
+    let chunks = killed["index"]["chunks"].as_u64().unwrap();
+    let vectors = killed["index"]["vectors"].as_u64().unwrap();
+    assert_eq!(chunks, 300, "{killed}");
+    assert!(vectors < chunks, "the run was killed too late to test anything: {killed}");
+
+    let out = kenning(&["index", "--json"]).arg(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["files_changed"], 0, "{summary}");
+    assert_eq!(summary["vectors_computed"].as_u64().unwrap(), chunks - vectors, "{summary}");
+    let done = status();
+    assert_eq!(done["index"]["vectors"], done["index"]["chunks"], "{done}");
+
+    let out = kenning(&["search", "--json", "-k", "1", "handler_123", "-w", root.to_str().unwrap()]).output().unwrap();
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits[0]["citation"]["path"], "src/m123.rs", "{hits}");
+}
