@@ -92,6 +92,16 @@ impl FastEmbedder {
     }
 }
 
+impl FastEmbedder {
+    /// fastembed called directly on `texts` in their order, one batch, without kenning's length
+    /// sorting: the baseline of the indexing benchmark. Returns how many vectors it made.
+    pub fn embed_unsorted(&self, texts: &[&str]) -> Result<usize, EmbedError> {
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let vectors = model.embed(texts, Some(texts.len())).map_err(|e| EmbedError::Model(e.to_string()))?;
+        Ok(vectors.len())
+    }
+}
+
 impl Embedder for FastEmbedder {
     fn model_id(&self) -> &str {
         Self::MODEL_ID

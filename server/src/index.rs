@@ -25,6 +25,9 @@ const WRITE_BATCH_CHUNKS: usize = 2_000;
 const WRITE_BATCH_FILES: usize = 500;
 /// Chunks embedded between two writes of vectors.
 const EMBED_SLICE: usize = 512;
+/// A run that writes at least this many chunks optimizes the index at its end, whatever the
+/// fragment count says (folds the new rows into the text and vector indexes).
+const OPTIMIZE_AFTER_CHUNKS: usize = 1_000;
 /// Items in flight between the walker threads and the writer.
 const CHANNEL_CAPACITY: usize = 256;
 
@@ -138,6 +141,8 @@ pub async fn index_workspace(
     let mut pending = Batch::default();
     let mut touched: Vec<StoredFile> = Vec::new();
     let mut text_indexed = false;
+    // Chunks written by this run that still need a vector.
+    let mut fresh: Vec<Chunk> = Vec::new();
     while let Some(work) = rx.recv().await {
         match work {
             Work::Unchanged(path) => {
@@ -158,7 +163,7 @@ pub async fn index_workspace(
                 seen.insert(file.path.clone());
                 pending.add(file, chunks);
                 if pending.is_full() {
-                    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused).await?;
+                    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused, &mut fresh).await?;
                     if !text_indexed {
                         text_indexed = store.ensure_text_index().await?;
                     }
@@ -168,7 +173,7 @@ pub async fn index_workspace(
         }
     }
     walker.await.expect("the walker thread does not panic");
-    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused).await?;
+    summary.chunks_written += pending.write(store, embedder.is_some(), &known, &progress, &mut summary.vectors_reused, &mut fresh).await?;
     if !touched.is_empty() {
         store.record_files(&touched).await?;
     }
@@ -187,14 +192,16 @@ pub async fn index_workspace(
     progress.text_searchable();
 
     if let Some(embedder) = embedder {
-        summary.vectors_computed = embed_missing(store, embedder, &progress).await?;
+        summary.vectors_computed = embed_missing(store, embedder, fresh, &progress).await?;
     }
     summary.vectors_ready = started.elapsed();
 
-    let changed = summary.files_changed + summary.files_removed + touched.len() > 0;
-    if changed || summary.vectors_computed > 0 {
-        progress.optimizing();
+    if summary.vectors_computed > 0 {
         store.ensure_vector_index().await?;
+    }
+    let wrote = summary.files_changed + summary.files_removed + touched.len() + summary.vectors_computed > 0;
+    if summary.chunks_written >= OPTIMIZE_AFTER_CHUNKS || (wrote && store.needs_optimize().await?) {
+        progress.optimizing();
         store.optimize().await?;
     }
     summary.files_seen = seen.len() + summary.skipped.len();
@@ -263,6 +270,7 @@ impl Batch {
         known: &HashMap<String, StoredFile>,
         progress: &Arc<dyn Progress>,
         reused: &mut usize,
+        fresh: &mut Vec<Chunk>,
     ) -> Result<usize, StoreError> {
         if self.files.is_empty() {
             return Ok(0);
@@ -285,14 +293,28 @@ impl Batch {
         let written = self.chunks.len();
         progress.chunks_stored(written);
         self.files.clear();
-        self.chunks.clear();
+        fresh.extend(self.chunks.drain(..).filter(|c| !old_vectors.contains_key(&c.content_hash)));
         Ok(written)
     }
 }
 
 /// Embeds every chunk that has no vector yet; returns how many were embedded.
-async fn embed_missing(store: &Store, embedder: Arc<dyn Embedder>, progress: &Arc<dyn Progress>) -> Result<usize, IndexError> {
-    let missing = store.chunks_missing_vectors().await?;
+///
+/// Vectors only ever exist for stored chunks, so when the row counts differ by exactly the chunks
+/// this run wrote, those are the missing ones. Otherwise an earlier run was interrupted and the
+/// chunk table is compared with the vector table.
+async fn embed_missing(
+    store: &Store,
+    embedder: Arc<dyn Embedder>,
+    fresh: Vec<Chunk>,
+    progress: &Arc<dyn Progress>,
+) -> Result<usize, IndexError> {
+    let (chunks, vectors) = store.counts().await?;
+    let missing = if chunks.checked_sub(vectors) == Some(fresh.len()) {
+        fresh
+    } else {
+        store.chunks_missing_vectors().await?
+    };
     progress.embedding_started(missing.len());
     let missing = Arc::new(missing);
     let mut total = 0;

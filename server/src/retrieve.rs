@@ -73,20 +73,20 @@ impl SearchRequest {
 /// Runs keyword and vector search and fuses them.
 pub async fn search(store: &Store, embedder: Option<Arc<dyn Embedder>>, request: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
     let candidates = request.k * CANDIDATES_PER_HIT;
-    let text = store.search_text(&request.query, candidates, &request.filter).await?;
-    let vector = match embedder {
-        Some(embedder) => {
-            let query = request.query.clone();
-            let v = tokio::task::spawn_blocking(move || embedder.embed(&[&query], Purpose::Query))
-                .await
-                .expect("the embedding thread does not panic")?;
-            match v.into_iter().next() {
-                Some(v) => store.search_vector(&v, candidates, &request.filter).await?,
-                None => Vec::new(),
-            }
+    let text = store.search_text(&request.query, candidates, &request.filter);
+    let vector = async {
+        let Some(embedder) = embedder else { return Ok(Vec::new()) };
+        let query = request.query.clone();
+        let v = tokio::task::spawn_blocking(move || embedder.embed(&[&query], Purpose::Query))
+            .await
+            .expect("the embedding thread does not panic")?;
+        match v.into_iter().next() {
+            Some(v) => Ok::<_, SearchError>(store.search_vector(&v, candidates, &request.filter).await?),
+            None => Ok(Vec::new()),
         }
-        None => Vec::new(),
     };
+    let (text, vector) = tokio::join!(text, vector);
+    let (text, vector) = (text?, vector?);
     let text: Vec<Chunk> = text.into_iter().map(|(c, _)| c).collect();
     let vector: Vec<Chunk> = vector.into_iter().map(|(c, _)| c).collect();
     Ok(fuse(&text, &vector, request.k, request.per_file))

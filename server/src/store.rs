@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type, UInt32Type, UInt64Type};
@@ -42,6 +43,8 @@ const META_FILE: &str = "kenning-index.json";
 const FORMAT_VERSION: u32 = 1;
 /// Below this many vectors a flat scan is fast enough and an IVF index would be poorly trained.
 pub const VECTOR_INDEX_MIN_ROWS: usize = 10_000;
+/// Small (uncompacted) fragments in one table that make [`Store::needs_optimize`] true.
+const OPTIMIZE_SMALL_FRAGMENTS: usize = 16;
 /// Paths per `IN (...)` list in one SQL predicate.
 const PATHS_PER_PREDICATE: usize = 256;
 
@@ -115,6 +118,8 @@ pub struct Store {
     chunks: Table,
     vectors: Table,
     files: Table,
+    /// Set once the full-text index is known to exist (it is never dropped).
+    text_indexed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -205,7 +210,7 @@ impl Store {
             let json = serde_json::to_vec_pretty(&wanted).expect("meta serializes");
             std::fs::write(&meta_path, json).map_err(io)?;
         }
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -366,7 +371,7 @@ impl Store {
     ///
     /// [`optimize`]: Store::optimize
     pub async fn ensure_text_index(&self) -> Result<bool> {
-        if self.has_index(&self.chunks, IndexType::FTS).await? {
+        if self.has_text_index().await? {
             return Ok(false);
         }
         if self.chunks.count_rows(None).await.map_err(|e| self.err(e))? == 0 {
@@ -378,7 +383,37 @@ impl Store {
             .execute()
             .await
             .map_err(|e| self.err(e))?;
+        self.text_indexed.store(true, Ordering::Relaxed);
         Ok(true)
+    }
+
+    async fn has_text_index(&self) -> Result<bool> {
+        if self.text_indexed.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let has = self.has_index(&self.chunks, IndexType::FTS).await?;
+        self.text_indexed.store(has, Ordering::Relaxed);
+        Ok(has)
+    }
+
+    /// Row counts of the chunk and vector tables (equal when every chunk has its vector).
+    pub async fn counts(&self) -> Result<(usize, usize)> {
+        let chunks = self.chunks.count_rows(None).await.map_err(|e| self.err(e))?;
+        let vectors = self.vectors.count_rows(None).await.map_err(|e| self.err(e))?;
+        Ok((chunks, vectors))
+    }
+
+    /// Whether enough small appends have piled up in some table to be worth an [`optimize`].
+    ///
+    /// [`optimize`]: Store::optimize
+    pub async fn needs_optimize(&self) -> Result<bool> {
+        for table in [&self.chunks, &self.vectors, &self.files] {
+            let stats = table.stats().await.map_err(|e| self.err(e))?;
+            if stats.fragment_stats.num_small_fragments >= OPTIMIZE_SMALL_FRAGMENTS {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Builds the vector index once there are enough vectors to train it.
@@ -426,7 +461,7 @@ impl Store {
 
     /// BM25 search over chunk text. Empty if there is no text index yet.
     pub async fn search_text(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
-        if query.trim().is_empty() || !self.has_index(&self.chunks, IndexType::FTS).await? {
+        if query.trim().is_empty() || !self.has_text_index().await? {
             return Ok(Vec::new());
         }
         let mut q = self
@@ -528,7 +563,7 @@ impl Store {
             chunks: count(&self.chunks).await.map_err(|e| self.err(e))?,
             vectors: count(&self.vectors).await.map_err(|e| self.err(e))?,
             bytes_on_disk: dir_size(&self.dir),
-            has_text_index: self.has_index(&self.chunks, IndexType::FTS).await?,
+            has_text_index: self.has_text_index().await?,
             has_vector_index: self.has_index(&self.vectors, IndexType::IvfHnswSq).await?,
         })
     }
