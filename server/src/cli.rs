@@ -39,6 +39,53 @@ enum Command {
     Search(SearchArgs),
     /// Show what the index holds and whether the assets are in place.
     Status(StatusArgs),
+    /// Generate text with a local model, streamed to stdout (like `mlx_lm.generate`).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// llama.cpp, in-process (GGUF models).
+    Llama,
+    /// MLX through mlx-rs (not in this build yet).
+    Mlx,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Inference engine.
+    #[arg(long, value_enum, default_value = "llama")]
+    engine: Engine,
+    /// A bundled model (qwen2.5-coder-0.5b, smollm2-135m) or a path to a GGUF file.
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    /// The prompt, or `-` to read it from stdin. Special tokens are written by name (`<|fim_prefix|>`).
+    #[arg(long, short = 'p')]
+    prompt: String,
+    #[arg(long, short = 'm', default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// LoRA adapter in llama.cpp's GGUF format.
+    #[arg(long)]
+    adapter_path: Option<PathBuf>,
+    /// CPU threads (default: half the cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context window in tokens.
+    #[arg(long, default_value_t = 4096)]
+    context: u32,
+    /// Print timing figures to stderr at the end.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +167,7 @@ pub async fn run() -> Result<()> {
         Command::Index(args) => index_cmd(&paths, args).await,
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,
+        Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
     }
 }
 
@@ -293,6 +341,67 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
         println!("  {name:<24} {state}");
     }
     Ok(())
+}
+
+fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
+    use std::io::{Read, Write};
+
+    use crate::generate::llama::{LlamaEngine, LlamaOptions};
+    use crate::generate::{BundledModel, Event, Generator, Request, Sampling};
+
+    if args.engine == Engine::Mlx {
+        bail!("the MLX engine is not part of this build yet; use --engine llama");
+    }
+    let prompt = if args.prompt == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
+        text
+    } else {
+        args.prompt
+    };
+    let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
+    let mut options = LlamaOptions { context: args.context, lora: args.adapter_path, ..LlamaOptions::default() };
+    if let Some(threads) = args.threads {
+        options.threads = threads;
+    }
+    let loading = std::time::Instant::now();
+    let engine = LlamaEngine::load(&model, options)?;
+    let load_time = loading.elapsed();
+    let request = Request {
+        prompt,
+        max_tokens: args.max_tokens,
+        sampling: Sampling { temperature: args.temp, top_p: args.top_p, seed: args.seed },
+        stop: args.stop,
+    };
+    let mut generation = engine.generate(request)?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = generation.next_blocking() {
+        match event {
+            Event::Text(text) => {
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()?;
+            }
+            Event::Done(finish) => {
+                writeln!(stdout)?;
+                if args.verbose {
+                    let decode = finish.total.saturating_sub(finish.time_to_first_token).as_secs_f64();
+                    eprintln!(
+                        "{}: load {:.2}s, prompt {} tokens, first token {:.3}s, {} tokens at {:.1} tok/s, stop: {:?}",
+                        engine.model_name(),
+                        load_time.as_secs_f64(),
+                        finish.prompt_tokens,
+                        finish.time_to_first_token.as_secs_f64(),
+                        finish.generated_tokens,
+                        finish.generated_tokens.saturating_sub(1) as f64 / decode.max(1e-9),
+                        finish.reason
+                    );
+                }
+                return Ok(());
+            }
+            Event::Error(e) => bail!("generation failed: {e}"),
+        }
+    }
+    bail!("the generation engine stopped unexpectedly")
 }
 
 /// Progress bars on stderr for `kenning index`.

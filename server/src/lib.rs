@@ -1,13 +1,14 @@
 //! kenning: a language server that knows the repository it runs in.
 //!
 //! The indexing flow is `workspace` (walk) → `chunk` → `embed` → `store` (Lance), driven by `index`;
-//! `retrieve` answers searches from the store. See ARCHITECTURE.md for the map and the invariants.
+//! `retrieve` answers searches from the store; `generate` runs local models (llama.cpp). See ARCHITECTURE.md for the map and the invariants.
 #![deny(clippy::print_stdout)]
 
 pub mod assets;
 pub mod chunk;
 pub mod cli;
 pub mod embed;
+pub mod generate;
 pub mod index;
 pub mod paths;
 pub mod retrieve;

@@ -1,0 +1,287 @@
+//! The llama.cpp engine (`llama-cpp-2`), in-process. The only module that knows llama-cpp-2.
+//!
+//! One dedicated thread owns the model and one context, and runs requests one at a time. The tokens
+//! whose keys and values sit in the context's KV cache are remembered, so a request that shares a
+//! prefix with the previous one (successive completions in one file) only computes the new tail.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::{Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher, Utf8Stream};
+
+/// Tokens decoded per call while reading the prompt.
+const PROMPT_BATCH: usize = 512;
+
+/// Options of the llama.cpp engine.
+#[derive(Debug, Clone)]
+pub struct LlamaOptions {
+    /// Context window in tokens (prompt + generation).
+    pub context: u32,
+    /// CPU threads; on a busy 2-core machine one is often fastest.
+    pub threads: usize,
+    /// A LoRA adapter in llama.cpp's GGUF format, applied at `lora_scale`.
+    pub lora: Option<PathBuf>,
+    pub lora_scale: f32,
+}
+
+impl Default for LlamaOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { context: 4096, threads: (cores / 2).max(1), lora: None, lora_scale: 1.0 }
+    }
+}
+
+fn backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+enum Job {
+    Generate(Request, Sink),
+}
+
+/// A GGUF model served by llama.cpp on its own thread.
+pub struct LlamaEngine {
+    name: String,
+    specials: Vec<(SpecialToken, String)>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl LlamaEngine {
+    /// Loads `path` and starts the engine thread. Fails (without panicking) on a missing or
+    /// unreadable model, a bad adapter, or a context that does not fit.
+    pub fn load(path: &Path, options: LlamaOptions) -> Result<Self, GenerateError> {
+        let load_error = |reason: String| GenerateError::Load { path: path.to_owned(), reason };
+        if !path.is_file() {
+            return Err(load_error("no such file".into()));
+        }
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<(SpecialToken, String)>, String>>();
+        let thread_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("kenning-llama".into())
+            .spawn(move || engine_thread(&thread_path, &options, &ready_tx, &job_rx))
+            .map_err(|e| load_error(e.to_string()))?;
+        let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { name, specials, jobs })
+    }
+}
+
+impl Generator for LlamaEngine {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn special(&self, token: SpecialToken) -> Option<String> {
+        self.specials.iter().find(|(t, _)| *t == token).map(|(_, s)| s.clone())
+    }
+
+    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
+        let (generation, sink) = Generation::channel();
+        self.jobs.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
+        Ok(generation)
+    }
+}
+
+fn engine_thread(
+    path: &Path,
+    options: &LlamaOptions,
+    ready: &std::sync::mpsc::Sender<Result<Vec<(SpecialToken, String)>, String>>,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+) {
+    let loaded = (|| -> Result<_, String> {
+        let backend = backend()?;
+        let mut model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| e.to_string())?;
+        let adapter = match &options.lora {
+            Some(lora) => Some(model.lora_adapter_init(lora).map_err(|e| format!("LoRA adapter {}: {e}", lora.display()))?),
+            None => None,
+        };
+        Ok((backend, model, adapter))
+    })();
+    let (backend, model, mut adapter) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(options.context))
+        .with_n_batch(PROMPT_BATCH as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot create a context of {} tokens: {e}", options.context)));
+            return;
+        }
+    };
+    if let Some(adapter) = adapter.as_mut()
+        && let Err(e) = ctx.lora_adapter_set(adapter, options.lora_scale)
+    {
+        let _ = ready.send(Err(format!("cannot apply the LoRA adapter: {e}")));
+        return;
+    }
+    let _ = ready.send(Ok(special_tokens(&model)));
+
+    let mut session = Session { model: &model, ctx, cached: Vec::new() };
+    while let Ok(Job::Generate(request, sink)) = jobs.recv() {
+        if sink.is_cancelled() {
+            continue;
+        }
+        match session.run(&request, &sink) {
+            Ok(finish) => sink.send(Event::Done(finish)),
+            Err(e) => {
+                // After a failed decode the cache contents are unknown: start clean.
+                session.ctx.clear_kv_cache();
+                session.cached.clear();
+                sink.send(Event::Error(e));
+            }
+        }
+    }
+}
+
+fn special_tokens(model: &LlamaModel) -> Vec<(SpecialToken, String)> {
+    let vocab = model.vocab();
+    let ids = [
+        (SpecialToken::FimPrefix, vocab.fim_pre()),
+        (SpecialToken::FimSuffix, vocab.fim_suf()),
+        (SpecialToken::FimMiddle, vocab.fim_mid()),
+        (SpecialToken::FimPad, vocab.fim_pad()),
+        (SpecialToken::RepoName, vocab.fim_rep()),
+        (SpecialToken::FileSep, vocab.fim_sep()),
+        (SpecialToken::Bos, vocab.bos()),
+        (SpecialToken::Eos, vocab.eos()),
+    ];
+    ids.into_iter()
+        .filter(|(_, id)| id.0 >= 0)
+        .filter_map(|(role, id)| {
+            let text = String::from_utf8(vocab.token_to_piece(id, true, None)).ok()?;
+            (!text.is_empty()).then_some((role, text))
+        })
+        .collect()
+}
+
+/// The model, its context, and which tokens the context's KV cache holds (sequence 0).
+struct Session<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    cached: Vec<LlamaToken>,
+}
+
+impl Session<'_> {
+    fn run(&mut self, request: &Request, sink: &Sink) -> Result<Finish, String> {
+        let started = Instant::now();
+        let vocab = self.model.vocab();
+        let mut prompt = vocab.tokenize(request.prompt.as_bytes(), vocab.should_add_bos(), true);
+        if prompt.is_empty() {
+            prompt.push(vocab.bos());
+        }
+        let window = self.ctx.n_ctx() as usize;
+        let room = window.saturating_sub(request.max_tokens.min(window / 2)).max(1);
+        if prompt.len() > room {
+            // Keep the end of the prompt: for completions that is the text next to the cursor.
+            prompt.drain(..prompt.len() - room);
+        }
+
+        // Keep the cached prefix; the last prompt token is always decoded again for its logits.
+        let common = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.ctx.kv_cache_seq_rm(0, Some(common as u32), None).map_err(|e| e.to_string())?;
+        self.cached.truncate(common);
+
+        let mut batch = LlamaBatch::new(PROMPT_BATCH, 1);
+        let mut last_index = 0;
+        for (chunk_start, chunk) in prompt[common..].chunks(PROMPT_BATCH).enumerate().map(|(i, c)| (common + i * PROMPT_BATCH, c)) {
+            if sink.is_cancelled() {
+                return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO));
+            }
+            batch.clear();
+            for (i, &token) in chunk.iter().enumerate() {
+                let pos = chunk_start + i;
+                batch.add(token, pos as i32, &[0], pos == prompt.len() - 1).map_err(|e| e.to_string())?;
+            }
+            self.ctx.decode(&mut batch).map_err(|e| format!("decoding the prompt: {e}"))?;
+            self.cached.extend_from_slice(chunk);
+            last_index = batch.n_tokens() - 1;
+        }
+
+        let mut sampler = if request.sampling.temperature <= 0.0 {
+            LlamaSampler::greedy()
+        } else {
+            LlamaSampler::chain_simple([
+                LlamaSampler::top_p(request.sampling.top_p.clamp(0.0, 1.0), 1),
+                LlamaSampler::temp(request.sampling.temperature),
+                LlamaSampler::dist(request.sampling.seed),
+            ])
+        };
+        let mut utf8 = Utf8Stream::default();
+        let mut stops = StopMatcher::new(&request.stop);
+        let mut first_token = None;
+        let mut generated = 0;
+        let reason = loop {
+            if generated >= request.max_tokens {
+                break FinishReason::Length;
+            }
+            if sink.is_cancelled() {
+                break FinishReason::Cancelled;
+            }
+            let token = sampler.sample(&self.ctx, last_index);
+            generated += 1;
+            first_token.get_or_insert_with(|| started.elapsed());
+            if vocab.is_eog(token) {
+                break FinishReason::EndOfText;
+            }
+            let text = utf8.push(&vocab.token_to_piece(token, false, None));
+            let (shown, stopped) = stops.push(&text);
+            if !shown.is_empty() {
+                sink.send(Event::Text(shown));
+            }
+            if stopped {
+                break FinishReason::Stop;
+            }
+            batch.clear();
+            batch.add(token, self.cached.len() as i32, &[0], true).map_err(|e| e.to_string())?;
+            self.ctx.decode(&mut batch).map_err(|e| format!("decoding: {e}"))?;
+            self.cached.push(token);
+            last_index = 0;
+        };
+        if matches!(reason, FinishReason::EndOfText | FinishReason::Length) {
+            let rest = stops.finish();
+            if !rest.is_empty() {
+                sink.send(Event::Text(rest));
+            }
+        }
+        Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default()))
+    }
+
+    fn finish(&self, reason: FinishReason, prompt: &[LlamaToken], reused: usize, generated: usize, started: Instant, ttft: Duration) -> Finish {
+        Finish {
+            reason,
+            prompt_tokens: prompt.len(),
+            reused_prompt_tokens: reused,
+            generated_tokens: generated,
+            time_to_first_token: ttft,
+            total: started.elapsed(),
+        }
+    }
+}

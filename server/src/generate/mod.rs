@@ -1,0 +1,341 @@
+//! Text generation behind one interface: the [`Generator`] trait, its requests and its streams.
+//!
+//! An engine runs on a dedicated thread of its own (never on the async runtime) and streams
+//! [`Event`]s back. Dropping a [`Generation`] cancels it: the engine notices before the next token.
+//! Special tokens are written by name in the prompt text (`<|fim_prefix|>`), and engines parse them
+//! as special tokens; [`Generator::special`] gives the spelling a model uses for each role.
+
+pub mod llama;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::assets::{AssetError, Assets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error("cannot load model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("unknown model `{0}`: give a path to a GGUF file or one of {names}", names = BundledModel::names())]
+    UnknownModel(String),
+    #[error("generation failed: {0}")]
+    Failed(String),
+    #[error("the generation engine has stopped")]
+    EngineGone,
+}
+
+/// The models `scripts/setup` installs, by the names users type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundledModel {
+    /// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M: fill-in-the-middle tokens, the default for code.
+    QwenCoder05b,
+    /// SmolLM2-135M-Instruct, Q4_1: tiny and fast, no FIM tokens.
+    SmolLm2_135m,
+}
+
+impl BundledModel {
+    pub const ALL: [BundledModel; 2] = [BundledModel::QwenCoder05b, BundledModel::SmolLm2_135m];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BundledModel::QwenCoder05b => "qwen2.5-coder-0.5b",
+            BundledModel::SmolLm2_135m => "smollm2-135m",
+        }
+    }
+
+    /// The asset name in `assets.toml`.
+    fn asset(self) -> &'static str {
+        self.name()
+    }
+
+    fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+
+    /// A bundled model's file, or `model` itself when it is a path.
+    pub fn resolve(model: &str, assets: &Assets) -> Result<PathBuf, GenerateError> {
+        if let Some(bundled) = Self::ALL.into_iter().find(|m| m.name() == model) {
+            return Ok(assets.path(bundled.asset())?);
+        }
+        let path = PathBuf::from(model);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(GenerateError::UnknownModel(model.to_owned()))
+        }
+    }
+}
+
+/// Roles of special tokens a prompt may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpecialToken {
+    FimPrefix,
+    FimSuffix,
+    FimMiddle,
+    FimPad,
+    /// Qwen's `<|repo_name|>`.
+    RepoName,
+    /// Qwen's `<|file_sep|>`.
+    FileSep,
+    Bos,
+    Eos,
+}
+
+/// How to pick each next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// One generation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The prompt, with special tokens written by name.
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends before the first occurrence of any of these (not included in the output).
+    pub stop: Vec<String>,
+}
+
+impl Request {
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new() }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    EndOfText,
+    /// A stop sequence appeared.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The consumer dropped the generation.
+    Cancelled,
+}
+
+/// What a finished generation cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV cache was kept from an earlier request (not computed again).
+    pub reused_prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub time_to_first_token: Duration,
+    pub total: Duration,
+}
+
+/// What a generation streams.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Text(String),
+    Done(Finish),
+    Error(String),
+}
+
+/// A running generation. Dropping it cancels the work.
+pub struct Generation {
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Generation {
+    /// Creates the pair: the consumer's [`Generation`] and the engine's [`Sink`].
+    pub fn channel() -> (Generation, Sink) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        (Generation { events: rx, cancel: Arc::clone(&cancel) }, Sink { events: tx, cancel })
+    }
+
+    /// The next event; `None` after `Done` or `Error`.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event, blocking the thread (CLI, tests).
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        self.events.blocking_recv()
+    }
+
+    /// Waits for the whole text (blocking).
+    pub fn collect_blocking(mut self) -> Result<(String, Finish), GenerateError> {
+        let mut text = String::new();
+        while let Some(event) = self.next_blocking() {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(finish) => return Ok((text, finish)),
+                Event::Error(e) => return Err(GenerateError::Failed(e)),
+            }
+        }
+        Err(GenerateError::EngineGone)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine's end of a [`Generation`].
+pub struct Sink {
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+
+    pub fn send(&self, event: Event) {
+        // A closed channel means the consumer is gone; `is_cancelled` reports it.
+        let _ = self.events.send(event);
+    }
+}
+
+/// A loaded model that generates text.
+pub trait Generator: Send + Sync {
+    /// Model file name or id, for display.
+    fn model_name(&self) -> &str;
+    /// The text of a special token, if the model has it.
+    fn special(&self, token: SpecialToken) -> Option<String>;
+    /// Starts a generation; events stream on the returned handle.
+    fn generate(&self, request: Request) -> Result<Generation, GenerateError>;
+}
+
+/// Turns streamed bytes into whole UTF-8 characters (a token may end inside one).
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes, returns the text that is complete so far.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let out = s.to_owned();
+                self.pending.clear();
+                out
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // An invalid sequence (not just an unfinished one) is replaced, never kept forever.
+                let keep_from = if e.error_len().is_some() { self.pending.len() } else { valid };
+                let out = String::from_utf8_lossy(&self.pending[..keep_from]).into_owned();
+                self.pending.drain(..keep_from);
+                out
+            }
+        }
+    }
+}
+
+/// Holds back streamed text that may be the start of a stop sequence.
+#[derive(Debug)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
+    }
+
+    /// Adds text; returns what can be shown now and whether a stop sequence was reached.
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        self.held.push_str(text);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            let out = self.held[..at].to_owned();
+            self.held.clear();
+            return (out, true);
+        }
+        // Keep the longest tail that is a prefix of some stop sequence.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|prefix| self.held.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_owned();
+        self.held.drain(..cut);
+        (out, false)
+    }
+
+    /// The text still held back when generation ends for another reason.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens() {
+        let mut s = Utf8Stream::default();
+        let bytes = "é🦀".as_bytes();
+        assert_eq!(s.push(&bytes[..1]), "");
+        assert_eq!(s.push(&bytes[1..3]), "é");
+        assert_eq!(s.push(&bytes[3..]), "🦀");
+        assert_eq!(s.push(b"\xff!"), "\u{fffd}!");
+    }
+
+    #[test]
+    fn stop_sequences_are_held_back_and_cut() {
+        let mut m = StopMatcher::new(&["\n\n".into(), "<|endoftext|>".into()]);
+        assert_eq!(m.push("a + b"), ("a + b".into(), false));
+        assert_eq!(m.push("\n"), ("".into(), false));
+        assert_eq!(m.push("x"), ("\nx".into(), false));
+        assert_eq!(m.push("<|end"), ("".into(), false));
+        assert_eq!(m.push("oftext|>tail"), ("".into(), true));
+
+        let mut m = StopMatcher::new(&["}".into()]);
+        assert_eq!(m.push("x }"), ("x ".into(), true));
+        let mut m = StopMatcher::new(&["END".into()]);
+        assert_eq!(m.push("abcE"), ("abc".into(), false));
+        assert_eq!(m.finish(), "E");
+        let mut m = StopMatcher::new(&[]);
+        assert_eq!(m.push("anything"), ("anything".into(), false));
+    }
+
+    #[test]
+    fn dropping_a_generation_cancels_it() {
+        let (generation, sink) = Generation::channel();
+        assert!(!sink.is_cancelled());
+        drop(generation);
+        assert!(sink.is_cancelled());
+    }
+
+    #[test]
+    fn unknown_models_name_the_bundled_ones() {
+        let err = BundledModel::resolve("gpt-17", &Assets::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("qwen2.5-coder-0.5b, smollm2-135m"), "{err}");
+        let err = BundledModel::resolve("smollm2-135m", &Assets::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("scripts/setup"), "{err}");
+    }
+}
