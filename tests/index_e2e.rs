@@ -254,6 +254,11 @@ fn a_killed_index_run_is_completed_by_the_next() {
     let vectors = killed["index"]["vectors"].as_u64().unwrap();
     assert_eq!(chunks, 300, "{killed}");
     assert!(vectors < chunks, "the run was killed too late to test anything: {killed}");
+    // Keyword search already works on the interrupted index.
+    let out = kenning(&["search", "--no-embed", "--json", "-k", "1", "handler_42", "-w", root.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits[0]["citation"]["path"], "src/m042.rs", "{hits}");
 
     let out = kenning(&["index", "--json"]).arg(root).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
