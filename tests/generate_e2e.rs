@@ -47,6 +47,9 @@ fn qwen_names_its_fim_and_repo_tokens_and_smollm_has_none() {
     assert_eq!(engine.special(SpecialToken::FimMiddle).as_deref(), Some("<|fim_middle|>"));
     assert_eq!(engine.special(SpecialToken::RepoName).as_deref(), Some("<|repo_name|>"));
     assert_eq!(engine.special(SpecialToken::FileSep).as_deref(), Some("<|file_sep|>"));
+    assert_eq!(engine.count_tokens("<|fim_prefix|>").unwrap(), 1);
+    assert_eq!(engine.count_tokens("").unwrap(), 0);
+    assert!(engine.count_tokens("fn main() { println!(\"hello\"); }").unwrap() > 5);
 
     let small = load("smollm2-135m");
     assert_eq!(small.special(SpecialToken::FimPrefix), None);

@@ -55,6 +55,7 @@ fn backend() -> Result<&'static LlamaBackend, String> {
 
 enum Job {
     Generate(Request, Sink),
+    CountTokens(String, std::sync::mpsc::Sender<usize>),
 }
 
 /// A GGUF model served by llama.cpp on its own thread.
@@ -92,6 +93,12 @@ impl Generator for LlamaEngine {
 
     fn special(&self, token: SpecialToken) -> Option<String> {
         self.specials.iter().find(|(t, _)| *t == token).map(|(_, s)| s.clone())
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
+        rx.recv().map_err(|_| GenerateError::EngineGone)
     }
 
     fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
@@ -145,7 +152,14 @@ fn engine_thread(
     let _ = ready.send(Ok(special_tokens(&model)));
 
     let mut session = Session { model: &model, ctx, cached: Vec::new() };
-    while let Ok(Job::Generate(request, sink)) = jobs.recv() {
+    while let Ok(job) = jobs.recv() {
+        let (request, sink) = match job {
+            Job::CountTokens(text, reply) => {
+                let _ = reply.send(model.vocab().tokenize(text.as_bytes(), false, true).len());
+                continue;
+            }
+            Job::Generate(request, sink) => (request, sink),
+        };
         if sink.is_cancelled() {
             continue;
         }

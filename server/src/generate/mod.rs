@@ -218,6 +218,8 @@ pub trait Generator: Send + Sync {
     fn model_name(&self) -> &str;
     /// The text of a special token, if the model has it.
     fn special(&self, token: SpecialToken) -> Option<String>;
+    /// How many tokens `text` is to this model (special tokens written by name count as one).
+    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError>;
     /// Starts a generation; events stream on the returned handle.
     fn generate(&self, request: Request) -> Result<Generation, GenerateError>;
 }

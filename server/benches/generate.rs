@@ -1,0 +1,102 @@
+//! Generation benchmark: per bundled model on the llama.cpp engine, load time, time to first token at
+//! prompt lengths 256 / 1024 / 2048, decode speed, peak RSS, and the time to first token of a second
+//! completion that shares the first one's prefix (the KV cache reuse), as a ratio to the cold one.
+//!
+//! `cargo bench -p kenning --bench generate -- [--threads N] [--models a,b]`
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use kenning::assets::Assets;
+use kenning::generate::llama::{LlamaEngine, LlamaOptions};
+use kenning::generate::{BundledModel, Generator, Request};
+use kenning::paths::Paths;
+
+const PROMPT_LENGTHS: [usize; 3] = [256, 1024, 2048];
+const DECODE_TOKENS: usize = 64;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1e3)
+}
+
+/// Source text to build prompts from: this crate's own code, repeated as needed.
+fn corpus() -> String {
+    let mut text = String::new();
+    for file in ["src/index.rs", "src/store.rs", "src/chunk/mod.rs", "src/retrieve.rs", "src/workspace.rs"] {
+        text.push_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + file).unwrap());
+    }
+    text
+}
+
+/// A prompt of about `tokens` tokens, starting with `tag` (distinct first words keep prompts from
+/// sharing a prefix).
+fn prompt_of(engine: &dyn Generator, corpus: &str, tag: &str, tokens: usize) -> (String, usize) {
+    let (mut lo, mut hi) = (0usize, corpus.len());
+    let build = |n: usize| {
+        let mut end = n.min(corpus.len());
+        while !corpus.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{tag}\n{}", &corpus[..end])
+    };
+    while lo + 16 < hi {
+        let mid = (lo + hi) / 2;
+        if engine.count_tokens(&build(mid)).unwrap() < tokens { lo = mid } else { hi = mid }
+    }
+    let prompt = build(hi);
+    let n = engine.count_tokens(&prompt).unwrap();
+    (prompt, n)
+}
+
+fn run(engine: &LlamaEngine, prompt: &str, max_tokens: usize) -> (Duration, f64, usize) {
+    let (_, finish) = engine.generate(Request { max_tokens, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
+    let decode = (finish.total - finish.time_to_first_token).as_secs_f64();
+    let rate = finish.generated_tokens.saturating_sub(1) as f64 / decode.max(1e-9);
+    (finish.time_to_first_token, rate, finish.reused_prompt_tokens)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads: usize = arg(&args, "--threads").map_or(1, |t| t.parse().expect("--threads takes a number"));
+    let models = arg(&args, "--models").unwrap_or_else(|| "qwen2.5-coder-0.5b,smollm2-135m".into());
+    let assets = Assets::new(Paths::from_env().assets());
+    let corpus = corpus();
+    println!("kenning generation benchmark (llama.cpp engine, {threads} thread(s), greedy)");
+    println!("  MLX engine: not in this build yet");
+    for name in models.split(',') {
+        let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        let engine = LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, ..LlamaOptions::default() }).unwrap();
+        println!("\n{name}: loaded in {:.2} s", t.elapsed().as_secs_f64());
+        let mut decode_rates = Vec::new();
+        for (i, &target) in PROMPT_LENGTHS.iter().enumerate() {
+            let tag = ["Alpha", "Bravo", "Charlie"][i];
+            let (prompt, n) = prompt_of(&engine, &corpus, tag, target);
+            let (ttft, rate, reused) = run(&engine, &prompt, DECODE_TOKENS);
+            assert!(reused <= 1, "a cold prompt shares at most the BOS token, not {reused}");
+            decode_rates.push(rate);
+            println!("  prompt {n:>5} tokens: time to first token {:>7.3} s, decode {rate:>6.1} tok/s", ttft.as_secs_f64());
+        }
+        // Second completion in the same file: same prefix, a few tokens changed at the end.
+        let (prompt, n) = prompt_of(&engine, &corpus, "Delta", 2048);
+        let (cold, _, _) = run(&engine, &prompt, 1);
+        let edited = format!("{prompt}\n    let edited = 1;\n");
+        let (warm, _, reused) = run(&engine, &edited, 1);
+        println!(
+            "  second completion sharing a {n}-token prefix: first token {:.3} s vs {:.3} s cold = {:.1}x faster (goal >= 5x), {reused} tokens reused",
+            warm.as_secs_f64(),
+            cold.as_secs_f64(),
+            cold.as_secs_f64() / warm.as_secs_f64()
+        );
+        println!("  peak RSS so far {:.0} MB", peak_rss_mb());
+    }
+}
