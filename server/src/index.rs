@@ -241,8 +241,12 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes:
         return Work::Touched(StoredFile { chunks: p.chunks, ..file });
     }
     let language = Language::from_path(&file.path);
-    let chunks = chunk::chunk_file(&file.path, language, &source.text);
-    Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy }
+    // A bug in the chunker must cost one file, not the run (and never the server).
+    let chunked = std::panic::catch_unwind(|| chunk::chunk_file(&file.path, language, &source.text));
+    match chunked {
+        Ok(chunks) => Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy },
+        Err(_) => Work::Skipped(file.path, SkipReason::Unreadable("internal error while chunking".into())),
+    }
 }
 
 /// Changed files waiting to be written together.
