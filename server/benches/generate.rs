@@ -5,12 +5,16 @@
 //! `cargo bench -p kenning --bench generate -- [--threads N] [--models a,b]`
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::{BundledModel, Generator, Request};
 use kenning::paths::Paths;
+
+use common::peak_rss_mb;
 
 const PROMPT_LENGTHS: [usize; 3] = [256, 1024, 2048];
 const DECODE_TOKENS: usize = 64;
@@ -19,16 +23,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1e3)
-}
-
-/// Source text to build prompts from: this crate's own code, repeated as needed.
+/// Source text to build prompts from: some of this crate's own code.
 fn corpus() -> String {
     let mut text = String::new();
     for file in ["src/index.rs", "src/store.rs", "src/chunk/mod.rs", "src/retrieve.rs", "src/workspace.rs"] {

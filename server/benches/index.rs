@@ -7,6 +7,8 @@
 //! brute-force cosine scan.
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ use kenning::paths::Paths;
 use kenning::retrieve::{SearchRequest, search};
 use kenning::store::{Filter, Store, dir_size};
 use kenning::workspace::{self, WalkItem, WalkOptions};
+
+use common::{peak_rss_mb, reset_peak_rss};
 
 /// Queries per latency measurement.
 const QUERIES: usize = 200;
@@ -57,20 +61,6 @@ fn report_latency(name: &str, samples: &mut [Duration]) -> (f64, f64) {
     let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
     println!("  {name:<44} p50 {p50:>8.2} ms   p99 {p99:>8.2} ms   (n={})", samples.len());
     (p50, p99)
-}
-
-/// Peak resident memory since the last reset, in MB (Linux; 0 elsewhere).
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1e3)
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn source_files(repo: &Path) -> Vec<(String, Language, String)> {
