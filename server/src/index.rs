@@ -42,15 +42,9 @@ pub enum IndexError {
 }
 
 /// Options of one indexing run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IndexOptions {
     pub walk: WalkOptions,
-}
-
-impl Default for IndexOptions {
-    fn default() -> Self {
-        Self { walk: WalkOptions::default() }
-    }
 }
 
 /// Callbacks for progress reporting (CLI bars, LSP `$/progress`). All default to nothing.
