@@ -54,9 +54,7 @@ fn prompt_of(engine: &dyn Generator, corpus: &str, tag: &str, tokens: usize) -> 
 
 fn run(engine: &LlamaEngine, prompt: &str, max_tokens: usize) -> (Duration, f64, usize) {
     let (_, finish) = engine.generate(Request { max_tokens, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
-    let decode = (finish.total - finish.time_to_first_token).as_secs_f64();
-    let rate = finish.generated_tokens.saturating_sub(1) as f64 / decode.max(1e-9);
-    (finish.time_to_first_token, rate, finish.reused_prompt_tokens)
+    (finish.time_to_first_token, finish.decode_tokens_per_second(), finish.reused_prompt_tokens)
 }
 
 fn main() {

@@ -384,7 +384,6 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
             Event::Done(finish) => {
                 writeln!(stdout)?;
                 if args.verbose {
-                    let decode = finish.total.saturating_sub(finish.time_to_first_token).as_secs_f64();
                     eprintln!(
                         "{}: load {:.2}s, prompt {} tokens, first token {:.3}s, {} tokens at {:.1} tok/s, stop: {:?}",
                         engine.model_name(),
@@ -392,7 +391,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
                         finish.prompt_tokens,
                         finish.time_to_first_token.as_secs_f64(),
                         finish.generated_tokens,
-                        finish.generated_tokens.saturating_sub(1) as f64 / decode.max(1e-9),
+                        finish.decode_tokens_per_second(),
                         finish.reason
                     );
                 }

@@ -2,7 +2,8 @@
 //!
 //! Three tables live in the index directory:
 //! - `chunks`: text and metadata of every chunk, with a BM25 full-text index on `text` (code
-//!   tokenizer: `parse_expr` is found by `parse`, `expr` and `parse_expr`). Written first, so keyword search works before any embedding.
+//!   tokenizer: `parse_expr` is found by `parse`, `expr` and `parse_expr`). Written first, so
+//!   keyword search works before any embedding.
 //! - `vectors`: one embedding per chunk id (plus path/language for filtering and the content hash
 //!   for reuse), filled as embeddings are computed; an IVF-HNSW-SQ index once it is large enough.
 //! - `files`: one row per indexed file with its content hash, size and mtime. A file's row is
@@ -554,14 +555,11 @@ impl Store {
     }
 
     pub async fn stats(&self) -> Result<StoreStats> {
-        let count = |t: &Table| {
-            let t = t.clone();
-            async move { t.count_rows(None).await }
-        };
+        let (chunks, vectors) = self.counts().await?;
         Ok(StoreStats {
-            files: count(&self.files).await.map_err(|e| self.err(e))?,
-            chunks: count(&self.chunks).await.map_err(|e| self.err(e))?,
-            vectors: count(&self.vectors).await.map_err(|e| self.err(e))?,
+            files: self.files.count_rows(None).await.map_err(|e| self.err(e))?,
+            chunks,
+            vectors,
             bytes_on_disk: dir_size(&self.dir),
             has_text_index: self.has_text_index().await?,
             has_vector_index: self.has_index(&self.vectors, IndexType::IvfHnswSq).await?,

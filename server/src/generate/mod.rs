@@ -143,6 +143,14 @@ pub struct Finish {
     pub total: Duration,
 }
 
+impl Finish {
+    /// Decode speed: the tokens after the first, over the time after the first.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        let decode = self.total.saturating_sub(self.time_to_first_token).as_secs_f64();
+        self.generated_tokens.saturating_sub(1) as f64 / decode.max(1e-9)
+    }
+}
+
 /// What a generation streams.
 #[derive(Debug, Clone)]
 pub enum Event {
