@@ -1,8 +1,11 @@
-//! The `kenning` command line: `index`, `search`, `status`.
+//! The `kenning` command line: `serve` (the default), `index`, `search`, `status`, `ask`, `complete`,
+//! `eval`, `generate`.
 //!
 //! Results go to stdout (human-readable, or JSON with `--json`); progress bars and warnings go to
 //! stderr, so `kenning search --json ... | jq` works.
 #![allow(clippy::print_stdout)]
+
+mod assist;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,11 +31,19 @@ pub struct Cli {
     #[arg(long, global = true, env = "KENNING_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the language server on stdin/stdout (what editors start; the default with no command).
+    Serve,
+    /// Ask a question about the code: an answer with numbered citations.
+    Ask(assist::AskArgs),
+    /// Complete at FILE:LINE:COLUMN with the retrieved context, as the editor would.
+    Complete(assist::CompleteArgs),
+    /// Measure completion quality on tasks (exact match, edit similarity, latency).
+    Eval(assist::EvalArgs),
     /// Index a workspace (incremental: only changed files are re-read and re-embedded).
     Index(IndexArgs),
     /// Search the index: keyword (BM25) and semantic (vector) results, fused.
@@ -163,12 +174,26 @@ struct StatusArgs {
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let paths = cli.cache_dir.map(Paths::with_root).unwrap_or_else(Paths::from_env);
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            serve(paths).await;
+            Ok(())
+        }
+        Command::Ask(args) => assist::ask_cmd(&paths, args).await,
+        Command::Complete(args) => assist::complete_cmd(&paths, args).await,
+        Command::Eval(args) => assist::eval_cmd(&paths, args).await,
         Command::Index(args) => index_cmd(&paths, args).await,
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
     }
+}
+
+/// The language server; logs go to stderr (`KENNING_LOG=debug` for more), stdout is the protocol.
+async fn serve(paths: Paths) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KENNING_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kenning=info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    crate::lsp::serve_stdio(crate::lsp::Options { paths }).await;
 }
 
 fn workspace_root(path: &Path) -> Result<PathBuf> {
@@ -201,7 +226,7 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
     let store = open_store(&dir).await?;
     let bars = Arc::new(Bars::new(!args.json));
-    let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() } };
+    let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() }, ..IndexOptions::default() };
     let summary = index::index_workspace(&root, &store, embedder, &options, bars.clone()).await?;
     bars.finish();
     if args.json {

@@ -45,6 +45,9 @@ pub enum IndexError {
 #[derive(Debug, Clone, Default)]
 pub struct IndexOptions {
     pub walk: WalkOptions,
+    /// Leave compaction to the caller ([`IndexSummary::optimize_due`] says when it is due): the
+    /// language server re-indexes a saved file on the request path and optimizes when idle.
+    pub defer_optimize: bool,
 }
 
 /// Callbacks for progress reporting (CLI bars, LSP `$/progress`). All default to nothing.
@@ -79,6 +82,8 @@ pub struct IndexSummary {
     pub vectors_ready: Duration,
     pub total: Duration,
     pub languages: Vec<(String, usize)>,
+    /// The run skipped an optimize it would have done ([`IndexOptions::defer_optimize`]).
+    pub optimize_due: bool,
 }
 
 /// What the walker threads hand to the writer.
@@ -192,11 +197,16 @@ pub async fn index_workspace(
 
     if summary.vectors_computed > 0 {
         store.ensure_vector_index().await?;
+        store.ensure_id_index().await?;
     }
     let wrote = summary.files_changed + summary.files_removed + touched.len() + summary.vectors_computed > 0;
     if summary.chunks_written >= OPTIMIZE_AFTER_CHUNKS || (wrote && store.needs_optimize().await?) {
-        progress.optimizing();
-        store.optimize().await?;
+        if options.defer_optimize {
+            summary.optimize_due = true;
+        } else {
+            progress.optimizing();
+            store.optimize().await?;
+        }
     }
     summary.files_seen = seen.len() + summary.skipped.len();
     summary.skipped.sort();

@@ -4,13 +4,18 @@
 //! `retrieve` answers searches from the store; `generate` runs local models (llama.cpp). See ARCHITECTURE.md for the map and the invariants.
 #![deny(clippy::print_stdout)]
 
+pub mod ask;
 pub mod assets;
 pub mod chunk;
 pub mod cli;
+pub mod complete;
+pub mod config;
 pub mod embed;
 pub mod generate;
 pub mod index;
+pub mod lsp;
 pub mod paths;
+pub mod prompt;
 pub mod retrieve;
 pub mod store;
 pub mod workspace;

@@ -26,7 +26,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use globset::GlobMatcher;
-use lancedb::index::scalar::{FullTextSearchQuery, InvertedIndexParams};
+use lancedb::index::scalar::{BTreeIndexBuilder, FullTextSearchQuery, InvertedIndexParams};
 use lancedb::index::vector::IvfHnswSqIndexBuilder;
 use lancedb::index::{Index, IndexType};
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
@@ -432,6 +432,24 @@ impl Store {
             .num_partitions(partitions);
         self.vectors
             .create_index(&["vector"], Index::IvfHnswSq(builder))
+            .replace(true)
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Builds a B-tree on `chunks.id` once the table is large enough for a scan to cost more than
+    /// the index: vector hits are joined back to their chunks by id.
+    pub async fn ensure_id_index(&self) -> Result<bool> {
+        if self.has_index(&self.chunks, IndexType::BTree).await? {
+            return Ok(false);
+        }
+        if self.chunks.count_rows(None).await.map_err(|e| self.err(e))? < VECTOR_INDEX_MIN_ROWS {
+            return Ok(false);
+        }
+        self.chunks
+            .create_index(&["id"], Index::BTree(BTreeIndexBuilder::default()))
             .replace(true)
             .execute()
             .await

@@ -5,6 +5,7 @@
 //! Special tokens are written by name in the prompt text (`<|fim_prefix|>`), and engines parse them
 //! as special tokens; [`Generator::special`] gives the spelling a model uses for each role.
 
+pub mod http;
 pub mod llama;
 
 use std::path::PathBuf;
@@ -68,6 +69,28 @@ impl BundledModel {
             Err(GenerateError::UnknownModel(model.to_owned()))
         }
     }
+}
+
+/// The generator a configuration asks for; `None` when it asks for no model. Loading a local model
+/// takes a while: call this off the async runtime.
+pub fn from_config(config: &crate::config::Generation, assets: &Assets) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
+    use crate::config::Generation as G;
+    Ok(Some(match config {
+        G::Llama { model, adapter, threads, context, .. } => {
+            let path = BundledModel::resolve(model, assets)?;
+            let mut options = llama::LlamaOptions { context: *context, lora: adapter.clone(), ..llama::LlamaOptions::default() };
+            if *threads > 0 {
+                options.threads = *threads;
+            }
+            Arc::new(llama::LlamaEngine::load(&path, options)?)
+        }
+        G::Ollama { url, model, .. } => Arc::new(http::HttpGenerator::new(http::Api::Ollama, url, model, None, config.family())?),
+        G::Openai { url, model, api_key_env, .. } => {
+            let key = api_key_env.as_ref().and_then(|v| std::env::var(v).ok());
+            Arc::new(http::HttpGenerator::new(http::Api::OpenAi, url, model, key, config.family())?)
+        }
+        G::None => return Ok(None),
+    }))
 }
 
 /// Roles of special tokens a prompt may need.

@@ -1,0 +1,248 @@
+//! Context for a completion, from three places: definitions of identifiers near the cursor (looked
+//! up by name in the index), windows of other open buffers similar to the code at the cursor, and
+//! hybrid search hits for that code. The pure parts (which identifiers, which windows, dedupe) are
+//! separate from the store lookups.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::embed::Embedder;
+use crate::prompt::{Snippet, Source};
+use crate::retrieve::{self, SearchRequest};
+use crate::store::{Filter, Store};
+
+/// Lines above the cursor searched for identifiers.
+const IDENT_LINES_ABOVE: usize = 12;
+/// Lines of an open buffer in one window compared with the code at the cursor.
+const WINDOW_LINES: usize = 20;
+/// Minimum Jaccard similarity of identifier sets for an open-buffer window to be used.
+const MIN_SIMILARITY: f64 = 0.08;
+
+/// An open document other than the one being completed.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    pub path: String,
+    pub text: String,
+}
+
+/// Words that are never worth looking up.
+const KEYWORDS: &[&str] = &[
+    "and", "as", "async", "await", "break", "case", "catch", "class", "const", "continue", "crate", "def", "default", "defer",
+    "del", "elif", "else", "enum", "except", "export", "extends", "extern", "false", "final", "finally", "fn", "for", "from",
+    "func", "function", "go", "if", "impl", "import", "in", "interface", "is", "lambda", "let", "loop", "match", "mod",
+    "move", "mut", "new", "nil", "None", "not", "null", "or", "package", "pass", "private", "protected", "pub", "public",
+    "raise", "ref", "return", "self", "Self", "static", "struct", "super", "switch", "this", "throw", "trait", "true",
+    "True", "False", "try", "type", "typeof", "undefined", "unsafe", "use", "var", "void", "where", "while", "with", "yield",
+    "String", "Vec", "Option", "Some", "Ok", "Err", "Result", "Box", "usize", "u8", "u16", "u32", "u64", "i32", "i64",
+    "f32", "f64", "bool", "str", "int", "float", "char", "println", "print", "len",
+];
+
+fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            if c.is_ascii_alphabetic() || c == b'_' {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                return Some((start, &text[start..i]));
+            }
+            if c.is_ascii_digit() {
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                continue;
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+/// Identifiers in the lines around the cursor, nearest first, without keywords or short words.
+pub fn nearby_identifiers(text: &str, offset: usize, max: usize) -> Vec<String> {
+    let mut start = offset;
+    for _ in 0..=IDENT_LINES_ABOVE {
+        match text[..start].rfind('\n') {
+            Some(i) => start = i,
+            None => {
+                start = 0;
+                break;
+            }
+        }
+    }
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let mut found: Vec<(usize, &str)> = words(&text[start..end])
+        .filter(|(_, w)| w.len() >= 3 && !KEYWORDS.contains(w))
+        .map(|(at, w)| ((start + at).abs_diff(offset), w))
+        .collect();
+    found.sort_by_key(|(distance, _)| *distance);
+    let mut seen = HashSet::new();
+    found.into_iter().filter(|(_, w)| seen.insert(*w)).take(max).map(|(_, w)| w.to_owned()).collect()
+}
+
+/// The name a chunk's symbol path defines: `impl Parser > fn parse_expr` → `parse_expr`,
+/// `func Store.Get` → `Get`, `namespace geo > fn Circle::area` → `area`.
+pub fn defined_name(symbol: &str) -> &str {
+    let last = symbol.rsplit(" > ").next().unwrap_or(symbol);
+    let name = last.rsplit(' ').next().unwrap_or(last);
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+/// Looks each identifier up in the index and keeps the chunks that define it (not in `current`).
+pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
+    let lookups = identifiers.iter().map(|name| async move {
+        let hits = store.search_text(name, 12, &Filter::default()).await.unwrap_or_default();
+        hits.into_iter()
+            .map(|(chunk, _)| chunk)
+            .filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str())
+            .take(per_name)
+            .map(|c| Snippet { path: c.path, start_line: c.start_line, end_line: c.end_line, text: c.text, source: Source::Definition })
+            .collect::<Vec<_>>()
+    });
+    futures::future::join_all(lookups).await.into_iter().flatten().collect()
+}
+
+/// Hybrid search for the code at the cursor, without hits from `current`.
+pub async fn retrieved(store: &Store, embedder: Option<Arc<dyn Embedder>>, query: &str, current: &str, k: usize) -> Vec<Snippet> {
+    let mut request = SearchRequest::new(query);
+    request.k = k + 2;
+    request.per_file = 1;
+    match retrieve::search(store, embedder, &request).await {
+        Ok(hits) => hits
+            .into_iter()
+            .filter(|h| h.citation.path != current)
+            .take(k)
+            .map(|h| Snippet {
+                path: h.citation.path,
+                start_line: h.citation.start_line,
+                end_line: h.citation.end_line,
+                text: h.text,
+                source: Source::Retrieved,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("retrieval for a completion failed: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn identifier_set(text: &str) -> HashSet<&str> {
+    words(text).map(|(_, w)| w).filter(|w| w.len() >= 2).collect()
+}
+
+/// The window of each open buffer most similar to `query` (Jaccard similarity of identifier sets),
+/// best first, at most `max`.
+pub fn similar_windows(query: &str, buffers: &[Buffer], max: usize) -> Vec<Snippet> {
+    let wanted = identifier_set(query);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut best: Vec<(f64, Snippet)> = Vec::new();
+    for buffer in buffers {
+        let lines: Vec<&str> = buffer.text.lines().collect();
+        let step = WINDOW_LINES / 2;
+        let mut top: Option<(f64, usize)> = None;
+        let mut start = 0;
+        while start < lines.len().max(1) {
+            let end = (start + WINDOW_LINES).min(lines.len());
+            let window = lines[start..end].join("\n");
+            let have = identifier_set(&window);
+            let union = wanted.union(&have).count();
+            let score = if union == 0 { 0.0 } else { wanted.intersection(&have).count() as f64 / union as f64 };
+            if top.is_none_or(|(s, _)| score > s) {
+                top = Some((score, start));
+            }
+            if end == lines.len() {
+                break;
+            }
+            start += step;
+        }
+        if let Some((score, start)) = top
+            && score >= MIN_SIMILARITY
+        {
+            let end = (start + WINDOW_LINES).min(lines.len());
+            best.push((
+                score,
+                Snippet {
+                    path: buffer.path.clone(),
+                    start_line: start as u32 + 1,
+                    end_line: end as u32,
+                    text: lines[start..end].join("\n") + "\n",
+                    source: Source::OpenBuffer,
+                },
+            ));
+        }
+    }
+    best.sort_by(|a, b| b.0.total_cmp(&a.0));
+    best.into_iter().take(max).map(|(_, s)| s).collect()
+}
+
+/// Drops snippets overlapping an earlier one in the same file (earlier = more important).
+pub fn dedupe(snippets: Vec<Snippet>) -> Vec<Snippet> {
+    let mut kept: Vec<Snippet> = Vec::new();
+    let mut by_path: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+    for s in snippets {
+        let ranges = by_path.entry(s.path.clone()).or_default();
+        if ranges.iter().any(|&(a, b)| s.start_line <= b && a <= s.end_line) {
+            continue;
+        }
+        ranges.push((s.start_line, s.end_line));
+        kept.push(s);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_nearest_the_cursor_come_first() {
+        let text = "use crate::cart::Cart;\nfn total(cart: &Cart) -> u64 {\n    let sum = price_of(cart.items);\n    sum";
+        let ids = nearby_identifiers(text, text.len(), 4);
+        assert_eq!(ids, vec!["sum", "items", "cart", "price_of"]);
+    }
+
+    #[test]
+    fn defined_names_come_from_symbol_paths() {
+        assert_eq!(defined_name("impl Parser > fn parse_expr"), "parse_expr");
+        assert_eq!(defined_name("struct Cart"), "Cart");
+        assert_eq!(defined_name("func Store.Get"), "Get");
+        assert_eq!(defined_name("namespace geo > fn Circle::area"), "area");
+        assert_eq!(defined_name(""), "");
+    }
+
+    #[test]
+    fn the_most_similar_window_of_each_buffer_is_found() {
+        let mut other = String::new();
+        for i in 0..60 {
+            other.push_str(&format!("let unrelated_{i} = {i};\n"));
+        }
+        other.push_str("fn apply_discount(cart: &Cart, coupon: Coupon) -> u64 {\n    cart.total() - coupon.amount\n}\n");
+        let buffers = [Buffer { path: "src/discount.rs".into(), text: other }, Buffer { path: "empty.rs".into(), text: String::new() }];
+        let found = similar_windows("let price = apply_discount(cart, coupon);", &buffers, 3);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, "src/discount.rs");
+        assert!(found[0].text.contains("fn apply_discount"));
+        assert!(found[0].end_line >= 61 && found[0].start_line <= 61, "{:?}", (found[0].start_line, found[0].end_line));
+    }
+
+    #[test]
+    fn overlapping_snippets_keep_the_first() {
+        let s = |path: &str, a, b, source| Snippet { path: path.into(), start_line: a, end_line: b, text: String::new(), source };
+        let kept = dedupe(vec![
+            s("a.rs", 10, 20, Source::Definition),
+            s("a.rs", 15, 30, Source::Retrieved),
+            s("a.rs", 21, 30, Source::Retrieved),
+            s("b.rs", 15, 30, Source::Retrieved),
+        ]);
+        let got: Vec<(&str, u32)> = kept.iter().map(|s| (s.path.as_str(), s.start_line)).collect();
+        assert_eq!(got, vec![("a.rs", 10), ("a.rs", 21), ("b.rs", 15)]);
+    }
+}

@@ -1,0 +1,96 @@
+use super::*;
+
+/// Splits a fixture at `$0`.
+fn at_cursor(fixture: &str) -> (String, usize) {
+    let offset = fixture.find("$0").expect("fixture has $0");
+    (fixture.replacen("$0", "", 1), offset)
+}
+
+fn check_mode(language: Language, fixture: &str, expected: Option<Mode>) {
+    let (text, offset) = at_cursor(fixture);
+    assert_eq!(decide(language, &text, offset), expected, "{fixture}");
+}
+
+#[test]
+fn mid_line_is_not_completed() {
+    check_mode(Language::Rust, "fn main() {\n    let x = $0foo;\n}\n", None);
+}
+
+#[test]
+fn end_of_a_non_blank_line_is_one_line() {
+    check_mode(Language::Rust, "fn main() {\n    let x = $0\n}\n", Some(Mode::SingleLine));
+    check_mode(Language::Rust, "fn main() {\n    call($0);\n}\n", Some(Mode::SingleLine));
+}
+
+#[test]
+fn blank_line_in_a_block_is_a_block() {
+    check_mode(Language::Rust, "fn main() {\n    $0\n}\n", Some(Mode::MultiLine));
+    check_mode(Language::Python, "def f(x):\n    $0\n", Some(Mode::MultiLine));
+    check_mode(Language::Rust, "$0", Some(Mode::MultiLine));
+}
+
+#[test]
+fn blank_line_inside_arguments_is_one_line() {
+    check_mode(Language::Rust, "fn main() {\n    call(\n        a,\n        $0\n    );\n}\n", Some(Mode::SingleLine));
+}
+
+fn check_cut(mode: Mode, fixture: &str, raw: &str, expected: &str, done: bool) {
+    let (text, offset) = at_cursor(fixture);
+    let cursor = Cursor::new(&text, offset);
+    let (kept, stopped) = cut(mode, raw, &cursor, Limits { max_lines: 5 });
+    assert_eq!((kept.as_str(), stopped), (expected, done), "{raw:?}");
+}
+
+#[test]
+fn one_line_stops_at_the_newline() {
+    check_cut(Mode::SingleLine, "let x = $0", "a + b;\nlet y = 2;", "a + b;", true);
+    check_cut(Mode::SingleLine, "let x = $0", "a + ", "a + ", false);
+}
+
+#[test]
+fn a_block_stops_when_indentation_leaves_it() {
+    let fixture = "fn f() {\n    $0\n}\n";
+    check_cut(Mode::MultiLine, fixture, "let a = 1;\n    a + 1\n}\n\nfn g() {}", "let a = 1;\n    a + 1", true);
+    check_cut(Mode::MultiLine, fixture, "let a = 1;\n    a", "let a = 1;\n    a", false);
+}
+
+#[test]
+fn a_block_stops_before_repeating_the_next_line() {
+    let fixture = "def f(x):\n    $0\n    return y\n";
+    check_cut(Mode::MultiLine, fixture, "y = x * 2\n    return y\n", "y = x * 2", true);
+}
+
+#[test]
+fn a_block_stops_at_the_line_limit() {
+    let raw: String = (0..10).map(|i| format!("let a{i} = {i};\n    ")).collect();
+    let (text, offset) = at_cursor("fn f() {\n    $0\n}\n");
+    let (kept, done) = cut(Mode::MultiLine, &raw, &Cursor::new(&text, offset), Limits { max_lines: 3 });
+    assert!(done);
+    assert_eq!(kept.lines().count(), 3, "{kept}");
+}
+
+fn check_finish(mode: Mode, fixture: &str, completion: &str, expected: &str) {
+    let (text, offset) = at_cursor(fixture);
+    assert_eq!(finish(mode, completion, &Cursor::new(&text, offset)), expected);
+}
+
+#[test]
+fn closers_the_line_already_has_are_dropped() {
+    check_finish(Mode::SingleLine, "foo($0)", "a, b)", "a, b");
+    check_finish(Mode::SingleLine, "foo($0);", "a, b);", "a, b");
+    // Balanced brackets are the completion's own.
+    check_finish(Mode::SingleLine, "foo($0)", "bar(baz())", "bar(baz())");
+    // An unmatched closer the line does not have closes something in the prefix: kept.
+    check_finish(Mode::SingleLine, "foo(bar($0", "1))", "1))");
+}
+
+#[test]
+fn repeating_the_suffix_is_dropped() {
+    check_finish(Mode::MultiLine, "fn f() {\n    $0\n    ok(())\n}\n", "let a = 1;\n    ok(())", "let a = 1;");
+    check_finish(Mode::SingleLine, "x = [$0]", "]", "");
+}
+
+#[test]
+fn trailing_whitespace_is_trimmed() {
+    check_finish(Mode::SingleLine, "let x = $0", "1;   ", "1;");
+}

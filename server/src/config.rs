@@ -1,0 +1,326 @@
+//! Configuration: one typed schema, read from `kenning.toml` in the workspace root, the editor's
+//! `initializationOptions` and `workspace/didChangeConfiguration`, in that order of precedence
+//! (later wins, key by key).
+//!
+//! Sources are merged as plain trees first and deserialized once, so an unknown key or a bad value
+//! is reported with its full path (`completion.debounce_ms: invalid type ...`) and the source it
+//! came from. A config that does not parse is never half-applied: the previous one stays.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::prompt::Family;
+
+/// The file read from a workspace root.
+pub const FILE_NAME: &str = "kenning.toml";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    /// `kenning.toml`, `initializationOptions`, ...
+    pub source_name: String,
+    /// Dotted path of the key at fault (empty when the text itself does not parse).
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything kenning can be told.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub generation: Generation,
+    pub completion: Completion,
+    pub ask: Ask,
+    pub index: Index,
+}
+
+/// Which engine generates text, chosen by `backend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Generation {
+    /// llama.cpp in-process (the default everywhere but Apple Silicon).
+    Llama {
+        /// A bundled model name or a path to a GGUF file.
+        #[serde(default = "default_model")]
+        model: String,
+        /// A LoRA adapter (llama.cpp GGUF format).
+        #[serde(default)]
+        adapter: Option<PathBuf>,
+        /// CPU threads; 0 = half the cores.
+        #[serde(default)]
+        threads: usize,
+        /// Context window in tokens.
+        #[serde(default = "default_context")]
+        context: u32,
+        /// Prompt format; detected from the model name when absent.
+        #[serde(default)]
+        family: Option<Family>,
+    },
+    /// Ollama's `/api/generate` (raw prompt, so FIM tokens are ours).
+    Ollama {
+        #[serde(default = "default_ollama_url")]
+        url: String,
+        model: String,
+        #[serde(default)]
+        family: Option<Family>,
+    },
+    /// An OpenAI-compatible `/v1/completions` server (llama.cpp server, LM Studio, vLLM, mlx_lm.server).
+    Openai {
+        url: String,
+        model: String,
+        /// Environment variable holding the API key, if the server wants one.
+        #[serde(default)]
+        api_key_env: Option<String>,
+        #[serde(default)]
+        family: Option<Family>,
+    },
+    /// No model: no completions; `ask` answers extractively.
+    None,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation::Llama { model: default_model(), adapter: None, threads: 0, context: default_context(), family: None }
+    }
+}
+
+fn default_model() -> String {
+    "qwen2.5-coder-0.5b".into()
+}
+
+fn default_context() -> u32 {
+    4096
+}
+
+fn default_ollama_url() -> String {
+    "http://127.0.0.1:11434".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Completion {
+    pub enabled: bool,
+    /// Wait this long after a request for newer edits before generating.
+    pub debounce_ms: u64,
+    /// Token budget of the whole prompt (context + prefix + suffix).
+    pub prompt_tokens: usize,
+    /// Generated tokens at most, for one line and for a block.
+    pub max_tokens: usize,
+    pub max_tokens_multiline: usize,
+    /// Lines at most in a multi-line completion.
+    pub max_lines: usize,
+    /// Use the index (hybrid search and definitions); off = prefix/suffix and open buffers only.
+    pub retrieval: bool,
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            debounce_ms: 75,
+            prompt_tokens: 1_536,
+            max_tokens: 48,
+            max_tokens_multiline: 128,
+            max_lines: 12,
+            retrieval: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ask {
+    /// Sources retrieved for a question.
+    pub sources: usize,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+}
+
+impl Default for Ask {
+    fn default() -> Self {
+        Self { sources: 6, prompt_tokens: 2_048, max_tokens: 320 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Index {
+    /// Compute embeddings (semantic search); off = keyword search only.
+    pub embeddings: bool,
+    pub max_file_bytes: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self { embeddings: true, max_file_bytes: crate::workspace::WalkOptions::default().max_file_bytes }
+    }
+}
+
+impl Generation {
+    /// The prompt family: configured, else detected from the model name.
+    pub fn family(&self) -> Family {
+        match self {
+            Generation::Llama { model, family, .. } | Generation::Ollama { model, family, .. } | Generation::Openai { model, family, .. } => {
+                family.unwrap_or_else(|| Family::detect(model))
+            }
+            Generation::None => Family::Plain,
+        }
+    }
+}
+
+/// The configuration sources of one workspace, kept so a later change can be re-merged.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    layers: Vec<(String, Value)>,
+}
+
+impl Layers {
+    /// Reads `kenning.toml` from `root` if present.
+    pub fn from_workspace(root: &Path) -> Result<Self, ConfigError> {
+        let mut layers = Layers::default();
+        let path = root.join(FILE_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => layers.set_toml(FILE_NAME, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ConfigError { source_name: path.display().to_string(), key: String::new(), message: e.to_string() }),
+        }
+        Ok(layers)
+    }
+
+    /// Sets (or replaces) a layer from TOML text.
+    pub fn set_toml(&mut self, name: &str, text: &str) -> Result<(), ConfigError> {
+        let value: Value = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: name.to_owned(),
+            key: String::new(),
+            message: e.message().to_owned() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+        })?;
+        self.set(name, value)
+    }
+
+    /// Sets (or replaces) a layer from JSON (LSP settings). `null` removes it. A `kenning` key at
+    /// the top is taken alone (`{"kenning": {...}}`, as VS Code and shared settings send it).
+    pub fn set(&mut self, name: &str, mut value: Value) -> Result<(), ConfigError> {
+        if let Value::Object(map) = &mut value
+            && let Some(inner) = map.remove("kenning")
+        {
+            value = inner;
+        }
+        if !value.is_null() && !value.is_object() {
+            return Err(ConfigError { source_name: name.to_owned(), key: String::new(), message: "expected a table of settings".into() });
+        }
+        let mut next = self.clone();
+        next.layers.retain(|(n, _)| n != name);
+        if !value.is_null() {
+            next.layers.push((name.to_owned(), value));
+        }
+        next.resolve()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Merges the layers and deserializes the result.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut merged = Value::Object(Default::default());
+        for (name, layer) in &self.layers {
+            // Check each layer alone first so the error names the source at fault.
+            let mut alone = Value::Object(Default::default());
+            merge(&mut alone, layer.clone());
+            parse(name, alone)?;
+            merge(&mut merged, layer.clone());
+        }
+        parse("configuration", merged)
+    }
+}
+
+fn parse(name: &str, value: Value) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
+        source_name: name.to_owned(),
+        key: e.path().to_string().trim_start_matches('.').to_owned(),
+        message: e.into_inner().to_string(),
+    })
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces. A table whose
+/// `backend` changes replaces the whole table (settings of one backend mean nothing to another).
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            let backend_changes = o.get("backend").is_some_and(|nb| b.get("backend").is_some_and(|ob| ob != nb));
+            if backend_changes {
+                b.clear();
+            }
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_use_the_bundled_coder_model_with_llama() {
+        let config = Layers::default().resolve().unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.generation.family(), Family::QwenCoder);
+    }
+
+    #[test]
+    fn later_layers_win_key_by_key() {
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = 10\nmax_lines = 3\n").unwrap();
+        layers.set("initializationOptions", serde_json::json!({"completion": {"debounce_ms": 20}})).unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.completion.debounce_ms, 20);
+        assert_eq!(config.completion.max_lines, 3);
+    }
+
+    #[test]
+    fn backends_are_typed_and_switching_backend_drops_the_old_keys() {
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[generation]\nbackend = \"llama\"\nthreads = 2\n").unwrap();
+        layers
+            .set("initializationOptions", serde_json::json!({"kenning": {"generation": {"backend": "ollama", "model": "qwen2.5-coder:1.5b"}}}))
+            .unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(
+            config.generation,
+            Generation::Ollama { url: "http://127.0.0.1:11434".into(), model: "qwen2.5-coder:1.5b".into(), family: None }
+        );
+        assert_eq!(config.generation.family(), Family::QwenCoder);
+    }
+
+    #[test]
+    fn errors_name_the_source_and_the_key() {
+        let mut layers = Layers::default();
+        let e = layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = \"fast\"\n").unwrap_err();
+        assert_eq!(e.source_name, FILE_NAME);
+        assert_eq!(e.key, "completion.debounce_ms");
+        let e = layers.set("workspace/didChangeConfiguration", serde_json::json!({"completion": {"debounce": 1}})).unwrap_err();
+        assert_eq!(e.key, "completion.debounce");
+        assert!(e.to_string().contains("unknown field `debounce`"), "{e}");
+        let e = layers.set("x", serde_json::json!({"generation": {"backend": "gpt5"}})).unwrap_err();
+        assert_eq!(e.key, "generation.backend");
+        assert!(e.to_string().contains("gpt5"), "{e}");
+        let e = layers.set_toml(FILE_NAME, "[completion\n").unwrap_err();
+        assert!(e.key.is_empty() && e.to_string().starts_with("kenning.toml: "), "{e}");
+        // Nothing bad was kept.
+        assert_eq!(layers.resolve().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let e = Layers::default().set("x", serde_json::json!({"generation": {"backend": "openai", "url": "http://h"}})).unwrap_err();
+        assert!(e.to_string().contains("missing field `model`"), "{e}");
+    }
+}

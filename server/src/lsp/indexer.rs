@@ -1,0 +1,254 @@
+//! Keeping each workspace folder's index current, in the background: a full (incremental) run on
+//! `initialized`, reported with work-done progress; a re-run on save and on watched-file changes,
+//! coalesced (a change during a run marks the folder dirty and the run repeats); compaction when
+//! idle, never on the request path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use tower_lsp_server::ls_types::*;
+
+use super::handlers::rand_suffix;
+use super::server::{Root, State};
+use crate::config::FILE_NAME;
+use crate::embed::FastEmbedder;
+use crate::index::{self, IndexOptions, Progress};
+use crate::store::Store;
+use crate::workspace::WalkOptions;
+
+/// Quiet time after a re-index before compaction runs.
+const IDLE_OPTIMIZE_AFTER: Duration = Duration::from_secs(5);
+/// At most one progress report per this interval.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// Opens (once) the folder's index.
+pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, String> {
+    root.store
+        .get_or_try_init(|| async {
+            let dir = state.paths.index_for(&root.path);
+            let store = Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM)
+                .await
+                .map_err(|e| format!("cannot open the index of {}: {e}", root.path.display()))?;
+            // An index completed by an earlier session is searchable by vector at once.
+            if let Ok((chunks, vectors)) = store.counts().await
+                && chunks > 0
+                && chunks == vectors
+            {
+                root.embedded.store(true, Ordering::Relaxed);
+            }
+            Ok(Arc::new(store))
+        })
+        .await
+        .cloned()
+}
+
+/// Starts the first indexing of every folder and asks the client to report file changes.
+pub(super) async fn start(state: Arc<State>) {
+    if state.watch_registration.load(Ordering::Relaxed) {
+        let client = state.client.clone();
+        tokio::spawn(async move {
+            let registration = Registration {
+                id: "kenning-watch".into(),
+                method: "workspace/didChangeWatchedFiles".into(),
+                register_options: Some(json!({"watchers": [{"globPattern": "**/*"}]})),
+            };
+            if let Err(e) = client.register_capability(vec![registration]).await {
+                tracing::warn!("the client refused file watching: {e}");
+            }
+        });
+    }
+    for root in state.roots() {
+        run(Arc::clone(&state), root, true).await;
+    }
+}
+
+/// Messages from the indexing threads to the progress reporter.
+enum Step {
+    Files,
+    Chunks(usize),
+    TextReady,
+    EmbedStart(usize),
+    Embedded(usize),
+    Optimizing,
+}
+
+struct Bridge(tokio::sync::mpsc::UnboundedSender<Step>);
+
+impl Progress for Bridge {
+    fn file_done(&self) {
+        let _ = self.0.send(Step::Files);
+    }
+    fn chunks_stored(&self, n: usize) {
+        let _ = self.0.send(Step::Chunks(n));
+    }
+    fn text_searchable(&self) {
+        let _ = self.0.send(Step::TextReady);
+    }
+    fn embedding_started(&self, total: usize) {
+        let _ = self.0.send(Step::EmbedStart(total));
+    }
+    fn embedded(&self, n: usize) {
+        let _ = self.0.send(Step::Embedded(n));
+    }
+    fn optimizing(&self) {
+        let _ = self.0.send(Step::Optimizing);
+    }
+}
+
+/// Indexes `root`; if a run is already going, marks it dirty so that run repeats.
+pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
+    let Ok(_running) = root.indexing.try_lock() else {
+        root.dirty.store(true, Ordering::Relaxed);
+        return;
+    };
+    let mut report = report;
+    loop {
+        root.dirty.store(false, Ordering::Relaxed);
+        if state.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = run_once(&state, &root, report).await {
+            state.client.show_message(MessageType::ERROR, format!("kenning: indexing {} failed: {e}", root.path.display())).await;
+            return;
+        }
+        report = false;
+        if !root.dirty.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    if root.optimize_due.load(Ordering::Relaxed) {
+        tokio::spawn(optimize_when_idle(root.clone()));
+    }
+}
+
+async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<(), String> {
+    let store = store(state, root).await?;
+    let embedder = state.embedder().await;
+    let config = state.config();
+    let options = IndexOptions {
+        walk: WalkOptions { max_file_bytes: config.index.max_file_bytes, ..WalkOptions::default() },
+        defer_optimize: !report,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reporter = if report && state.progress_supported.load(Ordering::Relaxed) {
+        Some(tokio::spawn(report_progress(state.clone(), root.name.clone(), rx)))
+    } else {
+        None
+    };
+    let result = index::index_workspace(&root.path, &store, embedder.clone(), &options, Arc::new(Bridge(tx))).await;
+    if let Some(reporter) = reporter {
+        // The sender was moved into the bridge, dropped with the run: the reporter ends.
+        let _ = reporter.await;
+    }
+    let summary = result.map_err(|e| e.to_string())?;
+    if embedder.is_some() {
+        root.embedded.store(true, Ordering::Relaxed);
+    }
+    if summary.optimize_due {
+        root.optimize_due.store(true, Ordering::Relaxed);
+    }
+    tracing::info!(
+        "indexed {}: {} changed, {} removed, {} chunks, {} vectors in {:.2} s",
+        root.path.display(),
+        summary.files_changed,
+        summary.files_removed,
+        summary.chunks_written,
+        summary.vectors_computed,
+        summary.total.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn report_progress(state: Arc<State>, name: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<Step>) {
+    let token = ProgressToken::String(format!("kenning/index/{}", rand_suffix()));
+    if state.client.create_work_done_progress(token.clone()).await.is_err() {
+        while rx.recv().await.is_some() {}
+        return;
+    }
+    let progress = state.client.progress(token, format!("kenning: indexing {name}")).with_percentage(0).begin().await;
+    let (mut files, mut chunks, mut embed_total, mut embedded) = (0usize, 0usize, 0usize, 0usize);
+    let mut phase = "reading";
+    let mut last = std::time::Instant::now();
+    while let Some(step) = rx.recv().await {
+        match step {
+            Step::Files => files += 1,
+            Step::Chunks(n) => chunks += n,
+            Step::TextReady => phase = "keyword search ready; embedding",
+            Step::EmbedStart(n) => embed_total = n,
+            Step::Embedded(n) => embedded += n,
+            Step::Optimizing => phase = "compacting",
+        }
+        if last.elapsed() >= REPORT_EVERY {
+            last = std::time::Instant::now();
+            let percent = if embed_total > 0 { (embedded * 100 / embed_total.max(1)) as u32 } else { 0 };
+            let message = if embed_total > 0 {
+                format!("{phase}: {embedded}/{embed_total} chunks")
+            } else {
+                format!("{phase}: {files} files, {chunks} chunks")
+            };
+            progress.report_with_message(message, percent.min(100)).await;
+        }
+    }
+    progress.finish_with_message(format!("{files} files, {chunks} new chunks")).await;
+}
+
+/// Compacts the index once nothing has been indexed for a while.
+async fn optimize_when_idle(root: Arc<Root>) {
+    tokio::time::sleep(IDLE_OPTIMIZE_AFTER).await;
+    let Ok(_running) = root.indexing.try_lock() else { return };
+    if !root.optimize_due.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    if let Some(store) = root.store.get()
+        && let Err(e) = store.optimize().await
+    {
+        tracing::warn!("compacting the index of {} failed: {e}", root.path.display());
+        root.optimize_due.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Files changed (saved, or reported by the client's watcher): re-index their folders, reload
+/// `kenning.toml` if it changed.
+pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
+    let mut roots: Vec<Arc<Root>> = Vec::new();
+    for uri in uris {
+        let Some(path) = uri.to_file_path().map(|p| p.into_owned()) else { continue };
+        let path = path.canonicalize().unwrap_or(path);
+        let Some(root) = state.root_of(&path) else { continue };
+        if path.file_name().is_some_and(|n| n == FILE_NAME) && state.roots().first().is_some_and(|r| r.path == root.path) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let result = {
+                let mut layers = state.layers.lock().expect("layers lock");
+                layers.set_toml(FILE_NAME, &text).and_then(|()| layers.resolve())
+            };
+            state.apply_config(result).await;
+        }
+        if !roots.iter().any(|r| Arc::ptr_eq(r, &root)) {
+            roots.push(root);
+        }
+    }
+    for root in roots {
+        tokio::spawn(run(Arc::clone(state), root, false));
+    }
+}
+
+/// Workspace folders added or removed.
+pub(super) async fn folders_changed(state: &Arc<State>, event: WorkspaceFoldersChangeEvent) {
+    let removed: Vec<std::path::PathBuf> = event.removed.iter().filter_map(|f| f.uri.to_file_path().map(|p| p.into_owned())).collect();
+    let added: Vec<Arc<Root>> = event
+        .added
+        .iter()
+        .filter_map(|f| f.uri.to_file_path().map(|p| p.into_owned()))
+        .map(|p| Arc::new(Root::new(p.canonicalize().unwrap_or(p))))
+        .collect();
+    {
+        let mut roots = state.roots.write().expect("roots lock");
+        roots.retain(|r| !removed.iter().any(|p| p.canonicalize().unwrap_or_else(|_| p.clone()) == r.path));
+        roots.extend(added.iter().cloned());
+    }
+    for root in added {
+        tokio::spawn(run(Arc::clone(state), root, true));
+    }
+}

@@ -1,0 +1,48 @@
+//! The language server: the only module that knows LSP types.
+//!
+//! `server` holds the state and the `LanguageServer` implementation (each method one line into a
+//! handler); `handlers` turns requests into calls of [`crate::complete`] and [`crate::ask`];
+//! `indexer` keeps each workspace folder's index current in the background; `document` keeps open
+//! buffers. Custom methods and commands are listed in `docs/lsp-extensions.md`.
+
+mod document;
+mod handlers;
+mod indexer;
+mod server;
+
+pub use document::{Document, Encoding};
+pub use server::Server;
+
+use tower_lsp_server::{ClientSocket, LspService};
+
+use crate::paths::Paths;
+
+/// Commands the server executes (`workspace/executeCommand`).
+pub mod commands {
+    /// Ask a question about the code: `[{"question": "...", "uri"?: "...", "show"?: bool}]` or `["..."]`.
+    pub const ASK: &str = "kenning.ask";
+    /// Re-index every workspace folder now.
+    pub const REINDEX: &str = "kenning.reindex";
+    /// What the index holds and what the server is doing.
+    pub const STATUS: &str = "kenning.status";
+    pub const ALL: [&str; 3] = [ASK, REINDEX, STATUS];
+}
+
+/// How a server instance is set up (tests point it at their own cache).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub paths: Paths,
+}
+
+/// Builds the service (for a transport, or for in-process tests over `tokio::io::duplex`).
+pub fn service(options: Options) -> (LspService<Server>, ClientSocket) {
+    LspService::build(|client| Server::new(client, options))
+        .custom_method("textDocument/inlineCompletion", Server::inline_completion)
+        .finish()
+}
+
+/// Serves LSP over stdin/stdout until the client says `exit`.
+pub async fn serve_stdio(options: Options) {
+    let (service, socket) = service(options);
+    tower_lsp_server::Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service).await;
+}

@@ -1,0 +1,158 @@
+//! Prompt building: fill-in-the-middle templates per model family and answer prompts for `ask`.
+//!
+//! Everything here is pure: retrieval collects [`Snippet`]s, then [`fim`] or [`ask`] assembles the
+//! text within a token budget. Budgets use [`estimate_tokens`] (bytes / 3.5, the usual ratio of code
+//! BPE vocabularies) so building a prompt never touches a tokenizer; the engine reports the real
+//! prompt size afterwards.
+
+pub mod family;
+
+pub use family::Family;
+
+use serde::Serialize;
+
+/// Bytes per token assumed by [`estimate_tokens`].
+const BYTES_PER_TOKEN: f64 = 3.5;
+/// Share of the budget the prefix may take before snippets are considered.
+const PREFIX_SHARE: f64 = 0.5;
+/// Share of the budget the suffix may take.
+const SUFFIX_SHARE: f64 = 0.15;
+
+/// An estimate of a text's size in tokens.
+pub fn estimate_tokens(text: &str) -> usize {
+    (text.len() as f64 / BYTES_PER_TOKEN).ceil() as usize
+}
+
+/// Where a snippet came from (shown in logs and `--json`, used to order and dedupe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A definition of an identifier near the cursor.
+    Definition,
+    /// A window of another open buffer similar to the code at the cursor.
+    OpenBuffer,
+    /// A hybrid search hit from the index.
+    Retrieved,
+}
+
+/// A piece of code from elsewhere in the workspace, with its citation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snippet {
+    pub path: String,
+    /// 1-based, inclusive.
+    pub start_line: u32,
+    pub end_line: u32,
+    pub text: String,
+    pub source: Source,
+}
+
+/// What a fill-in-the-middle prompt is built from.
+#[derive(Debug, Clone)]
+pub struct FimInput<'a> {
+    /// The workspace's directory name (Qwen's and StarCoder2's `<repo_name>`).
+    pub repo: &'a str,
+    /// Workspace-relative path of the file being edited.
+    pub path: &'a str,
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+    /// Best first.
+    pub snippets: &'a [Snippet],
+}
+
+/// A built prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub text: String,
+    /// Generation stops before any of these.
+    pub stop: Vec<String>,
+    /// Indexes into the input snippets that made it into the prompt.
+    pub snippets_used: Vec<usize>,
+    /// Bytes of prefix and suffix kept (the rest did not fit).
+    pub prefix_bytes: usize,
+    pub suffix_bytes: usize,
+}
+
+/// Builds a fill-in-the-middle prompt of about `budget` tokens.
+///
+/// The prefix keeps its last lines and the suffix its first lines; snippets fill what is left, best
+/// first, and are written furthest-first so the best one sits closest to the cursor.
+pub fn fim(family: Family, input: &FimInput<'_>, budget: usize) -> Prompt {
+    let prefix = tail_lines(input.prefix, (budget as f64 * PREFIX_SHARE) as usize);
+    let suffix = head_lines(input.suffix, (budget as f64 * SUFFIX_SHARE) as usize);
+    let mut left = budget.saturating_sub(estimate_tokens(prefix) + estimate_tokens(suffix) + 16);
+    let mut used = Vec::new();
+    for (i, s) in input.snippets.iter().enumerate() {
+        let cost = estimate_tokens(&s.text) + estimate_tokens(&s.path) + 4;
+        if cost <= left {
+            left -= cost;
+            used.push(i);
+        }
+    }
+    let chosen: Vec<&Snippet> = used.iter().rev().map(|&i| &input.snippets[i]).collect();
+    let text = family.render(input.repo, input.path, &chosen, prefix, suffix);
+    Prompt {
+        text,
+        stop: family.stop().iter().map(|s| (*s).to_owned()).collect(),
+        snippets_used: used,
+        prefix_bytes: prefix.len(),
+        suffix_bytes: suffix.len(),
+    }
+}
+
+/// The longest tail of `text` made of whole lines (or, if one line is already too long, its tail
+/// cut at a char boundary) within `tokens`.
+pub fn tail_lines(text: &str, tokens: usize) -> &str {
+    let max = (tokens as f64 * BYTES_PER_TOKEN) as usize;
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    match text[start..].find('\n') {
+        Some(nl) if start + nl + 1 < text.len() => &text[start + nl + 1..],
+        _ => &text[start..],
+    }
+}
+
+/// The longest head of `text` made of whole lines within `tokens` (or a cut first line).
+pub fn head_lines(text: &str, tokens: usize) -> &str {
+    let max = (tokens as f64 * BYTES_PER_TOKEN) as usize;
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text[..end].rfind('\n') {
+        Some(nl) if nl > 0 => &text[..=nl],
+        _ => &text[..end],
+    }
+}
+
+/// Builds the chat prompt that answers `question` from numbered sources (best first), within
+/// `budget` tokens. Returns the prompt and how many sources it holds.
+pub fn ask(family: Family, question: &str, sources: &[(String, &str)], budget: usize) -> (String, usize) {
+    let mut left = budget.saturating_sub(estimate_tokens(question) + 120);
+    let mut context = String::new();
+    let mut n = 0;
+    for (i, (citation, text)) in sources.iter().enumerate() {
+        let block = format!("[{}] {citation}\n```\n{}\n```\n\n", i + 1, text.trim_end());
+        let cost = estimate_tokens(&block);
+        if cost > left {
+            break;
+        }
+        left -= cost;
+        context.push_str(&block);
+        n += 1;
+    }
+    let system = "You answer questions about a code repository using only the numbered sources given. \
+                  Cite the sources you use as [1], [2]. If the sources do not answer the question, say so.";
+    let user = format!("Sources:\n\n{context}Question: {question}");
+    (family.chat(system, &user), n)
+}
+
+#[cfg(test)]
+mod tests;

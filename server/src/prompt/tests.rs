@@ -1,0 +1,216 @@
+use expect_test::{Expect, expect};
+
+use super::*;
+
+fn snippet(path: &str, text: &str) -> Snippet {
+    Snippet { path: path.into(), start_line: 1, end_line: text.lines().count() as u32, text: text.into(), source: Source::Retrieved }
+}
+
+fn check(family: Family, snippets: &[Snippet], expect: Expect) {
+    let input = FimInput {
+        repo: "shop",
+        path: "src/cart.rs",
+        prefix: "fn total(c: &Cart) -> u64 {\n    ",
+        suffix: "\n}\n",
+        snippets,
+    };
+    let prompt = fim(family, &input, 1_000);
+    expect.assert_eq(&prompt.text);
+}
+
+#[test]
+fn qwen_repo_level_format_puts_the_best_snippet_last() {
+    let snippets = [snippet("src/price.rs", "pub fn price(i: &Item) -> u64 { i.cents }\n"), snippet("src/item.rs", "pub struct Item { cents: u64 }\n")];
+    check(
+        Family::QwenCoder,
+        &snippets,
+        expect![[r#"
+            <|repo_name|>shop
+            <|file_sep|>src/item.rs
+            pub struct Item { cents: u64 }
+            <|file_sep|>src/price.rs
+            pub fn price(i: &Item) -> u64 { i.cents }
+            <|file_sep|>src/cart.rs
+            <|fim_prefix|>fn total(c: &Cart) -> u64 {
+                <|fim_suffix|>
+            }
+            <|fim_middle|>"#]],
+    );
+}
+
+#[test]
+fn qwen_without_context_is_file_level_fim() {
+    check(
+        Family::QwenCoder,
+        &[],
+        expect![[r#"
+            <|fim_prefix|>fn total(c: &Cart) -> u64 {
+                <|fim_suffix|>
+            }
+            <|fim_middle|>"#]],
+    );
+}
+
+#[test]
+fn every_family_renders() {
+    let snippets = [snippet("src/price.rs", "pub fn price() -> u64 {\n\n    1\n}\n")];
+    let all: String = Family::ALL
+        .iter()
+        .map(|&f| {
+            let input = FimInput { repo: "shop", path: "src/cart.rs", prefix: "let x = ", suffix: ";\n", snippets: &snippets };
+            format!("== {f:?}\n{}\n", fim(f, &input, 1_000).text)
+        })
+        .collect();
+    expect![[r#"
+        == QwenCoder
+        <|repo_name|>shop
+        <|file_sep|>src/price.rs
+        pub fn price() -> u64 {
+
+            1
+        }
+        <|file_sep|>src/cart.rs
+        <|fim_prefix|>let x = <|fim_suffix|>;
+        <|fim_middle|>
+        == StarCoder2
+        <repo_name>shop
+        <file_sep>src/price.rs
+        pub fn price() -> u64 {
+
+            1
+        }
+        <file_sep>src/cart.rs
+        <fim_prefix>let x = <fim_suffix>;
+        <fim_middle>
+        == DeepseekCoder
+        <｜fim▁begin｜>// src/price.rs
+        // pub fn price() -> u64 {
+        //
+        //     1
+        // }
+
+        // src/cart.rs
+        let x = <｜fim▁hole｜>;
+        <｜fim▁end｜>
+        == CodeLlama
+        <PRE> // src/price.rs
+        // pub fn price() -> u64 {
+        //
+        //     1
+        // }
+
+        // src/cart.rs
+        let x =  <SUF>;
+         <MID>
+        == Codestral
+        [SUFFIX];
+        [PREFIX]// src/price.rs
+        // pub fn price() -> u64 {
+        //
+        //     1
+        // }
+
+        // src/cart.rs
+        let x = 
+        == CodeGemma
+        <|file_separator|>src/price.rs
+        pub fn price() -> u64 {
+
+            1
+        }
+        <|file_separator|>src/cart.rs
+        <|fim_prefix|>let x = <|fim_suffix|>;
+        <|fim_middle|>
+        == Plain
+        // src/price.rs
+        // pub fn price() -> u64 {
+        //
+        //     1
+        // }
+
+        // src/cart.rs
+        let x = 
+    "#]]
+    .assert_eq(&all);
+}
+
+#[test]
+fn family_is_detected_from_model_names() {
+    let cases = [
+        ("qwen2.5-coder-0.5b", Family::QwenCoder),
+        ("Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf", Family::QwenCoder),
+        ("starcoder2:3b", Family::StarCoder2),
+        ("deepseek-coder-6.7b-base", Family::DeepseekCoder),
+        ("codellama:7b-code", Family::CodeLlama),
+        ("codestral-latest", Family::Codestral),
+        ("codegemma:2b", Family::CodeGemma),
+        ("smollm2-135m", Family::Plain),
+        ("qwen2.5-7b-instruct", Family::Plain),
+    ];
+    for (name, family) in cases {
+        assert_eq!(Family::detect(name), family, "{name}");
+    }
+}
+
+#[test]
+fn budget_keeps_the_end_of_the_prefix_and_the_start_of_the_suffix() {
+    let prefix: String = (0..200).map(|i| format!("let a{i} = {i};\n")).collect();
+    let suffix: String = (0..200).map(|i| format!("let b{i} = {i};\n")).collect();
+    let input = FimInput { repo: "r", path: "a.rs", prefix: &prefix, suffix: &suffix, snippets: &[] };
+    let prompt = fim(Family::QwenCoder, &input, 200);
+    assert!(prompt.prefix_bytes < prefix.len() && prompt.prefix_bytes > 0);
+    assert!(prefix.ends_with(&prefix[prefix.len() - prompt.prefix_bytes..]));
+    // Whole lines only.
+    assert!(prefix[prefix.len() - prompt.prefix_bytes..].starts_with("let a"));
+    assert!(suffix[..prompt.suffix_bytes].ends_with('\n'));
+    assert!(estimate_tokens(&prompt.text) <= 200, "{}", estimate_tokens(&prompt.text));
+}
+
+#[test]
+fn snippets_that_do_not_fit_are_skipped_but_smaller_later_ones_are_kept() {
+    let big = snippet("big.rs", &"x".repeat(4_000));
+    let small = snippet("small.rs", "fn small() {}\n");
+    let input = FimInput { repo: "r", path: "a.rs", prefix: "fn main() {\n", suffix: "}\n", snippets: &[big, small] };
+    let prompt = fim(Family::QwenCoder, &input, 300);
+    assert_eq!(prompt.snippets_used, vec![1]);
+    assert!(prompt.text.contains("small.rs") && !prompt.text.contains("big.rs"));
+}
+
+#[test]
+fn cutting_never_splits_a_character() {
+    let text = "é".repeat(1_000);
+    for tokens in 0..50 {
+        let _ = tail_lines(&text, tokens);
+        let _ = head_lines(&text, tokens);
+    }
+    assert!(tail_lines(&text, 10).chars().all(|c| c == 'é'));
+}
+
+#[test]
+fn ask_prompt_numbers_sources_and_stops_at_the_budget() {
+    let sources = vec![("src/a.rs:1-3".to_owned(), "fn a() {}"), ("src/b.rs:4-9".to_owned(), "fn b() {}")];
+    let (prompt, n) = ask(Family::QwenCoder, "what does a do?", &sources, 1_000);
+    assert_eq!(n, 2);
+    expect![[r#"
+        <|im_start|>system
+        You answer questions about a code repository using only the numbered sources given. Cite the sources you use as [1], [2]. If the sources do not answer the question, say so.<|im_end|>
+        <|im_start|>user
+        Sources:
+
+        [1] src/a.rs:1-3
+        ```
+        fn a() {}
+        ```
+
+        [2] src/b.rs:4-9
+        ```
+        fn b() {}
+        ```
+
+        Question: what does a do?<|im_end|>
+        <|im_start|>assistant
+    "#]]
+    .assert_eq(&prompt);
+    let (_, n) = ask(Family::QwenCoder, "q", &sources, 140);
+    assert_eq!(n, 1);
+}
