@@ -9,6 +9,7 @@ mod document;
 mod handlers;
 mod indexer;
 mod server;
+mod transport;
 
 pub use document::{Document, Encoding};
 pub use server::Server;
@@ -41,8 +42,18 @@ pub fn service(options: Options) -> (LspService<Server>, ClientSocket) {
         .finish()
 }
 
-/// Serves LSP over stdin/stdout until the client says `exit`.
-pub async fn serve_stdio(options: Options) {
+/// Serves LSP over a byte stream pair until the client says `exit` or the input ends. Malformed
+/// messages are dropped before they reach the protocol layer (see `transport`).
+pub async fn serve(
+    input: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    output: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+    options: Options,
+) {
     let (service, socket) = service(options);
-    tower_lsp_server::Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service).await;
+    tower_lsp_server::Server::new(transport::sanitize(input), output, socket).serve(service).await;
+}
+
+/// Serves LSP over stdin/stdout.
+pub async fn serve_stdio(options: Options) {
+    serve(tokio::io::stdin(), tokio::io::stdout(), options).await;
 }

@@ -1,0 +1,266 @@
+//! The language server in-process, over `tokio::io::duplex`, on real parts: the bundled
+//! Qwen2.5-Coder model on llama.cpp, MiniLM embeddings, a Lance index in a temp cache.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::lsp::{Client, test_cache, uri};
+use serde_json::{Value, json};
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A small shop whose pricing function has a name no model can guess.
+fn shop(root: &Path) {
+    write(
+        root,
+        "src/pricing.rs",
+        "//! Prices and discounts.\n\n/// Applies a percentage discount to a total in cents, never going below zero.\npub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {\n    total_cents - total_cents * u64::from(percent.min(100)) / 100\n}\n\n/// Formats cents as dollars.\npub fn format_cents(cents: u64) -> String {\n    format!(\"${}.{:02}\", cents / 100, cents % 100)\n}\n",
+    );
+    write(
+        root,
+        "src/cart.rs",
+        "//! The shopping cart.\n\n/// A line of the cart.\npub struct Item {\n    pub name: String,\n    pub cents: u64,\n}\n\n/// Sum of the items, in cents.\npub fn total_cents(items: &[Item]) -> u64 {\n    items.iter().map(|i| i.cents).sum()\n}\n",
+    );
+    write(root, "README.md", "# shop\n\nA tiny shop used by kenning's tests.\n");
+}
+
+/// The function to complete needs `apply_loyalty_discount_cents`, which only `src/pricing.rs` names.
+const CHECKOUT: &str = "use crate::cart::{Item, total_cents};\n\n/// What a customer pays for the cart after the loyalty discount, in cents.\npub fn checkout(items: &[Item], percent: u8) -> u64 {\n    let total = total_cents(items);\n    ";
+
+fn fast_options() -> Value {
+    json!({"completion": {"debounce_ms": 0, "prompt_tokens": 700, "max_tokens": 24}, "generation": {"backend": "llama", "threads": 1, "context": 2048}})
+}
+
+fn progress_capable() -> Value {
+    json!({"window": {"workDoneProgress": true}, "general": {"positionEncodings": ["utf-8", "utf-16"]}})
+}
+
+async fn started(dir: &Path, capabilities: Value, options: Value) -> Client {
+    let root = dir.join("shop");
+    shop(&root);
+    let root = root.canonicalize().unwrap();
+    let mut client = Client::start(test_cache(&dir.join("cache")), &root);
+    let result = client.initialize(capabilities, options).await;
+    assert!(result["capabilities"].is_object(), "{result}");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn initialize_negotiates_encoding_and_declares_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("w");
+    std::fs::create_dir_all(&root).unwrap();
+    let paths = test_cache(&dir.path().join("cache"));
+
+    let mut utf8 = Client::start(paths.clone(), &root);
+    let result = utf8.initialize(json!({"general": {"positionEncodings": ["utf-8", "utf-16"]}}), json!({"generation": {"backend": "none"}})).await;
+    assert_eq!(result["capabilities"]["positionEncoding"], "utf-8");
+    assert_eq!(result["capabilities"]["inlineCompletionProvider"], true);
+    assert!(result["capabilities"]["completionProvider"].is_object());
+    assert_eq!(result["capabilities"]["executeCommandProvider"]["commands"], json!(["kenning.ask", "kenning.reindex", "kenning.status"]));
+
+    let mut utf16 = Client::start(paths, &root);
+    let result = utf16.initialize(json!({}), json!({"generation": {"backend": "none"}})).await;
+    assert_eq!(result["capabilities"]["positionEncoding"], "utf-16");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_in_utf16_and_utf8_apply_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (encoding, column) in [("utf-16", 11), ("utf-8", 13)] {
+        let root = dir.path().join(encoding);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut client = Client::start(test_cache(&dir.path().join("cache")), &root);
+        client.initialize(json!({"general": {"positionEncodings": [encoding]}}), json!({"generation": {"backend": "none"}})).await;
+        // "😀" is 2 UTF-16 units and 4 UTF-8 bytes: the column after it differs by encoding.
+        let uri = client.open("a.rs", "rust", "let s = \"😀\";\n").await;
+        client
+            .notify(
+                "textDocument/didChange",
+                json!({"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+                    {"range": {"start": {"line": 0, "character": column}, "end": {"line": 0, "character": column}}, "text": "!"},
+                    {"range": {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 0}}, "text": "let t = 1;\n"},
+                ]}),
+            )
+            .await;
+        assert_eq!(client.server_text(&uri, 2).await, "let s = \"😀!\";\nlet t = 1;", "{encoding}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_setting_is_reported_with_its_key_and_the_rest_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), json!({"completion": {"debounce": 5}, "generation": {"backend": "none"}})).await;
+    let message = client.wait_for(Duration::from_secs(30), |m| m["method"] == "window/showMessage").await;
+    let text = message["params"]["message"].as_str().unwrap();
+    assert!(text.contains("completion.debounce") && text.contains("initializationOptions"), "{text}");
+    assert_eq!(message["params"]["type"], 1, "an error");
+
+    client.notify("workspace/didChangeConfiguration", json!({"settings": {"kenning": {"generation": {"backend": "gpt"}}}})).await;
+    let message = client
+        .wait_for(Duration::from_secs(30), |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap().contains("gpt"))
+        .await;
+    assert!(message["params"]["message"].as_str().unwrap().contains("generation.backend"), "{message}");
+    // The server still answers.
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    assert!(status["result"]["roots"].is_array(), "{status}");
+
+    // A kenning.toml that does not parse is reported too.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("kenning.toml"), "[completion\n").unwrap();
+    let mut client = Client::start(test_cache(&dir.path().join("cache")), &broken.canonicalize().unwrap());
+    client.initialize(json!({}), json!({})).await;
+    let message = client.wait_for(Duration::from_secs(30), |m| m["method"] == "window/showMessage").await;
+    assert!(message["params"]["message"].as_str().unwrap().contains("kenning.toml"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn indexing_reports_progress_and_ask_cites_the_right_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), progress_capable(), json!({"generation": {"backend": "none"}})).await;
+    // Work-done progress: created by the server, begun and ended.
+    client.wait_for(Duration::from_secs(60), |m| m["method"] == "window/workDoneProgress/create").await;
+    client.wait_for(Duration::from_secs(60), |m| m["method"] == "$/progress" && m["params"]["value"]["kind"] == "begin").await;
+    client.wait_for(Duration::from_secs(300), |m| m["method"] == "$/progress" && m["params"]["value"]["kind"] == "end").await;
+    client.wait_indexed().await;
+
+    // No model configured: an extractive answer that says so, citing the definition.
+    let response = client
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "kenning.ask", "arguments": [{"question": "how is the loyalty discount applied to a total in cents?"}]}),
+        )
+        .await;
+    let result = &response["result"];
+    assert_eq!(result["extractive"], true, "{response}");
+    assert!(result["answer"].as_str().unwrap().contains("No generated answer"), "{result}");
+    let first = &result["sources"][0];
+    assert_eq!(first["path"], "src/pricing.rs", "{result}");
+    let def_line = 4; // `pub fn apply_loyalty_discount_cents` (1-based)
+    assert!(first["startLine"].as_u64().unwrap() <= def_line && first["endLine"].as_u64().unwrap() >= def_line, "{first}");
+    assert_eq!(first["uri"], uri(&client.root.join("src/pricing.rs")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_completion_uses_a_definition_from_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), progress_capable(), fast_options()).await;
+    client.wait_indexed().await;
+    let uri = client.open("src/checkout.rs", "rust", &format!("{CHECKOUT}\n}}\n")).await;
+    let response = client
+        .request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 5, "character": 4}, "context": {"triggerKind": 1}}),
+        )
+        .await;
+    let items = response["result"].as_array().unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(items.len(), 1, "{response}");
+    let text = items[0]["insertText"].as_str().unwrap();
+    assert!(text.contains("apply_loyalty_discount_cents(total, percent)"), "{text:?}");
+    assert!(!CHECKOUT.contains("apply_loyalty"), "the name comes from retrieval only");
+    assert_eq!(items[0]["range"]["start"], json!({"line": 5, "character": 4}));
+
+    // Helix's path: a completion item replacing the word before the cursor.
+    let response = client
+        .request(
+            "textDocument/completion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 5, "character": 4}, "context": {"triggerKind": 1}}),
+        )
+        .await;
+    let item = &response["result"]["items"][0];
+    assert!(item["textEdit"]["newText"].as_str().unwrap().contains("apply_loyalty_discount_cents("), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_edits_then_a_completion_and_a_cancelled_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), fast_options()).await;
+    let uri = client.open("src/lib.rs", "rust", "").await;
+    // 1,000 one-character edits, typed one after the other.
+    let typed: String = "fn add(a: u32, b: u32) -> u32 { a + b }\n".repeat(25);
+    assert_eq!(typed.len(), 1_000);
+    let (mut line, mut col) = (0u32, 0u32);
+    for (i, c) in typed.chars().enumerate() {
+        client
+            .notify(
+                "textDocument/didChange",
+                json!({"textDocument": {"uri": uri, "version": i + 2}, "contentChanges": [
+                    {"range": {"start": {"line": line, "character": col}, "end": {"line": line, "character": col}}, "text": c.to_string()}
+                ]}),
+            )
+            .await;
+        if c == '\n' {
+            line += 1;
+            col = 0;
+        } else {
+            col += 1;
+        }
+    }
+    assert_eq!(client.server_text(&uri, 25).await, typed.trim_end());
+
+    // A request cancelled right away is answered with RequestCancelled (-32800).
+    let (id, rx) = client
+        .send_request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 25, "character": 0}, "context": {"triggerKind": 2}}),
+        )
+        .await;
+    client.notify("$/cancelRequest", json!({"id": id})).await;
+    let cancelled = tokio::time::timeout(Duration::from_secs(60), rx).await.unwrap().unwrap();
+    assert_eq!(cancelled["error"]["code"], -32800, "{cancelled}");
+
+    // And the next one completes.
+    let response = client
+        .request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 25, "character": 0}, "context": {"triggerKind": 1}}),
+        )
+        .await;
+    let text = response["result"][0]["insertText"].as_str().unwrap_or_else(|| panic!("{response}"));
+    assert!(text.contains("fn "), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ask_with_the_model_answers_with_numbered_citations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), json!({"generation": {"threads": 1, "context": 2048}, "ask": {"max_tokens": 60, "sources": 3}})).await;
+    client.wait_indexed().await;
+    let response = client
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "kenning.ask", "arguments": ["Which function applies the loyalty discount?"]}),
+        )
+        .await;
+    let result = &response["result"];
+    assert_eq!(result["extractive"], false, "{response}");
+    let answer = result["answer"].as_str().unwrap();
+    assert!(answer.contains("apply_loyalty_discount_cents"), "{answer}");
+    assert_eq!(result["sources"][0]["path"], "src/pricing.rs", "{result}");
+    assert!(result["rendered"].as_str().unwrap().contains("[1] src/pricing.rs:"), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_do_not_kill_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), json!({"generation": {"backend": "none"}})).await;
+    client.send_raw(b"Content-Length: 12\r\n\r\n{not json!!}").await;
+    // Unknown document, bad params: errors or empty answers, never a crash.
+    let response = client
+        .request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": "file:///nowhere.rs"}, "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}}),
+        )
+        .await;
+    assert!(response.get("result").is_some() || response.get("error").is_some(), "{response}");
+    let response = client.request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": [{"nope": 1}]})).await;
+    assert_eq!(response["error"]["code"], -32602, "{response}");
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    assert!(status["result"].is_object(), "{status}");
+}
