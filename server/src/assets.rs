@@ -45,11 +45,7 @@ pub struct AssetSpec {
 
 /// The platform string used in `assets.toml` (`linux-x86_64`, `macos-aarch64`, ...).
 pub fn platform() -> String {
-    let os = match std::env::consts::OS {
-        "macos" => "macos",
-        other => other,
-    };
-    format!("{os}-{}", std::env::consts::ARCH)
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
 /// The pinned assets for this platform, rooted at a cache directory.

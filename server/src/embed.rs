@@ -123,7 +123,7 @@ impl Embedder for FastEmbedder {
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         embed_sorted(texts, |batch| {
             let vectors = model.embed(batch, Some(batch.len())).map_err(|e| EmbedError::Model(e.to_string()))?;
-            Ok(vectors.into_iter().map(|v| normalized(v)).collect())
+            Ok(vectors.into_iter().map(normalized).collect())
         })
     }
 }
