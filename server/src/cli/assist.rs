@@ -308,6 +308,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = root.file_name().map_or_else(|| "workspace".into(), |n| n.to_string_lossy().into_owned());
     let (mut exact, mut similarity, mut latency) = (0usize, 0.0f64, 0.0f64);
+    let (mut building, mut first_token): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for task in &tasks {
         // A fresh completer per task: nothing is reused between tasks.
         let completer = Completer::new(Arc::clone(&generator), config.generation.family(), config.completion.clone());
@@ -320,8 +321,13 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
             buffers: Vec::new(),
         };
         let started = Instant::now();
-        let predicted = completer.complete(request, &retrieval).await?.map(|c| c.text).unwrap_or_default();
+        let completion = completer.complete(request, &retrieval).await?;
         latency += started.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = &completion {
+            building.push(c.context_ms + c.prompt_ms);
+            first_token.push(c.first_token_ms);
+        }
+        let predicted = completion.map(|c| c.text).unwrap_or_default();
         let (p, e) = (first_line(&predicted), first_line(&task.expected));
         exact += usize::from(p == e);
         let s = edit_similarity(p, e);
@@ -344,8 +350,25 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
             figures.mean_latency_ms,
             if args.no_retrieval { "off" } else { "on" }
         );
+        let (b50, b95) = (percentile(&mut building, 0.5), percentile(&mut building, 0.95));
+        let (f50, f95) = (percentile(&mut first_token, 0.5), percentile(&mut first_token, 0.95));
+        println!("  retrieval + prompt building  p50 {b50:>8.1} ms  p95 {b95:>8.1} ms");
+        println!("  time to first token          p50 {f50:>8.1} ms  p95 {f95:>8.1} ms");
+        if f50 > 0.0 {
+            println!("  retrieval + prompt / first token at p50: {:.1}% (goal < 5%)", b50 / f50 * 100.0);
+        }
     }
     Ok(())
+}
+
+/// The `p` quantile (nearest rank) of `values`; 0 when empty.
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 /// The first non-empty line, trimmed.

@@ -88,6 +88,8 @@ pub struct Completion {
     pub prompt_ms: f64,
     /// Time from the start of generation to its (possibly early) end.
     pub generate_ms: f64,
+    /// Time from the start of generation to the first generated text.
+    pub first_token_ms: f64,
 }
 
 /// What a slot's generation has produced so far.
@@ -105,6 +107,8 @@ struct Slot {
     mode: Mode,
     state: watch::Receiver<SlotState>,
     task: tokio::task::AbortHandle,
+    /// When the first text arrived, after the generation started.
+    first_token: Arc<std::sync::OnceLock<Duration>>,
     /// Filled in by the request that started the slot.
     snippets: Vec<Snippet>,
 }
@@ -184,7 +188,8 @@ impl Completer {
         if text.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms }))
+        let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
+        Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
     }
 
     /// A completion from a remembered slot, if the request continues one.
@@ -237,6 +242,7 @@ impl Completer {
             context_ms: 0.0,
             prompt_ms: 0.0,
             generate_ms: 0.0,
+            first_token_ms: 0.0,
         })
     }
 
@@ -252,17 +258,21 @@ impl Completer {
 
     /// Starts a generation in a task of its own (it outlives a cancelled request, for reuse).
     fn start(&self, request: &Request, mode: Mode, gen_request: GenRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
+        let started = Instant::now();
         let mut generation = self.generator.generate(gen_request)?;
         let (tx, rx) = watch::channel(SlotState::Running(String::new()));
         let text = request.text.clone();
         let offset = request.offset;
         let limits = Limits { max_lines: self.settings.max_lines };
+        let first_token = Arc::new(std::sync::OnceLock::new());
+        let first = Arc::clone(&first_token);
         let task = tokio::spawn(async move {
             let cursor = Cursor::new(&text, offset);
             let mut raw = String::new();
             let result = loop {
                 match generation.next().await {
                     Some(Event::Text(t)) => {
+                        let _ = first.set(started.elapsed());
                         raw.push_str(&t);
                         let (kept, done) = shape::cut(mode, &raw, &cursor, limits);
                         if done {
@@ -286,6 +296,7 @@ impl Completer {
             mode,
             state: rx,
             task: task.abort_handle(),
+            first_token,
             snippets,
         });
         let mut slots = self.slots.lock().expect("slots lock");

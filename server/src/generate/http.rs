@@ -216,9 +216,10 @@ fn parse_line(api: Api, line: &str) -> Option<Result<Chunk, String>> {
     if let Some(error) = value.get("error") {
         return Some(Err(error.as_str().map_or_else(|| error.to_string(), str::to_owned)));
     }
+    // Both APIs say "stop" for an end-of-text token and for a stop sequence alike.
     let reason = |r: &str| match r {
         "length" => FinishReason::Length,
-        "stop" => FinishReason::EndOfText,
+        "stop" => FinishReason::Stop,
         _ => FinishReason::EndOfText,
     };
     Some(Ok(match api {
