@@ -365,3 +365,6 @@ fn nth_line_from_end(text: &str, n: usize) -> usize {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests;
