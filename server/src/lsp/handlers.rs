@@ -220,7 +220,9 @@ struct AskArgs {
 pub(super) async fn execute_command(state: &Arc<State>, params: ExecuteCommandParams) -> Result<Option<Value>> {
     match params.command.as_str() {
         commands::ASK => {
-            let arg = params.arguments.into_iter().next().ok_or_else(|| Error::invalid_params("kenning.ask needs a question"))?;
+            let arg = params.arguments.into_iter().next().ok_or_else(|| {
+                Error::invalid_params("kenning.ask needs a question: select code and use the code action, or run `kenning ask` in a terminal")
+            })?;
             let args: AskArgs = match arg {
                 Value::String(question) => AskArgs { question, uri: None, show: false },
                 other => serde_json::from_value(other).map_err(|e| Error::invalid_params(format!("kenning.ask: {e}")))?,
