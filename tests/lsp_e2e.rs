@@ -264,3 +264,54 @@ async fn malformed_messages_do_not_kill_the_server() {
     let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
     assert!(status["result"].is_object(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helix_gets_completion_items_and_the_ask_code_action() {
+    // The snippet users copy parses and starts kenning as `kenning serve`.
+    let snippet: toml::Value = toml::from_str(include_str!("../editors/helix/languages.toml")).unwrap();
+    assert_eq!(snippet["language-server"]["kenning"]["command"].as_str(), Some("kenning"));
+    assert_eq!(snippet["language-server"]["kenning"]["args"][0].as_str(), Some("serve"));
+    let config = snippet["language-server"]["kenning"]["config"].clone();
+
+    // What Helix 25 declares: UTF-8/32/16 positions, work-done progress, no inline completion.
+    let helix = json!({
+        "general": {"positionEncodings": ["utf-8", "utf-32", "utf-16"]},
+        "window": {"workDoneProgress": true},
+        "textDocument": {"completion": {"completionItem": {"snippetSupport": true}}},
+        "workspace": {"executeCommand": {}, "workspaceFolders": true},
+    });
+    let mut options: Value = serde_json::to_value(config).unwrap();
+    options["generation"] = json!({"threads": 1, "context": 2048});
+    options["completion"]["prompt_tokens"] = json!(700);
+    options["ask"] = json!({"max_tokens": 40, "sources": 3});
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), helix, options).await;
+    client.wait_indexed().await;
+    let uri = client.open("src/checkout.rs", "rust", &format!("{CHECKOUT}\n}}\n")).await;
+    // Helix asks after an idle timeout with triggerKind 1 (invoked).
+    let response = client
+        .request(
+            "textDocument/completion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 5, "character": 4}, "context": {"triggerKind": 1}}),
+        )
+        .await;
+    let item = &response["result"]["items"][0];
+    assert_eq!(item["detail"], "kenning", "{response}");
+    assert!(item["textEdit"]["newText"].as_str().unwrap().contains("apply_loyalty_discount_cents("), "{response}");
+    assert_eq!(item["textEdit"]["range"]["end"], json!({"line": 5, "character": 4}));
+
+    // Code action on a selection → kenning.ask, answered with a message Helix shows.
+    let response = client
+        .request(
+            "textDocument/codeAction",
+            json!({"textDocument": {"uri": uri}, "range": {"start": {"line": 3, "character": 0}, "end": {"line": 5, "character": 0}}, "context": {"diagnostics": []}}),
+        )
+        .await;
+    let action = &response["result"][0];
+    assert_eq!(action["command"], "kenning.ask", "{response}");
+    let response =
+        client.request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": action["arguments"].clone()})).await;
+    assert!(response["result"]["sources"].as_array().is_some_and(|s| !s.is_empty()), "{response}");
+    let shown = client.wait_for(Duration::from_secs(60), |m| m["method"] == "window/showMessage" && m["params"]["type"] == 3).await;
+    assert!(shown["params"]["message"].as_str().unwrap().contains("src/"), "{shown}");
+}
