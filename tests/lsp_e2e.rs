@@ -146,6 +146,23 @@ async fn indexing_reports_progress_and_ask_cites_the_right_lines() {
     let def_line = 4; // `pub fn apply_loyalty_discount_cents` (1-based)
     assert!(first["startLine"].as_u64().unwrap() <= def_line && first["endLine"].as_u64().unwrap() >= def_line, "{first}");
     assert_eq!(first["uri"], uri(&client.root.join("src/pricing.rs")));
+
+    // A file created outside the editor, reported by the client's watcher, is indexed.
+    write(&client.root, "src/shipping.rs", "/// Shipping cost of a parcel from its weight in grams.\npub fn parcel_shipping_cost(grams: u32) -> u64 {\n    u64::from(grams) / 10 + 300\n}\n");
+    client
+        .notify("workspace/didChangeWatchedFiles", json!({"changes": [{"uri": uri(&client.root.join("src/shipping.rs")), "type": 1}]}))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = client
+            .request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": ["parcel shipping cost from weight in grams"]}))
+            .await;
+        if response["result"]["sources"][0]["path"] == "src/shipping.rs" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new file was not indexed: {response}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
