@@ -1,0 +1,107 @@
+// The extension's pure logic (no `vscode` import, so it is unit-tested with node:test): VS Code
+// settings to kenning's configuration schema, answers to Markdown, the status-bar text.
+
+/** Reads one setting (`generation.backend`, ...) under `kenning.` with a fallback. */
+export type Get = <T>(key: string, fallback: T) => T;
+
+/** kenning's configuration (the kenning.toml schema), as sent in initializationOptions. */
+export interface ServerSettings {
+  generation: Record<string, unknown>;
+  completion: Record<string, unknown>;
+}
+
+/** Maps VS Code settings to the server's schema; empty strings mean "the server's default". */
+export function toServerSettings(get: Get): ServerSettings {
+  const backend = get<string>('generation.backend', 'llama');
+  const model = get<string>('generation.model', '');
+  const url = get<string>('generation.url', '');
+  const generation: Record<string, unknown> = { backend };
+  if (backend === 'llama') {
+    if (model) generation.model = model;
+    const adapter = get<string>('generation.adapter', '');
+    if (adapter) generation.adapter = adapter;
+    const threads = get<number>('generation.threads', 0);
+    if (threads > 0) generation.threads = threads;
+  } else if (backend === 'ollama' || backend === 'openai') {
+    generation.model = model;
+    if (url) generation.url = url;
+  }
+  return {
+    generation,
+    completion: {
+      enabled: get<boolean>('completion.enabled', true),
+      prompt_tokens: get<number>('completion.promptTokens', 1536),
+      debounce_ms: get<number>('completion.debounceMs', 75),
+      retrieval: get<boolean>('completion.retrieval', true),
+    },
+  };
+}
+
+/** Whether completions are wanted in a language (an empty list means every language). */
+export function languageEnabled(languages: readonly string[], languageId: string): boolean {
+  return languages.length === 0 || languages.includes(languageId);
+}
+
+/** One source of an answer, as `kenning.ask` returns it. */
+export interface AskSource {
+  number: number;
+  path: string;
+  startLine: number;
+  endLine: number;
+  symbol: string;
+  cited: boolean;
+  uri: string | null;
+}
+
+export interface AskResult {
+  question: string;
+  answer: string;
+  extractive: boolean;
+  model: string | null;
+  sources: AskSource[];
+}
+
+/** The answer as Markdown, each citation a link that opens the file at its first line. */
+export function renderAnswer(result: AskResult): string {
+  const link = (s: AskSource) => {
+    const label = `${s.path}:${s.startLine}-${s.endLine}`;
+    return s.uri ? `[${label}](${s.uri}#L${s.startLine})` : label;
+  };
+  const byNumber = new Map(result.sources.map((s) => [s.number, s]));
+  // [n] in the answer becomes a link to that source.
+  const answer = result.answer.replace(/\[(\d+)\]/g, (whole, n: string) => {
+    const s = byNumber.get(Number(n));
+    return s && s.uri ? `[\\[${n}\\]](${s.uri}#L${s.startLine})` : whole;
+  });
+  const lines = [`# ${result.question.split('\n')[0]}`, '', answer, ''];
+  if (result.sources.length > 0) {
+    lines.push('## Sources', '');
+    for (const s of result.sources) {
+      const symbol = s.symbol ? ` — \`${s.symbol}\`` : '';
+      lines.push(`${s.number}. ${link(s)}${symbol}`);
+    }
+    lines.push('');
+  }
+  lines.push(result.extractive ? '_No model configured: the most relevant places, not a generated answer._' : `_Answered by ${result.model ?? 'a local model'}._`);
+  return lines.join('\n');
+}
+
+export interface StatusRoot {
+  indexing: boolean;
+  embedded: boolean;
+  index: { chunks: number; files: number } | null;
+}
+
+export interface Status {
+  roots: StatusRoot[];
+  model: { loaded?: string | null; error?: string } | null;
+}
+
+/** The status-bar text for a `kenning.status` result. */
+export function statusText(status: Status): string {
+  const indexing = status.roots.some((r) => r.indexing);
+  const chunks = status.roots.reduce((n, r) => n + (r.index?.chunks ?? 0), 0);
+  const model = status.model?.error ? 'model error' : status.model?.loaded ? status.model.loaded.replace(/\.gguf$/, '') : 'model on first use';
+  if (indexing) return `$(sync~spin) kenning: indexing (${chunks.toLocaleString('en-US')} chunks)`;
+  return `$(database) kenning: ${chunks.toLocaleString('en-US')} chunks · ${model}`;
+}

@@ -1,0 +1,61 @@
+// Unit tests of the extension's pure logic.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { AskResult, Get, languageEnabled, renderAnswer, statusText, toServerSettings } from '../settings';
+
+const from = (values: Record<string, unknown>): Get => <T>(key: string, fallback: T) => (key in values ? (values[key] as T) : fallback);
+
+test('defaults map to the bundled model and the server defaults', () => {
+  assert.deepEqual(toServerSettings(from({})), {
+    generation: { backend: 'llama' },
+    completion: { enabled: true, prompt_tokens: 1536, debounce_ms: 75, retrieval: true },
+  });
+});
+
+test('llama settings carry the model, the adapter and threads', () => {
+  const s = toServerSettings(from({ 'generation.model': '/m/q.gguf', 'generation.adapter': '/a.gguf', 'generation.threads': 2, 'completion.debounceMs': 0 }));
+  assert.deepEqual(s.generation, { backend: 'llama', model: '/m/q.gguf', adapter: '/a.gguf', threads: 2 });
+  assert.equal(s.completion.debounce_ms, 0);
+});
+
+test('http backends carry url and model, never llama-only keys', () => {
+  const s = toServerSettings(from({ 'generation.backend': 'ollama', 'generation.model': 'qwen2.5-coder:1.5b', 'generation.url': 'http://h:11434', 'generation.threads': 4 }));
+  assert.deepEqual(s.generation, { backend: 'ollama', model: 'qwen2.5-coder:1.5b', url: 'http://h:11434' });
+  assert.deepEqual(toServerSettings(from({ 'generation.backend': 'none', 'generation.model': 'x' })).generation, { backend: 'none' });
+});
+
+test('languages filter', () => {
+  assert.ok(languageEnabled([], 'rust'));
+  assert.ok(languageEnabled(['rust', 'go'], 'go'));
+  assert.ok(!languageEnabled(['rust'], 'python'));
+});
+
+test('answers render citations as links to the cited lines', () => {
+  const result: AskResult = {
+    question: 'Which function applies the discount?\n```rust\nfn x() {}\n```',
+    answer: 'It is `apply_discount` [1], called by checkout [2] and [9].',
+    extractive: false,
+    model: 'qwen.gguf',
+    sources: [
+      { number: 1, path: 'src/pricing.rs', startLine: 3, endLine: 6, symbol: 'fn apply_discount', cited: true, uri: 'file:///w/src/pricing.rs' },
+      { number: 2, path: 'src/checkout.rs', startLine: 10, endLine: 20, symbol: '', cited: true, uri: null },
+    ],
+  };
+  const md = renderAnswer(result);
+  assert.ok(md.startsWith('# Which function applies the discount?\n'), md);
+  assert.ok(md.includes('[\\[1\\]](file:///w/src/pricing.rs#L3)'), md);
+  assert.ok(md.includes('checkout [2] and [9]'), 'no link without a uri, or for an unknown number');
+  assert.ok(md.includes('1. [src/pricing.rs:3-6](file:///w/src/pricing.rs#L3) — `fn apply_discount`'), md);
+  assert.ok(md.includes('2. src/checkout.rs:10-20'), md);
+  assert.ok(md.endsWith('_Answered by qwen.gguf._'), md);
+});
+
+test('status text', () => {
+  assert.equal(
+    statusText({ roots: [{ indexing: false, embedded: true, index: { chunks: 5042, files: 579 } }], model: { loaded: 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf' } }),
+    '$(database) kenning: 5,042 chunks · qwen2.5-coder-0.5b-instruct-q4_k_m',
+  );
+  assert.equal(statusText({ roots: [{ indexing: true, embedded: false, index: null }], model: null }), '$(sync~spin) kenning: indexing (0 chunks)');
+});
