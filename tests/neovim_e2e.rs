@@ -99,12 +99,17 @@ fn ghost_text_appears_and_tab_accepts_it() {
 vim.opt.runtimepath:prepend({plugin:?})
 vim.o.swapfile = false
 local messages = {{}}
+_G.kenning_progress = {{}}
+vim.api.nvim_create_autocmd('LspProgress', {{ callback = function(ev)
+  table.insert(_G.kenning_progress, (ev.data.params.value or {{}}).kind or '?')
+end }})
 vim.lsp.handlers['window/showMessage'] = function(_, m) table.insert(messages, m.message) end
 function _G.kenning_test_log() return table.concat(messages, ' | ') end
 require('kenning').setup({{
   cmd = {{ {bin:?}, '--cache-dir', {cache:?}, 'serve' }},
   settings = {{
     completion = {{ debounce_ms = 0, prompt_tokens = 700, max_tokens = 24 }},
+    ask = {{ max_tokens = 48, sources = 3 }},
     generation = {{ backend = 'llama', threads = 1, context = 2048 }},
   }},
 }})
@@ -171,4 +176,27 @@ end
     eprintln!("accepted: {line:?}");
     assert!(line.starts_with("    ") && !line.starts_with("     "), "kept the indentation: {line:?}");
     assert_eq!(editor.lua("_G.kenning_test_ghost()").trim(), "", "the ghost text is gone once accepted");
+
+    // Indexing progress reached the editor as LspProgress events, begin to end.
+    let kinds = editor.lua("table.concat(_G.kenning_progress, ',')");
+    assert!(kinds.starts_with("begin") && kinds.contains("end"), "progress kinds: {kinds:?}");
+
+    // :KenningAsk puts the citations in the quickfix list, the definition first.
+    editor.keys("<Esc>:KenningAsk Which function applies the loyalty discount?<CR>");
+    let first = editor.wait_for("the quickfix list", Duration::from_secs(180), "vim.json.encode(vim.fn.getqflist()[1] or {})", |v| v.contains("lnum"));
+    let item: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    let file = editor.lua(&format!("vim.fn.bufname({})", item["bufnr"]));
+    assert!(file.trim().ends_with("src/pricing.rs"), "{file:?} {item}");
+    let (lnum, end) = (item["lnum"].as_u64().unwrap(), item["end_lnum"].as_u64().unwrap());
+    assert!(lnum <= 4 && 4 <= end, "the definition (line 4) is inside {lnum}-{end}");
+    assert!(editor.lua("vim.api.nvim_win_get_config(0).relative").trim() == "editor", "the answer is in a float");
+    editor.keys("q");
+
+    // :checkhealth kenning finds the binary, the models, the server and its index.
+    editor.keys(":checkhealth kenning<CR>");
+    let report = editor.wait_for("the health report", Duration::from_secs(60), "table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), ' | ')", |v| {
+        v.contains("chunks")
+    });
+    assert!(!report.contains("ERROR"), "{report}");
+    assert!(report.contains("OK binary:") && report.contains("all pinned assets in place"), "{report}");
 }

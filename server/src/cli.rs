@@ -332,16 +332,19 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     let root = workspace_root(&args.workspace)?;
     let dir = index_dir(paths, &args.target, &root);
     let assets = Assets::new(paths.assets());
-    let asset_state: Vec<(String, String)> = assets
+    let asset_state: Vec<(String, bool, String)> = assets
         .specs()
         .iter()
-        .map(|s| (s.name.clone(), assets.path(&s.name).map_or_else(|e| e.to_string(), |p| p.display().to_string())))
+        .map(|s| match assets.path(&s.name) {
+            Ok(p) => (s.name.clone(), true, p.display().to_string()),
+            Err(e) => (s.name.clone(), false, e.to_string()),
+        })
         .collect();
     let stats = if dir.exists() { Some(open_store(&dir).await?.stats().await?) } else { None };
     if args.json {
         let json = serde_json::json!({
             "workspace": root, "index_dir": dir, "index": stats,
-            "assets": asset_state.iter().map(|(n, s)| serde_json::json!({"name": n, "state": s})).collect::<Vec<_>>(),
+            "assets": asset_state.iter().map(|(n, ok, s)| serde_json::json!({"name": n, "ok": ok, "state": s})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -362,7 +365,7 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
         None => println!("           not indexed yet: run `kenning index {}`", root.display()),
     }
     println!("assets:    {}", assets.root().display());
-    for (name, state) in asset_state {
+    for (name, _, state) in asset_state {
         println!("  {name:<24} {state}");
     }
     Ok(())
