@@ -162,6 +162,7 @@ async fn run(repo: &Path, skip_raw_embed: bool, large_rows: usize, keep: Option<
     let rust_files: Vec<&String> = files.iter().filter(|f| f.1 == Language::Rust).map(|f| &f.0).collect();
     let mut reindex = Vec::new();
     let mut background = Vec::new();
+    let mut searchable = Vec::new();
     let deferred = IndexOptions { defer_optimize: true, ..IndexOptions::default() };
     for i in 0..REINDEX_RUNS {
         let rel = rust_files[(i * 7919) % rust_files.len()];
@@ -174,6 +175,7 @@ async fn run(repo: &Path, skip_raw_embed: bool, large_rows: usize, keep: Option<
             .await
             .unwrap();
         reindex.push(t.elapsed());
+        searchable.push(s.text_ready);
         assert_eq!(s.files_changed, 1);
         if s.optimize_due {
             // What the server does when idle, off the request path.
@@ -185,8 +187,10 @@ async fn run(repo: &Path, skip_raw_embed: bool, large_rows: usize, keep: Option<
     println!("\nre-index after editing one file ({REINDEX_RUNS} runs, whole-workspace walk included)");
     let mut sorted = reindex.clone();
     let p95 = percentile(&mut sorted, 0.95);
-    report_latency("one-file re-index", &mut reindex);
-    println!("  p95 {p95:.1} ms (goal < 300 ms)");
+    let searchable_p95 = percentile(&mut searchable.clone(), 0.95);
+    report_latency("edit -> keyword-searchable", &mut searchable);
+    report_latency("edit -> re-embedded (complete)", &mut reindex);
+    println!("  p95 {searchable_p95:.1} ms keyword-searchable, {p95:.1} ms complete (goal < 300 ms)");
     if background.is_empty() {
         println!("  background optimize: not due");
     } else {
@@ -212,6 +216,7 @@ async fn run(repo: &Path, skip_raw_embed: bool, large_rows: usize, keep: Option<
     large.optimize().await.unwrap();
     let t = Instant::now();
     large.ensure_vector_index().await.unwrap();
+    large.ensure_id_index().await.unwrap();
     println!("\nat {large_rows} vectors (real embeddings + noise; IVF-HNSW-SQ built in {:.1} s)", t.elapsed().as_secs_f64());
     let query_vectors: Vec<Vec<f32>> = queries.iter().map(|q| embedder.embed(&[q], Purpose::Query).unwrap().remove(0)).collect();
     let mut lance = Vec::new();

@@ -319,6 +319,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_the_default_configuration() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Configuration").expect("README has a configuration section")..];
+        let start = section.find("```toml\n").expect("with a TOML example") + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, example).unwrap();
+        assert_eq!(layers.resolve().unwrap(), Config::default());
+    }
+
+    #[test]
     fn a_missing_required_key_is_named() {
         let e = Layers::default().set("x", serde_json::json!({"generation": {"backend": "openai", "url": "http://h"}})).unwrap_err();
         assert!(e.to_string().contains("missing field `model`"), "{e}");

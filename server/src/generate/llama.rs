@@ -62,7 +62,20 @@ enum Job {
 pub struct LlamaEngine {
     name: String,
     specials: Vec<(SpecialToken, String)>,
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LlamaEngine {
+    /// Closes the job queue and waits for the engine thread to free the model and context: a
+    /// process that exits while llama.cpp is still tearing down can crash in its thread pools.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl LlamaEngine {
@@ -76,13 +89,19 @@ impl LlamaEngine {
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<(SpecialToken, String)>, String>>();
         let thread_path = path.to_owned();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kenning-llama".into())
             .spawn(move || engine_thread(&thread_path, &options, &ready_tx, &job_rx))
             .map_err(|e| load_error(e.to_string()))?;
         let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { name, specials, jobs })
+        Ok(Self { name, specials, jobs: Some(jobs), thread: Some(thread) })
+    }
+}
+
+impl LlamaEngine {
+    fn queue(&self) -> Result<&std::sync::mpsc::Sender<Job>, GenerateError> {
+        self.jobs.as_ref().ok_or(GenerateError::EngineGone)
     }
 }
 
@@ -97,13 +116,13 @@ impl Generator for LlamaEngine {
 
     fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.jobs.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
+        self.queue()?.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
         rx.recv().map_err(|_| GenerateError::EngineGone)
     }
 
     fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
         let (generation, sink) = Generation::channel();
-        self.jobs.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
+        self.queue()?.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
         Ok(generation)
     }
 }

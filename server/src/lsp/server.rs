@@ -106,8 +106,10 @@ impl State {
         let mut slot = self.model.lock().await;
         let stale = slot.as_ref().is_none_or(|m| m.config != config.generation);
         if stale {
-            // Drop the old engine before loading the new one (memory).
-            *slot = None;
+            // Free the old engine before loading the new one (memory), off the async runtime:
+            // dropping an engine waits for its thread.
+            let old = slot.take();
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
             let generation = config.generation.clone();
             let assets = self.assets();
             let result = tokio::task::spawn_blocking(move || generate::from_config(&generation, &assets))
