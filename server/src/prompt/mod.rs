@@ -17,6 +17,8 @@ const BYTES_PER_TOKEN: f64 = 3.5;
 const PREFIX_SHARE: f64 = 0.5;
 /// Share of the budget the suffix may take.
 const SUFFIX_SHARE: f64 = 0.15;
+/// The prefix is cut at line numbers that are multiples of this (see [`anchored_tail`]).
+const PREFIX_ANCHOR_LINES: usize = 16;
 
 /// An estimate of a text's size in tokens.
 pub fn estimate_tokens(text: &str) -> usize {
@@ -77,7 +79,7 @@ pub struct Prompt {
 /// The prefix keeps its last lines and the suffix its first lines; snippets fill what is left, best
 /// first, and are written furthest-first so the best one sits closest to the cursor.
 pub fn fim(family: Family, input: &FimInput<'_>, budget: usize) -> Prompt {
-    let prefix = tail_lines(input.prefix, (budget as f64 * PREFIX_SHARE) as usize);
+    let prefix = anchored_tail(input.prefix, (budget as f64 * PREFIX_SHARE) as usize);
     let suffix = head_lines(input.suffix, (budget as f64 * SUFFIX_SHARE) as usize);
     let mut left = budget.saturating_sub(estimate_tokens(prefix) + estimate_tokens(suffix) + 16);
     let mut used = Vec::new();
@@ -114,6 +116,28 @@ pub fn tail_lines(text: &str, tokens: usize) -> &str {
         Some(nl) if start + nl + 1 < text.len() => &text[start + nl + 1..],
         _ => &text[start..],
     }
+}
+
+/// Like [`tail_lines`], but the cut only ever falls on a line whose number is a multiple of
+/// [`PREFIX_ANCHOR_LINES`]. While the user types, the prefix grows at its end; a cut that moved
+/// with every keystroke would change the start of the prompt each time and defeat the engine's
+/// KV-cache reuse. Anchored, the prompt's beginning stays put for that many lines of typing.
+pub fn anchored_tail(text: &str, tokens: usize) -> &str {
+    let tail = tail_lines(text, tokens);
+    let start = text.len() - tail.len();
+    if start == 0 {
+        return text;
+    }
+    let line = text[..start].matches('\n').count();
+    let skip = (PREFIX_ANCHOR_LINES - line % PREFIX_ANCHOR_LINES) % PREFIX_ANCHOR_LINES;
+    let mut at = start;
+    for _ in 0..skip {
+        match text[at..].find('\n') {
+            Some(nl) if at + nl + 1 < text.len() => at += nl + 1,
+            _ => break,
+        }
+    }
+    &text[at..]
 }
 
 /// The longest head of `text` made of whole lines within `tokens` (or a cut first line).

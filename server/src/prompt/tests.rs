@@ -214,3 +214,22 @@ fn ask_prompt_numbers_sources_and_stops_at_the_budget() {
     let (_, n) = ask(Family::QwenCoder, "q", &sources, 140);
     assert_eq!(n, 1);
 }
+
+#[test]
+fn the_prefix_cut_stays_put_while_typing() {
+    let mut text: String = (0..400).map(|i| format!("let value_{i} = compute({i});\n")).collect();
+    let first = anchored_tail(&text, 300);
+    let first_start = text.len() - first.len();
+    assert!(first_start > 0 && text[..first_start].matches('\n').count() % 16 == 0);
+    // Twenty typed lines move an unanchored cut about a dozen times; anchored, once at most.
+    let mut starts = std::collections::BTreeSet::from([first_start]);
+    for i in 0..20 {
+        text.push_str(&format!("let typed_{i} = 1;\n"));
+        let tail = anchored_tail(&text, 300);
+        starts.insert(text.len() - tail.len());
+        assert!(estimate_tokens(tail) <= 300);
+    }
+    assert!(starts.len() <= 2, "the start moved {} times", starts.len() - 1);
+    // Short text is kept whole.
+    assert_eq!(anchored_tail("fn main() {}\n", 300), "fn main() {}\n");
+}
