@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 mod linux;
+pub mod model;
 
 use mlx_rs::Array;
 

@@ -1,0 +1,237 @@
+//! A Llama-family transformer (SmolLM2; Qwen2 adds q/k/v biases) on MLX, from an HF/MLX model
+//! directory (`config.json` + `model.safetensors`, MLX-quantized weights dequantized to f32 at load:
+//! MLX's quantized kernels are slow on a CPU). Written with MLX's fused ops (RMSNorm, RoPE, scaled
+//! dot-product attention), with a KV cache for generation.
+
+use std::path::Path;
+
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{self, indexing::argmax_axis};
+use mlx_rs::{Array, Dtype};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {message}")]
+    Load { path: String, message: String },
+    #[error("missing tensor {0}")]
+    Missing(String),
+    #[error(transparent)]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+/// The fields of `config.json` the forward pass needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub intermediate_size: i32,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: i32,
+    #[serde(default)]
+    pub head_dim: Option<i32>,
+    pub rms_norm_eps: f32,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    pub vocab_size: i32,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Quantization {
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    fn head_dim(&self) -> i32 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+struct Layer {
+    input_norm: Array,
+    post_norm: Array,
+    /// Projections stored transposed (`[in, out]`), ready for `x @ w`.
+    q: Array,
+    k: Array,
+    v: Array,
+    o: Array,
+    q_bias: Option<Array>,
+    k_bias: Option<Array>,
+    v_bias: Option<Array>,
+    gate: Array,
+    up: Array,
+    down: Array,
+}
+
+/// Keys and values of the tokens seen so far, per layer.
+#[derive(Default)]
+pub struct Cache {
+    layers: Vec<(Array, Array)>,
+    len: i32,
+}
+
+impl Cache {
+    pub fn len(&self) -> i32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub struct Llama {
+    pub config: Config,
+    embed: Array,
+    /// The output projection, transposed (`[hidden, vocab]`).
+    head: Array,
+    norm: Array,
+    layers: Vec<Layer>,
+}
+
+impl Llama {
+    /// Loads a model directory.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let load_error = |path: &Path, message: String| ModelError::Load { path: path.display().to_string(), message };
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e.to_string()))?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| load_error(&config_path, e.to_string()))?;
+        let weights_path = dir.join("model.safetensors");
+        let mut raw = Array::load_safetensors(&weights_path).map_err(|e| load_error(&weights_path, e.to_string()))?;
+        let mut take = |name: &str| -> Result<Array, ModelError> {
+            let weight = raw.remove(&format!("{name}.weight")).ok_or_else(|| ModelError::Missing(format!("{name}.weight")))?;
+            let weight = match (raw.remove(&format!("{name}.scales")), &config.quantization) {
+                (Some(scales), Some(q)) => {
+                    let biases = raw.remove(&format!("{name}.biases"));
+                    // Bits per tensor from the shapes: a GGUF may keep some tensors at 8 bits
+                    // (SmolLM2's Q4_1 file has an 8-bit embedding).
+                    let (packed, groups) = (weight.shape()[1], scales.shape()[1]);
+                    let bits = packed * 32 / (groups * q.group_size);
+                    ops::dequantize(&weight, &scales, biases.as_ref(), q.group_size, bits)?
+                }
+                _ => weight,
+            };
+            Ok(weight.as_dtype(Dtype::Float32)?)
+        };
+        let transposed = |a: Array| a.transpose_axes(&[1, 0]);
+        let embed = take("model.embed_tokens")?;
+        let head = if config.tie_word_embeddings { transposed(embed.clone())? } else { transposed(take("lm_head")?)? };
+        let norm = take("model.norm")?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: take(&format!("{p}.input_layernorm"))?,
+                post_norm: take(&format!("{p}.post_attention_layernorm"))?,
+                q: transposed(take(&format!("{p}.self_attn.q_proj"))?)?,
+                k: transposed(take(&format!("{p}.self_attn.k_proj"))?)?,
+                v: transposed(take(&format!("{p}.self_attn.v_proj"))?)?,
+                o: transposed(take(&format!("{p}.self_attn.o_proj"))?)?,
+                q_bias: None,
+                k_bias: None,
+                v_bias: None,
+                gate: transposed(take(&format!("{p}.mlp.gate_proj"))?)?,
+                up: transposed(take(&format!("{p}.mlp.up_proj"))?)?,
+                down: transposed(take(&format!("{p}.mlp.down_proj"))?)?,
+            });
+        }
+        // Qwen2 has biases on q/k/v (the only biases in the family).
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}.self_attn");
+            layer.q_bias = raw.remove(&format!("{p}.q_proj.bias"));
+            layer.k_bias = raw.remove(&format!("{p}.k_proj.bias"));
+            layer.v_bias = raw.remove(&format!("{p}.v_proj.bias"));
+        }
+        let model = Self { config, embed, head, norm, layers };
+        // Materialize the dequantized weights once, not on the first forward pass.
+        let mut all: Vec<&Array> = vec![&model.embed, &model.head, &model.norm];
+        for l in &model.layers {
+            all.extend([&l.input_norm, &l.post_norm, &l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+        }
+        mlx_rs::transforms::eval(all)?;
+        Ok(model)
+    }
+
+    /// Logits (`[tokens, vocab]`, f32) for `tokens` following what `cache` holds; extends the cache.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Array, ModelError> {
+        let c = &self.config;
+        let n = tokens.len() as i32;
+        let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let ids = Array::from_slice(tokens, &[n]);
+        let mut x = self.embed.take_axis(&ids, 0)?.reshape(&[1, n, c.hidden_size])?;
+        let offset = cache.len;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = fast::rms_norm(&x, Some(&layer.input_norm), c.rms_norm_eps)?;
+            let project = |w: &Array, b: &Option<Array>| -> Result<Array, ModelError> {
+                let y = h.matmul(w)?;
+                Ok(match b {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                })
+            };
+            let split = |a: Array, heads: i32| a.reshape(&[1, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
+            let q = split(project(&layer.q, &layer.q_bias)?, heads)?;
+            let k = split(project(&layer.k, &layer.k_bias)?, kv_heads)?;
+            let v = split(project(&layer.v, &layer.v_bias)?, kv_heads)?;
+            let q = fast::rope(&q, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
+            let k = fast::rope(&k, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
+            let (k, v) = match cache.layers.get(i) {
+                Some((ck, cv)) => (ops::concatenate(&[ck, &k], 2)?, ops::concatenate(&[cv, &v], 2)?),
+                None => (k, v),
+            };
+            let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
+            let attended = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+            if i < cache.layers.len() {
+                cache.layers[i] = (k, v);
+            } else {
+                cache.layers.push((k, v));
+            }
+            let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, n, heads * head_dim])?;
+            x = x.add(attended.matmul(&layer.o)?)?;
+            let h = fast::rms_norm(&x, Some(&layer.post_norm), c.rms_norm_eps)?;
+            let gate = h.matmul(&layer.gate)?;
+            let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(h.matmul(&layer.up)?)?;
+            x = x.add(activated.matmul(&layer.down)?)?;
+        }
+        cache.len += n;
+        let x = fast::rms_norm(&x, Some(&self.norm), c.rms_norm_eps)?;
+        Ok(x.matmul(&self.head)?.reshape(&[n, c.vocab_size])?)
+    }
+
+    /// Greedy continuation of `prompt`: up to `max_tokens` ids, stopping after any of `stop_ids`.
+    pub fn greedy(&self, prompt: &[u32], max_tokens: usize, stop_ids: &[u32]) -> Result<Vec<u32>, ModelError> {
+        let mut cache = Cache::default();
+        let mut logits = self.forward(prompt, &mut cache)?;
+        let mut out = Vec::new();
+        for _ in 0..max_tokens {
+            let last = logits.index((-1, ..));
+            let next = argmax_axis(&last, -1, None)?;
+            next.eval()?;
+            let id = next.try_item_cast::<u32>().map_err(|e| ModelError::Load { path: "argmax".into(), message: e.to_string() })?;
+            out.push(id);
+            if stop_ids.contains(&id) {
+                break;
+            }
+            logits = self.forward(&[id], &mut cache)?;
+        }
+        Ok(out)
+    }
+}
+
+use mlx_rs::ops::indexing::IndexOp;
