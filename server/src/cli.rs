@@ -58,7 +58,7 @@ enum Command {
 enum Engine {
     /// llama.cpp, in-process (GGUF models).
     Llama,
-    /// MLX through mlx-rs (not in this build yet).
+    /// MLX through mlx-rs (builds with `--features mlx`; MLX/HF model directories).
     Mlx,
 }
 
@@ -377,9 +377,6 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     use crate::generate::llama::{LlamaEngine, LlamaOptions};
     use crate::generate::{BundledModel, Event, Generator, Request, Sampling};
 
-    if args.engine == Engine::Mlx {
-        bail!("the MLX engine is not part of this build yet; use --engine llama");
-    }
     let prompt = if args.prompt == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
@@ -387,13 +384,27 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     } else {
         args.prompt
     };
-    let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
-    let mut options = LlamaOptions { context: args.context, lora: args.adapter_path, ..LlamaOptions::default() };
-    if let Some(threads) = args.threads {
-        options.threads = threads;
-    }
     let loading = std::time::Instant::now();
-    let engine = LlamaEngine::load(&model, options)?;
+    let engine: Box<dyn Generator> = match args.engine {
+        Engine::Llama => {
+            let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
+            let mut options = LlamaOptions { context: args.context, lora: args.adapter_path, ..LlamaOptions::default() };
+            if let Some(threads) = args.threads {
+                options.threads = threads;
+            }
+            Box::new(LlamaEngine::load(&model, options)?)
+        }
+        #[cfg(feature = "mlx")]
+        Engine::Mlx => {
+            if args.adapter_path.is_some() {
+                bail!("--adapter-path with --engine mlx comes with the LoRA trainer; use --engine llama with a GGUF adapter");
+            }
+            let model = if args.model == "qwen2.5-coder-0.5b" { "smollm2-135m".to_owned() } else { args.model.clone() };
+            Box::new(crate::generate::mlx::MlxEngine::load(&crate::generate::mlx::resolve(&model, paths)?)?)
+        }
+        #[cfg(not(feature = "mlx"))]
+        Engine::Mlx => bail!("this build has no MLX engine: build kenning with `--features mlx` (see training/README.md)"),
+    };
     let load_time = loading.elapsed();
     let request = Request {
         prompt,

@@ -58,6 +58,14 @@ pub enum Generation {
         #[serde(default)]
         family: Option<Family>,
     },
+    /// MLX in-process (builds with the `mlx` feature): an MLX/HF model directory, or a bundled
+    /// model converted by `scripts/setup` (smollm2-135m).
+    Mlx {
+        #[serde(default = "default_mlx_model")]
+        model: String,
+        #[serde(default)]
+        family: Option<Family>,
+    },
     /// Ollama's `/api/generate` (raw prompt, so FIM tokens are ours).
     Ollama {
         #[serde(default = "default_ollama_url")]
@@ -88,6 +96,10 @@ impl Default for Generation {
 
 fn default_model() -> String {
     "qwen2.5-coder-0.5b".into()
+}
+
+fn default_mlx_model() -> String {
+    "smollm2-135m".into()
 }
 
 fn default_context() -> u32 {
@@ -162,7 +174,10 @@ impl Generation {
     /// The prompt family: configured, else detected from the model name.
     pub fn family(&self) -> Family {
         match self {
-            Generation::Llama { model, family, .. } | Generation::Ollama { model, family, .. } | Generation::Openai { model, family, .. } => {
+            Generation::Llama { model, family, .. }
+            | Generation::Mlx { model, family }
+            | Generation::Ollama { model, family, .. }
+            | Generation::Openai { model, family, .. } => {
                 family.unwrap_or_else(|| Family::detect(model))
             }
             Generation::None => Family::Plain,

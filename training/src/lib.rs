@@ -4,6 +4,7 @@
 #[cfg(target_os = "linux")]
 mod linux;
 pub mod model;
+pub mod text;
 
 use mlx_rs::Array;
 

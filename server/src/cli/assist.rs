@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Target, index_dir, load_embedder, open_store};
 use crate::ask;
-use crate::assets::Assets;
 use crate::chunk::Language;
 use crate::complete::{self, Completer, Retrieval};
 use crate::config::{self, Config, Layers};
@@ -115,8 +114,8 @@ fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
 
 async fn load_model(paths: &Paths, config: &Config) -> Result<Option<Arc<dyn Generator>>> {
     let generation = config.generation.clone();
-    let assets = Assets::new(paths.assets());
-    let model = tokio::task::spawn_blocking(move || generate::from_config(&generation, &assets)).await??;
+    let paths = paths.clone();
+    let model = tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths)).await??;
     Ok(model)
 }
 

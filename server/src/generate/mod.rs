@@ -7,6 +7,8 @@
 
 pub mod http;
 pub mod llama;
+#[cfg(feature = "mlx")]
+pub mod mlx;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,9 +75,14 @@ impl BundledModel {
 
 /// The generator a configuration asks for; `None` when it asks for no model. Loading a local model
 /// takes a while: call this off the async runtime.
-pub fn from_config(config: &crate::config::Generation, assets: &Assets) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
+pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
     use crate::config::Generation as G;
+    let assets = &Assets::new(paths.assets());
     Ok(Some(match config {
+        #[cfg(feature = "mlx")]
+        G::Mlx { model, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?)?),
+        #[cfg(not(feature = "mlx"))]
+        G::Mlx { .. } => return Err(GenerateError::Failed("this build has no MLX engine: build kenning with `--features mlx`".into())),
         G::Llama { model, adapter, threads, context, .. } => {
             let path = BundledModel::resolve(model, assets)?;
             let mut options = llama::LlamaOptions { context: *context, lora: adapter.clone(), ..llama::LlamaOptions::default() };

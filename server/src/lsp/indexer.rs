@@ -59,7 +59,11 @@ pub(super) async fn start(state: Arc<State>) {
             }
         });
     }
-    for root in state.roots() {
+    let roots = state.roots();
+    if roots.is_empty() {
+        tracing::warn!("no workspace folder: nothing to index");
+    }
+    for root in roots {
         run(Arc::clone(&state), root, true).await;
     }
 }
@@ -124,6 +128,7 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
 }
 
 async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<(), String> {
+    tracing::info!("indexing {}", root.path.display());
     let store = store(state, root).await?;
     let embedder = state.embedder().await;
     let config = state.config();

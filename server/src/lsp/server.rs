@@ -111,8 +111,8 @@ impl State {
             let old = slot.take();
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
             let generation = config.generation.clone();
-            let assets = self.assets();
-            let result = tokio::task::spawn_blocking(move || generate::from_config(&generation, &assets))
+            let paths = self.paths.clone();
+            let result = tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));

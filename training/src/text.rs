@@ -1,0 +1,163 @@
+//! A model with its tokenizer: text in, streamed text out. Greedy or temperature / top-p sampling
+//! (on the CPU side: one vocabulary-sized vector per token), stop tokens, a callback that can stop
+//! generation (cancellation) after any token.
+
+use std::path::Path;
+
+use mlx_rs::ops::indexing::IndexOp;
+
+use crate::model::{Cache, Llama, ModelError};
+
+/// How to pick the next token (temperature 0 = greedy).
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// What a generation did.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Stopped on an end-of-sequence token (not on the length limit or the callback).
+    pub ended: bool,
+    pub time_to_first_token: std::time::Duration,
+}
+
+pub struct TextModel {
+    pub model: Llama,
+    tokenizer: tokenizers::Tokenizer,
+    eos: Vec<u32>,
+}
+
+impl TextModel {
+    /// Loads a model directory with `tokenizer.json`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let model = Llama::load(dir)?;
+        let path = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Load { path: path.display().to_string(), message: e.to_string() })?;
+        let mut eos = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(dir.join("config.json"))
+            && let Ok(config) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            match &config["eos_token_id"] {
+                serde_json::Value::Number(n) => eos.extend(n.as_u64().map(|n| n as u32)),
+                serde_json::Value::Array(ids) => eos.extend(ids.iter().filter_map(|v| v.as_u64()).map(|n| n as u32)),
+                _ => {}
+            }
+        }
+        for name in ["<|endoftext|>", "<|im_end|>", "</s>"] {
+            if let Some(id) = tokenizer.token_to_id(name)
+                && !eos.contains(&id)
+            {
+                eos.push(id);
+            }
+        }
+        Ok(Self { model, tokenizer, eos })
+    }
+
+    /// Token ids of `text`; special tokens written by name are recognized.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| ModelError::Load { path: "tokenizer".into(), message: e.to_string() })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token by its text, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Generates from `prompt`, calling `on_text` with each new piece of text; generation stops when
+    /// `on_text` returns false, on an end-of-sequence token, or after `max_tokens`.
+    pub fn generate(&self, prompt: &str, max_tokens: usize, sampling: Sampling, mut on_text: impl FnMut(&str) -> bool) -> Result<Stats, ModelError> {
+        let started = std::time::Instant::now();
+        let ids = self.encode(prompt)?;
+        let mut stats = Stats { prompt_tokens: ids.len(), ..Stats::default() };
+        if ids.is_empty() || max_tokens == 0 {
+            return Ok(stats);
+        }
+        let mut rng = sampling.seed.max(1);
+        let mut cache = Cache::default();
+        let mut logits = self.model.forward(&ids, &mut cache)?;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut emitted = 0usize;
+        for _ in 0..max_tokens {
+            let last = logits.index((-1, ..));
+            last.eval()?;
+            let id = pick(last.as_slice::<f32>(), sampling, &mut rng);
+            if generated.is_empty() {
+                stats.time_to_first_token = started.elapsed();
+            }
+            stats.generated_tokens += 1;
+            if self.eos.contains(&id) {
+                stats.ended = true;
+                break;
+            }
+            generated.push(id);
+            let text = self.tokenizer.decode(&generated, false).map_err(|e| ModelError::Load { path: "tokenizer".into(), message: e.to_string() })?;
+            // A multi-byte character split across tokens decodes to U+FFFD until it is complete.
+            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted) {
+                let keep_going = on_text(&text[emitted..]);
+                emitted = text.len();
+                if !keep_going {
+                    break;
+                }
+            }
+            logits = self.model.forward(&[id], &mut cache)?;
+        }
+        Ok(stats)
+    }
+}
+
+/// Greedy, or temperature + nucleus sampling with a small xorshift generator (`state` advances).
+fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
+    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    if sampling.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / sampling.temperature).exp())).collect();
+    let total: f32 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = 0.0;
+    let mut cut = probs.len();
+    for (i, p) in probs.iter().enumerate() {
+        kept += p.1 / total;
+        if kept >= sampling.top_p {
+            cut = i + 1;
+            break;
+        }
+    }
+    probs.truncate(cut);
+    let mass: f32 = probs.iter().map(|p| p.1).sum();
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    let mut target = (*state >> 11) as f32 / (1u64 << 53) as f32 * mass;
+    for (id, p) in &probs {
+        if target < *p {
+            return *id;
+        }
+        target -= p;
+    }
+    probs.last().map_or_else(argmax, |p| p.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_largest_and_top_p_stays_in_the_nucleus() {
+        let logits = [0.0, 5.0, 1.0, 4.9];
+        let mut state = 7;
+        assert_eq!(pick(&logits, Sampling { temperature: 0.0, top_p: 1.0, seed: 1 }, &mut state), 1);
+        for _ in 0..200 {
+            let id = pick(&logits, Sampling { temperature: 1.0, top_p: 0.9, seed: 1 }, &mut state);
+            assert!(id == 1 || id == 3, "{id}");
+        }
+    }
+}
