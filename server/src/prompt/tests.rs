@@ -220,7 +220,7 @@ fn the_prefix_cut_stays_put_while_typing() {
     let mut text: String = (0..400).map(|i| format!("let value_{i} = compute({i});\n")).collect();
     let first = anchored_tail(&text, 300);
     let first_start = text.len() - first.len();
-    assert!(first_start > 0 && text[..first_start].matches('\n').count() % 16 == 0);
+    assert!(first_start > 0 && text[..first_start].matches('\n').count().is_multiple_of(16));
     // Twenty typed lines move an unanchored cut about a dozen times; anchored, once at most.
     let mut starts = std::collections::BTreeSet::from([first_start]);
     for i in 0..20 {
