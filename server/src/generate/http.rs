@@ -169,12 +169,7 @@ async fn stream(api: Api, http: reqwest::RequestBuilder, request: &Request, sink
             }
         }
     }
-    if reason != FinishReason::Stop {
-        let rest = stops.finish();
-        if !rest.is_empty() {
-            sink.send(Event::Text(rest));
-        }
-    }
+    sink.flush_held(&mut stops, reason);
     sink.send(Event::Done(Finish {
         reason,
         prompt_tokens,

@@ -18,7 +18,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher, Utf8Stream};
+use super::engine::{EngineThread, Job, Ready, delegate_generator};
+use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Utf8Stream};
 
 /// Tokens decoded per call while reading the prompt.
 const PROMPT_BATCH: usize = 512;
@@ -53,86 +54,24 @@ fn backend() -> Result<&'static LlamaBackend, String> {
         .map_err(Clone::clone)
 }
 
-enum Job {
-    Generate(Request, Sink),
-    CountTokens(String, std::sync::mpsc::Sender<usize>),
-}
-
 /// A GGUF model served by llama.cpp on its own thread.
-pub struct LlamaEngine {
-    name: String,
-    specials: Vec<(SpecialToken, String)>,
-    /// `None` only while dropping.
-    jobs: Option<std::sync::mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for LlamaEngine {
-    /// Closes the job queue and waits for the engine thread to free the model and context: a
-    /// process that exits while llama.cpp is still tearing down can crash in its thread pools.
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+pub struct LlamaEngine(EngineThread);
 
 impl LlamaEngine {
     /// Loads `path` and starts the engine thread. Fails (without panicking) on a missing or
     /// unreadable model, a bad adapter, or a context that does not fit.
     pub fn load(path: &Path, options: LlamaOptions) -> Result<Self, GenerateError> {
-        let load_error = |reason: String| GenerateError::Load { path: path.to_owned(), reason };
         if !path.is_file() {
-            return Err(load_error("no such file".into()));
+            return Err(GenerateError::Load { path: path.to_owned(), reason: "no such file".into() });
         }
-        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<(SpecialToken, String)>, String>>();
         let thread_path = path.to_owned();
-        let thread = std::thread::Builder::new()
-            .name("kenning-llama".into())
-            .spawn(move || engine_thread(&thread_path, &options, &ready_tx, &job_rx))
-            .map_err(|e| load_error(e.to_string()))?;
-        let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { name, specials, jobs: Some(jobs), thread: Some(thread) })
+        EngineThread::spawn(path, "kenning-llama", move |ready, jobs| engine_thread(&thread_path, &options, ready, jobs)).map(Self)
     }
 }
 
-impl LlamaEngine {
-    fn queue(&self) -> Result<&std::sync::mpsc::Sender<Job>, GenerateError> {
-        self.jobs.as_ref().ok_or(GenerateError::EngineGone)
-    }
-}
+delegate_generator!(LlamaEngine);
 
-impl Generator for LlamaEngine {
-    fn model_name(&self) -> &str {
-        &self.name
-    }
-
-    fn special(&self, token: SpecialToken) -> Option<String> {
-        self.specials.iter().find(|(t, _)| *t == token).map(|(_, s)| s.clone())
-    }
-
-    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.queue()?.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
-        rx.recv().map_err(|_| GenerateError::EngineGone)
-    }
-
-    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
-        let (generation, sink) = Generation::channel();
-        self.queue()?.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
-        Ok(generation)
-    }
-}
-
-fn engine_thread(
-    path: &Path,
-    options: &LlamaOptions,
-    ready: &std::sync::mpsc::Sender<Result<Vec<(SpecialToken, String)>, String>>,
-    jobs: &std::sync::mpsc::Receiver<Job>,
-) {
+fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &std::sync::mpsc::Receiver<Job>) {
     let loaded = (|| -> Result<_, String> {
         let backend = backend()?;
         let mut model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| e.to_string())?;
@@ -298,12 +237,7 @@ impl Session<'_> {
             self.cached.push(token);
             last_index = 0;
         };
-        if matches!(reason, FinishReason::EndOfText | FinishReason::Length) {
-            let rest = stops.finish();
-            if !rest.is_empty() {
-                sink.send(Event::Text(rest));
-            }
-        }
+        sink.flush_held(&mut stops, reason);
         Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default()))
     }
 

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use kenning_training::text::{Sampling as MlxSampling, TextModel};
 
-use super::{Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher};
+use super::engine::{EngineThread, Job, delegate_generator};
+use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher};
 use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
@@ -30,75 +31,46 @@ pub fn resolve(model: &str, paths: &Paths) -> Result<PathBuf, GenerateError> {
     })
 }
 
-enum Job {
-    Generate(Request, Sink),
-    CountTokens(String, std::sync::mpsc::Sender<usize>),
-}
-
 /// An MLX model served on its own thread.
-pub struct MlxEngine {
-    name: String,
-    specials: Vec<(SpecialToken, String)>,
-    jobs: Option<std::sync::mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for MlxEngine {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+pub struct MlxEngine(EngineThread);
 
 impl MlxEngine {
     /// Loads a model directory and starts the engine thread.
     pub fn load(dir: &Path) -> Result<Self, GenerateError> {
-        let load_error = |reason: String| GenerateError::Load { path: dir.to_owned(), reason };
-        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<(SpecialToken, String)>, String>>();
         let thread_dir = dir.to_owned();
-        let thread = std::thread::Builder::new()
-            .name("kenning-mlx".into())
-            .spawn(move || {
-                let model = match TextModel::load(&thread_dir) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let named = [
-                    (SpecialToken::FimPrefix, "<|fim_prefix|>"),
-                    (SpecialToken::FimSuffix, "<|fim_suffix|>"),
-                    (SpecialToken::FimMiddle, "<|fim_middle|>"),
-                    (SpecialToken::FimPad, "<|fim_pad|>"),
-                    (SpecialToken::RepoName, "<|repo_name|>"),
-                    (SpecialToken::FileSep, "<|file_sep|>"),
-                    (SpecialToken::Eos, "<|endoftext|>"),
-                ];
-                let specials = named.iter().filter(|(_, t)| model.token_id(t).is_some()).map(|(r, t)| (*r, (*t).to_owned())).collect();
-                let _ = ready_tx.send(Ok(specials));
-                while let Ok(job) = job_rx.recv() {
-                    match job {
-                        Job::Generate(request, sink) => run(&model, &request, &sink),
-                        Job::CountTokens(text, reply) => {
-                            let _ = reply.send(model.encode(&text).map_or(0, |ids| ids.len()));
-                        }
+        EngineThread::spawn(dir, "kenning-mlx", move |ready, jobs| {
+            let model = match TextModel::load(&thread_dir) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let named = [
+                (SpecialToken::FimPrefix, "<|fim_prefix|>"),
+                (SpecialToken::FimSuffix, "<|fim_suffix|>"),
+                (SpecialToken::FimMiddle, "<|fim_middle|>"),
+                (SpecialToken::FimPad, "<|fim_pad|>"),
+                (SpecialToken::RepoName, "<|repo_name|>"),
+                (SpecialToken::FileSep, "<|file_sep|>"),
+                (SpecialToken::Eos, "<|endoftext|>"),
+            ];
+            let specials = named.iter().filter(|(_, t)| model.token_id(t).is_some()).map(|(r, t)| (*r, (*t).to_owned())).collect();
+            let _ = ready.send(Ok(specials));
+            while let Ok(job) = jobs.recv() {
+                match job {
+                    Job::Generate(request, sink) => run(&model, &request, &sink),
+                    Job::CountTokens(text, reply) => {
+                        let _ = reply.send(model.encode(&text).map_or(0, |ids| ids.len()));
                     }
                 }
-            })
-            .map_err(|e| load_error(e.to_string()))?;
-        let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
-        let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { name, specials, jobs: Some(jobs), thread: Some(thread) })
-    }
-
-    fn queue(&self) -> Result<&std::sync::mpsc::Sender<Job>, GenerateError> {
-        self.jobs.as_ref().ok_or(GenerateError::EngineGone)
+            }
+        })
+        .map(Self)
     }
 }
+
+delegate_generator!(MlxEngine);
 
 fn run(model: &TextModel, request: &Request, sink: &Sink) {
     let started = Instant::now();
@@ -128,12 +100,7 @@ fn run(model: &TextModel, request: &Request, sink: &Sink) {
             if stats.ended {
                 reason = FinishReason::EndOfText;
             }
-            if reason != FinishReason::Stop {
-                let rest = stops.finish();
-                if !rest.is_empty() {
-                    sink.send(Event::Text(rest));
-                }
-            }
+            sink.flush_held(&mut stops, reason);
             sink.send(Event::Done(Finish {
                 reason,
                 prompt_tokens: stats.prompt_tokens,
@@ -144,27 +111,5 @@ fn run(model: &TextModel, request: &Request, sink: &Sink) {
             }));
         }
         Err(e) => sink.send(Event::Error(e.to_string())),
-    }
-}
-
-impl Generator for MlxEngine {
-    fn model_name(&self) -> &str {
-        &self.name
-    }
-
-    fn special(&self, token: SpecialToken) -> Option<String> {
-        self.specials.iter().find(|(t, _)| *t == token).map(|(_, s)| s.clone())
-    }
-
-    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.queue()?.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
-        rx.recv().map_err(|_| GenerateError::EngineGone)
-    }
-
-    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
-        let (generation, sink) = Generation::channel();
-        self.queue()?.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
-        Ok(generation)
     }
 }

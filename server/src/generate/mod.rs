@@ -5,6 +5,7 @@
 //! Special tokens are written by name in the prompt text (`<|fim_prefix|>`), and engines parse them
 //! as special tokens; [`Generator::special`] gives the spelling a model uses for each role.
 
+mod engine;
 pub mod http;
 pub mod llama;
 #[cfg(feature = "mlx")]
@@ -247,6 +248,17 @@ impl Sink {
     pub fn send(&self, event: Event) {
         // A closed channel means the consumer is gone; `is_cancelled` reports it.
         let _ = self.events.send(event);
+    }
+
+    /// At the end of a generation, sends the text `stops` held back (it might have begun a stop
+    /// sequence), unless a stop sequence ended the generation or the consumer is gone.
+    pub fn flush_held(&self, stops: &mut StopMatcher, reason: FinishReason) {
+        if matches!(reason, FinishReason::EndOfText | FinishReason::Length) {
+            let rest = stops.finish();
+            if !rest.is_empty() {
+                self.send(Event::Text(rest));
+            }
+        }
     }
 }
 

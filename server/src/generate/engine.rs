@@ -1,0 +1,106 @@
+//! A model served on a thread of its own, shared by the in-process engines (llama.cpp, MLX): the
+//! thread loads the model, reports its special tokens (or why it could not load), then serves jobs
+//! one at a time until the queue closes. Dropping the engine closes the queue and waits for the
+//! thread, so the model is freed before the process can exit (llama.cpp can crash when torn down
+//! from under its own threads).
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+
+use super::{GenerateError, Generation, Generator, Request, Sink, SpecialToken};
+
+/// What an engine thread is asked to do.
+pub(super) enum Job {
+    Generate(Request, Sink),
+    CountTokens(String, Sender<usize>),
+}
+
+/// How an engine thread reports that loading finished: the model's special tokens, or the reason
+/// it failed.
+pub(super) type Ready = Sender<Result<Vec<(SpecialToken, String)>, String>>;
+
+pub struct EngineThread {
+    name: String,
+    specials: Vec<(SpecialToken, String)>,
+    /// `None` only while dropping.
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineThread {
+    /// Starts `serve` on a thread named `thread_name` and waits until it has loaded the model at
+    /// `path` (`serve` sends on `ready` once, then reads jobs until the receiver closes).
+    pub(super) fn spawn(
+        path: &Path,
+        thread_name: &str,
+        serve: impl FnOnce(&Ready, &Receiver<Job>) + Send + 'static,
+    ) -> Result<Self, GenerateError> {
+        let load_error = |reason: String| GenerateError::Load { path: path.to_owned(), reason };
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || serve(&ready_tx, &job_rx))
+            .map_err(|e| load_error(e.to_string()))?;
+        let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { name, specials, jobs: Some(jobs), thread: Some(thread) })
+    }
+
+    fn queue(&self) -> Result<&Sender<Job>, GenerateError> {
+        self.jobs.as_ref().ok_or(GenerateError::EngineGone)
+    }
+}
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Generator for EngineThread {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn special(&self, token: SpecialToken) -> Option<String> {
+        self.specials.iter().find(|(t, _)| *t == token).map(|(_, s)| s.clone())
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.queue()?.send(Job::CountTokens(text.to_owned(), tx)).map_err(|_| GenerateError::EngineGone)?;
+        rx.recv().map_err(|_| GenerateError::EngineGone)
+    }
+
+    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
+        let (generation, sink) = Generation::channel();
+        self.queue()?.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
+        Ok(generation)
+    }
+}
+
+/// Implements [`Generator`] for a newtype over [`EngineThread`] by delegation.
+macro_rules! delegate_generator {
+    ($engine:ty) => {
+        impl $crate::generate::Generator for $engine {
+            fn model_name(&self) -> &str {
+                self.0.model_name()
+            }
+            fn special(&self, token: $crate::generate::SpecialToken) -> Option<String> {
+                self.0.special(token)
+            }
+            fn count_tokens(&self, text: &str) -> Result<usize, $crate::generate::GenerateError> {
+                self.0.count_tokens(text)
+            }
+            fn generate(&self, request: $crate::generate::Request) -> Result<$crate::generate::Generation, $crate::generate::GenerateError> {
+                self.0.generate(request)
+            }
+        }
+    };
+}
+pub(super) use delegate_generator;
