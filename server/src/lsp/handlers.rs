@@ -44,6 +44,8 @@ struct Placed {
     range: Range,
     text: String,
     completion: Completion,
+    /// The document as it was completed (a newer edit may have arrived since).
+    doc: Document,
 }
 
 /// Runs a completion at `position`. With `selected`, the completion continues the item selected
@@ -100,7 +102,7 @@ async fn run_completion(
         buffers,
     };
     match completer.complete(request, &retrieval).await {
-        Ok(Some(completion)) => Some(Placed { range, text: lead + &completion.text, completion }),
+        Ok(Some(completion)) => Some(Placed { range, text: lead + &completion.text, completion, doc }),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!("completion failed: {e}");
@@ -153,9 +155,7 @@ pub(super) async fn completion(state: &Arc<State>, params: CompletionParams) -> 
     let Some(placed) = run_completion(state, &at.text_document.uri, at.position, None, !invoked).await else {
         return Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: Vec::new() })));
     };
-    let Some(doc) = state.documents.lock().expect("documents lock").get(&at.text_document.uri).cloned() else {
-        return Ok(None);
-    };
+    let doc = &placed.doc;
     let encoding = state.encoding();
     let cursor = doc.offset(at.position, encoding);
     let text = doc.text();
