@@ -3,7 +3,8 @@
 prompt, prints JSON with the prompt's token ids, the last position's logits (top 20, and all of
 them), and the greedy continuation. Run with the mlx venv's python (scripts/setup installs it).
 
-Usage: mlx_reference.py MODEL_DIR PROMPT [MAX_TOKENS]
+Usage: mlx_reference.py MODEL_DIR PROMPT [MAX_TOKENS [ADAPTER_DIR]]
+  ADAPTER_DIR: a LoRA adapter (adapters.safetensors + adapter_config.json) loaded by mlx_lm.
 """
 
 import json
@@ -17,7 +18,8 @@ from mlx_lm.models.cache import make_prompt_cache
 def main() -> int:
     model_dir, prompt = sys.argv[1], sys.argv[2]
     max_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    model, tokenizer = load(model_dir)
+    adapter = sys.argv[4] if len(sys.argv) > 4 else None
+    model, tokenizer = load(model_dir, adapter_path=adapter)
     ids = tokenizer.encode(prompt)
     cache = make_prompt_cache(model)
     logits = model(mx.array([ids]), cache=cache)[0, -1].astype(mx.float32)

@@ -12,7 +12,7 @@ use kenning::paths::Paths;
 
 fn mlx() -> MlxEngine {
     let dir = resolve("smollm2-135m", &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
-    MlxEngine::load(&dir).unwrap()
+    MlxEngine::load(&dir, None).unwrap()
 }
 
 #[test]

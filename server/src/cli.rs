@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod assist;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +53,10 @@ enum Command {
     Status(StatusArgs),
     /// Generate text with a local model, streamed to stdout (like `mlx_lm.generate`).
     Generate(GenerateArgs),
+    /// Mine fill-in-the-middle and next-token training data from the repository (mlx_lm's layout).
+    Dataset(train::DatasetArgs),
+    /// Fine-tune a LoRA adapter on the repository (dataset → kenning-train) and register it.
+    Train(train::TrainArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +90,8 @@ struct GenerateArgs {
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// LoRA adapter in llama.cpp's GGUF format.
+    /// LoRA adapter: llama.cpp's GGUF format (--engine llama) or an mlx_lm adapter directory
+    /// (--engine mlx).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
     /// CPU threads (default: half the cores).
@@ -186,6 +192,8 @@ pub async fn run() -> Result<()> {
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
+        Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(args)).await?,
+        Command::Train(args) => tokio::task::spawn_blocking(move || train::train_cmd(&paths, args)).await?,
     }
 }
 
@@ -396,11 +404,9 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
         }
         #[cfg(feature = "mlx")]
         Engine::Mlx => {
-            if args.adapter_path.is_some() {
-                bail!("--adapter-path with --engine mlx comes with the LoRA trainer; use --engine llama with a GGUF adapter");
-            }
             let model = if args.model == "qwen2.5-coder-0.5b" { "smollm2-135m".to_owned() } else { args.model.clone() };
-            Box::new(crate::generate::mlx::MlxEngine::load(&crate::generate::mlx::resolve(&model, paths)?)?)
+            let dir = crate::generate::mlx::resolve(&model, paths)?;
+            Box::new(crate::generate::mlx::MlxEngine::load(&dir, args.adapter_path.as_deref())?)
         }
         #[cfg(not(feature = "mlx"))]
         Engine::Mlx => bail!("this build has no MLX engine: build kenning with `--features mlx` (see training/README.md)"),

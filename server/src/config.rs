@@ -63,6 +63,10 @@ pub enum Generation {
     Mlx {
         #[serde(default = "default_mlx_model")]
         model: String,
+        /// A LoRA adapter directory (`adapters.safetensors` + `adapter_config.json`, from
+        /// `kenning train`, `kenning-train` or `mlx_lm.lora`), applied without fusing.
+        #[serde(default)]
+        adapter: Option<PathBuf>,
         #[serde(default)]
         family: Option<Family>,
     },
@@ -175,7 +179,7 @@ impl Generation {
     pub fn family(&self) -> Family {
         match self {
             Generation::Llama { model, family, .. }
-            | Generation::Mlx { model, family }
+            | Generation::Mlx { model, family, .. }
             | Generation::Ollama { model, family, .. }
             | Generation::Openai { model, family, .. } => {
                 family.unwrap_or_else(|| Family::detect(model))

@@ -10,6 +10,7 @@ pub mod chunk;
 pub mod cli;
 pub mod complete;
 pub mod config;
+pub mod dataset;
 pub mod embed;
 pub mod generate;
 pub mod index;

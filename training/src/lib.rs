@@ -1,10 +1,15 @@
-//! kenning's MLX side (the only code that knows mlx-rs): today the build plumbing and a check that
-//! MLX computes; the transformer models, LoRA training and adapters come next (see training/README.md).
+//! kenning's MLX side (the only code that knows mlx-rs): the transformer models (`model`, `text`),
+//! LoRA adapters in mlx_lm's format (`lora`), training data (`data`) and the training loop (`train`).
 
 #[cfg(target_os = "linux")]
 mod linux;
+pub mod data;
+pub mod export;
+pub mod lora;
 pub mod model;
+pub mod models;
 pub mod text;
+pub mod train;
 
 use mlx_rs::Array;
 

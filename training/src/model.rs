@@ -5,10 +5,13 @@
 
 use std::path::Path;
 
+use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::ops::{self, indexing::argmax_axis};
 use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
+
+use crate::lora::{Adapter, Lora, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -57,7 +60,7 @@ fn default_true() -> bool {
 }
 
 impl Config {
-    fn head_dim(&self) -> i32 {
+    pub fn head_dim(&self) -> i32 {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 }
@@ -102,6 +105,8 @@ pub struct Llama {
     head: Array,
     norm: Array,
     layers: Vec<Layer>,
+    /// LoRA weights applied by `forward` (inference with an adapter, unfused).
+    adapter: Option<(Lora, Vec<Array>)>,
 }
 
 impl Llama {
@@ -157,7 +162,7 @@ impl Llama {
             layer.k_bias = raw.remove(&format!("{p}.k_proj.bias"));
             layer.v_bias = raw.remove(&format!("{p}.v_proj.bias"));
         }
-        let model = Self { config, embed, head, norm, layers };
+        let model = Self { config, embed, head, norm, layers, adapter: None };
         // Materialize the dequantized weights once, not on the first forward pass.
         let mut all: Vec<&Array> = vec![&model.embed, &model.head, &model.norm];
         for l in &model.layers {
@@ -168,50 +173,143 @@ impl Llama {
     }
 
     /// Logits (`[tokens, vocab]`, f32) for `tokens` following what `cache` holds; extends the cache.
+    /// The attached adapter, if any, is applied.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Array, ModelError> {
-        let c = &self.config;
         let n = tokens.len() as i32;
+        let ids = Array::from_slice(tokens, &[1, n]);
+        let adapter = self.adapter.as_ref().map(|(lora, params)| Adapter { lora, params, dropout: false });
+        Ok(self.run(&ids, Some(cache), adapter)?.reshape(&[n, self.config.vocab_size])?)
+    }
+
+    /// Logits (`[batch, tokens, vocab]`) for a batch of token ids (`[batch, tokens]`) from the start,
+    /// with `adapter`'s low-rank updates (the training path: no cache).
+    pub fn logits(&self, ids: &Array, adapter: Option<Adapter<'_>>) -> Result<Array, Exception> {
+        self.run(ids, None, adapter)
+    }
+
+    /// Number of weights (after dequantization).
+    pub fn parameter_count(&self) -> usize {
+        let mut n = self.embed.size() + self.norm.size();
+        if !self.config.tie_word_embeddings {
+            n += self.head.size();
+        }
+        for l in &self.layers {
+            n += [&l.input_norm, &l.post_norm, &l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|a| a.size()).sum::<usize>();
+            n += [&l.q_bias, &l.k_bias, &l.v_bias].iter().filter_map(|b| b.as_ref()).map(|a| a.size()).sum::<usize>();
+        }
+        n
+    }
+
+    /// Attaches LoRA weights used by [`forward`](Self::forward) from now on.
+    pub fn set_adapter(&mut self, lora: Lora, params: Vec<Array>) {
+        self.adapter = Some((lora, params));
+    }
+
+    /// The projection weight of `target` in layer `layer`, as stored (`[in, out]`).
+    pub fn projection(&self, layer: usize, target: Target) -> &Array {
+        let l = &self.layers[layer];
+        match target {
+            Target::Q => &l.q,
+            Target::K => &l.k,
+            Target::V => &l.v,
+            Target::O => &l.o,
+            Target::Gate => &l.gate,
+            Target::Up => &l.up,
+            Target::Down => &l.down,
+        }
+    }
+
+    /// Every weight of the model under its Hugging Face name, in Hugging Face orientation
+    /// (`[out, in]` for projections), f32: what a fused export writes.
+    pub fn weights(&self) -> Result<Vec<(String, Array)>, Exception> {
+        let t = |a: &Array| a.transpose_axes(&[1, 0]);
+        let mut out = vec![("model.embed_tokens.weight".to_owned(), self.embed.clone()), ("model.norm.weight".to_owned(), self.norm.clone())];
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_owned(), t(&self.head)?));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone()));
+            for target in Target::ALL {
+                out.push((format!("{p}.{}.weight", target.name()), t(self.projection(i, target))?));
+            }
+            for (name, bias) in [("q_proj", &l.q_bias), ("k_proj", &l.k_bias), ("v_proj", &l.v_bias)] {
+                if let Some(b) = bias {
+                    out.push((format!("{p}.self_attn.{name}.bias"), b.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `delta` (`[in, out]`) to a projection: fusing an adapter into the base weights.
+    pub fn add_to_projection(&mut self, layer: usize, target: Target, delta: &Array) -> Result<(), Exception> {
+        let l = &mut self.layers[layer];
+        let w = match target {
+            Target::Q => &mut l.q,
+            Target::K => &mut l.k,
+            Target::V => &mut l.v,
+            Target::O => &mut l.o,
+            Target::Gate => &mut l.gate,
+            Target::Up => &mut l.up,
+            Target::Down => &mut l.down,
+        };
+        *w = w.add(delta)?;
+        w.eval()
+    }
+
+    fn run(&self, ids: &Array, mut cache: Option<&mut Cache>, adapter: Option<Adapter<'_>>) -> Result<Array, Exception> {
+        let c = &self.config;
+        let (batch, n) = (ids.shape()[0], ids.shape()[1]);
         let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        let ids = Array::from_slice(tokens, &[n]);
-        let mut x = self.embed.take_axis(&ids, 0)?.reshape(&[1, n, c.hidden_size])?;
-        let offset = cache.len;
+        let mut x = self.embed.take_axis(&ids.reshape(&[-1])?, 0)?.reshape(&[batch, n, c.hidden_size])?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
         let scale = 1.0 / (head_dim as f32).sqrt();
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = fast::rms_norm(&x, Some(&layer.input_norm), c.rms_norm_eps)?;
-            let project = |w: &Array, b: &Option<Array>| -> Result<Array, ModelError> {
-                let y = h.matmul(w)?;
-                Ok(match b {
-                    Some(b) => y.add(b)?,
-                    None => y,
-                })
+            // x · W (+ bias) (+ scale · (x · A) · B when the adapter covers this projection).
+            let project = |x: &Array, target: Target, bias: Option<&Array>| -> Result<Array, Exception> {
+                let mut y = x.matmul(self.projection(i, target))?;
+                if let Some(b) = bias {
+                    y = y.add(b)?;
+                }
+                if let Some(adapter) = &adapter {
+                    y = adapter.apply(i, target, x, y)?;
+                }
+                Ok(y)
             };
-            let split = |a: Array, heads: i32| a.reshape(&[1, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
-            let q = split(project(&layer.q, &layer.q_bias)?, heads)?;
-            let k = split(project(&layer.k, &layer.k_bias)?, kv_heads)?;
-            let v = split(project(&layer.v, &layer.v_bias)?, kv_heads)?;
+            let h = fast::rms_norm(&x, Some(&layer.input_norm), c.rms_norm_eps)?;
+            let split = |a: Array, heads: i32| a.reshape(&[batch, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
+            let q = split(project(&h, Target::Q, layer.q_bias.as_ref())?, heads)?;
+            let k = split(project(&h, Target::K, layer.k_bias.as_ref())?, kv_heads)?;
+            let v = split(project(&h, Target::V, layer.v_bias.as_ref())?, kv_heads)?;
             let q = fast::rope(&q, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
             let k = fast::rope(&k, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
-            let (k, v) = match cache.layers.get(i) {
+            let (k, v) = match cache.as_ref().and_then(|c| c.layers.get(i)) {
                 Some((ck, cv)) => (ops::concatenate(&[ck, &k], 2)?, ops::concatenate(&[cv, &v], 2)?),
                 None => (k, v),
             };
             let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
             let attended = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-            if i < cache.layers.len() {
-                cache.layers[i] = (k, v);
-            } else {
-                cache.layers.push((k, v));
+            if let Some(cache) = cache.as_mut() {
+                if i < cache.layers.len() {
+                    cache.layers[i] = (k, v);
+                } else {
+                    cache.layers.push((k, v));
+                }
             }
-            let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[1, n, heads * head_dim])?;
-            x = x.add(attended.matmul(&layer.o)?)?;
+            let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[batch, n, heads * head_dim])?;
+            x = x.add(project(&attended, Target::O, None)?)?;
             let h = fast::rms_norm(&x, Some(&layer.post_norm), c.rms_norm_eps)?;
-            let gate = h.matmul(&layer.gate)?;
-            let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(h.matmul(&layer.up)?)?;
-            x = x.add(activated.matmul(&layer.down)?)?;
+            let gate = project(&h, Target::Gate, None)?;
+            let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(project(&h, Target::Up, None)?)?;
+            x = x.add(project(&activated, Target::Down, None)?)?;
         }
-        cache.len += n;
+        if let Some(cache) = cache {
+            cache.len += n;
+        }
         let x = fast::rms_norm(&x, Some(&self.norm), c.rms_norm_eps)?;
-        Ok(x.matmul(&self.head)?.reshape(&[n, c.vocab_size])?)
+        x.matmul(&self.head)
     }
 
     /// Greedy continuation of `prompt`: up to `max_tokens` ids, stopping after any of `stop_ids`.

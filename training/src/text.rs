@@ -65,6 +65,11 @@ impl TextModel {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The end-of-sequence token training appends (the config's first `eos_token_id`).
+    pub fn eos(&self) -> Option<u32> {
+        self.eos.first().copied()
+    }
+
     /// The id of a token by its text, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kenning_training::lora::Lora;
 use kenning_training::text::{Sampling as MlxSampling, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
@@ -14,32 +15,27 @@ use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
 pub fn resolve(model: &str, paths: &Paths) -> Result<PathBuf, GenerateError> {
-    let dir = PathBuf::from(model);
-    if dir.join("config.json").is_file() {
-        return Ok(dir);
-    }
-    let converted = paths.cache().join("tools").join(format!("{model}-mlx"));
-    if converted.join("config.json").is_file() {
-        return Ok(converted);
-    }
-    Err(GenerateError::Load {
-        path: converted,
-        reason: format!(
-            "no MLX model `{model}`: give an MLX/HF model directory, or smollm2-135m (converted by scripts/setup); \
-             Qwen2.5-Coder's K-quant GGUF is not readable by MLX and is not converted yet"
-        ),
-    })
+    kenning_training::models::resolve(model, paths.cache())
+        .map_err(|reason| GenerateError::Load { path: paths.cache().join("tools").join(format!("{model}-mlx")), reason })
 }
 
 /// An MLX model served on its own thread.
 pub struct MlxEngine(EngineThread);
 
 impl MlxEngine {
-    /// Loads a model directory and starts the engine thread.
-    pub fn load(dir: &Path) -> Result<Self, GenerateError> {
+    /// Loads a model directory (with a LoRA adapter directory, if given) and starts the engine thread.
+    pub fn load(dir: &Path, adapter: Option<&Path>) -> Result<Self, GenerateError> {
         let thread_dir = dir.to_owned();
+        let adapter = adapter.map(Path::to_owned);
         EngineThread::spawn(dir, "kenning-mlx", move |ready, jobs| {
-            let model = match TextModel::load(&thread_dir) {
+            let loaded = TextModel::load(&thread_dir).and_then(|mut m| {
+                if let Some(adapter) = &adapter {
+                    let (lora, weights) = Lora::load(adapter, &m.model.config)?;
+                    m.model.set_adapter(lora, weights);
+                }
+                Ok(m)
+            });
+            let model = match loaded {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));

@@ -81,7 +81,7 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
     let assets = &Assets::new(paths.assets());
     Ok(Some(match config {
         #[cfg(feature = "mlx")]
-        G::Mlx { model, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?)?),
+        G::Mlx { model, adapter, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?, adapter.as_deref())?),
         #[cfg(not(feature = "mlx"))]
         G::Mlx { .. } => return Err(GenerateError::Failed("this build has no MLX engine: build kenning with `--features mlx`".into())),
         G::Llama { model, adapter, threads, context, .. } => {

@@ -1,0 +1,165 @@
+//! `kenning dataset` (training data from the repository) and `kenning train` (dataset → LoRA
+//! fine-tune with `kenning-train` → adapter registered for the workspace).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::dataset::{self, DatasetOptions, Split};
+use crate::paths::Paths;
+use crate::prompt::Family;
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// Repository root.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Output directory (train.jsonl, valid.jsonl, test.jsonl, dataset.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Prompt family of the model to train (qwen-coder, star-coder2, …, plain); or give --model.
+    #[arg(long, value_parser = parse_family)]
+    family: Option<Family>,
+    /// The model to train: its family is detected from the name.
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    model: String,
+    /// Longest example in tokens (estimated at 3.5 bytes per token).
+    #[arg(long, default_value_t = 1024)]
+    max_seq_length: usize,
+    /// Fill-in-the-middle examples per 1,000 bytes of code.
+    #[arg(long, default_value_t = 1.0)]
+    fim_per_kb: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown family {s:?}: qwen-coder, star-coder2, deepseek-coder, code-llama, codestral, code-gemma, plain"))
+}
+
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}
+
+fn options(family: Family, max_seq_length: usize, fim_per_kb: f64, seed: u64) -> DatasetOptions {
+    DatasetOptions { family, max_seq_length, fim_per_kb, seed, ..DatasetOptions::default() }
+}
+
+/// Mines and writes a dataset, printing counts and a sample.
+fn mine_and_report(root: &Path, out_dir: &Path, options: &DatasetOptions) -> Result<dataset::Dataset> {
+    let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
+    let data = dataset::mine(&root, options);
+    data.write(out_dir).with_context(|| format!("writing {}", out_dir.display()))?;
+    out(&format!("dataset {} ({:?} format) from {}", out_dir.display(), options.family, root.display()));
+    out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", "split", "files", "fim", "next-token", "bytes", "≈tokens"));
+    for split in Split::ALL {
+        let s = data.stats(split);
+        out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", split.name(), s.files, s.fim, s.next_token, s.bytes, s.estimated_tokens));
+    }
+    out(&format!("{} duplicate examples dropped; {} files skipped (ignored, secret, binary, too large)", data.duplicates_dropped, data.skipped_files));
+    if let Some(sample) = data.examples.iter().find(|e| e.span.is_some()).or(data.examples.first()) {
+        let text: String = sample.text.chars().take(600).collect();
+        out(&format!("sample ({}, {:?}):\n{text}{}", sample.path, sample.span, if text.len() < sample.text.len() { "…" } else { "" }));
+    }
+    if data.train.fim + data.train.next_token == 0 {
+        bail!("no training examples: no source files in a language kenning parses under {}", root.display());
+    }
+    Ok(data)
+}
+
+pub fn dataset_cmd(args: DatasetArgs) -> Result<()> {
+    let family = args.family.unwrap_or_else(|| Family::detect(&args.model));
+    mine_and_report(&args.path, &args.out, &options(family, args.max_seq_length, args.fim_per_kb, args.seed))?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Repository root.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// MLX model to fine-tune: a bundled model's name or a model directory.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    #[arg(long, default_value_t = 200)]
+    iters: usize,
+    #[arg(long, default_value_t = 8)]
+    num_layers: usize,
+    #[arg(long, default_value_t = 512)]
+    max_seq_length: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    learning_rate: f32,
+    /// Write the adapter here (default: next to the workspace's index).
+    #[arg(long)]
+    adapter_path: Option<PathBuf>,
+    /// Do not add the adapter to the workspace's kenning.toml.
+    #[arg(long)]
+    no_register: bool,
+}
+
+/// `kenning-train` beside this binary, else on PATH.
+fn trainer() -> PathBuf {
+    let name = format!("kenning-train{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(&name))).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
+}
+
+pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
+    let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
+    let work = paths.index_for(&root).with_file_name(format!(
+        "{}-training",
+        paths.index_for(&root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let data_dir = work.join("data");
+    let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
+    let family = Family::detect(&args.model);
+    mine_and_report(&root, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
+    let trainer = trainer();
+    let status = std::process::Command::new(&trainer)
+        .args(["--model", &args.model, "--train", "--test", "--batch-size", "2", "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])
+        .args(["--iters", &args.iters.to_string(), "--num-layers", &args.num_layers.to_string()])
+        .args(["--max-seq-length", &args.max_seq_length.to_string(), "--learning-rate", &args.learning_rate.to_string()])
+        .args(["--warmup", &(args.iters / 20).to_string()])
+        .arg("--data")
+        .arg(&data_dir)
+        .arg("--adapter-path")
+        .arg(&adapter)
+        .status()
+        .with_context(|| format!("running {} (built with `cargo build -p kenning-training`)", trainer.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", trainer.display());
+    }
+    if args.no_register {
+        out(&format!("adapter written to {}", adapter.display()));
+        return Ok(());
+    }
+    register(&root, &args.model, &adapter)
+}
+
+/// Points the workspace's `kenning.toml` at the adapter (MLX engine), unless it already configures
+/// generation: then it says what to add.
+fn register(root: &Path, model: &str, adapter: &Path) -> Result<()> {
+    let path = root.join("kenning.toml");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let section = format!(
+        "[generation]\nbackend = \"mlx\"\nmodel = {}\nadapter = {}\n",
+        toml::Value::String(model.to_owned()),
+        toml::Value::String(adapter.display().to_string())
+    );
+    let parsed: toml::Table = toml::from_str(&existing).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    if parsed.contains_key("generation") {
+        out(&format!("{} already configures generation; to use the adapter, set:\n{section}", path.display()));
+        return Ok(());
+    }
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("\n# Added by `kenning train`: completions from {model} with the repository's adapter.\n{section}"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    out(&format!("registered the adapter in {} (the server needs the `mlx` feature to use it)", path.display()));
+    Ok(())
+}

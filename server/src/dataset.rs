@@ -1,0 +1,382 @@
+//! Training data mined from a repository's own code, in `mlx_lm.lora`'s layout (`train.jsonl`,
+//! `valid.jsonl`, `test.jsonl`, one `{"text": ...}` per line), for `kenning-train` or Python
+//! `mlx_lm.lora`.
+//!
+//! - Files come from the same walk as the index (.gitignore, `.kenningignore`, the secret-name filter,
+//!   size limit, binary and generated files skipped), limited to languages with a grammar; copies of
+//!   one file count once.
+//! - Whole files go to one split, by a hash of their path (no leakage between splits).
+//! - Fill-in-the-middle examples cut the middle at syntax boundaries (a statement, an expression, a
+//!   function body, the rest of a line) and are written in the model family's FIM format; the
+//!   trainer puts the loss on the middle only. Next-token examples are windows of whole files. Both
+//!   are windowed to the context length (an estimate: 3.5 bytes per token).
+//! - Identical examples are written once.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::chunk::{self, Language};
+use crate::prompt::Family;
+use crate::workspace::{self, WalkItem, WalkOptions};
+
+/// Bytes per token assumed when sizing windows (the prompt budget uses the same estimate).
+const BYTES_PER_TOKEN: f64 = 3.5;
+
+#[derive(Debug, Clone)]
+pub struct DatasetOptions {
+    pub family: Family,
+    /// Longest example, in tokens (estimated).
+    pub max_seq_length: usize,
+    /// Fill-in-the-middle examples per 1,000 bytes of a file (at least one per file).
+    pub fim_per_kb: f64,
+    pub valid_fraction: f64,
+    pub test_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for DatasetOptions {
+    fn default() -> Self {
+        Self { family: Family::QwenCoder, max_seq_length: 1024, fim_per_kb: 1.0, valid_fraction: 0.1, test_fraction: 0.1, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// How a fill-in-the-middle span was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpanKind {
+    Statement,
+    Expression,
+    FunctionBody,
+    RestOfLine,
+}
+
+const SPAN_KINDS: [SpanKind; 4] = [SpanKind::Statement, SpanKind::Expression, SpanKind::FunctionBody, SpanKind::RestOfLine];
+
+/// One example, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub path: String,
+    pub split: Split,
+    /// `None` for a next-token (whole-window) example.
+    pub span: Option<SpanKind>,
+    pub text: String,
+}
+
+/// Counts per split.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SplitStats {
+    pub files: usize,
+    pub fim: usize,
+    pub next_token: usize,
+    pub bytes: usize,
+    pub estimated_tokens: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dataset {
+    #[serde(skip)]
+    pub examples: Vec<Example>,
+    pub family: Family,
+    pub train: SplitStats,
+    pub valid: SplitStats,
+    pub test: SplitStats,
+    /// Files per split (relative paths): what the held-out evaluation uses.
+    pub files: std::collections::BTreeMap<String, Split>,
+    pub duplicates_dropped: usize,
+    pub skipped_files: usize,
+}
+
+impl Dataset {
+    pub fn stats(&self, split: Split) -> &SplitStats {
+        match split {
+            Split::Train => &self.train,
+            Split::Valid => &self.valid,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Writes `train.jsonl`, `valid.jsonl`, `test.jsonl` and `dataset.json` (counts and the file
+    /// split) into `out`.
+    pub fn write(&self, out: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(out)?;
+        for split in Split::ALL {
+            let mut text = String::new();
+            for e in self.examples.iter().filter(|e| e.split == split) {
+                text.push_str(&serde_json::json!({ "text": e.text }).to_string());
+                text.push('\n');
+            }
+            std::fs::write(out.join(format!("{}.jsonl", split.name())), text)?;
+        }
+        std::fs::write(out.join("dataset.json"), serde_json::to_string_pretty(self).unwrap_or_default() + "\n")
+    }
+}
+
+/// Mines the repository at `root`.
+pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
+    let found = Mutex::new(Vec::new());
+    let skipped = Mutex::new(0usize);
+    workspace::walk(root, &WalkOptions::default(), |item| match item {
+        WalkItem::File(meta) if Language::from_path(&meta.rel_path).grammar().is_some() => match workspace::read_source(meta, workspace::DEFAULT_MAX_FILE_BYTES) {
+            Ok(file) if !file.lossy => found.lock().unwrap_or_else(|e| e.into_inner()).push(file),
+            _ => *skipped.lock().unwrap_or_else(|e| e.into_inner()) += 1,
+        },
+        WalkItem::File(_) => {}
+        WalkItem::Skipped { .. } => *skipped.lock().unwrap_or_else(|e| e.into_inner()) += 1,
+    });
+    let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Walk order is not deterministic; the dataset is.
+    files.sort_by(|a, b| a.meta.rel_path.cmp(&b.meta.rel_path));
+    let mut seen_content = HashSet::new();
+    files.retain(|f| seen_content.insert(f.hash.clone()));
+
+    let splits = assign_splits(files.iter().map(|f| f.meta.rel_path.as_str()), options);
+    let mut dataset = Dataset {
+        examples: Vec::new(),
+        family: options.family,
+        train: SplitStats::default(),
+        valid: SplitStats::default(),
+        test: SplitStats::default(),
+        files: std::collections::BTreeMap::new(),
+        duplicates_dropped: 0,
+        skipped_files: skipped.into_inner().unwrap_or_else(|e| e.into_inner()),
+    };
+    let mut seen = HashSet::new();
+    for (file, split) in files.iter().zip(splits) {
+        dataset.files.insert(file.meta.rel_path.clone(), split);
+        let language = Language::from_path(&file.meta.rel_path);
+        let mut examples = next_token_examples(&file.text, options);
+        let mut rng = Rng::new(options.seed ^ hash64(file.meta.rel_path.as_bytes()));
+        if options.family.has_fim() {
+            examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
+        }
+        let stats = match split {
+            Split::Train => &mut dataset.train,
+            Split::Valid => &mut dataset.valid,
+            Split::Test => &mut dataset.test,
+        };
+        stats.files += 1;
+        for (span, text) in examples {
+            if !seen.insert(blake3::hash(text.as_bytes())) {
+                dataset.duplicates_dropped += 1;
+                continue;
+            }
+            match span {
+                Some(_) => stats.fim += 1,
+                None => stats.next_token += 1,
+            }
+            stats.bytes += text.len();
+            stats.estimated_tokens += (text.len() as f64 / BYTES_PER_TOKEN).ceil() as usize;
+            dataset.examples.push(Example { path: file.meta.rel_path.clone(), split, span, text });
+        }
+    }
+    dataset
+}
+
+/// Splits files by a hash of their path: the highest hashes are the test files, the next the
+/// validation files (each at least one once there are three files), the rest train.
+pub fn assign_splits<'a>(paths: impl Iterator<Item = &'a str>, options: &DatasetOptions) -> Vec<Split> {
+    let paths: Vec<&str> = paths.collect();
+    let n = paths.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (hash64(paths[i].as_bytes()) ^ options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), i));
+    let at_least_one = |f: f64| if n >= 3 && f > 0.0 { ((n as f64 * f).round() as usize).max(1) } else { (n as f64 * f).round() as usize };
+    let test = at_least_one(options.test_fraction);
+    let valid = at_least_one(options.valid_fraction).min(n.saturating_sub(test + 1));
+    let mut out = vec![Split::Train; n];
+    for (rank, &i) in order.iter().rev().enumerate() {
+        out[i] = if rank < test {
+            Split::Test
+        } else if rank < test + valid {
+            Split::Valid
+        } else {
+            Split::Train
+        };
+    }
+    out
+}
+
+/// The byte budget of one example.
+fn budget(options: &DatasetOptions) -> usize {
+    (options.max_seq_length as f64 * BYTES_PER_TOKEN) as usize
+}
+
+/// Whole-file windows of at most the budget, cut at line ends.
+fn next_token_examples(text: &str, options: &DatasetOptions) -> Vec<(Option<SpanKind>, String)> {
+    let max = budget(options).max(64);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = floor_char(text, (start + max).min(text.len()));
+        if end < text.len()
+            && let Some(nl) = text[start..end].rfind('\n')
+            && nl > 0
+        {
+            end = start + nl + 1;
+        }
+        let window = &text[start..end];
+        if window.trim().len() >= 16 {
+            out.push((None, window.to_owned()));
+        }
+        start = end;
+    }
+    out
+}
+
+/// Candidate middles of one file: byte ranges per kind.
+fn candidates(language: Language, text: &str) -> [Vec<(usize, usize)>; 4] {
+    let mut found: [Vec<(usize, usize)>; 4] = Default::default();
+    let max_middle = 1200;
+    if let Some(tree) = chunk::parse(language, text) {
+        let mut cursor = tree.walk();
+        let mut stack = vec![tree.root_node()];
+        while let Some(node) = stack.pop() {
+            let (s, e) = (node.start_byte(), node.end_byte());
+            let kind = node.kind();
+            let parent = node.parent().map(|p| p.kind()).unwrap_or("");
+            let len = e - s;
+            if node.is_named() && !node.has_error() && (8..=max_middle).contains(&len) && !text[s..e].trim().is_empty() {
+                if kind.ends_with("statement") || kind == "let_declaration" || kind == "return_statement" {
+                    found[0].push((s, e));
+                } else if kind.contains("expression") && !kind.contains("statement") && len >= 12 {
+                    found[1].push((s, e));
+                } else if (kind == "block" || kind == "statement_block" || kind == "compound_statement" || kind == "constructor_body")
+                    && (parent.contains("function") || parent.contains("method") || parent.contains("constructor"))
+                {
+                    // The inside of the braces (a Python block has none: all of it).
+                    let inner = text[s..e].strip_prefix('{').and_then(|t| t.strip_suffix('}'));
+                    match inner {
+                        Some(inner) if !inner.trim().is_empty() => found[2].push((s + 1, e - 1)),
+                        Some(_) => {}
+                        None => found[2].push((s, e)),
+                    }
+                }
+            }
+            for child in node.children(&mut cursor) {
+                stack.push(child);
+            }
+        }
+    }
+    // The rest of a line: from a point after the indentation to the line's end.
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let indent = body.len() - body.trim_start().len();
+        if body.trim().len() >= 12 {
+            let start = indent + body.trim().len() / 3;
+            let start = (start..body.len()).find(|&i| body.is_char_boundary(i)).unwrap_or(body.len());
+            if start < body.len() {
+                found[3].push((offset + start, offset + body.len()));
+            }
+        }
+        offset += line.len();
+    }
+    for list in &mut found {
+        list.sort_unstable();
+        list.dedup();
+    }
+    found
+}
+
+fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOptions, rng: &mut Rng) -> Vec<(Option<SpanKind>, String)> {
+    let found = candidates(language, text);
+    let wanted = ((text.len() as f64 / 1000.0) * options.fim_per_kb).ceil().max(1.0) as usize;
+    let budget = budget(options);
+    let mut out = Vec::new();
+    let mut used = HashSet::new();
+    for _ in 0..wanted * 3 {
+        if out.len() >= wanted {
+            break;
+        }
+        let kind = rng.below(4);
+        let list = &found[kind];
+        if list.is_empty() {
+            continue;
+        }
+        let (s, e) = list[rng.below(list.len())];
+        if !used.insert((s, e)) || e - s > budget / 2 {
+            continue;
+        }
+        let rest = budget - (e - s);
+        let prefix = &text[next_line_start(text, s.saturating_sub(rest * 3 / 4)).min(s)..s];
+        let suffix = &text[e..line_end_before(text, e, e + rest / 4)];
+        let prompt = options.family.render("", path, &[], prefix, suffix);
+        out.push((Some(SPAN_KINDS[kind]), format!("{prompt}{}", &text[s..e])));
+    }
+    out
+}
+
+/// The first line start at or after byte `at`.
+fn next_line_start(text: &str, at: usize) -> usize {
+    let at = floor_char(text, at);
+    if at == 0 || text[..at].ends_with('\n') {
+        return at;
+    }
+    text[at..].find('\n').map_or(text.len(), |i| at + i + 1)
+}
+
+/// The last line end (just after a newline, or the text's end) in `from..=at`; `from` if none.
+fn line_end_before(text: &str, from: usize, at: usize) -> usize {
+    if at >= text.len() {
+        return text.len();
+    }
+    let at = floor_char(text, at).max(from);
+    text[from..at].rfind('\n').map_or(from, |i| from + i + 1)
+}
+
+fn floor_char(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn hash64(bytes: &[u8]) -> u64 {
+    let h = blake3::hash(bytes);
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// splitmix64: reproducible choices from the seed and the file path.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests;

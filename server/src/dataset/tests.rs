@@ -1,0 +1,208 @@
+use std::path::Path;
+
+use expect_test::expect;
+
+use super::*;
+
+const LIB: &str = r#"//! Prices.
+
+pub struct Cart {
+    items: Vec<u64>,
+}
+
+impl Cart {
+    pub fn total(&self) -> u64 {
+        let mut sum = 0;
+        for item in &self.items {
+            sum += item;
+        }
+        sum
+    }
+
+    pub fn discounted(&self, percent: u64) -> u64 {
+        self.total() * (100 - percent) / 100
+    }
+}
+"#;
+
+const UTIL: &str = r#"pub fn clamp_percent(value: u64) -> u64 {
+    if value > 100 {
+        return 100;
+    }
+    value
+}
+"#;
+
+const PY: &str = r#"def shipping(weight_kg, express=False):
+    base = 4.5 + weight_kg * 1.2
+    if express:
+        return base * 2
+    return base
+"#;
+
+const TS: &str = r#"export function formatPrice(cents: number): string {
+  const euros = Math.floor(cents / 100);
+  return `${euros}.${String(cents % 100).padStart(2, "0")} EUR`;
+}
+"#;
+
+fn fixture(root: &Path) {
+    let files: &[(&str, &str)] = &[
+        ("src/lib.rs", LIB),
+        ("src/util.rs", UTIL),
+        ("vendor/util_copy.rs", UTIL),
+        ("app/shipping.py", PY),
+        ("web/price.ts", TS),
+        ("target/generated.rs", "pub fn generated_code_should_not_appear() {}\n"),
+        (".env", "API_KEY=sk-should-not-appear\n"),
+        ("deploy/id_rsa", "-----BEGIN PRIVATE KEY-----\n"),
+        ("notes.md", "# Notes\nnot code\n"),
+        (".gitignore", "target/\n"),
+    ];
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+fn mined(options: &DatasetOptions) -> (tempfile::TempDir, Dataset) {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let dataset = mine(dir.path(), options);
+    (dir, dataset)
+}
+
+/// The parts of a Qwen FIM example: prefix, suffix, middle.
+fn parts(text: &str) -> (&str, &str, &str) {
+    let rest = text.strip_prefix("<|fim_prefix|>").expect("starts with the prefix token");
+    let (prefix, rest) = rest.split_once("<|fim_suffix|>").unwrap();
+    let (suffix, middle) = rest.split_once("<|fim_middle|>").unwrap();
+    (prefix, suffix, middle)
+}
+
+#[test]
+fn ignored_secret_duplicate_and_non_code_files_are_left_out() {
+    let (_dir, dataset) = mined(&DatasetOptions::default());
+    let files: Vec<&str> = dataset.files.keys().map(String::as_str).collect();
+    // The copy in vendor/ has the same bytes as src/util.rs: one of the two is kept.
+    assert_eq!(files, vec!["app/shipping.py", "src/lib.rs", "src/util.rs", "web/price.ts"]);
+    for e in &dataset.examples {
+        assert!(!e.text.contains("should-not-appear") && !e.text.contains("should_not_appear"), "{}", e.text);
+        assert!(!e.text.contains("PRIVATE KEY"), "{}", e.text);
+    }
+}
+
+#[test]
+fn every_file_lands_in_exactly_one_split_and_all_splits_are_used() {
+    let (_dir, dataset) = mined(&DatasetOptions::default());
+    for e in &dataset.examples {
+        assert_eq!(dataset.files[&e.path], e.split, "{} in two splits", e.path);
+    }
+    for split in Split::ALL {
+        assert!(dataset.stats(split).files >= 1, "{split:?} is empty");
+        assert!(dataset.examples.iter().any(|e| e.split == split), "{split:?} has no examples");
+    }
+    assert_eq!(dataset.train.files + dataset.valid.files + dataset.test.files, 4);
+    // The split is a function of the path: the same again.
+    let (_dir, again) = mined(&DatasetOptions::default());
+    assert_eq!(again.files, dataset.files);
+}
+
+#[test]
+fn fim_middles_are_cut_at_syntax_boundaries_of_the_original_file() {
+    let options = DatasetOptions { fim_per_kb: 12.0, ..DatasetOptions::default() };
+    let (dir, dataset) = mined(&options);
+    let mut kinds = HashSet::new();
+    for e in dataset.examples.iter().filter(|e| e.span.is_some()) {
+        let original = std::fs::read_to_string(dir.path().join(&e.path)).unwrap();
+        let (prefix, suffix, middle) = parts(&e.text);
+        let whole = format!("{prefix}{middle}{suffix}");
+        let at = original.find(&whole).unwrap_or_else(|| panic!("{}: not contiguous in the file:\n{whole}", e.path)) + prefix.len();
+        assert!(!middle.trim().is_empty());
+        let span = e.span.unwrap();
+        kinds.insert(span);
+        let language = Language::from_path(&e.path);
+        let tree = chunk::parse(language, &original).unwrap();
+        let end = at + middle.len();
+        match span {
+            SpanKind::RestOfLine => {
+                assert!(original[end..].starts_with('\n'), "{middle:?} does not run to the end of its line");
+                assert!(!middle.contains('\n'));
+            }
+            SpanKind::FunctionBody => {
+                // The inside of a function's braces (or a whole Python block).
+                let braces = original[..at].ends_with('{') && original[end..].starts_with('}');
+                let node = tree.root_node().descendant_for_byte_range(at, end).unwrap();
+                assert!(braces || (node.start_byte(), node.end_byte()) == (at, end), "{middle:?}");
+            }
+            SpanKind::Statement | SpanKind::Expression => {
+                let node = tree.root_node().descendant_for_byte_range(at, end).unwrap();
+                assert_eq!((node.start_byte(), node.end_byte()), (at, end), "{middle:?} is not one node");
+            }
+        }
+    }
+    assert_eq!(kinds.len(), 4, "every kind of span is mined: {kinds:?}");
+}
+
+#[test]
+fn examples_fit_the_context_length() {
+    let options = DatasetOptions { max_seq_length: 40, fim_per_kb: 8.0, ..DatasetOptions::default() };
+    let (_dir, dataset) = mined(&options);
+    let budget = (40.0 * BYTES_PER_TOKEN) as usize;
+    let markup = "<|fim_prefix|><|fim_suffix|><|fim_middle|>".len();
+    for e in &dataset.examples {
+        assert!(e.text.len() <= budget + markup, "{} bytes: {}", e.text.len(), e.text);
+    }
+    // LIB is longer than one window: it is cut into several next-token examples.
+    assert!(dataset.examples.iter().filter(|e| e.path == "src/lib.rs" && e.span.is_none()).count() >= 3);
+}
+
+#[test]
+fn a_family_without_fim_gets_next_token_examples_only() {
+    let (_dir, dataset) = mined(&DatasetOptions { family: Family::Plain, ..DatasetOptions::default() });
+    assert!(!dataset.examples.is_empty());
+    assert!(dataset.examples.iter().all(|e| e.span.is_none()));
+}
+
+#[test]
+fn written_files_are_mlx_lm_data_and_a_snapshot_of_one_example() {
+    let (dir, dataset) = mined(&DatasetOptions::default());
+    let out = dir.path().join("out");
+    dataset.write(&out).unwrap();
+    let mut lines = 0;
+    for split in Split::ALL {
+        let text = std::fs::read_to_string(out.join(format!("{}.jsonl", split.name()))).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["text"]);
+            lines += 1;
+        }
+    }
+    assert_eq!(lines, dataset.examples.len());
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(manifest["files"]["src/lib.rs"], serde_json::json!(dataset.files["src/lib.rs"].name()));
+    let first = dataset.examples.iter().find(|e| e.path == "src/util.rs" && e.span.is_some()).unwrap();
+    expect![[r#"
+        Some(
+            Expression,
+        )
+        <|fim_prefix|>pub fn clamp_percent(value: u64) -> u64 {
+            <|fim_suffix|>
+            value
+        }
+        <|fim_middle|>if value > 100 {
+                return 100;
+            }"#]]
+    .assert_eq(&format!("{:#?}\n{}", first.span, first.text));
+}
+
+#[test]
+fn split_sizes_follow_the_fractions() {
+    let paths: Vec<String> = (0..100).map(|i| format!("src/f{i}.rs")).collect();
+    let splits = assign_splits(paths.iter().map(String::as_str), &DatasetOptions::default());
+    let count = |s: Split| splits.iter().filter(|&&x| x == s).count();
+    assert_eq!((count(Split::Train), count(Split::Valid), count(Split::Test)), (80, 10, 10));
+    let small = assign_splits(["a.rs", "b.rs", "c.rs"].into_iter(), &DatasetOptions::default());
+    assert_eq!(small.iter().filter(|&&x| x == Split::Train).count(), 1);
+}

@@ -1,0 +1,273 @@
+//! `kenning-train`: LoRA fine-tuning with mlx_lm.lora's flags and progress lines, and `fuse`.
+//! Data is mlx_lm's layout (`kenning dataset` writes it); adapters are mlx_lm's format.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kenning_training::data::{self, Example};
+use kenning_training::lora::{Lora, LoraParameters};
+use kenning_training::models;
+use kenning_training::text::TextModel;
+use kenning_training::train::{self, Progress, Schedule, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "kenning-train", version, about = "LoRA fine-tuning on MLX, compatible with mlx_lm's data and adapters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Merge an adapter into the base weights: a model directory mlx_lm and kenning load, with an
+    /// Ollama Modelfile.
+    Fuse(FuseArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// A model directory (config.json, model.safetensors, tokenizer.json) or a bundled model's name.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Directory with train.jsonl / valid.jsonl / test.jsonl.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Train (otherwise only --test runs).
+    #[arg(long)]
+    train: bool,
+    /// Report the loss on test.jsonl after training.
+    #[arg(long)]
+    test: bool,
+    #[arg(long, default_value_t = 1000)]
+    iters: usize,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Layers adapted, counted from the last.
+    #[arg(long, alias = "lora-layers", default_value_t = 16)]
+    num_layers: usize,
+    #[arg(long, default_value_t = 8)]
+    rank: i32,
+    #[arg(long, default_value_t = 20.0)]
+    scale: f32,
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    #[arg(long, default_value_t = 1e-5)]
+    learning_rate: f32,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
+    lr_schedule: LrSchedule,
+    /// Warmup steps (linear from 0).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1)]
+    grad_accumulation_steps: usize,
+    #[arg(long, default_value_t = 2048)]
+    max_seq_length: usize,
+    #[arg(long, default_value = "adapters")]
+    adapter_path: PathBuf,
+    /// Start from these adapter weights (a checkpoint file of the same shape).
+    #[arg(long)]
+    resume_adapter_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    #[arg(long, default_value_t = 10)]
+    steps_per_report: usize,
+    #[arg(long, default_value_t = 200)]
+    steps_per_eval: usize,
+    /// Validation batches per evaluation (-1 or 0: all).
+    #[arg(long, default_value_t = 25, allow_negative_numbers = true)]
+    val_batches: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LrSchedule {
+    Constant,
+    Cosine,
+}
+
+#[derive(Args)]
+struct FuseArgs {
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    #[arg(long, default_value = "adapters")]
+    adapter_path: PathBuf,
+    #[arg(long, default_value = "fused_model")]
+    save_path: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Fuse(args)) => fuse(&args),
+        None => run(&cli.train),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn load_model(model: &str) -> Result<(PathBuf, TextModel)> {
+    let dir = models::resolve(model, &models::cache_root()).map_err(anyhow::Error::msg)?;
+    say(&format!("Loading pretrained model {}", dir.display()));
+    let text = TextModel::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    Ok((dir, text))
+}
+
+fn examples(model: &TextModel, texts: &[String], max_len: usize, split: &str) -> Result<Vec<Example>> {
+    let eos = model.eos().context("the tokenizer has no end-of-sequence token")?;
+    let middle = ["<|fim_middle|>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "[SUFFIX]"].iter().find_map(|t| model.token_id(t));
+    let (examples, truncated) =
+        data::tokenize(texts, |t| model.encode(t).map_err(|e| e.to_string()), eos, middle, max_len).map_err(anyhow::Error::msg)?;
+    if truncated > 0 {
+        say(&format!("[WARNING] {truncated} {split} examples longer than {max_len} tokens were truncated (--max-seq-length)"));
+    }
+    Ok(examples)
+}
+
+fn run(args: &TrainArgs) -> Result<()> {
+    if !args.train && !args.test {
+        bail!("nothing to do: pass --train and/or --test");
+    }
+    let (model_dir, model) = load_model(&args.model)?;
+    say("Loading datasets");
+    let split = |name: &str| data::read_split(&args.data, name).map_err(anyhow::Error::msg);
+    let train_texts = split("train")?.unwrap_or_default();
+    let valid_texts = split("valid")?.unwrap_or_default();
+    let config = &model.model.config;
+    let params = LoraParameters { rank: args.rank, dropout: args.dropout, scale: args.scale };
+    let (lora, mut weights) = if let Some(file) = &args.resume_adapter_file {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        say(&format!("Loading fine-tuned weights from {}", file.display()));
+        Lora::load_file(dir, file, config)?
+    } else if args.train {
+        let lora = Lora::new(config, args.num_layers, params);
+        mlx_rs_seed(args.seed)?;
+        let w = lora.init(config)?;
+        (lora, w)
+    } else {
+        Lora::load(&args.adapter_path, config)?
+    };
+    if args.train {
+        let train_set = examples(&model, &train_texts, args.max_seq_length, "train")?;
+        let valid_set = examples(&model, &valid_texts, args.max_seq_length, "valid")?;
+        if train_set.len() < args.batch_size {
+            bail!("{} training examples in {}: fewer than --batch-size {}", train_set.len(), args.data.display(), args.batch_size);
+        }
+        let tokens: usize = train_set.iter().map(|e| e.tokens.len()).sum();
+        let trainable: usize = weights.iter().map(|w| w.size()).sum();
+        let total = model.model.parameter_count();
+        say(&format!(
+            "Trainable parameters: {:.3}% ({:.3}M/{:.3}M); {} train examples ({tokens} tokens), {} valid",
+            100.0 * trainable as f64 / total as f64,
+            trainable as f64 / 1e6,
+            total as f64 / 1e6,
+            train_set.len(),
+            valid_set.len()
+        ));
+        let options = TrainOptions {
+            iters: args.iters,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            schedule: match args.lr_schedule {
+                LrSchedule::Constant => Schedule::Constant,
+                LrSchedule::Cosine => Schedule::Cosine,
+            },
+            warmup: args.warmup,
+            weight_decay: args.weight_decay,
+            grad_accumulation: args.grad_accumulation_steps,
+            steps_per_report: args.steps_per_report,
+            steps_per_eval: args.steps_per_eval,
+            val_batches: usize::try_from(args.val_batches).unwrap_or(0),
+            save_every: args.save_every,
+            seed: args.seed,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step (Ctrl-C again to quit without saving)");
+        })
+        .context("installing the Ctrl-C handler")?;
+        let mut extra = serde_json::Map::new();
+        extra.insert("model".into(), model_dir.display().to_string().into());
+        extra.insert("data".into(), args.data.display().to_string().into());
+        extra.insert("iters".into(), args.iters.into());
+        extra.insert("batch_size".into(), args.batch_size.into());
+        extra.insert("learning_rate".into(), f64::from(args.learning_rate).into());
+        extra.insert("max_seq_length".into(), args.max_seq_length.into());
+        extra.insert("seed".into(), args.seed.into());
+        extra.insert("trainer".into(), "kenning-train".into());
+        let adapter_path = args.adapter_path.clone();
+        let lora_for_save = lora.clone();
+        let save_extra = extra.clone();
+        let mut checkpoint = move |iter: usize, w: &[mlx_rs::Array]| {
+            lora_for_save.save(w, &adapter_path, &format!("{iter:07}_adapters.safetensors"), &save_extra)?;
+            lora_for_save.save(w, &adapter_path, "adapters.safetensors", &save_extra)?;
+            Ok(adapter_path.join("adapters.safetensors"))
+        };
+        say(&format!("Starting training..., iters: {}", args.iters));
+        let splits = train::Splits { train: &train_set, valid: &valid_set };
+        let control = train::Control { stop: &stop, checkpoint: &mut checkpoint };
+        let outcome = train::train(&model.model, &lora, &mut weights, splits, &options, control, |p| match p {
+            Progress::Train { iter, loss, learning_rate, iters_per_sec, tokens_per_sec, trained_tokens, peak_memory } => say(&format!(
+                "Iter {iter}: Train loss {loss:.3}, Learning Rate {learning_rate:.3e}, It/sec {iters_per_sec:.3}, \
+                 Tokens/sec {tokens_per_sec:.3}, Trained Tokens {trained_tokens}, Peak mem {:.3} GB",
+                peak_memory as f64 / 1e9
+            )),
+            Progress::Val { iter, loss, seconds } => say(&format!("Iter {iter}: Val loss {loss:.3}, Val took {seconds:.3}s")),
+            Progress::Saved { iter, path } => say(&format!("Iter {iter}: Saved adapter weights to {}", path.display())),
+        })?;
+        lora.save(&weights, &args.adapter_path, "adapters.safetensors", &extra)?;
+        say(&format!(
+            "Saved final weights to {} ({} iterations, {} tokens, {:.1}s{})",
+            args.adapter_path.join("adapters.safetensors").display(),
+            outcome.iters,
+            outcome.trained_tokens,
+            outcome.seconds,
+            if outcome.stopped { ", stopped early" } else { "" }
+        ));
+    }
+    if args.test {
+        let test_texts = split("test")?.with_context(|| format!("no test.jsonl in {}", args.data.display()))?;
+        let test_set = examples(&model, &test_texts, args.max_seq_length, "test")?;
+        let batches = data::batches(&test_set, args.batch_size);
+        let loss = train::evaluate(&model.model, &lora, &weights, &batches, 0)?;
+        say(&format!("Test loss {loss:.3}, Test ppl {:.3}.", loss.exp()));
+    }
+    Ok(())
+}
+
+fn mlx_rs_seed(seed: u64) -> Result<()> {
+    mlx_rs::random::seed(seed).context("seeding MLX")
+}
+
+fn fuse(args: &FuseArgs) -> Result<()> {
+    let (model_dir, mut model) = load_model(&args.model)?;
+    let (lora, weights) = Lora::load(&args.adapter_path, &model.model.config)?;
+    lora.fuse_into(&weights, &mut model.model)?;
+    kenning_training::export::write_model_dir(&model.model, &model_dir, &args.save_path)?;
+    say(&format!("Fused {} into {} (with an Ollama Modelfile)", args.adapter_path.display(), args.save_path.display()));
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Training data in `mlx_lm.lora`'s layout: a directory with `train.jsonl`, `valid.jsonl` and
+//! `test.jsonl`, one `{"text": ...}` object per line. Each text becomes one example of token ids,
+//! ending with the end-of-sequence token. In a fill-in-the-middle example (its text holds the
+//! family's middle token) the loss covers only what follows that token: the completion.
+
+use std::path::{Path, PathBuf};
+
+/// One tokenized example; the loss covers the tokens predicted at positions `offset..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    pub offset: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{path}:{line}: {message}")]
+    Line { path: PathBuf, line: usize, message: String },
+}
+
+/// The texts of one split (`train`, `valid`, `test`); an absent file is `None`.
+pub fn read_split(dir: &Path, split: &str) -> Result<Option<Vec<String>>, DataError> {
+    let path = dir.join(format!("{split}.jsonl"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DataError::File { path, message: e.to_string() }),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_error = |message: String| DataError::Line { path: path.clone(), line: i + 1, message };
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| line_error(e.to_string()))?;
+        match value.get("text").and_then(|t| t.as_str()) {
+            Some(t) => out.push(t.to_owned()),
+            None => {
+                return Err(line_error(
+                    "expected an object with a \"text\" string (kenning dataset writes this format; chat and \
+                     prompt/completion data are not supported yet)"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Tokenizes texts into examples: `encode` turns text into ids (special tokens recognized),
+/// `eos` is appended when missing, examples are cut to `max_len` tokens, and `middle` (the FIM
+/// middle token, when the model has one) starts the loss after its first occurrence.
+pub fn tokenize(
+    texts: &[String],
+    mut encode: impl FnMut(&str) -> Result<Vec<u32>, String>,
+    eos: u32,
+    middle: Option<u32>,
+    max_len: usize,
+) -> Result<(Vec<Example>, usize), String> {
+    let mut truncated = 0;
+    let mut out = Vec::with_capacity(texts.len());
+    for text in texts {
+        let mut tokens = encode(text)?;
+        if tokens.last() != Some(&eos) {
+            tokens.push(eos);
+        }
+        let offset = middle.and_then(|m| tokens.iter().position(|&t| t == m)).unwrap_or(0);
+        if tokens.len() > max_len {
+            tokens.truncate(max_len);
+            truncated += 1;
+        }
+        // Too short to predict anything (or the middle was cut away): nothing to learn from.
+        if tokens.len() < 2 || offset + 1 >= tokens.len() {
+            continue;
+        }
+        out.push(Example { tokens, offset });
+    }
+    Ok((out, truncated))
+}
+
+/// A padded batch: `inputs`/`targets` are `[batch, len]` row-major, `mask` is 1.0 where a target
+/// counts toward the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub batch: usize,
+    pub len: usize,
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub mask: Vec<f32>,
+    /// Targets counted by the mask.
+    pub tokens: usize,
+}
+
+/// Groups examples into batches of similar length (sorted by length, as mlx_lm does, so padding
+/// stays small). Each batch is padded to its longest example.
+pub fn batches(examples: &[Example], batch_size: usize) -> Vec<Batch> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].tokens.len());
+    order.chunks(batch_size.max(1)).map(|chunk| make_batch(chunk.iter().map(|&i| &examples[i]))).collect()
+}
+
+fn make_batch<'a>(examples: impl Iterator<Item = &'a Example> + Clone) -> Batch {
+    let batch = examples.clone().count();
+    let len = examples.clone().map(|e| e.tokens.len() - 1).max().unwrap_or(0);
+    let (mut inputs, mut targets, mut mask) = (vec![0; batch * len], vec![0; batch * len], vec![0.0; batch * len]);
+    let mut tokens = 0;
+    for (row, e) in examples.enumerate() {
+        for (i, pair) in e.tokens.windows(2).enumerate() {
+            inputs[row * len + i] = pair[0];
+            targets[row * len + i] = pair[1];
+            if i >= e.offset {
+                mask[row * len + i] = 1.0;
+                tokens += 1;
+            }
+        }
+    }
+    Batch { batch, len, inputs, targets, mask, tokens }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chars(text: &str) -> Result<Vec<u32>, String> {
+        Ok(text.chars().map(|c| if c == '|' { 1 } else { c as u32 }).collect())
+    }
+
+    #[test]
+    fn eos_is_appended_and_the_loss_starts_after_the_middle_token() {
+        let texts = vec!["ab|cd".to_owned(), "xy".to_owned()];
+        let (examples, truncated) = tokenize(&texts, chars, 0, Some(1), 100).unwrap();
+        assert_eq!(truncated, 0);
+        assert_eq!(examples[0], Example { tokens: vec![97, 98, 1, 99, 100, 0], offset: 2 });
+        assert_eq!(examples[1], Example { tokens: vec![120, 121, 0], offset: 0 });
+        // Position 2 of the first example predicts `c` from `|`: the first counted target.
+        let b = batches(&examples[..1], 1);
+        assert_eq!(b[0].targets, vec![98, 1, 99, 100, 0]);
+        assert_eq!(b[0].mask, vec![0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(b[0].tokens, 3);
+    }
+
+    #[test]
+    fn long_examples_are_cut_and_useless_ones_dropped() {
+        let texts = vec!["abcdefgh".to_owned(), "abcdef|gh".to_owned(), "".to_owned()];
+        let (examples, truncated) = tokenize(&texts, chars, 0, Some(1), 4).unwrap();
+        assert_eq!(truncated, 2);
+        // The FIM example lost its middle to the cut: dropped; the empty text is just EOS: dropped.
+        assert_eq!(examples, vec![Example { tokens: vec![97, 98, 99, 100], offset: 0 }]);
+    }
+
+    #[test]
+    fn batches_group_by_length_and_pad() {
+        let ex = |n: usize| Example { tokens: (1..=n as u32).collect(), offset: 0 };
+        let examples = vec![ex(5), ex(2), ex(4), ex(3)];
+        let b = batches(&examples, 2);
+        assert_eq!((b[0].batch, b[0].len, b[1].len), (2, 2, 4));
+        assert_eq!(b[0].inputs, vec![1, 0, 1, 2]);
+        assert_eq!(b[0].mask, vec![1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(b[1].tokens, 3 + 4);
+    }
+
+    #[test]
+    fn a_line_without_text_is_an_error_naming_the_line() {
+        let dir = std::env::temp_dir().join(format!("kenning-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("train.jsonl"), "{\"text\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+        let err = read_split(&dir, "train").unwrap_err().to_string();
+        assert!(err.contains("train.jsonl:3:"), "{err}");
+        assert!(read_split(&dir, "valid").unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
