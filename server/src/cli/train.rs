@@ -163,3 +163,36 @@ fn register(root: &Path, model: &str, adapter: &Path) -> Result<()> {
     out(&format!("registered the adapter in {} (the server needs the `mlx` feature to use it)", path.display()));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Generation, Layers};
+
+    #[test]
+    fn registering_writes_a_generation_section_the_server_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kenning.toml"), "[completion]\ndebounce_ms = 50").unwrap();
+        let adapter = dir.path().join("my adapters").join("run \"1\"");
+        register(dir.path(), "smollm2-135m", &adapter).unwrap();
+        let config = Layers::from_workspace(dir.path()).unwrap().resolve().unwrap();
+        match &config.generation {
+            Generation::Mlx { model, adapter: Some(a), .. } => assert_eq!((model.as_str(), a.as_path()), ("smollm2-135m", adapter.as_path())),
+            other => panic!("not registered: {other:?}"),
+        }
+        assert_eq!(config.completion.debounce_ms, 50, "the existing settings stay");
+
+        // A workspace that already chose its generation keeps it.
+        let before = std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap();
+        register(dir.path(), "other-model", &adapter).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap(), before);
+    }
+
+    #[test]
+    fn an_invalid_kenning_toml_is_an_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kenning.toml"), "[completion\n").unwrap();
+        assert!(register(dir.path(), "smollm2-135m", Path::new("/a")).is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap(), "[completion\n");
+    }
+}
