@@ -135,7 +135,8 @@ fn load_model(model: &str) -> Result<(PathBuf, TextModel)> {
 
 fn examples(model: &TextModel, texts: &[String], max_len: usize, split: &str) -> Result<Vec<Example>> {
     let eos = model.eos().context("the tokenizer has no end-of-sequence token")?;
-    let middle = ["<|fim_middle|>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "[SUFFIX]"].iter().find_map(|t| model.token_id(t));
+    // The token after which a FIM example's completion starts (Codestral has none: its loss covers all).
+    let middle = ["<|fim_middle|>", "<fim_middle>", "<｜fim▁end｜>", "<MID>"].iter().find_map(|t| model.token_id(t));
     let (examples, truncated) =
         data::tokenize(texts, |t| model.encode(t).map_err(|e| e.to_string()), eos, middle, max_len).map_err(anyhow::Error::msg)?;
     if truncated > 0 {
