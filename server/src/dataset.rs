@@ -116,6 +116,14 @@ impl Dataset {
         }
     }
 
+    fn stats_mut(&mut self, split: Split) -> &mut SplitStats {
+        match split {
+            Split::Train => &mut self.train,
+            Split::Valid => &mut self.valid,
+            Split::Test => &mut self.test,
+        }
+    }
+
     /// Writes `train.jsonl`, `valid.jsonl`, `test.jsonl` and `dataset.json` (counts and the file
     /// split) into `out`.
     pub fn write(&self, out: &Path) -> std::io::Result<()> {
@@ -170,17 +178,13 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
         if options.family.has_fim() {
             examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
         }
-        let stats = match split {
-            Split::Train => &mut dataset.train,
-            Split::Valid => &mut dataset.valid,
-            Split::Test => &mut dataset.test,
-        };
-        stats.files += 1;
+        dataset.stats_mut(split).files += 1;
         for (span, text) in examples {
             if !seen.insert(blake3::hash(text.as_bytes())) {
                 dataset.duplicates_dropped += 1;
                 continue;
             }
+            let stats = dataset.stats_mut(split);
             match span {
                 Some(_) => stats.fim += 1,
                 None => stats.next_token += 1,

@@ -11,10 +11,6 @@ use serde_json::Value;
 
 use crate::model::{Llama, ModelError};
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Load { path: path.display().to_string(), message: e.to_string() }
-}
-
 /// Rows of a q/k projection (`[heads·head_dim, in]`) from llama.cpp's rotary layout back to
 /// Hugging Face's: the inverse of the permutation `convert_hf_to_gguf.py` applies.
 pub fn unpermute_rows(w: &Array, heads: i32) -> Result<Array, mlx_rs::error::Exception> {
@@ -25,10 +21,10 @@ pub fn unpermute_rows(w: &Array, heads: i32) -> Result<Array, mlx_rs::error::Exc
 /// Writes `model` (its current weights: fuse an adapter first) into `out`, taking the config and
 /// tokenizer files from `source` (the directory it was loaded from).
 pub fn write_model_dir(model: &Llama, source: &Path, out: &Path) -> Result<(), ModelError> {
-    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;
     let config_path = source.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| io_error(&config_path, e))?;
-    let mut config: Value = serde_json::from_str(&text).map_err(|e| io_error(&config_path, e))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::file(&config_path, e))?;
+    let mut config: Value = serde_json::from_str(&text).map_err(|e| ModelError::file(&config_path, e))?;
     let traditional = config.get("rope_traditional").and_then(Value::as_bool).unwrap_or(false);
     let c = &model.config;
     let mut weights = Vec::new();
@@ -44,7 +40,7 @@ pub fn write_model_dir(model: &Llama, source: &Path, out: &Path) -> Result<(), M
     }
     let path = out.join("model.safetensors");
     let metadata = std::collections::HashMap::from([("format".to_owned(), "mlx".to_owned())]);
-    Array::save_safetensors(weights.iter().map(|(n, w)| (n.as_str(), w)), &metadata, &path).map_err(|e| io_error(&path, e))?;
+    Array::save_safetensors(weights.iter().map(|(n, w)| (n.as_str(), w)), &metadata, &path).map_err(|e| ModelError::file(&path, e))?;
     if let Some(map) = config.as_object_mut() {
         map.remove("quantization");
         map.remove("quantization_config");
@@ -52,15 +48,15 @@ pub fn write_model_dir(model: &Llama, source: &Path, out: &Path) -> Result<(), M
         map.insert("torch_dtype".into(), "float16".into());
     }
     let path = out.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap_or_default() + "\n").map_err(|e| io_error(&path, e))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap_or_default() + "\n").map_err(|e| ModelError::file(&path, e))?;
     for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
         let from = source.join(name);
         if from.is_file() {
-            std::fs::copy(&from, out.join(name)).map_err(|e| io_error(&from, e))?;
+            std::fs::copy(&from, out.join(name)).map_err(|e| ModelError::file(&from, e))?;
         }
     }
     let path = out.join("Modelfile");
-    std::fs::write(&path, modelfile(&out.join("tokenizer.json"))).map_err(|e| io_error(&path, e))?;
+    std::fs::write(&path, modelfile(&out.join("tokenizer.json"))).map_err(|e| ModelError::file(&path, e))?;
     Ok(())
 }
 

@@ -136,20 +136,19 @@ impl Lora {
     /// Writes `adapters.safetensors` (or `file_name`) and `adapter_config.json` into `dir`; `extra`
     /// adds fields to the config (mlx_lm records its training arguments there too).
     pub fn save(&self, params: &[Array], dir: &Path, file_name: &str, extra: &serde_json::Map<String, Value>) -> Result<(), ModelError> {
-        let error = |path: &Path, message: String| ModelError::Load { path: path.display().to_string(), message };
-        std::fs::create_dir_all(dir).map_err(|e| error(dir, e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
         let weights = dir.join(file_name);
         let partial = dir.join(format!(".{file_name}.partial.safetensors"));
         let arrays: Vec<(String, &Array)> = self.names().into_iter().zip(params).collect();
-        Array::save_safetensors(arrays, None, &partial).map_err(|e| error(&partial, e.to_string()))?;
-        std::fs::rename(&partial, &weights).map_err(|e| error(&weights, e.to_string()))?;
+        Array::save_safetensors(arrays, None, &partial).map_err(|e| ModelError::file(&partial, e))?;
+        std::fs::rename(&partial, &weights).map_err(|e| ModelError::file(&weights, e))?;
         let mut config = extra.clone();
         config.insert("fine_tune_type".into(), "lora".into());
         config.insert("num_layers".into(), self.num_layers.into());
         config.insert("lora_parameters".into(), serde_json::to_value(self.params).unwrap_or_default());
         let path = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&config).unwrap_or_default();
-        std::fs::write(&path, text + "\n").map_err(|e| error(&path, e.to_string()))
+        std::fs::write(&path, text + "\n").map_err(|e| ModelError::file(&path, e))
     }
 
     /// Loads an adapter directory (`adapter_config.json` + `adapters.safetensors`) written by kenning
@@ -160,17 +159,16 @@ impl Lora {
 
     /// As [`load`](Self::load), with the weights from `weights` (a checkpoint of the same adapter).
     pub fn load_file(dir: &Path, weights: &Path, config: &Config) -> Result<(Self, Vec<Array>), ModelError> {
-        let error = |path: &Path, message: String| ModelError::Load { path: path.display().to_string(), message };
         let config_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| error(&config_path, e.to_string()))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| error(&config_path, e.to_string()))?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::file(&config_path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::file(&config_path, e))?;
         let kind = json.get("fine_tune_type").and_then(Value::as_str).unwrap_or("lora");
         if kind != "lora" {
-            return Err(error(&config_path, format!("fine_tune_type {kind:?}: only \"lora\" adapters are supported")));
+            return Err(ModelError::file(&config_path, format!("fine_tune_type {kind:?}: only \"lora\" adapters are supported")));
         }
         let params: LoraParameters = serde_json::from_value(json.get("lora_parameters").cloned().unwrap_or(Value::Null))
-            .map_err(|e| error(&config_path, format!("lora_parameters: {e}")))?;
-        let mut tensors = Array::load_safetensors(weights).map_err(|e| error(weights, e.to_string()))?;
+            .map_err(|e| ModelError::file(&config_path, format!("lora_parameters: {e}")))?;
+        let mut tensors = Array::load_safetensors(weights).map_err(|e| ModelError::file(weights, e))?;
         let mut slots = Vec::new();
         for name in tensors.keys() {
             let Some(module) = name.strip_suffix(".lora_a") else { continue };
@@ -180,11 +178,11 @@ impl Lora {
             });
             match parsed {
                 Some((layer, target)) if layer < config.num_hidden_layers => slots.push((layer, target)),
-                _ => return Err(error(weights, format!("{name}: not a projection of this model"))),
+                _ => return Err(ModelError::file(weights, format!("{name}: not a projection of this model"))),
             }
         }
         if slots.is_empty() {
-            return Err(error(weights, "no LoRA weights (…lora_a / …lora_b) in the file".into()));
+            return Err(ModelError::file(weights, "no LoRA weights (…lora_a / …lora_b) in the file"));
         }
         slots.sort_by_key(|(l, t)| (*l, Target::ALL.iter().position(|x| x == t)));
         let first = slots[0].0;
@@ -193,9 +191,9 @@ impl Lora {
         for (name, &(_, target)) in lora.names().chunks(2).zip(&lora.slots) {
             let (inputs, outputs) = target.dims(config);
             for (name, shape) in name.iter().zip([[inputs, params.rank], [params.rank, outputs]]) {
-                let a = tensors.remove(name).ok_or_else(|| error(weights, format!("{name} is missing")))?;
+                let a = tensors.remove(name).ok_or_else(|| ModelError::file(weights, format!("{name} is missing")))?;
                 if a.shape() != shape {
-                    return Err(error(weights, format!("{name}: shape {:?}, expected {shape:?}", a.shape())));
+                    return Err(ModelError::file(weights, format!("{name}: shape {:?}, expected {shape:?}", a.shape())));
                 }
                 out.push(a.as_dtype(Dtype::Float32)?);
             }

@@ -23,6 +23,13 @@ pub enum ModelError {
     Mlx(#[from] mlx_rs::error::Exception),
 }
 
+impl ModelError {
+    /// A file that could not be read or understood.
+    pub fn file(path: &Path, message: impl std::fmt::Display) -> Self {
+        ModelError::Load { path: path.display().to_string(), message: message.to_string() }
+    }
+}
+
 /// The fields of `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -112,12 +119,11 @@ pub struct Llama {
 impl Llama {
     /// Loads a model directory.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let load_error = |path: &Path, message: String| ModelError::Load { path: path.display().to_string(), message };
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e.to_string()))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| load_error(&config_path, e.to_string()))?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::file(&config_path, e))?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| ModelError::file(&config_path, e))?;
         let weights_path = dir.join("model.safetensors");
-        let mut raw = Array::load_safetensors(&weights_path).map_err(|e| load_error(&weights_path, e.to_string()))?;
+        let mut raw = Array::load_safetensors(&weights_path).map_err(|e| ModelError::file(&weights_path, e))?;
         let mut take = |name: &str| -> Result<Array, ModelError> {
             let weight = raw.remove(&format!("{name}.weight")).ok_or_else(|| ModelError::Missing(format!("{name}.weight")))?;
             let weight = match (raw.remove(&format!("{name}.scales")), &config.quantization) {

@@ -38,7 +38,7 @@ impl TextModel {
         let model = Llama::load(dir)?;
         let path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| ModelError::Load { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| ModelError::file(&path, e))?;
         let mut eos = Vec::new();
         if let Ok(text) = std::fs::read_to_string(dir.join("config.json"))
             && let Ok(config) = serde_json::from_str::<serde_json::Value>(&text)

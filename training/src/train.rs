@@ -252,6 +252,7 @@ pub fn train(
             Some(sum) => sum.iter().zip(&grads).map(|(a, b)| a.add(b)).collect::<Result<Vec<_>, _>>()?,
             None => grads,
         };
+        let lr = learning_rate(options, iter.div_ceil(accumulation), updates);
         if iter % accumulation == 0 || iter == options.iters {
             let micro = if iter % accumulation == 0 { accumulation } else { iter % accumulation };
             let grads = if micro > 1 {
@@ -259,7 +260,6 @@ pub fn train(
             } else {
                 grads
             };
-            let lr = learning_rate(options, iter.div_ceil(accumulation), updates);
             optimizer.update(params, &grads, lr, options.weight_decay)?;
         } else {
             transforms::eval(&grads)?;
@@ -278,7 +278,7 @@ pub fn train(
             report(Progress::Train {
                 iter,
                 loss: (window.1 / window.2 as f64) as f32,
-                learning_rate: learning_rate(options, iter.div_ceil(accumulation), updates),
+                learning_rate: lr,
                 iters_per_sec: window.2 as f32 / secs,
                 tokens_per_sec: window.3 as f32 / secs,
                 trained_tokens: outcome.trained_tokens,

@@ -8,11 +8,7 @@ use std::process::Command;
 use kenning_training::model::{Cache, Llama};
 
 fn tools() -> PathBuf {
-    let cache = std::env::var_os("KENNING_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kenning")))
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kenning"));
-    cache.join("tools")
+    kenning_training::models::cache_root().join("tools")
 }
 
 #[test]

@@ -109,10 +109,9 @@ fn trainer() -> PathBuf {
 
 pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
-    let work = paths.index_for(&root).with_file_name(format!(
-        "{}-training",
-        paths.index_for(&root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let index = paths.index_for(&root);
+    let name = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let work = index.with_file_name(format!("{name}-training"));
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let family = Family::detect(&args.model);

@@ -162,7 +162,7 @@ fn run(args: &TrainArgs) -> Result<()> {
         Lora::load_file(dir, file, config)?
     } else if args.train {
         let lora = Lora::new(config, args.num_layers, params);
-        mlx_rs_seed(args.seed)?;
+        mlx_rs::random::seed(args.seed).context("seeding MLX")?;
         let w = lora.init(config)?;
         (lora, w)
     } else {
@@ -258,10 +258,6 @@ fn run(args: &TrainArgs) -> Result<()> {
         say(&format!("Test loss {loss:.3}, Test ppl {:.3}.", loss.exp()));
     }
     Ok(())
-}
-
-fn mlx_rs_seed(seed: u64) -> Result<()> {
-    mlx_rs::random::seed(seed).context("seeding MLX")
 }
 
 fn fuse(args: &FuseArgs) -> Result<()> {
