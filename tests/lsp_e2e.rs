@@ -122,6 +122,26 @@ async fn a_bad_setting_is_reported_with_its_key_and_the_rest_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_that_cannot_be_opened_is_reported_and_the_server_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("w");
+    shop(&root);
+    let paths = test_cache(&dir.path().join("cache"));
+    // A file where the index directories go: the index cannot be created.
+    std::fs::write(dir.path().join("cache").join("indexes"), "not a directory").unwrap();
+    let mut client = Client::start(paths, &root.canonicalize().unwrap());
+    client.initialize(json!({}), json!({"generation": {"backend": "none"}})).await;
+    let message = client
+        .wait_for(Duration::from_secs(60), |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap().contains("indexing"))
+        .await;
+    assert_eq!(message["params"]["type"], 1, "an error: {message}");
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    let root_status = &status["result"]["roots"][0];
+    assert_eq!(root_status["indexing"], false, "{status}");
+    assert!(root_status["error"].as_str().is_some_and(|e| e.contains("cannot open the index")), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn indexing_reports_progress_and_ask_cites_the_right_lines() {
     let dir = tempfile::tempdir().unwrap();
     let mut client = started(dir.path(), progress_capable(), json!({"generation": {"backend": "none"}})).await;

@@ -52,7 +52,9 @@ async function refreshStatus(): Promise<void> {
   try {
     const status = (await client.sendRequest(ExecuteCommandRequest.type, { command: 'kenning.status', arguments: [] })) as Status;
     statusItem.text = statusText(status);
-    statusItem.tooltip = status.roots.map((r) => `${r.indexing ? 'indexing' : 'indexed'}: ${r.index?.files ?? 0} files, ${r.index?.chunks ?? 0} chunks`).join('\n');
+    statusItem.tooltip = status.roots
+      .map((r) => (r.error ? `indexing failed: ${r.error}` : `${r.indexing ? 'indexing' : 'indexed'}: ${r.index?.files ?? 0} files, ${r.index?.chunks ?? 0} chunks`))
+      .join('\n');
     const indexing = status.roots.some((r) => r.indexing);
     scheduleStatus(indexing ? 2_000 : 30_000);
   } catch {

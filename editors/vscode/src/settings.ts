@@ -90,6 +90,8 @@ export interface StatusRoot {
   indexing: boolean;
   embedded: boolean;
   index: { chunks: number; files: number } | null;
+  /** Why the last index run failed, until one succeeds. */
+  error?: string | null;
 }
 
 export interface Status {
@@ -103,5 +105,6 @@ export function statusText(status: Status): string {
   const chunks = status.roots.reduce((n, r) => n + (r.index?.chunks ?? 0), 0);
   const model = status.model?.error ? 'model error' : status.model?.loaded ? status.model.loaded.replace(/\.gguf$/, '') : 'model on first use';
   if (indexing) return `$(sync~spin) kenning: indexing (${chunks.toLocaleString('en-US')} chunks)`;
+  if (status.roots.some((r) => r.error)) return `$(error) kenning: indexing failed · ${model}`;
   return `$(database) kenning: ${chunks.toLocaleString('en-US')} chunks · ${model}`;
 }

@@ -326,8 +326,15 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
 async fn status(state: &Arc<State>) -> Value {
     let mut roots = Vec::new();
     for root in state.roots() {
+        let mut error = root.error.lock().expect("error lock").clone();
         let stats = match root.store.get() {
-            Some(store) => store.stats().await.ok().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
+            Some(store) => match store.stats().await {
+                Ok(s) => Some(serde_json::to_value(s).unwrap_or(Value::Null)),
+                Err(e) => {
+                    error.get_or_insert_with(|| e.to_string());
+                    None
+                }
+            },
             None => None,
         };
         roots.push(json!({
@@ -335,6 +342,7 @@ async fn status(state: &Arc<State>) -> Value {
             "indexing": root.indexing.try_lock().is_err(),
             "embedded": root.embedded.load(Ordering::Relaxed),
             "index": stats,
+            "error": error,
         }));
     }
     let model = state.model.lock().await;

@@ -113,7 +113,15 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
         if state.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = run_once(&state, &root, report).await {
+        // On its own task, so that a panic deep in a dependency is reported, not a silent stop.
+        let task = tokio::spawn({
+            let (state, root) = (Arc::clone(&state), Arc::clone(&root));
+            async move { run_once(&state, &root, report).await }
+        });
+        let result = task.await.unwrap_or_else(|e| Err(panic_message(e)));
+        *root.error.lock().expect("error lock") = result.as_ref().err().cloned();
+        if let Err(e) = result {
+            tracing::error!("indexing {} failed: {e}", root.path.display());
             state.client.show_message(MessageType::ERROR, format!("kenning: indexing {} failed: {e}", root.path.display())).await;
             return;
         }
@@ -124,6 +132,16 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
     }
     if root.optimize_due.load(Ordering::Relaxed) {
         tokio::spawn(optimize_when_idle(root.clone()));
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => {
+            let text = payload.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| payload.downcast_ref::<String>().cloned());
+            format!("internal error: {}", text.unwrap_or_else(|| "a panic without a message".into()))
+        }
+        Err(e) => format!("the index run was cancelled: {e}"),
     }
 }
 

@@ -34,6 +34,8 @@ pub(super) struct Root {
     pub embedded: AtomicBool,
     /// Compaction was skipped on the request path and is due when idle.
     pub optimize_due: AtomicBool,
+    /// Why the last index run failed, until one succeeds (shown by `kenning.status`).
+    pub error: Mutex<Option<String>>,
 }
 
 impl Root {
@@ -47,6 +49,7 @@ impl Root {
             dirty: AtomicBool::new(false),
             embedded: AtomicBool::new(false),
             optimize_due: AtomicBool::new(false),
+            error: Mutex::new(None),
         }
     }
 }

@@ -61,7 +61,10 @@ function M.check()
   end
   for _, root in ipairs(response.result.roots or {}) do
     local index = root.index ~= vim.NIL and root.index or nil
-    if root.indexing then
+    local error = root.error ~= vim.NIL and root.error or nil
+    if error then
+      health.error(string.format('%s: indexing failed: %s', root.path, error))
+    elseif root.indexing then
       health.info(string.format('%s: indexing…', root.path))
     elseif index then
       health.ok(string.format('%s: %d files, %d chunks, %d vectors', root.path, index.files, index.chunks, index.vectors))

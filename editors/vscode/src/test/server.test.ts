@@ -18,6 +18,7 @@ import {
   InitializedNotification,
   InitializeRequest,
   InlineCompletionRequest,
+  ShowMessageNotification,
   StreamMessageReader,
   StreamMessageWriter,
 } from 'vscode-languageserver-protocol/node';
@@ -42,10 +43,18 @@ test('the server completes and answers as the extension configures it', { timeou
   write(root, 'src/cart.rs', '/// Sum of the prices, in cents.\npub fn total_cents(prices: &[u64]) -> u64 {\n    prices.iter().sum()\n}\n');
   const checkout = 'use crate::cart::total_cents;\n\n/// What a customer pays after the loyalty discount, in cents.\npub fn checkout(prices: &[u64], percent: u8) -> u64 {\n    let total = total_cents(prices);\n    \n}\n';
 
-  const server = spawn(bin, ['--cache-dir', cache, 'serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const server = spawn(bin, ['--cache-dir', cache, 'serve'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, KENNING_LOG: 'kenning=debug' } });
+  // What the server said, for the failure message of any assertion below.
+  let log = '';
+  server.stderr.on('data', (chunk: Buffer) => {
+    log = (log + chunk.toString()).slice(-20_000);
+  });
   const connection = createProtocolConnection(new StreamMessageReader(server.stdout), new StreamMessageWriter(server.stdin));
   connection.onRequest('window/workDoneProgress/create', () => null);
   connection.onRequest('client/registerCapability', () => null);
+  connection.onNotification(ShowMessageNotification.type, (m) => {
+    log += `\n[window/showMessage] ${m.message}\n`;
+  });
   connection.listen();
   try {
     // The user's settings, plus what keeps the test fast on a CPU.
@@ -73,7 +82,7 @@ test('the server completes and answers as the extension configures it', { timeou
       const status = (await connection.sendRequest(ExecuteCommandRequest.type, { command: 'kenning.status', arguments: [] })) as Status;
       const r = status.roots[0] as Status['roots'][0] | undefined;
       if (r && !r.indexing && r.embedded && (r.index?.chunks ?? 0) > 0) break;
-      assert.ok(Date.now() < deadline, `indexing did not finish: ${JSON.stringify(status)}`);
+      assert.ok(!r?.error && Date.now() < deadline, `indexing did not finish: ${JSON.stringify(status)}\nthe server's log:\n${log}`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
 
@@ -96,6 +105,9 @@ test('the server completes and answers as the extension configures it', { timeou
     assert.equal(answer.sources[0]?.path, 'src/pricing.rs');
     const md = renderAnswer(answer);
     assert.ok(md.includes(`(${pathToFileURL(path.join(root, 'src/pricing.rs')).href}#L`), md);
+  } catch (e) {
+    if (e instanceof Error && !e.message.includes("the server's log")) e.message += `\nthe server's log:\n${log}`;
+    throw e;
   } finally {
     connection.dispose();
     server.kill();

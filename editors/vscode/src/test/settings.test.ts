@@ -58,4 +58,8 @@ test('status text', () => {
     '$(database) kenning: 5,042 chunks · qwen2.5-coder-0.5b-instruct-q4_k_m',
   );
   assert.equal(statusText({ roots: [{ indexing: true, embedded: false, index: null }], model: null }), '$(sync~spin) kenning: indexing (0 chunks)');
+  assert.equal(
+    statusText({ roots: [{ indexing: false, embedded: false, index: null, error: 'cannot open the index' }], model: null }),
+    '$(error) kenning: indexing failed · model on first use',
+  );
 });
