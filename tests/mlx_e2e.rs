@@ -1,14 +1,17 @@
 //! The MLX engine (feature `mlx`) behind the same `Generator` interface as llama.cpp, on the bundled
 //! SmolLM2-135M: the two engines agree on greedy tokens from the same weights (the GGUF for
-//! llama.cpp, its MLX conversion for MLX), and the MLX engine streams, stops and cancels.
+//! llama.cpp, its MLX conversion for MLX), the MLX engine streams, stops and cancels, and an
+//! adapter directory in mlx_lm's format changes both engines alike (llama.cpp through its GGUF export).
 
 use std::time::Duration;
 
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::mlx::{MlxEngine, resolve};
-use kenning::generate::{BundledModel, Event, FinishReason, Generator, Request};
+use kenning::generate::{BundledModel, Event, FinishReason, Generator, Request, lora_gguf};
 use kenning::paths::Paths;
+use kenning_training::lora::Target;
+use kenning_training::model::Config;
 
 fn mlx() -> MlxEngine {
     let dir = resolve("smollm2-135m", &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
@@ -61,4 +64,74 @@ fn mlx_streams_stops_and_cancels() {
     let (text, _) = mlx.generate(Request { max_tokens: 3, ..Request::new("The capital of France is") }).unwrap().collect_blocking().unwrap();
     assert!(text.contains("Paris"), "{text:?}");
     assert!(started.elapsed() < Duration::from_secs(60), "the dropped generation did not stop");
+}
+
+/// An adapter directory in mlx_lm's layout on the last `layers` layers of `model`: `A` and `B`
+/// from a fixed pseudo-random sequence, strong enough to change what the model writes.
+fn random_adapter(model: &std::path::Path, out: &std::path::Path, layers: usize) {
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let rank = 8usize;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = |bound: f32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+    };
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::<u8>::new());
+    for layer in config.num_hidden_layers - layers..config.num_hidden_layers {
+        for target in Target::ALL {
+            let (inputs, outputs) = target.dims(&config);
+            let (inputs, outputs) = (inputs as usize, outputs as usize);
+            let bound_a = 1.0 / (inputs as f32).sqrt();
+            for (ab, shape, bound) in [("a", [inputs, rank], bound_a), ("b", [rank, outputs], 0.1)] {
+                let start = data.len();
+                for _ in 0..shape[0] * shape[1] {
+                    data.extend(uniform(bound).to_le_bytes());
+                }
+                header.insert(
+                    format!("model.layers.{layer}.{}.lora_{ab}", target.name()),
+                    serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+                );
+            }
+        }
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(out.join("adapters.safetensors"), file).unwrap();
+    let config = serde_json::json!({
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": {"rank": rank, "scale": 20.0, "dropout": 0.0},
+        "model": model,
+    });
+    std::fs::write(out.join("adapter_config.json"), config.to_string()).unwrap();
+}
+
+#[test]
+fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
+    let paths = Paths::from_env();
+    let model = resolve("smollm2-135m", &paths).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    random_adapter(&model, &adapter, 4);
+
+    let gguf = BundledModel::resolve("smollm2-135m", &Assets::new(paths.assets())).unwrap();
+    let options = LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() };
+    let base = LlamaEngine::load(&gguf, options.clone()).unwrap();
+    let lora = lora_gguf::for_llama(&adapter).unwrap();
+    assert_eq!(lora, adapter.join(lora_gguf::EXPORT_NAME));
+    let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora), ..options }).unwrap();
+    let mlx = MlxEngine::load(&model, Some(&adapter)).unwrap();
+    for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
+        let request = Request { max_tokens: 4, ..Request::new(prompt) };
+        let (from_base, _) = base.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_llama, _) = adapted.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
+        assert_ne!(from_llama, from_base, "the adapter changes what llama.cpp writes for {prompt:?}");
+        assert_eq!(from_llama, from_mlx, "llama.cpp with the exported adapter writes what MLX writes with the adapter, for {prompt:?}");
+    }
 }

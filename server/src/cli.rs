@@ -1,5 +1,5 @@
 //! The `kenning` command line: `serve` (the default), `index`, `search`, `status`, `ask`, `complete`,
-//! `eval`, `generate`.
+//! `eval`, `generate`, `dataset`, `train`, `export-adapter`.
 //!
 //! Results go to stdout (human-readable, or JSON with `--json`); progress bars and warnings go to
 //! stderr, so `kenning search --json ... | jq` works.
@@ -57,6 +57,8 @@ enum Command {
     Dataset(train::DatasetArgs),
     /// Fine-tune a LoRA adapter on the repository (dataset → kenning-train) and register it.
     Train(train::TrainArgs),
+    /// Write an adapter directory (kenning-train, mlx_lm.lora) as llama.cpp's GGUF LoRA adapter.
+    ExportAdapter(train::ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,8 +92,8 @@ struct GenerateArgs {
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// LoRA adapter: llama.cpp's GGUF format (--engine llama) or an mlx_lm adapter directory
-    /// (--engine mlx).
+    /// LoRA adapter: an adapter directory of kenning train / kenning-train / mlx_lm.lora (both
+    /// engines; llama.cpp gets its GGUF export), or a llama.cpp GGUF adapter (--engine llama).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
     /// CPU threads (default: half the cores).
@@ -194,6 +196,7 @@ pub async fn run() -> Result<()> {
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
         Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(args)).await?,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::train_cmd(&paths, args)).await?,
+        Command::ExportAdapter(args) => train::export_cmd(args),
     }
 }
 
@@ -396,7 +399,8 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     let engine: Box<dyn Generator> = match args.engine {
         Engine::Llama => {
             let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
-            let mut options = LlamaOptions { context: args.context, lora: args.adapter_path, ..LlamaOptions::default() };
+            let lora = args.adapter_path.as_deref().map(crate::generate::lora_gguf::for_llama).transpose()?;
+            let mut options = LlamaOptions { context: args.context, lora, ..LlamaOptions::default() };
             if let Some(threads) = args.threads {
                 options.threads = threads;
             }

@@ -45,7 +45,8 @@ pub enum Generation {
         /// A bundled model name or a path to a GGUF file.
         #[serde(default = "default_model")]
         model: String,
-        /// A LoRA adapter (llama.cpp GGUF format).
+        /// A LoRA adapter: a llama.cpp GGUF file, or an adapter directory of `kenning train`,
+        /// `kenning-train` or `mlx_lm.lora` (converted to `adapter-llama.gguf` inside it on load).
         #[serde(default)]
         adapter: Option<PathBuf>,
         /// CPU threads; 0 = half the cores.

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::dataset::{self, DatasetOptions, Split};
+use crate::generate::{BundledModel, lora_gguf};
 use crate::paths::Paths;
 use crate::prompt::Family;
 
@@ -135,16 +136,36 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         out(&format!("adapter written to {}", adapter.display()));
         return Ok(());
     }
-    register(&root, &args.model, &adapter)
+    // MLX where it has a GPU; elsewhere llama.cpp runs the same bundled model faster.
+    let apple_mlx = cfg!(all(feature = "mlx", target_os = "macos", target_arch = "aarch64"));
+    let backend = if apple_mlx || BundledModel::ALL.iter().all(|m| m.name() != args.model) {
+        Backend::Mlx
+    } else {
+        // Exported now, so that a problem shows here and the server starts at once.
+        let exported = lora_gguf::for_llama(&adapter)?;
+        out(&format!("llama.cpp adapter: {}", exported.display()));
+        Backend::Llama
+    };
+    register(&root, &args.model, &adapter, backend)
 }
 
-/// Points the workspace's `kenning.toml` at the adapter (MLX engine), unless it already configures
-/// generation: then it says what to add.
-fn register(root: &Path, model: &str, adapter: &Path) -> Result<()> {
+/// The engine a registered adapter runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// llama.cpp with the bundled GGUF of the same model and the adapter's GGUF export.
+    Llama,
+    /// MLX, the adapter applied as trained (needs a build with the `mlx` feature).
+    Mlx,
+}
+
+/// Points the workspace's `kenning.toml` at the adapter, unless it already configures generation:
+/// then it says what to add.
+fn register(root: &Path, model: &str, adapter: &Path, backend: Backend) -> Result<()> {
     let path = root.join("kenning.toml");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let section = format!(
-        "[generation]\nbackend = \"mlx\"\nmodel = {}\nadapter = {}\n",
+        "[generation]\nbackend = \"{}\"\nmodel = {}\nadapter = {}\n",
+        if backend == Backend::Llama { "llama" } else { "mlx" },
         toml::Value::String(model.to_owned()),
         toml::Value::String(adapter.display().to_string())
     );
@@ -159,7 +180,27 @@ fn register(root: &Path, model: &str, adapter: &Path) -> Result<()> {
     }
     text.push_str(&format!("\n# Added by `kenning train`: completions from {model} with the repository's adapter.\n{section}"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    out(&format!("registered the adapter in {} (the server needs the `mlx` feature to use it)", path.display()));
+    let note = if backend == Backend::Mlx && !cfg!(feature = "mlx") { " (the server needs the `mlx` feature to use it)" } else { "" };
+    out(&format!("registered the adapter in {}{note}", path.display()));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The adapter directory (adapters.safetensors + adapter_config.json).
+    adapter: PathBuf,
+    /// The base model's directory (its config.json); default: the model adapter_config.json names.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// The GGUF file to write (default: adapter-llama.gguf in the adapter directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn export_cmd(args: ExportArgs) -> Result<()> {
+    let path = args.out.unwrap_or_else(|| args.adapter.join(lora_gguf::EXPORT_NAME));
+    let e = lora_gguf::export(&args.adapter, args.base.as_deref(), &path)?;
+    out(&format!("{} ({}, {} tensors, rank {}, alpha {})", e.path.display(), e.architecture, e.tensors, e.rank, e.alpha));
     Ok(())
 }
 
@@ -173,25 +214,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kenning.toml"), "[completion]\ndebounce_ms = 50").unwrap();
         let adapter = dir.path().join("my adapters").join("run \"1\"");
-        register(dir.path(), "smollm2-135m", &adapter).unwrap();
+        register(dir.path(), "smollm2-135m", &adapter, Backend::Llama).unwrap();
         let config = Layers::from_workspace(dir.path()).unwrap().resolve().unwrap();
         match &config.generation {
-            Generation::Mlx { model, adapter: Some(a), .. } => assert_eq!((model.as_str(), a.as_path()), ("smollm2-135m", adapter.as_path())),
+            Generation::Llama { model, adapter: Some(a), .. } => assert_eq!((model.as_str(), a.as_path()), ("smollm2-135m", adapter.as_path())),
             other => panic!("not registered: {other:?}"),
         }
         assert_eq!(config.completion.debounce_ms, 50, "the existing settings stay");
 
         // A workspace that already chose its generation keeps it.
         let before = std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap();
-        register(dir.path(), "other-model", &adapter).unwrap();
+        register(dir.path(), "other-model", &adapter, Backend::Mlx).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap(), before);
+
+        let other = tempfile::tempdir().unwrap();
+        register(other.path(), "/models/mine", &adapter, Backend::Mlx).unwrap();
+        let config = Layers::from_workspace(other.path()).unwrap().resolve().unwrap();
+        match &config.generation {
+            Generation::Mlx { model, adapter: Some(a), .. } => assert_eq!((model.as_str(), a.as_path()), ("/models/mine", adapter.as_path())),
+            other => panic!("not registered: {other:?}"),
+        }
     }
 
     #[test]
     fn an_invalid_kenning_toml_is_an_error_and_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kenning.toml"), "[completion\n").unwrap();
-        assert!(register(dir.path(), "smollm2-135m", Path::new("/a")).is_err());
+        assert!(register(dir.path(), "smollm2-135m", Path::new("/a"), Backend::Llama).is_err());
         assert_eq!(std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap(), "[completion\n");
     }
 }

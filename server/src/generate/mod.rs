@@ -8,6 +8,7 @@
 mod engine;
 pub mod http;
 pub mod llama;
+pub mod lora_gguf;
 #[cfg(feature = "mlx")]
 pub mod mlx;
 
@@ -86,7 +87,9 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         G::Mlx { .. } => return Err(GenerateError::Failed("this build has no MLX engine: build kenning with `--features mlx`".into())),
         G::Llama { model, adapter, threads, context, .. } => {
             let path = BundledModel::resolve(model, assets)?;
-            let mut options = llama::LlamaOptions { context: *context, lora: adapter.clone(), ..llama::LlamaOptions::default() };
+            // An adapter directory (kenning-train, mlx_lm) is converted to llama.cpp's format first.
+            let lora = adapter.as_deref().map(lora_gguf::for_llama).transpose().map_err(|e| GenerateError::Failed(format!("LoRA adapter: {e}")))?;
+            let mut options = llama::LlamaOptions { context: *context, lora, ..llama::LlamaOptions::default() };
             if *threads > 0 {
                 options.threads = *threads;
             }

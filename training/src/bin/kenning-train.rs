@@ -1,4 +1,5 @@
-//! `kenning-train`: LoRA fine-tuning with mlx_lm.lora's flags and progress lines, and `fuse`.
+//! `kenning-train`: LoRA fine-tuning with mlx_lm.lora's flags and progress lines, `fuse`, and
+//! `export` (llama.cpp's adapter format).
 //! Data is mlx_lm's layout (`kenning dataset` writes it); adapters are mlx_lm's format.
 
 use std::io::Write;
@@ -29,6 +30,9 @@ enum Command {
     /// Merge an adapter into the base weights: a model directory mlx_lm and kenning load, with an
     /// Ollama Modelfile.
     Fuse(FuseArgs),
+    /// Write an adapter as llama.cpp's GGUF LoRA adapter (runs `kenning export-adapter`, the
+    /// server's converter, found beside this binary or on PATH).
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -105,10 +109,23 @@ struct FuseArgs {
     save_path: PathBuf,
 }
 
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long, default_value = "adapters")]
+    adapter_path: PathBuf,
+    /// The base model (a directory or a bundled model's name); default: the one the adapter names.
+    #[arg(long)]
+    model: Option<String>,
+    /// The GGUF file (default: adapter-llama.gguf in the adapter directory).
+    #[arg(long)]
+    save_path: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Fuse(args)) => fuse(&args),
+        Some(Command::Export(args)) => export(&args),
         None => run(&cli.train),
     };
     match result {
@@ -266,5 +283,23 @@ fn fuse(args: &FuseArgs) -> Result<()> {
     lora.fuse_into(&weights, &mut model.model)?;
     kenning_training::export::write_model_dir(&model.model, &model_dir, &args.save_path)?;
     say(&format!("Fused {} into {} (with an Ollama Modelfile)", args.adapter_path.display(), args.save_path.display()));
+    Ok(())
+}
+
+fn export(args: &ExportArgs) -> Result<()> {
+    let name = format!("kenning{}", std::env::consts::EXE_SUFFIX);
+    let kenning = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(&name))).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(&name));
+    let mut command = std::process::Command::new(&kenning);
+    command.arg("export-adapter").arg(&args.adapter_path);
+    if let Some(model) = &args.model {
+        command.arg("--base").arg(models::resolve(model, &models::cache_root()).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(path) = &args.save_path {
+        command.arg("--out").arg(path);
+    }
+    let status = command.status().with_context(|| format!("running {} (build it with `cargo build -p kenning`)", kenning.display()))?;
+    if !status.success() {
+        bail!("{} export-adapter failed ({status})", kenning.display());
+    }
     Ok(())
 }

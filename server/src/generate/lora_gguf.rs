@@ -1,0 +1,325 @@
+//! LoRA adapters for llama.cpp: an adapter directory of `kenning-train` or `mlx_lm.lora`
+//! (`adapters.safetensors` + `adapter_config.json`) written as llama.cpp's GGUF LoRA file, the way
+//! llama.cpp's own `convert_lora_to_gguf.py` lays it out:
+//!
+//! - metadata `general.architecture` (the base's), `general.type = "adapter"`,
+//!   `adapter.type = "lora"`, `adapter.lora.alpha`;
+//! - per adapted projection `blk.{layer}.{attn_q|…|ffn_down}.weight.lora_a` with ggml shape
+//!   `[inputs, rank]` and `….lora_b` with `[rank, outputs]`, F32.
+//!
+//! mlx_lm computes `x·A·B·scale` with `A: [inputs, rank]`, `B: [rank, outputs]`; llama.cpp computes
+//! `B·A·x·alpha/rank` with row-major `A: [rank, inputs]`, `B: [outputs, rank]`: so both are written
+//! transposed and `alpha = scale·rank`. For a Llama base in Hugging Face order, llama.cpp's GGUF
+//! permutes the rows of the q/k projections for its rotary embedding; the rows of `B` for q/k get
+//! the same permutation. (A base converted from GGUF, `rope_traditional = true`, is already in that
+//! order; Qwen2 is never permuted.)
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The file written beside the adapter, and refreshed when the adapter changes.
+pub const EXPORT_NAME: &str = "adapter-llama.gguf";
+
+const ALIGNMENT: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> LoraError {
+    LoraError::File { path: path.to_owned(), message: message.to_string() }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub tensors: usize,
+    pub rank: usize,
+    pub alpha: f32,
+}
+
+/// The adapter llama.cpp should load for `adapter`: the file itself when it is a GGUF; for an
+/// adapter directory, its GGUF export (written on first use, again whenever `adapters.safetensors`
+/// or `adapter_config.json` is newer than it).
+pub fn for_llama(adapter: &Path) -> Result<PathBuf, LoraError> {
+    if adapter.is_file() {
+        return Ok(adapter.to_owned());
+    }
+    let out = adapter.join(EXPORT_NAME);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_input = [adapter.join("adapters.safetensors"), adapter.join("adapter_config.json")].iter().filter_map(|p| modified(p)).max();
+    if let (Some(exported), Some(input)) = (modified(&out), newest_input)
+        && exported >= input
+    {
+        return Ok(out);
+    }
+    export(adapter, None, &out).map(|e| e.path)
+}
+
+#[derive(Deserialize)]
+struct AdapterConfig {
+    #[serde(default)]
+    fine_tune_type: Option<String>,
+    lora_parameters: LoraParameters,
+    /// The base model the adapter was trained on (mlx_lm and kenning-train record its path).
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoraParameters {
+    rank: usize,
+    scale: f32,
+}
+
+/// The parts of the base model's `config.json` that decide names and row order.
+#[derive(Debug, Clone, Deserialize)]
+struct BaseConfig {
+    model_type: String,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    rope_traditional: bool,
+}
+
+/// Writes the adapter in `dir` as a GGUF LoRA file at `out`. `base` is the base model's directory
+/// (its `config.json`); by default the `model` that `adapter_config.json` records.
+pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, LoraError> {
+    let config_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
+    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
+    if let Some(kind) = config.fine_tune_type.as_deref()
+        && kind != "lora"
+    {
+        return Err(file_error(&config_path, format!("a {kind} adapter: only LoRA adapters convert for llama.cpp")));
+    }
+    let base_dir = match (base, &config.model) {
+        (Some(b), _) => b.to_owned(),
+        (None, Some(m)) => PathBuf::from(m),
+        (None, None) => {
+            return Err(file_error(&config_path, "does not name its base model: give the base model's directory"));
+        }
+    };
+    let base_path = base_dir.join("config.json");
+    let text = std::fs::read_to_string(&base_path)
+        .map_err(|e| file_error(&base_path, format!("{e} (the base model's config.json, needed to convert the adapter)")))?;
+    let base: BaseConfig = serde_json::from_str(&text).map_err(|e| file_error(&base_path, e))?;
+    if !matches!(base.model_type.as_str(), "llama" | "qwen2") {
+        return Err(LoraError::Invalid(format!("a {} base model: llama.cpp adapters are written for llama and qwen2", base.model_type)));
+    }
+
+    let weights_path = dir.join("adapters.safetensors");
+    let bytes = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
+    let tensors = read_safetensors(&bytes).map_err(|e| file_error(&weights_path, e))?;
+    let rank = config.lora_parameters.rank;
+    let alpha = config.lora_parameters.scale * rank as f32;
+
+    let mut pairs: Vec<(usize, &str, &Tensor, &Tensor)> = Vec::new();
+    for (name, a) in &tensors {
+        let Some(stem) = name.strip_suffix(".lora_a") else { continue };
+        let b = tensors.get(&format!("{stem}.lora_b")).ok_or_else(|| file_error(&weights_path, format!("{stem}.lora_b is missing")))?;
+        let (layer, projection) = parse_stem(stem).ok_or_else(|| file_error(&weights_path, format!("{name}: not a projection of a layer")))?;
+        pairs.push((layer, projection, a, b));
+    }
+    if pairs.is_empty() {
+        return Err(file_error(&weights_path, "holds no LoRA weights (…lora_a / …lora_b)"));
+    }
+    pairs.sort_by_key(|(layer, projection, ..)| (*layer, *projection));
+
+    let mut out_tensors = Vec::with_capacity(pairs.len() * 2);
+    for (layer, projection, a, b) in pairs {
+        let gguf = gguf_projection(projection).expect("parse_stem accepts only known projections");
+        let ([inputs, a_rank], [b_rank, outputs]) = (shape2(a, "lora_a")?, shape2(b, "lora_b")?);
+        if a_rank != rank || b_rank != rank {
+            return Err(file_error(&weights_path, format!("layer {layer} {projection}: rank {a_rank}/{b_rank}, the config says {rank}")));
+        }
+        // Row-major [rank, inputs] and [outputs, rank]: ggml's [inputs, rank] and [rank, outputs].
+        let a_t = transpose(&a.data, inputs, rank);
+        let mut b_t = transpose(&b.data, rank, outputs);
+        let heads = match projection {
+            "q_proj" => Some(base.num_attention_heads),
+            "k_proj" => Some(base.num_key_value_heads.unwrap_or(base.num_attention_heads)),
+            _ => None,
+        };
+        if let Some(heads) = heads
+            && base.model_type == "llama"
+            && !base.rope_traditional
+        {
+            b_t = permute_rows(&b_t, outputs, rank, heads).ok_or_else(|| {
+                LoraError::Invalid(format!("layer {layer} {projection}: {outputs} rows do not split into {heads} heads of even size"))
+            })?;
+        }
+        out_tensors.push((format!("blk.{layer}.{gguf}.weight.lora_a"), [inputs as u64, rank as u64], a_t));
+        out_tensors.push((format!("blk.{layer}.{gguf}.weight.lora_b"), [rank as u64, outputs as u64], b_t));
+    }
+
+    let metadata = [
+        ("general.architecture", base.model_type.clone()),
+        ("general.type", "adapter".to_owned()),
+        ("adapter.type", "lora".to_owned()),
+        ("general.name", dir.file_name().map_or_else(|| "adapter".to_owned(), |n| n.to_string_lossy().into_owned())),
+    ];
+    let partial = out.with_extension("gguf.partial");
+    write_gguf(&partial, &metadata, alpha, &out_tensors).map_err(|e| file_error(&partial, e))?;
+    std::fs::rename(&partial, out).map_err(|e| file_error(out, e))?;
+    Ok(Exported { path: out.to_owned(), architecture: base.model_type, tensors: out_tensors.len(), rank, alpha })
+}
+
+/// `model.layers.{n}.{self_attn|mlp}.{projection}` → `(n, projection)`.
+fn parse_stem(stem: &str) -> Option<(usize, &str)> {
+    let rest = stem.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let projection = rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?;
+    gguf_projection(projection)?;
+    Some((layer.parse().ok()?, projection))
+}
+
+fn gguf_projection(projection: &str) -> Option<&'static str> {
+    Some(match projection {
+        "q_proj" => "attn_q",
+        "k_proj" => "attn_k",
+        "v_proj" => "attn_v",
+        "o_proj" => "attn_output",
+        "gate_proj" => "ffn_gate",
+        "up_proj" => "ffn_up",
+        "down_proj" => "ffn_down",
+        _ => return None,
+    })
+}
+
+fn shape2(t: &Tensor, what: &str) -> Result<[usize; 2], LoraError> {
+    match t.shape[..] {
+        [r, c] => Ok([r, c]),
+        _ => Err(LoraError::Invalid(format!("a {what} of shape {:?}: two dimensions expected", t.shape))),
+    }
+}
+
+/// Row-major `[rows, cols]` → row-major `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// llama.cpp's q/k row order: per head, rows `[first half | second half]` become interleaved
+/// pairs (`new[h][i][s] = old[h][s][i]`). `None` when the rows do not split into heads of even size.
+fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return None;
+    }
+    let head = rows / heads;
+    let half = head / 2;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let from = h * head + s * half + i;
+                let to = h * head + i * 2 + s;
+                out[to * cols..(to + 1) * cols].copy_from_slice(&data[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    Some(out)
+}
+
+struct Tensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+/// The tensors of a safetensors file, as f32 (F32, F16 and BF16 are read).
+fn read_safetensors(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or("not a safetensors file")?;
+    let header_end = usize::try_from(header_len).ok().and_then(|n| n.checked_add(8)).filter(|&end| end <= bytes.len()).ok_or("not a safetensors file")?;
+    let header: HashMap<String, Value> = serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("a bad safetensors header: {e}"))?;
+    let data = &bytes[header_end..];
+    let mut out = HashMap::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().unwrap_or_default();
+        let shape: Vec<usize> = info["shape"].as_array().map(|s| s.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect()).unwrap_or_default();
+        let offsets = info["data_offsets"].as_array().and_then(|o| Some((o.first()?.as_u64()? as usize, o.get(1)?.as_u64()? as usize)));
+        let Some((start, end)) = offsets.filter(|&(s, e)| s <= e && e <= data.len()) else {
+            return Err(format!("{name}: bad data offsets"));
+        };
+        let raw = &data[start..end];
+        let count: usize = shape.iter().product();
+        let values: Vec<f32> = match dtype {
+            "F32" => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+            "F16" => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            "BF16" => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(format!("{name}: dtype {other} (F32, F16 or BF16 expected)")),
+        };
+        if values.len() != count {
+            return Err(format!("{name}: {} values for shape {shape:?}", values.len()));
+        }
+        out.insert(name, Tensor { shape, data: values });
+    }
+    Ok(out)
+}
+
+/// GGUF v3 with string metadata, `adapter.lora.alpha`, and F32 tensors of two dimensions.
+fn write_gguf(path: &Path, metadata: &[(&str, String)], alpha: f32, tensors: &[(String, [u64; 2], Vec<f32>)]) -> std::io::Result<()> {
+    const STRING: u32 = 8;
+    const FLOAT32: u32 = 6;
+    const F32: u32 = 0;
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let pad = |n: usize| n.div_ceil(ALIGNMENT) * ALIGNMENT;
+
+    let mut head = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64 + 1).to_le_bytes());
+    for (key, value) in metadata {
+        string(&mut head, key);
+        head.extend_from_slice(&STRING.to_le_bytes());
+        string(&mut head, value);
+    }
+    string(&mut head, "adapter.lora.alpha");
+    head.extend_from_slice(&FLOAT32.to_le_bytes());
+    head.extend_from_slice(&alpha.to_le_bytes());
+    let mut offset = 0usize;
+    for (name, ne, data) in tensors {
+        string(&mut head, name);
+        head.extend_from_slice(&2u32.to_le_bytes());
+        head.extend_from_slice(&ne[0].to_le_bytes());
+        head.extend_from_slice(&ne[1].to_le_bytes());
+        head.extend_from_slice(&F32.to_le_bytes());
+        head.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset = pad(offset + data.len() * 4);
+    }
+    head.resize(pad(head.len()), 0);
+
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    file.write_all(&head)?;
+    for (_, _, data) in tensors {
+        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes.resize(pad(bytes.len()), 0);
+        file.write_all(&bytes)?;
+    }
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;
