@@ -135,3 +135,52 @@ fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
         assert_eq!(from_llama, from_mlx, "llama.cpp with the exported adapter writes what MLX writes with the adapter, for {prompt:?}");
     }
 }
+
+#[test]
+fn eval_all_compares_the_four_modes_on_held_out_lines() {
+    let model = resolve("smollm2-135m", &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    for (i, name) in ["cart", "pricing", "shipping", "tax", "stock", "orders"].iter().enumerate() {
+        let path = repo.join("src").join(format!("{name}.rs"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = format!(
+            "/// The {name} total for `items`, in cents.\npub fn {name}_total(items: &[u64]) -> u64 {{\n    let base: u64 = items.iter().sum();\n    base * {} / 100\n}}\n",
+            100 + i
+        );
+        std::fs::write(path, text).unwrap();
+    }
+    let adapter = dir.path().join("adapter");
+    random_adapter(&model, &adapter, 2);
+    let (index, repo_arg) = (dir.path().join("index"), repo.to_str().unwrap());
+    let kenning = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kenning")).args(args).arg("--index-dir").arg(&index).output().unwrap();
+        assert!(out.status.success(), "kenning {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    kenning(&["index", repo_arg]);
+    let common = ["eval", "--json", "--model", "smollm2-135m", "--threads", "1", "--limit", "3", "-w", repo_arg];
+    let out = kenning(&[&common[..], &["--all", "--adapter", adapter.to_str().unwrap()]].concat());
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["none", "rag", "ft", "hybrid"]);
+    for row in &rows {
+        assert_eq!(row["tasks"], 3, "{row}");
+        let (exact, similarity) = (row["exact_match"].as_f64().unwrap(), row["edit_similarity"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&exact) && (0.0..=1.0).contains(&similarity) && exact <= similarity, "{row}");
+        assert!(row["p50_latency_ms"].as_f64().unwrap() > 0.0, "{row}");
+        // The model alone is ≈ 100 MiB; each mode measures its own process.
+        assert!(row["peak_rss_mib"].as_f64().unwrap() > 60.0, "{row}");
+    }
+
+    // ft without an adapter anywhere is a clear error, before any model loads.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .args(["--cache-dir", dir.path().join("empty-cache").to_str().unwrap()])
+        .args(&common[..])
+        .args(["--mode", "ft"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("need an adapter") && stderr.contains("kenning train"), "{stderr}");
+}

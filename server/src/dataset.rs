@@ -41,7 +41,7 @@ impl Default for DatasetOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -195,6 +195,67 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
         }
     }
     dataset
+}
+
+/// A completion task: a file with the rest of one line taken out; `expected` is that rest, and
+/// `prefix + expected + suffix` is the file. `kenning eval` reads and writes these as JSON lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EvalTask {
+    pub id: String,
+    pub path: String,
+    pub prefix: String,
+    pub suffix: String,
+    pub expected: String,
+}
+
+/// Up to `count` completion tasks from `files` (paths relative to `root`; the held-out test files):
+/// lines of code (not comments), cut where the training data cuts "the rest of a line", taken in
+/// turn from each file. Deterministic for the same files, count and seed.
+pub fn eval_tasks(root: &Path, files: &[String], count: usize, seed: u64) -> Vec<EvalTask> {
+    // (path, text, candidate cuts in a shuffled order)
+    type FileCuts = (String, String, Vec<(usize, usize)>);
+    let mut per_file: Vec<FileCuts> = Vec::new();
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(root.join(path)) else { continue };
+        let language = Language::from_path(path);
+        let [.., rest_of_line] = candidates(language, &text);
+        let mut lines: Vec<(usize, usize)> = rest_of_line
+            .into_iter()
+            .filter(|&(s, _)| {
+                let line = text[..s].rfind('\n').map_or(0, |i| i + 1);
+                let code = text[line..].trim_start();
+                !["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c))
+            })
+            .collect();
+        let mut rng = Rng::new(seed ^ hash64(path.as_bytes()));
+        // A shuffled order per file (Fisher–Yates), taken from the front.
+        for i in (1..lines.len()).rev() {
+            lines.swap(i, rng.below(i + 1));
+        }
+        if !lines.is_empty() {
+            per_file.push((path.clone(), text, lines));
+        }
+    }
+    let mut tasks = Vec::new();
+    let mut round = 0;
+    while tasks.len() < count && per_file.iter().any(|(_, _, l)| round < l.len()) {
+        for (path, text, lines) in &per_file {
+            if tasks.len() >= count {
+                break;
+            }
+            if let Some(&(s, e)) = lines.get(round) {
+                tasks.push(EvalTask {
+                    id: format!("{path}:{}", text[..s].matches('\n').count() + 1),
+                    path: path.clone(),
+                    prefix: text[..s].to_owned(),
+                    suffix: text[e..].to_owned(),
+                    expected: text[s..e].to_owned(),
+                });
+            }
+        }
+        round += 1;
+    }
+    tasks
 }
 
 /// Splits files by a hash of their path: the highest hashes are the test files, the next the

@@ -14,6 +14,7 @@ use crate::ask;
 use crate::chunk::Language;
 use crate::complete::{self, Completer, Retrieval};
 use crate::config::{self, Config, Layers};
+use crate::dataset::{self, EvalTask};
 use crate::generate::{self, Generator};
 use crate::paths::Paths;
 
@@ -72,19 +73,31 @@ pub struct CompleteArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Tasks, one JSON object per line: {"id", "path", "prefix", "suffix", "expected"}.
+    /// Tasks, one JSON object per line: {"id", "path", "prefix", "suffix", "expected"}. Default:
+    /// lines of the repository's held-out test files (the split `kenning train` trained without).
     #[arg(long)]
-    tasks: PathBuf,
+    tasks: Option<PathBuf>,
     /// The repository the tasks come from (its index is used for retrieval).
-    #[arg(long)]
+    #[arg(long, short = 'w', default_value = ".")]
     workspace: PathBuf,
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
     model: ModelArgs,
+    /// none: the model alone; rag: with retrieved context; ft: with the fine-tuned adapter;
+    /// hybrid: both.
+    #[arg(long, value_enum, default_value = "rag")]
+    mode: Mode,
+    /// Run the four modes, each in a process of its own, and print them side by side.
     #[arg(long)]
+    all: bool,
+    /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The same as --mode none (kept for scripts).
+    #[arg(long, hide = true)]
     no_retrieval: bool,
-    /// Only the first N tasks.
+    /// Only the first N tasks (default for held-out tasks: 40).
     #[arg(long)]
     limit: Option<usize>,
     /// Print one JSON object with the figures.
@@ -93,6 +106,36 @@ pub struct EvalArgs {
     /// Print each task's prediction to stderr.
     #[arg(long)]
     verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    None,
+    Rag,
+    Ft,
+    Hybrid,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::None, Mode::Rag, Mode::Ft, Mode::Hybrid];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Rag => "rag",
+            Mode::Ft => "ft",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+
+    fn retrieval(self) -> bool {
+        matches!(self, Mode::Rag | Mode::Hybrid)
+    }
+
+    fn adapter(self) -> bool {
+        matches!(self, Mode::Ft | Mode::Hybrid)
+    }
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -267,46 +310,84 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-struct Task {
-    id: String,
-    path: String,
-    prefix: String,
-    suffix: String,
-    expected: String,
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct EvalFigures {
+    mode: String,
     tasks: usize,
     exact_match: f64,
     edit_similarity: f64,
     mean_latency_ms: f64,
+    p50_latency_ms: f64,
+    /// The process's peak resident memory (model, index, runtime), in MiB.
+    peak_rss_mib: f64,
+}
+
+/// The evaluation tasks: `--tasks`, else lines of the held-out test files.
+fn eval_tasks(paths: &Paths, root: &Path, args: &EvalArgs) -> Result<Vec<EvalTask>> {
+    let mut tasks = Vec::new();
+    if let Some(file_path) = &args.tasks {
+        let file = std::fs::File::open(file_path).with_context(|| format!("cannot open {}", file_path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            tasks.push(serde_json::from_str(&line).with_context(|| format!("{}:{}: not a task", file_path.display(), i + 1))?);
+        }
+        if let Some(n) = args.limit {
+            tasks.truncate(n);
+        }
+    } else {
+        let test_files = super::train::held_out_files(paths, root)?;
+        tasks = dataset::eval_tasks(root, &test_files, args.limit.unwrap_or(40), 0);
+        if !args.json {
+            eprintln!("{} tasks from {} held-out test files of {}", tasks.len(), test_files.len(), root.display());
+        }
+    }
+    if tasks.is_empty() {
+        bail!("no tasks to evaluate");
+    }
+    Ok(tasks)
+}
+
+/// The adapter for ft/hybrid: `--adapter`, else the configured one, else `kenning train`'s output.
+fn eval_adapter(paths: &Paths, root: &Path, config: &Config, args: &EvalArgs) -> Option<PathBuf> {
+    use config::Generation as G;
+    if let Some(a) = &args.adapter {
+        return Some(a.clone());
+    }
+    if let G::Llama { adapter: Some(a), .. } | G::Mlx { adapter: Some(a), .. } = &config.generation {
+        return Some(a.clone());
+    }
+    let trained = super::train::training_dir(paths, root).join("adapters");
+    trained.join("adapters.safetensors").is_file().then_some(trained)
 }
 
 pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
+    use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
-    let file = std::fs::File::open(&args.tasks).with_context(|| format!("cannot open {}", args.tasks.display()))?;
-    let mut tasks = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let task: Task = serde_json::from_str(&line).with_context(|| format!("{}:{}: not a task", args.tasks.display(), i + 1))?;
-        tasks.push(task);
+    let mode = if args.no_retrieval { Mode::None } else { args.mode };
+    let tasks = eval_tasks(paths, &root, &args)?;
+    let mut config = config_for(&root, &args.model)?;
+    let adapter = eval_adapter(paths, &root, &config, &args);
+    if args.all {
+        return eval_all(paths, &root, &args, &tasks, adapter.as_deref());
     }
-    if let Some(n) = args.limit {
-        tasks.truncate(n);
+    let wanted = if mode.adapter() {
+        Some(adapter.clone().context("ft and hybrid need an adapter: run `kenning train`, or give --adapter DIR")?)
+    } else {
+        None
+    };
+    match &mut config.generation {
+        G::Llama { adapter, .. } | G::Mlx { adapter, .. } => *adapter = wanted,
+        _ if mode.adapter() => bail!("ft and hybrid need an in-process engine (llama or mlx) to apply the adapter"),
+        _ => {}
     }
-    if tasks.is_empty() {
-        bail!("{} holds no tasks", args.tasks.display());
-    }
-    let config = config_for(&root, &args.model)?;
-    let retrieval = retrieval_for(paths, &args.target, &root, &config, !args.no_retrieval).await?;
+    let retrieval = retrieval_for(paths, &args.target, &root, &config, mode.retrieval()).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = root.file_name().map_or_else(|| "workspace".into(), |n| n.to_string_lossy().into_owned());
-    let (mut exact, mut similarity, mut latency) = (0usize, 0.0f64, 0.0f64);
+    let (mut exact, mut similarity) = (0usize, 0.0f64);
+    let mut latencies = Vec::new();
     let (mut building, mut first_token): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for task in &tasks {
         // A fresh completer per task: nothing is reused between tasks.
@@ -321,7 +402,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         };
         let started = Instant::now();
         let completion = completer.complete(request, &retrieval).await?;
-        latency += started.elapsed().as_secs_f64() * 1e3;
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
         if let Some(c) = &completion {
             building.push(c.context_ms + c.prompt_ms);
             first_token.push(c.first_token_ms);
@@ -336,18 +417,26 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         }
     }
     let n = tasks.len() as f64;
-    let figures =
-        EvalFigures { tasks: tasks.len(), exact_match: exact as f64 / n, edit_similarity: similarity / n, mean_latency_ms: latency / n };
+    let figures = EvalFigures {
+        mode: mode.name().to_owned(),
+        tasks: tasks.len(),
+        exact_match: exact as f64 / n,
+        edit_similarity: similarity / n,
+        mean_latency_ms: latencies.iter().sum::<f64>() / n,
+        p50_latency_ms: percentile(&mut latencies, 0.5),
+        peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&figures)?);
     } else {
         println!(
-            "tasks {}  exact match {:.1}%  edit similarity {:.1}%  mean latency {:.0} ms  (retrieval {})",
+            "tasks {}  exact match {:.1}%  edit similarity {:.1}%  mean latency {:.0} ms  peak RSS {:.0} MiB  (mode {})",
             figures.tasks,
             figures.exact_match * 100.0,
             figures.edit_similarity * 100.0,
             figures.mean_latency_ms,
-            if args.no_retrieval { "off" } else { "on" }
+            figures.peak_rss_mib,
+            figures.mode,
         );
         let (b50, b95) = (percentile(&mut building, 0.5), percentile(&mut building, 0.95));
         let (f50, f95) = (percentile(&mut first_token, 0.5), percentile(&mut first_token, 0.95));
@@ -358,6 +447,84 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--all`: each mode in a process of its own (so peak memory is each mode's), on the same tasks.
+fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], adapter: Option<&Path>) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tasks_file = dir.path().join("tasks.jsonl");
+    let mut lines = String::new();
+    for t in tasks {
+        lines.push_str(&serde_json::to_string(t)?);
+        lines.push('\n');
+    }
+    std::fs::write(&tasks_file, lines)?;
+    let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+    let mut rows = Vec::new();
+    for mode in Mode::ALL {
+        if mode.adapter() && adapter.is_none() {
+            rows.push(Err(format!("{}: no adapter (run `kenning train`, or give --adapter DIR)", mode.name())));
+            continue;
+        }
+        let mut command = std::process::Command::new(&exe);
+        command.arg("--cache-dir").arg(paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
+        command.arg("--tasks").arg(&tasks_file).arg("--workspace").arg(root);
+        if let Some(d) = &args.target.index_dir {
+            command.arg("--index-dir").arg(d);
+        }
+        if let Some(m) = &args.model.model {
+            command.arg("--model").arg(m);
+        }
+        if let Some(t) = args.model.threads {
+            command.arg("--threads").arg(t.to_string());
+        }
+        if let Some(a) = adapter {
+            command.arg("--adapter").arg(a);
+        }
+        if !args.json {
+            eprintln!("{}…", mode.name());
+        }
+        let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let parsed = stdout.lines().last().and_then(|l| serde_json::from_str::<EvalFigures>(l).ok());
+        rows.push(match (output.status.success(), parsed) {
+            (true, Some(f)) => Ok(f),
+            _ => Err(format!("{}: failed ({})", mode.name(), output.status)),
+        });
+    }
+    if args.json {
+        let figures: Vec<&EvalFigures> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(());
+    }
+    println!("{} tasks; adapter {}", tasks.len(), adapter.map_or_else(|| "none".to_owned(), |a| a.display().to_string()));
+    println!("{:<8} {:>12} {:>16} {:>13} {:>14} {:>14}", "mode", "exact match", "edit similarity", "p50 latency", "mean latency", "peak RSS");
+    for row in &rows {
+        match row {
+            Ok(f) => println!(
+                "{:<8} {:>11.1}% {:>15.1}% {:>10.0} ms {:>11.0} ms {:>10.0} MiB",
+                f.mode,
+                f.exact_match * 100.0,
+                f.edit_similarity * 100.0,
+                f.p50_latency_ms,
+                f.mean_latency_ms,
+                f.peak_rss_mib
+            ),
+            Err(e) => println!("{e}"),
+        }
+    }
+    if rows.iter().all(Result::is_err) {
+        bail!("no mode ran");
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process, in bytes.
+fn peak_rss_bytes() -> u64 {
+    let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) else { return 0 };
+    let max = u64::try_from(usage.max_rss()).unwrap_or(0);
+    // Kilobytes on Linux, bytes on macOS.
+    if cfg!(target_os = "macos") { max } else { max * 1024 }
 }
 
 /// The `p` quantile (nearest rank) of `values`; 0 when empty.

@@ -206,3 +206,29 @@ fn split_sizes_follow_the_fractions() {
     let small = assign_splits(["a.rs", "b.rs", "c.rs"].into_iter(), &DatasetOptions::default());
     assert_eq!(small.iter().filter(|&&x| x == Split::Train).count(), 1);
 }
+
+#[test]
+fn eval_tasks_cut_code_lines_of_the_held_out_files_only() {
+    let (dir, dataset) = mined(&DatasetOptions::default());
+    let test_files: Vec<String> = dataset.files.iter().filter(|(_, s)| **s == Split::Test).map(|(p, _)| p.clone()).collect();
+    let tasks = eval_tasks(dir.path(), &test_files, 50, 0);
+    assert!(!tasks.is_empty());
+    for t in &tasks {
+        assert!(test_files.contains(&t.path), "{} is not a test file", t.path);
+        let file = std::fs::read_to_string(dir.path().join(&t.path)).unwrap();
+        assert_eq!(format!("{}{}{}", t.prefix, t.expected, t.suffix), file, "{}", t.id);
+        assert!(!t.expected.contains('\n') && !t.expected.trim().is_empty(), "{:?}", t.expected);
+        assert!(t.suffix.is_empty() || t.suffix.starts_with('\n'), "the cut runs to the line's end: {:?}", t.suffix);
+        let line = t.prefix.rsplit('\n').next().unwrap().trim_start();
+        assert!(!line.starts_with("//") && !line.starts_with('#'), "a comment: {line:?}");
+        let number: usize = t.id.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(file.lines().nth(number - 1).unwrap(), format!("{}{}", t.prefix.rsplit('\n').next().unwrap(), t.expected));
+    }
+    // Deterministic, and a smaller count is a prefix of a larger one.
+    assert_eq!(eval_tasks(dir.path(), &test_files, 50, 0), tasks);
+    assert_eq!(eval_tasks(dir.path(), &test_files, 2, 0), tasks[..2.min(tasks.len())]);
+    let all: Vec<String> = dataset.files.keys().cloned().collect();
+    let spread = eval_tasks(dir.path(), &all, 4, 0);
+    let paths: std::collections::HashSet<&str> = spread.iter().map(|t| t.path.as_str()).collect();
+    assert_eq!(paths.len(), 4, "one task from each file before a second from any: {paths:?}");
+}
