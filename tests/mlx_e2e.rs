@@ -1,6 +1,6 @@
 //! The MLX engine (feature `mlx`) behind the same `Generator` interface as llama.cpp, on the bundled
-//! SmolLM2-135M: the two engines agree on greedy tokens from the same weights (the GGUF for
-//! llama.cpp, its MLX conversion for MLX), the MLX engine streams, stops and cancels, and an
+//! SmolLM2-135M and Qwen2.5-Coder-0.5B: the two engines agree on greedy tokens from the same weights
+//! (the GGUF for llama.cpp, its MLX conversion for MLX), the MLX engine streams, stops and cancels, and an
 //! adapter directory in mlx_lm's format changes both engines alike (llama.cpp through its GGUF export).
 
 use std::time::Duration;
@@ -34,6 +34,29 @@ fn llama_cpp_and_mlx_agree_on_greedy_tokens() {
         assert!(finish.prompt_tokens > 3);
     }
     assert_eq!(mlx.count_tokens("The capital of France is").unwrap(), llama.count_tokens("The capital of France is").unwrap());
+}
+
+#[test]
+fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_does() {
+    let paths = Paths::from_env();
+    let dir = resolve("qwen2.5-coder-0.5b", &paths).unwrap_or_else(|e| panic!("{e}"));
+    let gguf = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(paths.assets())).unwrap();
+    let llama = LlamaEngine::load(&gguf, LlamaOptions { context: 1024, threads: 2, ..LlamaOptions::default() }).unwrap();
+    let mlx = MlxEngine::load(&dir, None).unwrap();
+    for prompt in [
+        "<|fim_prefix|>def circle_area(radius):\n    return <|fim_suffix|>\n\nprint(circle_area(2.0))\n<|fim_middle|>",
+        "<|fim_prefix|>fn is_even(n: u32) -> bool {\n    <|fim_suffix|>\n}\n<|fim_middle|>",
+        "<|fim_prefix|>use std::collections::HashMap;\n\nfn count_words(text: &str) -> HashMap<&str, usize> {\n    let mut counts = HashMap::new();\n    for word in text.split_whitespace() {\n        <|fim_suffix|>\n    }\n    counts\n}\n<|fim_middle|>",
+    ] {
+        // Greedy tokens can part where two logits are nearly tied (llama.cpp's quantized kernels
+        // against f32 here; Python mlx_lm in f32 parts from llama.cpp at the same places).
+        assert_eq!(mlx.count_tokens(prompt).unwrap(), llama.count_tokens(prompt).unwrap(), "the FIM tokens are single tokens in both: {prompt:?}");
+        let request = Request { max_tokens: 6, ..Request::new(prompt) };
+        let (from_llama, _) = llama.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
+        assert_eq!(from_mlx, from_llama, "prompt {prompt:?}");
+        assert!(!from_mlx.trim().is_empty());
+    }
 }
 
 #[test]
