@@ -57,6 +57,10 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
         assert_eq!(from_mlx, from_llama, "prompt {prompt:?}");
         assert!(!from_mlx.trim().is_empty());
     }
+    // An obvious body, completed to the end of its line.
+    let prompt = "<|fim_prefix|>/// Whether `n` is even.\nfn is_even(n: u32) -> bool {\n    <|fim_suffix|>\n}\n<|fim_middle|>";
+    let (body, _) = mlx.generate(Request { max_tokens: 16, stop: vec!["\n".into()], ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
+    assert_eq!(body.trim(), "n % 2 == 0");
 }
 
 #[test]
