@@ -64,6 +64,26 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
 }
 
 #[test]
+fn a_prompt_that_extends_the_last_one_reuses_its_cache_and_writes_the_same() {
+    let warm = mlx();
+    let first = "fn main() {\n    let numbers = vec![1, 2, 3];\n";
+    let second = format!("{first}    let total: i32 = numbers");
+    let request = |p: &str| Request { max_tokens: 6, ..Request::new(p) };
+    let (_, cold_first) = warm.generate(request(first)).unwrap().collect_blocking().unwrap();
+    assert_eq!(cold_first.reused_prompt_tokens, 0);
+    let (text, finish) = warm.generate(request(&second)).unwrap().collect_blocking().unwrap();
+    let first_tokens = warm.count_tokens(first).unwrap();
+    assert!(finish.reused_prompt_tokens >= first_tokens - 1, "{} of {first_tokens} reused", finish.reused_prompt_tokens);
+    // The same prompt on a fresh engine, computed from scratch, writes the same.
+    let (fresh, _) = mlx().generate(request(&second)).unwrap().collect_blocking().unwrap();
+    assert_eq!(text, fresh);
+    // A prompt that parts early keeps only the shared part.
+    let (other, finish) = warm.generate(request("fn other() {\n")).unwrap().collect_blocking().unwrap();
+    assert!(finish.reused_prompt_tokens < 3, "{}", finish.reused_prompt_tokens);
+    assert_eq!(other, mlx().generate(request("fn other() {\n")).unwrap().collect_blocking().unwrap().0);
+}
+
+#[test]
 fn mlx_streams_stops_and_cancels() {
     let mlx = mlx();
     let mut generation = mlx.generate(Request { max_tokens: 12, ..Request::new("1, 2, 3, 4,") }).unwrap();

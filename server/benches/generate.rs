@@ -1,8 +1,11 @@
-//! Generation benchmark: per bundled model on the llama.cpp engine, load time, time to first token at
-//! prompt lengths 256 / 1024 / 2048, decode speed, peak RSS, and the time to first token of a second
-//! completion that shares the first one's prefix (the KV cache reuse), as a ratio to the cold one.
+//! Generation benchmark: per bundled model on the llama.cpp engine (or, built with `--features mlx`,
+//! `--engine mlx`), load time, time to first token at prompt lengths 256 / 1024 / 2048, decode speed,
+//! peak RSS, and the time to first token of a second completion that shares the first one's prefix
+//! (the KV cache reuse), as a ratio to the cold one. On MLX, Python `mlx_lm.generate` runs the same
+//! prompts on the same model directory in the same run (`MLX_PYTHON`, the mlx venv's python; `OPENBLAS`,
+//! preloaded into it as kenning links it), and the ratios are printed.
 //!
-//! `cargo bench -p kenning --bench generate -- [--threads N] [--models a,b]`
+//! `cargo bench -p kenning --bench generate -- [--engine llama|mlx] [--threads N] [--models a,b]`
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -52,38 +55,84 @@ fn prompt_of(engine: &dyn Generator, corpus: &str, tag: &str, tokens: usize) -> 
     (prompt, n)
 }
 
-fn run(engine: &LlamaEngine, prompt: &str, max_tokens: usize) -> (Duration, f64, usize) {
+fn run(engine: &dyn Generator, prompt: &str, max_tokens: usize) -> (Duration, f64, usize) {
     let (_, finish) = engine.generate(Request { max_tokens, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
     (finish.time_to_first_token, finish.decode_tokens_per_second(), finish.reused_prompt_tokens)
+}
+
+/// `mlx_lm.generate` on the same model directory and prompt: (prompt tokens/s, decode tokens/s).
+fn mlx_lm_rates(model_dir: &std::path::Path, prompt: &str) -> Option<(f64, f64)> {
+    let python = std::env::var_os("MLX_PYTHON")?;
+    let mut command = std::process::Command::new(python);
+    command.args(["-m", "mlx_lm", "generate", "--temp", "0", "--ignore-chat-template", "--max-tokens"]);
+    command.arg(DECODE_TOKENS.to_string()).arg("--model").arg(model_dir).arg("--prompt").arg(prompt);
+    if let Some(openblas) = std::env::var_os("OPENBLAS").filter(|v| !v.is_empty()) {
+        command.env("LD_PRELOAD", openblas);
+    }
+    let out = command.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = |label: &str| {
+        let line = text.lines().find(|l| l.starts_with(label))?;
+        line.split(", ").nth(1)?.split_whitespace().next()?.parse::<f64>().ok()
+    };
+    Some((rate("Prompt:")?, rate("Generation:")?))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = arg(&args, "--threads").map_or(1, |t| t.parse().expect("--threads takes a number"));
     let models = arg(&args, "--models").unwrap_or_else(|| "qwen2.5-coder-0.5b,smollm2-135m".into());
-    let assets = Assets::new(Paths::from_env().assets());
+    let mlx = match arg(&args, "--engine").as_deref() {
+        None | Some("llama") => false,
+        Some("mlx") if cfg!(feature = "mlx") => true,
+        Some("mlx") => panic!("--engine mlx needs a build with --features mlx"),
+        Some(other) => panic!("unknown engine {other} (llama, mlx)"),
+    };
+    let paths = Paths::from_env();
+    let assets = Assets::new(paths.assets());
     let corpus = corpus();
-    println!("kenning generation benchmark (llama.cpp engine, {threads} thread(s), greedy)");
-    println!("  MLX engine: not in this build yet");
+    if mlx {
+        println!("kenning generation benchmark (MLX engine, CPU, greedy; mlx_lm.generate on the same model and prompts)");
+    } else {
+        println!("kenning generation benchmark (llama.cpp engine, {threads} thread(s), greedy)");
+    }
     for name in models.split(',') {
-        let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
-        let engine = LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, ..LlamaOptions::default() }).unwrap();
+        let (engine, model_dir): (Box<dyn Generator>, Option<std::path::PathBuf>) = if mlx {
+            load_mlx(name, &paths)
+        } else {
+            let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
+            (Box::new(LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, ..LlamaOptions::default() }).unwrap()), None)
+        };
+        let engine = engine.as_ref();
         println!("\n{name}: loaded in {:.2} s", t.elapsed().as_secs_f64());
         let mut decode_rates = Vec::new();
         for (i, &target) in PROMPT_LENGTHS.iter().enumerate() {
             let tag = ["Alpha", "Bravo", "Charlie"][i];
-            let (prompt, n) = prompt_of(&engine, &corpus, tag, target);
-            let (ttft, rate, reused) = run(&engine, &prompt, DECODE_TOKENS);
+            let (prompt, n) = prompt_of(engine, &corpus, tag, target);
+            let (ttft, rate, reused) = run(engine, &prompt, DECODE_TOKENS);
             assert!(reused <= 1, "a cold prompt shares at most the BOS token, not {reused}");
             decode_rates.push(rate);
             println!("  prompt {n:>5} tokens: time to first token {:>7.3} s, decode {rate:>6.1} tok/s", ttft.as_secs_f64());
+            if let Some(dir) = &model_dir {
+                match mlx_lm_rates(dir, &prompt) {
+                    Some((prefill, decode)) => {
+                        let ours = n as f64 / ttft.as_secs_f64();
+                        println!(
+                            "    mlx_lm.generate: prompt {prefill:>7.1} tok/s, decode {decode:>6.1} tok/s; kenning {ours:.1} / {rate:.1}: {:.2}x prompt, {:.2}x decode (goal >= 1.0x)",
+                            ours / prefill,
+                            rate / decode
+                        );
+                    }
+                    None => println!("    mlx_lm.generate: not run (set MLX_PYTHON; scripts/bench-generate does)"),
+                }
+            }
         }
         // Second completion in the same file: same prefix, a few tokens changed at the end.
-        let (prompt, n) = prompt_of(&engine, &corpus, "Delta", 2048);
-        let (cold, _, _) = run(&engine, &prompt, 1);
+        let (prompt, n) = prompt_of(engine, &corpus, "Delta", 2048);
+        let (cold, _, _) = run(engine, &prompt, 1);
         let edited = format!("{prompt}\n    let edited = 1;\n");
-        let (warm, _, reused) = run(&engine, &edited, 1);
+        let (warm, _, reused) = run(engine, &edited, 1);
         println!(
             "  second completion sharing a {n}-token prefix: first token {:.3} s vs {:.3} s cold = {:.1}x faster (goal >= 5x), {reused} tokens reused",
             warm.as_secs_f64(),
@@ -92,4 +141,15 @@ fn main() {
         );
         println!("  peak RSS so far {:.0} MB", peak_rss_mb());
     }
+}
+
+#[cfg(feature = "mlx")]
+fn load_mlx(name: &str, paths: &Paths) -> (Box<dyn Generator>, Option<std::path::PathBuf>) {
+    let dir = kenning::generate::mlx::resolve(name, paths).unwrap_or_else(|e| panic!("{e}"));
+    (Box::new(kenning::generate::mlx::MlxEngine::load(&dir, None).unwrap()), Some(dir))
+}
+
+#[cfg(not(feature = "mlx"))]
+fn load_mlx(_: &str, _: &Paths) -> (Box<dyn Generator>, Option<std::path::PathBuf>) {
+    unreachable!("checked when the arguments are read")
 }

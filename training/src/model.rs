@@ -7,7 +7,8 @@ use std::path::Path;
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
-use mlx_rs::ops::{self, indexing::argmax_axis};
+use mlx_rs::ops::indexing::{IndexOp, argmax_axis};
+use mlx_rs::ops;
 use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
 
@@ -102,6 +103,22 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Keeps the first `n` positions (a prompt prefix the next request shares) and drops the rest.
+    pub fn truncate(&mut self, n: i32) {
+        if n <= 0 {
+            *self = Self::default();
+            return;
+        }
+        if n >= self.len {
+            return;
+        }
+        for (k, v) in &mut self.layers {
+            *k = k.index((.., .., ..n, ..));
+            *v = v.index((.., .., ..n, ..));
+        }
+        self.len = n;
     }
 }
 
@@ -337,5 +354,3 @@ impl Llama {
         Ok(out)
     }
 }
-
-use mlx_rs::ops::indexing::IndexOp;

@@ -20,6 +20,8 @@ pub struct Sampling {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the session's cache (not computed again).
+    pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Stopped on an end-of-sequence token (not on the length limit or the callback).
     pub ended: bool,
@@ -77,7 +79,37 @@ impl TextModel {
 
     /// Generates from `prompt`, calling `on_text` with each new piece of text; generation stops when
     /// `on_text` returns false, on an end-of-sequence token, or after `max_tokens`.
-    pub fn generate(&self, prompt: &str, max_tokens: usize, sampling: Sampling, mut on_text: impl FnMut(&str) -> bool) -> Result<Stats, ModelError> {
+    pub fn generate(&self, prompt: &str, max_tokens: usize, sampling: Sampling, on_text: impl FnMut(&str) -> bool) -> Result<Stats, ModelError> {
+        self.generate_in(&mut Session::default(), prompt, max_tokens, sampling, on_text)
+    }
+
+    /// As [`generate`](Self::generate), continuing `session`: the part of the prompt that starts
+    /// like the tokens the session's cache holds is not computed again (successive completions in
+    /// one file share most of their prompt). The session then holds this prompt and its output.
+    pub fn generate_in(
+        &self,
+        session: &mut Session,
+        prompt: &str,
+        max_tokens: usize,
+        sampling: Sampling,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Stats, ModelError> {
+        let result = self.generate_cached(session, prompt, max_tokens, sampling, on_text);
+        if result.is_err() {
+            // The cache may be part-way through an update: start the next request afresh.
+            *session = Session::default();
+        }
+        result
+    }
+
+    fn generate_cached(
+        &self,
+        session: &mut Session,
+        prompt: &str,
+        max_tokens: usize,
+        sampling: Sampling,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Stats, ModelError> {
         let started = std::time::Instant::now();
         let ids = self.encode(prompt)?;
         let mut stats = Stats { prompt_tokens: ids.len(), ..Stats::default() };
@@ -85,8 +117,14 @@ impl TextModel {
             return Ok(stats);
         }
         let mut rng = sampling.seed.max(1);
-        let mut cache = Cache::default();
-        let mut logits = self.model.forward(&ids, &mut cache)?;
+        // At least the last prompt token is computed again: its logits pick the first new token.
+        let shared = session.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        session.cache.truncate(shared as i32);
+        session.tokens.truncate(shared);
+        stats.reused_prompt_tokens = shared;
+        let cache = &mut session.cache;
+        let mut logits = self.model.forward(&ids[shared..], cache)?;
+        session.tokens.extend_from_slice(&ids[shared..]);
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
         for _ in 0..max_tokens {
@@ -111,10 +149,18 @@ impl TextModel {
                     break;
                 }
             }
-            logits = self.model.forward(&[id], &mut cache)?;
+            logits = self.model.forward(&[id], cache)?;
+            session.tokens.push(id);
         }
         Ok(stats)
     }
+}
+
+/// A KV cache kept between requests, with the tokens it was computed from.
+#[derive(Default)]
+pub struct Session {
+    cache: Cache,
+    tokens: Vec<u32>,
 }
 
 /// Greedy, or temperature + nucleus sampling with a small xorshift generator (`state` advances).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kenning_training::lora::Lora;
-use kenning_training::text::{Sampling as MlxSampling, TextModel};
+use kenning_training::text::{Sampling as MlxSampling, Session, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
 use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher};
@@ -53,9 +53,11 @@ impl MlxEngine {
             ];
             let specials = named.iter().filter(|(_, t)| model.token_id(t).is_some()).map(|(r, t)| (*r, (*t).to_owned())).collect();
             let _ = ready.send(Ok(specials));
+            // One KV cache across requests: a prompt that starts like the last one reuses it.
+            let mut session = Session::default();
             while let Ok(job) = jobs.recv() {
                 match job {
-                    Job::Generate(request, sink) => run(&model, &request, &sink),
+                    Job::Generate(request, sink) => run(&model, &mut session, &request, &sink),
                     Job::CountTokens(text, reply) => {
                         let _ = reply.send(model.encode(&text).map_or(0, |ids| ids.len()));
                     }
@@ -68,7 +70,7 @@ impl MlxEngine {
 
 delegate_generator!(MlxEngine);
 
-fn run(model: &TextModel, request: &Request, sink: &Sink) {
+fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink) {
     let started = Instant::now();
     let mut stops = StopMatcher::new(&request.stop);
     let mut reason = FinishReason::Length;
@@ -77,7 +79,7 @@ fn run(model: &TextModel, request: &Request, sink: &Sink) {
         top_p: request.sampling.top_p,
         seed: u64::from(request.sampling.seed),
     };
-    let result = model.generate(&request.prompt, request.max_tokens, sampling, |piece| {
+    let result = model.generate_in(session, &request.prompt, request.max_tokens, sampling, |piece| {
         if sink.is_cancelled() {
             reason = FinishReason::Cancelled;
             return false;
@@ -100,7 +102,7 @@ fn run(model: &TextModel, request: &Request, sink: &Sink) {
             sink.send(Event::Done(Finish {
                 reason,
                 prompt_tokens: stats.prompt_tokens,
-                reused_prompt_tokens: 0,
+                reused_prompt_tokens: stats.reused_prompt_tokens,
                 generated_tokens: stats.generated_tokens,
                 time_to_first_token: stats.time_to_first_token,
                 total: started.elapsed(),
