@@ -326,22 +326,21 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
 async fn status(state: &Arc<State>) -> Value {
     let mut roots = Vec::new();
     for root in state.roots() {
-        let mut error = root.error.lock().expect("error lock").clone();
-        let stats = match root.store.get() {
+        let error = root.error.lock().expect("error lock").clone();
+        // A failed read of the figures (it may be transient, during compaction) is not a failed run.
+        let (stats, stats_error) = match root.store.get() {
             Some(store) => match store.stats().await {
-                Ok(s) => Some(serde_json::to_value(s).unwrap_or(Value::Null)),
-                Err(e) => {
-                    error.get_or_insert_with(|| e.to_string());
-                    None
-                }
+                Ok(s) => (Some(serde_json::to_value(s).unwrap_or(Value::Null)), None),
+                Err(e) => (None, Some(e.to_string())),
             },
-            None => None,
+            None => (None, None),
         };
         roots.push(json!({
             "path": root.path,
             "indexing": root.indexing.try_lock().is_err(),
             "embedded": root.embedded.load(Ordering::Relaxed),
             "index": stats,
+            "index_error": stats_error,
             "error": error,
         }));
     }
