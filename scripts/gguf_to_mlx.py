@@ -71,8 +71,8 @@ def read_with_gguf_py(source):
         if key.startswith("GGUF."):
             continue
         meta[key] = field.contents()
-    for key in ("tokenizer.ggml.token_type",):
-        meta[key] = np.array(meta[key])
+    # As mx.load gives it: the token types as an array.
+    meta["tokenizer.ggml.token_type"] = np.array(meta["tokenizer.ggml.token_type"])
     weights = {}
     for t in reader.tensors:
         values = dequantize(t.data, t.tensor_type)

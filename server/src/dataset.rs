@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use crate::chunk::{self, Language};
 use crate::prompt::Family;
-use crate::workspace::{self, WalkItem, WalkOptions};
+use crate::workspace::{self, SourceFile, WalkItem, WalkOptions};
 
 /// Bytes per token assumed when sizing windows (the prompt budget uses the same estimate).
 const BYTES_PER_TOKEN: f64 = 3.5;
@@ -141,7 +141,9 @@ impl Dataset {
 }
 
 /// Mines the repository at `root`.
-pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
+/// The files the dataset is made of (the index's walk, languages with a grammar, identical files
+/// once), sorted by path, and how many were skipped.
+fn source_files(root: &Path) -> (Vec<SourceFile>, usize) {
     let found = Mutex::new(Vec::new());
     let skipped = Mutex::new(0usize);
     workspace::walk(root, &WalkOptions::default(), |item| match item {
@@ -157,7 +159,19 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
     files.sort_by(|a, b| a.meta.rel_path.cmp(&b.meta.rel_path));
     let mut seen_content = HashSet::new();
     files.retain(|f| seen_content.insert(f.hash.clone()));
+    (files, skipped.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
 
+/// The split each file of `root` goes to, as [`mine`] assigns it, without mining examples.
+pub fn file_splits(root: &Path, options: &DatasetOptions) -> std::collections::BTreeMap<String, Split> {
+    let (files, _) = source_files(root);
+    let paths: Vec<&str> = files.iter().map(|f| f.meta.rel_path.as_str()).collect();
+    let splits = assign_splits(paths.iter().copied(), options);
+    paths.into_iter().map(str::to_owned).zip(splits).collect()
+}
+
+pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
+    let (files, skipped) = source_files(root);
     let splits = assign_splits(files.iter().map(|f| f.meta.rel_path.as_str()), options);
     let mut dataset = Dataset {
         examples: Vec::new(),
@@ -167,7 +181,7 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
         test: SplitStats::default(),
         files: std::collections::BTreeMap::new(),
         duplicates_dropped: 0,
-        skipped_files: skipped.into_inner().unwrap_or_else(|e| e.into_inner()),
+        skipped_files: skipped,
     };
     let mut seen = HashSet::new();
     for (file, split) in files.iter().zip(splits) {

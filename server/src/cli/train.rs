@@ -124,7 +124,7 @@ pub(super) fn held_out_files(paths: &Paths, root: &Path) -> Result<Vec<String>> 
             let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", recorded.display()))?;
             serde_json::from_value(value["files"].clone()).with_context(|| format!("{}: no file split", recorded.display()))?
         }
-        Err(_) => dataset::mine(root, &DatasetOptions::default()).files,
+        Err(_) => dataset::file_splits(root, &DatasetOptions::default()),
     };
     let test: Vec<String> = files.into_iter().filter(|(_, s)| *s == Split::Test).map(|(p, _)| p).collect();
     if test.is_empty() {

@@ -232,3 +232,9 @@ fn eval_tasks_cut_code_lines_of_the_held_out_files_only() {
     let paths: std::collections::HashSet<&str> = spread.iter().map(|t| t.path.as_str()).collect();
     assert_eq!(paths.len(), 4, "one task from each file before a second from any: {paths:?}");
 }
+
+#[test]
+fn file_splits_are_the_splits_mine_assigns() {
+    let (dir, dataset) = mined(&DatasetOptions::default());
+    assert_eq!(file_splits(dir.path(), &DatasetOptions::default()), dataset.files);
+}
