@@ -194,7 +194,7 @@ pub async fn run() -> Result<()> {
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
-        Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(args)).await?,
+        Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(&paths, args)).await?,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::train_cmd(&paths, args)).await?,
         Command::ExportAdapter(args) => train::export_cmd(args),
     }

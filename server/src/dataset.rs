@@ -9,7 +9,9 @@
 //! - Fill-in-the-middle examples cut the middle at syntax boundaries (a statement, an expression, a
 //!   function body, the rest of a line) and are written in the model family's FIM format; the
 //!   trainer puts the loss on the middle only. Next-token examples are windows of whole files. Both
-//!   are windowed to the context length (an estimate: 3.5 bytes per token).
+//!   are sized to the context length in bytes at the model's own bytes per token, measured with its
+//!   tokenizer on a sample of the files when one is given ([`mine_counted`]); then every example is
+//!   counted, windows that still run over are cut again and middles that do are dropped.
 //! - Identical examples are written once.
 
 use std::collections::HashSet;
@@ -20,14 +22,22 @@ use crate::chunk::{self, Language};
 use crate::prompt::Family;
 use crate::workspace::{self, SourceFile, WalkItem, WalkOptions};
 
-/// Bytes per token assumed when sizing windows (the prompt budget uses the same estimate).
+/// Bytes per token assumed when no tokenizer is at hand (the prompt budget uses the same estimate).
 const BYTES_PER_TOKEN: f64 = 3.5;
+
+/// Bytes of the files a tokenizer reads to measure bytes per token.
+const SAMPLE_BYTES: usize = 256 * 1024;
+
+/// Counts the tokens of a text with the model's tokenizer (`None` when it cannot).
+pub type TokenCounter<'a> = &'a (dyn Fn(&str) -> Option<usize> + Sync);
 
 #[derive(Debug, Clone)]
 pub struct DatasetOptions {
     pub family: Family,
-    /// Longest example, in tokens (estimated).
+    /// Longest example, in tokens.
     pub max_seq_length: usize,
+    /// Bytes per token used to size examples before they are counted.
+    pub bytes_per_token: f64,
     /// Fill-in-the-middle examples per 1,000 bytes of a file (at least one per file).
     pub fim_per_kb: f64,
     pub valid_fraction: f64,
@@ -37,7 +47,7 @@ pub struct DatasetOptions {
 
 impl Default for DatasetOptions {
     fn default() -> Self {
-        Self { family: Family::QwenCoder, max_seq_length: 1024, fim_per_kb: 1.0, valid_fraction: 0.1, test_fraction: 0.1, seed: 0 }
+        Self { family: Family::QwenCoder, max_seq_length: 1024, bytes_per_token: BYTES_PER_TOKEN, fim_per_kb: 1.0, valid_fraction: 0.1, test_fraction: 0.1, seed: 0 }
     }
 }
 
@@ -90,7 +100,8 @@ pub struct SplitStats {
     pub fim: usize,
     pub next_token: usize,
     pub bytes: usize,
-    pub estimated_tokens: usize,
+    /// Counted with the model's tokenizer when [`Dataset::tokens_counted`], else estimated.
+    pub tokens: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -105,6 +116,11 @@ pub struct Dataset {
     pub files: std::collections::BTreeMap<String, Split>,
     pub duplicates_dropped: usize,
     pub skipped_files: usize,
+    /// Bytes per token the examples were sized with (measured when a tokenizer was given).
+    pub bytes_per_token: f64,
+    pub tokens_counted: bool,
+    /// Fill-in-the-middle examples longer than `max_seq_length` tokens, dropped.
+    pub too_long_dropped: usize,
 }
 
 impl Dataset {
@@ -170,8 +186,18 @@ pub fn file_splits(root: &Path, options: &DatasetOptions) -> std::collections::B
     paths.into_iter().map(str::to_owned).zip(splits).collect()
 }
 
+/// Mines the dataset, sizing examples at `options.bytes_per_token`.
 pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
+    mine_counted(root, options, None)
+}
+
+/// Mines the dataset with the model's tokenizer: bytes per token measured on a sample of the
+/// files, every example counted, none longer than `max_seq_length` tokens.
+pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>) -> Dataset {
     let (files, skipped) = source_files(root);
+    let measured = counter.and_then(|count| measure_bytes_per_token(files.iter().map(|f| f.text.as_str()), count));
+    let options = &DatasetOptions { bytes_per_token: measured.unwrap_or(options.bytes_per_token), ..options.clone() };
+    let counter = counter.filter(|_| measured.is_some());
     let splits = assign_splits(files.iter().map(|f| f.meta.rel_path.as_str()), options);
     let mut dataset = Dataset {
         examples: Vec::new(),
@@ -182,6 +208,9 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
         files: std::collections::BTreeMap::new(),
         duplicates_dropped: 0,
         skipped_files: skipped,
+        bytes_per_token: options.bytes_per_token,
+        tokens_counted: counter.is_some(),
+        too_long_dropped: 0,
     };
     let mut seen = HashSet::new();
     for (file, split) in files.iter().zip(splits) {
@@ -193,7 +222,25 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
             examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
         }
         dataset.stats_mut(split).files += 1;
+        let mut counted = Vec::with_capacity(examples.len());
         for (span, text) in examples {
+            let Some(count) = counter else {
+                let tokens = (text.len() as f64 / options.bytes_per_token).ceil() as usize;
+                counted.push((span, text, tokens));
+                continue;
+            };
+            match span {
+                None => counted.extend(fit_window(text, options.max_seq_length, options.bytes_per_token, count).into_iter().map(|(t, n)| (None, t, n))),
+                Some(_) => match count(&text) {
+                    Some(n) if n > options.max_seq_length => dataset.too_long_dropped += 1,
+                    n => {
+                        let n = n.unwrap_or_else(|| (text.len() as f64 / options.bytes_per_token).ceil() as usize);
+                        counted.push((span, text, n));
+                    }
+                },
+            }
+        }
+        for (span, text, tokens) in counted {
             if !seen.insert(blake3::hash(text.as_bytes())) {
                 dataset.duplicates_dropped += 1;
                 continue;
@@ -204,7 +251,7 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
                 None => stats.next_token += 1,
             }
             stats.bytes += text.len();
-            stats.estimated_tokens += (text.len() as f64 / BYTES_PER_TOKEN).ceil() as usize;
+            stats.tokens += tokens;
             dataset.examples.push(Example { path: file.meta.rel_path.clone(), split, span, text });
         }
     }
@@ -297,7 +344,53 @@ pub fn assign_splits<'a>(paths: impl Iterator<Item = &'a str>, options: &Dataset
 
 /// The byte budget of one example.
 fn budget(options: &DatasetOptions) -> usize {
-    (options.max_seq_length as f64 * BYTES_PER_TOKEN) as usize
+    (options.max_seq_length as f64 * options.bytes_per_token) as usize
+}
+
+/// Bytes per token of up to [`SAMPLE_BYTES`] of `texts` (whole lines, taken evenly from each),
+/// a little under the mean so that denser files still fit; `None` without a count.
+fn measure_bytes_per_token<'a>(texts: impl ExactSizeIterator<Item = &'a str>, count: TokenCounter) -> Option<f64> {
+    let per_text = (SAMPLE_BYTES / texts.len().max(1)).max(1024);
+    let (mut bytes, mut tokens) = (0usize, 0usize);
+    for text in texts {
+        if bytes >= SAMPLE_BYTES {
+            break;
+        }
+        let end = line_end_before(text, 0, per_text.min(text.len()));
+        let part = if end == 0 { &text[..floor_char(text, per_text)] } else { &text[..end] };
+        if part.trim().is_empty() {
+            continue;
+        }
+        tokens += count(part)?;
+        bytes += part.len();
+    }
+    (tokens > 0).then(|| (bytes as f64 / tokens as f64 * 0.9).clamp(1.0, 8.0))
+}
+
+/// A next-token window, cut in two at a line end (or anywhere, for one long line) until each part
+/// has at most `max` tokens; with each part's count.
+fn fit_window(text: String, max: usize, bytes_per_token: f64, count: TokenCounter) -> Vec<(String, usize)> {
+    let Some(tokens) = count(&text) else {
+        let estimate = (text.len() as f64 / bytes_per_token).ceil() as usize;
+        return vec![(text, estimate)];
+    };
+    if tokens <= max || text.len() < 2 {
+        return vec![(text, tokens)];
+    }
+    let half = floor_char(&text, text.len() / 2);
+    let cut = match text[..half].rfind('\n') {
+        Some(i) if i > 0 => i + 1,
+        _ if half > 0 => half,
+        _ => text.char_indices().nth(1).map_or(text.len(), |(i, _)| i),
+    };
+    let (a, b) = text.split_at(cut);
+    let mut out = Vec::new();
+    for part in [a, b] {
+        if part.trim().len() >= 16 {
+            out.extend(fit_window(part.to_owned(), max, bytes_per_token, count));
+        }
+    }
+    out
 }
 
 /// Whole-file windows of at most the budget, cut at line ends.

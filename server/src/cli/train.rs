@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::assets::Assets;
 use crate::dataset::{self, DatasetOptions, Split};
-use crate::generate::{BundledModel, lora_gguf};
+use crate::generate::llama::{LlamaEngine, LlamaOptions};
+use crate::generate::{BundledModel, Generator, lora_gguf};
 use crate::paths::Paths;
 use crate::prompt::Family;
 
@@ -26,7 +28,7 @@ pub struct DatasetArgs {
     /// The model to train: its family is detected from the name.
     #[arg(long, default_value = "qwen2.5-coder-0.5b")]
     model: String,
-    /// Longest example in tokens (estimated at 3.5 bytes per token).
+    /// Longest example in tokens (counted with the model's tokenizer when it is at hand).
     #[arg(long, default_value_t = 1024)]
     max_seq_length: usize,
     /// Fill-in-the-middle examples per 1,000 bytes of code.
@@ -50,16 +52,52 @@ fn options(family: Family, max_seq_length: usize, fim_per_kb: f64, seed: u64) ->
     DatasetOptions { family, max_seq_length, fim_per_kb, seed, ..DatasetOptions::default() }
 }
 
-/// Mines and writes a dataset, printing counts and a sample.
-fn mine_and_report(root: &Path, out_dir: &Path, options: &DatasetOptions) -> Result<dataset::Dataset> {
+/// A model's tokenizer: a bundled model or GGUF file through llama.cpp (vocabulary only matters),
+/// a model directory through its `tokenizer.json`. The error says why there is none.
+type Counter = Box<dyn Fn(&str) -> Option<usize> + Sync>;
+
+fn tokenizer(paths: &Paths, model: &str) -> Result<(Counter, String)> {
+    let dir = Path::new(model);
+    if dir.is_dir() {
+        let file = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let counter = move |text: &str| tokenizer.encode(text, false).ok().map(|e| e.len());
+        return Ok((Box::new(counter), file.display().to_string()));
+    }
+    let path = BundledModel::resolve(model, &Assets::new(paths.assets()))?;
+    let engine = LlamaEngine::load(&path, LlamaOptions { context: 256, threads: 1, ..LlamaOptions::default() })?;
+    let counter = move |text: &str| engine.count_tokens(text).ok();
+    Ok((Box::new(counter), path.display().to_string()))
+}
+
+/// Mines and writes a dataset, printing counts and a sample. Examples are sized with the model's
+/// tokenizer when it is at hand, else at an estimated 3.5 bytes per token.
+fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, options: &DatasetOptions) -> Result<dataset::Dataset> {
     let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
-    let data = dataset::mine(&root, options);
+    let counter = match tokenizer(paths, model) {
+        Ok((counter, from)) => {
+            out(&format!("tokens counted with {from}"));
+            Some(counter)
+        }
+        Err(e) => {
+            out(&format!("no tokenizer for {model} ({e:#}): sizes estimated at {} bytes per token", options.bytes_per_token));
+            None
+        }
+    };
+    let data = dataset::mine_counted(&root, options, counter.as_deref().map(|c| c as dataset::TokenCounter));
     data.write(out_dir).with_context(|| format!("writing {}", out_dir.display()))?;
     out(&format!("dataset {} ({:?} format) from {}", out_dir.display(), options.family, root.display()));
-    out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", "split", "files", "fim", "next-token", "bytes", "≈tokens"));
+    let tokens = if data.tokens_counted { "tokens" } else { "≈tokens" };
+    out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", "split", "files", "fim", "next-token", "bytes", tokens));
     for split in Split::ALL {
         let s = data.stats(split);
-        out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", split.name(), s.files, s.fim, s.next_token, s.bytes, s.estimated_tokens));
+        out(&format!("{:<6} {:>6} {:>8} {:>11} {:>10} {:>9}", split.name(), s.files, s.fim, s.next_token, s.bytes, s.tokens));
+    }
+    if data.tokens_counted {
+        out(&format!(
+            "sized at {:.2} bytes per token (measured); every example ≤ {} tokens ({} middles that ran over dropped)",
+            data.bytes_per_token, options.max_seq_length, data.too_long_dropped
+        ));
     }
     out(&format!("{} duplicate examples dropped; {} files skipped (ignored, secret, binary, too large)", data.duplicates_dropped, data.skipped_files));
     if let Some(sample) = data.examples.iter().find(|e| e.span.is_some()).or(data.examples.first()) {
@@ -72,9 +110,9 @@ fn mine_and_report(root: &Path, out_dir: &Path, options: &DatasetOptions) -> Res
     Ok(data)
 }
 
-pub fn dataset_cmd(args: DatasetArgs) -> Result<()> {
+pub fn dataset_cmd(paths: &Paths, args: DatasetArgs) -> Result<()> {
     let family = args.family.unwrap_or_else(|| Family::detect(&args.model));
-    mine_and_report(&args.path, &args.out, &options(family, args.max_seq_length, args.fim_per_kb, args.seed))?;
+    mine_and_report(paths, &args.path, &args.model, &args.out, &options(family, args.max_seq_length, args.fim_per_kb, args.seed))?;
     Ok(())
 }
 
@@ -139,7 +177,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let family = Family::detect(&args.model);
-    mine_and_report(&root, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
+    mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
     let trainer = trainer();
     let status = std::process::Command::new(&trainer)
         .args(["--model", &args.model, "--train", "--test", "--batch-size", "2", "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])

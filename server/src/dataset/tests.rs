@@ -158,6 +158,58 @@ fn examples_fit_the_context_length() {
     assert!(dataset.examples.iter().filter(|e| e.path == "src/lib.rs" && e.span.is_none()).count() >= 3);
 }
 
+/// A stand-in tokenizer, denser than the default estimate: one token per two bytes, and one per
+/// FIM marker.
+fn two_bytes_a_token(text: &str) -> Option<usize> {
+    let markers = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"];
+    let plain = markers.iter().fold(text.to_owned(), |t, m| t.replace(m, ""));
+    Some(plain.len().div_ceil(2) + (text.len() - plain.len()) / markers[0].len())
+}
+
+#[test]
+fn with_a_tokenizer_examples_are_sized_and_counted_in_its_tokens() {
+    let options = DatasetOptions { max_seq_length: 40, fim_per_kb: 8.0, ..DatasetOptions::default() };
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let dataset = mine_counted(dir.path(), &options, Some(&two_bytes_a_token));
+    assert!(dataset.tokens_counted);
+    assert!((dataset.bytes_per_token - 1.8).abs() < 0.05, "measured {} bytes per token", dataset.bytes_per_token);
+    assert!(dataset.examples.iter().any(|e| e.span.is_some()) && dataset.examples.iter().any(|e| e.span.is_none()));
+    let mut total = 0;
+    for e in &dataset.examples {
+        let n = two_bytes_a_token(&e.text).unwrap();
+        assert!(n <= 40, "{n} tokens: {:?}", e.text);
+        total += n;
+    }
+    let counted: usize = Split::ALL.iter().map(|&s| dataset.stats(s).tokens).sum();
+    assert_eq!(counted, total, "the figures are the examples' counts");
+    // The same files under the default 3.5-byte estimate would have made examples of ~70 tokens.
+    let estimated = mine(dir.path(), &options);
+    assert!(!estimated.tokens_counted);
+    assert!(estimated.examples.iter().any(|e| two_bytes_a_token(&e.text).unwrap() > 40));
+
+    // A tokenizer that fails leaves the estimate in place.
+    let failing = mine_counted(dir.path(), &options, Some(&|_: &str| None));
+    assert!(!failing.tokens_counted);
+    assert_eq!(failing.examples, estimated.examples);
+}
+
+#[test]
+fn a_window_over_the_limit_is_cut_at_line_ends_until_it_fits() {
+    let text: String = (0..30).map(|i| format!("let value_{i} = compute({i});\n")).collect();
+    let parts = fit_window(text.clone(), 50, 3.5, &two_bytes_a_token);
+    assert!(parts.len() >= 4, "{} parts", parts.len());
+    assert_eq!(parts.iter().map(|(t, _)| t.as_str()).collect::<String>(), text, "nothing lost, nothing repeated");
+    for (part, n) in &parts {
+        assert!(part.ends_with('\n') && *n <= 50 && Some(*n) == two_bytes_a_token(part), "{n}: {part:?}");
+    }
+    // One long line is cut anywhere, at a character boundary.
+    let line = "é".repeat(200);
+    let parts = fit_window(line.clone(), 50, 3.5, &two_bytes_a_token);
+    assert_eq!(parts.iter().map(|(t, _)| t.as_str()).collect::<String>(), line);
+    assert!(parts.iter().all(|(_, n)| *n <= 50));
+}
+
 #[test]
 fn a_family_without_fim_gets_next_token_examples_only() {
     let (_dir, dataset) = mined(&DatasetOptions { family: Family::Plain, ..DatasetOptions::default() });
