@@ -8,7 +8,7 @@ use std::time::Duration;
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::mlx::{MlxEngine, resolve};
-use kenning::generate::{BundledModel, Event, FinishReason, Generator, Request, lora_gguf};
+use kenning::generate::{BundledModel, Event, FinishReason, Generator, Request, fused_gguf, lora_gguf};
 use kenning::paths::Paths;
 use kenning_training::lora::Target;
 use kenning_training::model::Config;
@@ -180,6 +180,40 @@ fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
         let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
         assert_ne!(from_llama, from_base, "the adapter changes what llama.cpp writes for {prompt:?}");
         assert_eq!(from_llama, from_mlx, "llama.cpp with the exported adapter writes what MLX writes with the adapter, for {prompt:?}");
+    }
+}
+
+#[test]
+fn a_fused_model_written_as_gguf_writes_what_the_base_with_the_adapter_writes() {
+    let paths = Paths::from_env();
+    let model = resolve("smollm2-135m", &paths).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    random_adapter(&model, &adapter, 4);
+    // `kenning-train fuse`: the adapter merged on MLX, written as a Hugging Face directory (f16).
+    let mut text = kenning_training::text::TextModel::load(&model).unwrap();
+    let (lora, weights) = kenning_training::lora::Lora::load(&adapter, &text.model.config).unwrap();
+    lora.fuse_into(&weights, &mut text.model).unwrap();
+    let fused_dir = dir.path().join("fused");
+    kenning_training::export::write_model_dir(&text.model, &model, &fused_dir).unwrap();
+    drop(text);
+
+    let gguf = BundledModel::resolve("smollm2-135m", &Assets::new(paths.assets())).unwrap();
+    let written = fused_gguf::write(&gguf, &fused_dir, &adapter, &fused_dir.join("model.gguf")).unwrap();
+    assert_eq!(written.replaced, 4 * 7, "q, k, v, o, gate, up, down of the last 4 layers");
+    assert!(std::fs::metadata(&written.path).unwrap().len() < 2 * std::fs::metadata(&gguf).unwrap().len(), "the rest stays quantized");
+
+    let options = LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() };
+    let base = LlamaEngine::load(&gguf, options.clone()).unwrap();
+    let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora_gguf::for_llama(&adapter).unwrap()), ..options.clone() }).unwrap();
+    let fused = LlamaEngine::load(&written.path, options).unwrap();
+    for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
+        let request = Request { max_tokens: 4, ..Request::new(prompt) };
+        let (from_base, _) = base.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_adapted, _) = adapted.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_fused, _) = fused.generate(request).unwrap().collect_blocking().unwrap();
+        assert_ne!(from_fused, from_base, "the fused model is not the base, for {prompt:?}");
+        assert_eq!(from_fused, from_adapted, "the fused GGUF writes what the base with the adapter writes, for {prompt:?}");
     }
 }
 

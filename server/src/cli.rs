@@ -59,6 +59,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Write an adapter directory (kenning-train, mlx_lm.lora) as llama.cpp's GGUF LoRA adapter.
     ExportAdapter(train::ExportArgs),
+    /// Write a fused model (kenning-train fuse, mlx_lm.fuse) as one GGUF file for llama.cpp and Ollama.
+    ExportGguf(train::ExportGgufArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -197,6 +199,7 @@ pub async fn run() -> Result<()> {
         Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(&paths, args)).await?,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::train_cmd(&paths, args)).await?,
         Command::ExportAdapter(args) => train::export_cmd(args),
+        Command::ExportGguf(args) => tokio::task::spawn_blocking(move || train::export_gguf_cmd(&paths, args)).await?,
     }
 }
 

@@ -10,7 +10,7 @@ use clap::Args;
 use crate::assets::Assets;
 use crate::dataset::{self, DatasetOptions, Split};
 use crate::generate::llama::{LlamaEngine, LlamaOptions};
-use crate::generate::{BundledModel, Generator, lora_gguf};
+use crate::generate::{BundledModel, Generator, fused_gguf, lora_gguf};
 use crate::paths::Paths;
 use crate::prompt::Family;
 
@@ -262,6 +262,41 @@ pub fn export_cmd(args: ExportArgs) -> Result<()> {
     let path = args.out.unwrap_or_else(|| args.adapter.join(lora_gguf::EXPORT_NAME));
     let e = lora_gguf::export(&args.adapter, args.base.as_deref(), &path)?;
     out(&format!("{} ({}, {} tensors, rank {}, alpha {})", e.path.display(), e.architecture, e.tensors, e.rank, e.alpha));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportGgufArgs {
+    /// The fused model's directory (model.safetensors + config.json).
+    fused: PathBuf,
+    /// The adapter that was fused in: its projections are the tensors replaced.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model's GGUF: a bundled model's name or a file.
+    #[arg(long)]
+    base: String,
+    /// The GGUF file to write (default: model.gguf in the fused directory, and its Modelfile then
+    /// says `FROM ./model.gguf`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
+    let base = BundledModel::resolve(&args.base, &Assets::new(paths.assets()))?;
+    let path = args.out.unwrap_or_else(|| args.fused.join("model.gguf"));
+    let written = fused_gguf::write(&base, &args.fused, &args.adapter, &path)?;
+    out(&format!("{} ({}: {} fused projections in F16, {} tensors as in {})", written.path.display(), written.architecture, written.replaced, written.copied, base.display()));
+    // A Modelfile beside it (kenning-train fuse writes one) now builds from the GGUF.
+    let modelfile = path.parent().map(|d| d.join("Modelfile"));
+    if let (Some(modelfile), Some(name)) = (modelfile, path.file_name())
+        && let Ok(text) = std::fs::read_to_string(&modelfile)
+        && text.lines().any(|l| l == "FROM .")
+    {
+        let from = format!("FROM ./{}", name.to_string_lossy());
+        let text: Vec<&str> = text.lines().map(|l| if l == "FROM ." { from.as_str() } else { l }).collect();
+        std::fs::write(&modelfile, text.join("\n") + "\n").with_context(|| format!("writing {}", modelfile.display()))?;
+        out(&format!("{}: {from}", modelfile.display()));
+    }
     Ok(())
 }
 

@@ -15,16 +15,17 @@
 //! order; Qwen2 is never permuted.)
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::gguf;
+
 /// The file written beside the adapter, and refreshed when the adapter changes.
 pub const EXPORT_NAME: &str = "adapter-llama.gguf";
 
-const ALIGNMENT: usize = 32;
+const ALIGNMENT: usize = gguf::DEFAULT_ALIGNMENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -34,7 +35,7 @@ pub enum LoraError {
     Invalid(String),
 }
 
-fn file_error(path: &Path, message: impl std::fmt::Display) -> LoraError {
+pub(super) fn file_error(path: &Path, message: impl std::fmt::Display) -> LoraError {
     LoraError::File { path: path.to_owned(), message: message.to_string() }
 }
 
@@ -84,13 +85,13 @@ struct LoraParameters {
 
 /// The parts of the base model's `config.json` that decide names and row order.
 #[derive(Debug, Clone, Deserialize)]
-struct BaseConfig {
-    model_type: String,
-    num_attention_heads: usize,
+pub(super) struct BaseConfig {
+    pub(super) model_type: String,
+    pub(super) num_attention_heads: usize,
     #[serde(default)]
-    num_key_value_heads: Option<usize>,
+    pub(super) num_key_value_heads: Option<usize>,
     #[serde(default)]
-    rope_traditional: bool,
+    pub(super) rope_traditional: bool,
 }
 
 /// Writes the adapter in `dir` as a GGUF LoRA file at `out`. `base` is the base model's directory
@@ -121,7 +122,7 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
 
     let weights_path = dir.join("adapters.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
-    let tensors = read_safetensors(&bytes).map_err(|e| file_error(&weights_path, e))?;
+    let tensors = read_safetensors(&bytes, |_| true).map_err(|e| file_error(&weights_path, e))?;
     let rank = config.lora_parameters.rank;
     let alpha = config.lora_parameters.scale * rank as f32;
 
@@ -177,7 +178,7 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
 }
 
 /// `model.layers.{n}.{self_attn|mlp}.{projection}` → `(n, projection)`.
-fn parse_stem(stem: &str) -> Option<(usize, &str)> {
+pub(super) fn parse_stem(stem: &str) -> Option<(usize, &str)> {
     let rest = stem.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let projection = rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?;
@@ -185,7 +186,7 @@ fn parse_stem(stem: &str) -> Option<(usize, &str)> {
     Some((layer.parse().ok()?, projection))
 }
 
-fn gguf_projection(projection: &str) -> Option<&'static str> {
+pub(super) fn gguf_projection(projection: &str) -> Option<&'static str> {
     Some(match projection {
         "q_proj" => "attn_q",
         "k_proj" => "attn_k",
@@ -198,7 +199,7 @@ fn gguf_projection(projection: &str) -> Option<&'static str> {
     })
 }
 
-fn shape2(t: &Tensor, what: &str) -> Result<[usize; 2], LoraError> {
+pub(super) fn shape2(t: &Tensor, what: &str) -> Result<[usize; 2], LoraError> {
     match t.shape[..] {
         [r, c] => Ok([r, c]),
         _ => Err(LoraError::Invalid(format!("a {what} of shape {:?}: two dimensions expected", t.shape))),
@@ -218,7 +219,7 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// llama.cpp's q/k row order: per head, rows `[first half | second half]` become interleaved
 /// pairs (`new[h][i][s] = old[h][s][i]`). `None` when the rows do not split into heads of even size.
-fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
+pub(super) fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return None;
     }
@@ -237,20 +238,20 @@ fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Option<
     Some(out)
 }
 
-struct Tensor {
-    shape: Vec<usize>,
-    data: Vec<f32>,
+pub(super) struct Tensor {
+    pub(super) shape: Vec<usize>,
+    pub(super) data: Vec<f32>,
 }
 
-/// The tensors of a safetensors file, as f32 (F32, F16 and BF16 are read).
-fn read_safetensors(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
+/// The tensors of a safetensors file that `keep` names, as f32 (F32, F16 and BF16 are read).
+pub(super) fn read_safetensors(bytes: &[u8], keep: impl Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, String> {
     let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or("not a safetensors file")?;
     let header_end = usize::try_from(header_len).ok().and_then(|n| n.checked_add(8)).filter(|&end| end <= bytes.len()).ok_or("not a safetensors file")?;
     let header: HashMap<String, Value> = serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("a bad safetensors header: {e}"))?;
     let data = &bytes[header_end..];
     let mut out = HashMap::new();
     for (name, info) in header {
-        if name == "__metadata__" {
+        if name == "__metadata__" || !keep(&name) {
             continue;
         }
         let dtype = info["dtype"].as_str().unwrap_or_default();
@@ -275,51 +276,21 @@ fn read_safetensors(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
     Ok(out)
 }
 
-/// GGUF v3 with string metadata, `adapter.lora.alpha`, and F32 tensors of two dimensions.
+/// GGUF with string metadata, `adapter.lora.alpha`, and F32 tensors of two dimensions.
 fn write_gguf(path: &Path, metadata: &[(&str, String)], alpha: f32, tensors: &[(String, [u64; 2], Vec<f32>)]) -> std::io::Result<()> {
-    const STRING: u32 = 8;
-    const FLOAT32: u32 = 6;
-    const F32: u32 = 0;
-    fn string(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    let pad = |n: usize| n.div_ceil(ALIGNMENT) * ALIGNMENT;
-
-    let mut head = Vec::new();
-    head.extend_from_slice(b"GGUF");
-    head.extend_from_slice(&3u32.to_le_bytes());
-    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    head.extend_from_slice(&(metadata.len() as u64 + 1).to_le_bytes());
-    for (key, value) in metadata {
-        string(&mut head, key);
-        head.extend_from_slice(&STRING.to_le_bytes());
-        string(&mut head, value);
-    }
-    string(&mut head, "adapter.lora.alpha");
-    head.extend_from_slice(&FLOAT32.to_le_bytes());
-    head.extend_from_slice(&alpha.to_le_bytes());
-    let mut offset = 0usize;
-    for (name, ne, data) in tensors {
-        string(&mut head, name);
-        head.extend_from_slice(&2u32.to_le_bytes());
-        head.extend_from_slice(&ne[0].to_le_bytes());
-        head.extend_from_slice(&ne[1].to_le_bytes());
-        head.extend_from_slice(&F32.to_le_bytes());
-        head.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset = pad(offset + data.len() * 4);
-    }
-    head.resize(pad(head.len()), 0);
-
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    file.write_all(&head)?;
-    for (_, _, data) in tensors {
-        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        bytes.resize(pad(bytes.len()), 0);
-        file.write_all(&bytes)?;
-    }
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    let mut meta: Vec<(String, gguf::Value)> = metadata.iter().map(|(k, v)| ((*k).to_owned(), gguf::Value::String(v.clone()))).collect();
+    meta.push(("adapter.lora.alpha".to_owned(), gguf::Value::F32(alpha)));
+    let tensors: Vec<gguf::OutTensor> = tensors
+        .iter()
+        .map(|(name, ne, data)| gguf::OutTensor {
+            name: name.clone(),
+            dims: ne.to_vec(),
+            ggml_type: gguf::F32,
+            data: data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+        })
+        .collect();
+    gguf::write(path, &meta, &tensors, ALIGNMENT)
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

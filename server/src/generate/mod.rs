@@ -8,6 +8,8 @@
 mod engine;
 pub mod http;
 pub mod llama;
+pub mod fused_gguf;
+pub mod gguf;
 pub mod lora_gguf;
 #[cfg(feature = "mlx")]
 pub mod mlx;

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Merge an adapter into the base weights: a model directory mlx_lm and kenning load, with an
-    /// Ollama Modelfile.
+    /// Ollama Modelfile; with --export-gguf also one GGUF file (llama.cpp, Ollama).
     Fuse(FuseArgs),
     /// Write an adapter as llama.cpp's GGUF LoRA adapter (runs `kenning export-adapter`, the
     /// server's converter, found beside this binary or on PATH).
@@ -107,6 +107,16 @@ struct FuseArgs {
     adapter_path: PathBuf,
     #[arg(long, default_value = "fused_model")]
     save_path: PathBuf,
+    /// Also write the fused model as GGUF: the base model's GGUF with the adapted projections
+    /// replaced (runs `kenning export-gguf`); the Modelfile then builds from it.
+    #[arg(long)]
+    export_gguf: bool,
+    /// The GGUF file's name inside --save-path.
+    #[arg(long, default_value = "model.gguf")]
+    gguf_path: PathBuf,
+    /// The base model's GGUF (default: the bundled GGUF of --model).
+    #[arg(long)]
+    gguf_base: Option<String>,
 }
 
 #[derive(Args)]
@@ -283,13 +293,33 @@ fn fuse(args: &FuseArgs) -> Result<()> {
     lora.fuse_into(&weights, &mut model.model)?;
     kenning_training::export::write_model_dir(&model.model, &model_dir, &args.save_path)?;
     say(&format!("Fused {} into {} (with an Ollama Modelfile)", args.adapter_path.display(), args.save_path.display()));
+    if args.export_gguf {
+        let base = match &args.gguf_base {
+            Some(base) => base.clone(),
+            None if models::BUNDLED.iter().any(|(n, _)| *n == args.model) => args.model.clone(),
+            None => bail!("--export-gguf needs the base model's GGUF (--gguf-base FILE): {} is not a bundled model", args.model),
+        };
+        let (kenning, mut command) = kenning();
+        command.arg("export-gguf").arg(&args.save_path).arg("--adapter").arg(&args.adapter_path).arg("--base").arg(&base);
+        command.arg("--out").arg(args.save_path.join(&args.gguf_path));
+        let status = command.status().with_context(|| format!("running {} (build it with `cargo build -p kenning`)", kenning.display()))?;
+        if !status.success() {
+            bail!("{} export-gguf failed ({status})", kenning.display());
+        }
+    }
     Ok(())
 }
 
-fn export(args: &ExportArgs) -> Result<()> {
+/// The `kenning` binary beside this one (else on PATH), and a command running it.
+fn kenning() -> (PathBuf, std::process::Command) {
     let name = format!("kenning{}", std::env::consts::EXE_SUFFIX);
     let kenning = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(&name))).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(&name));
-    let mut command = std::process::Command::new(&kenning);
+    let command = std::process::Command::new(&kenning);
+    (kenning, command)
+}
+
+fn export(args: &ExportArgs) -> Result<()> {
+    let (kenning, mut command) = kenning();
     command.arg("export-adapter").arg(&args.adapter_path);
     if let Some(model) = &args.model {
         command.arg("--base").arg(models::resolve(model, &models::cache_root()).map_err(anyhow::Error::msg)?);
