@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 mod linux;
+pub mod checkpoint;
 pub mod data;
 pub mod export;
 pub mod lora;

@@ -125,6 +125,11 @@ impl Lora {
         Some((&params[2 * i], &params[2 * i + 1]))
     }
 
+    /// Indices into the parameters of layer `layer`'s `A`s and `B`s (empty when it is not adapted).
+    pub fn layer_params(&self, layer: usize) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, (l, _))| *l == layer).flat_map(|(i, _)| [2 * i, 2 * i + 1]).collect()
+    }
+
     /// The tensor names of the parameters, in order (`…lora_a`, `…lora_b` per slot).
     pub fn names(&self) -> Vec<String> {
         self.slots
@@ -220,12 +225,14 @@ impl Lora {
     }
 }
 
-/// An adapter in use by a forward pass: its shape, its weights and whether dropout is on (training).
+/// An adapter in use by a forward pass: its shape, its weights, whether dropout is on (training)
+/// and whether adapted layers are checkpointed (training: recomputed in the backward pass).
 #[derive(Clone, Copy)]
 pub struct Adapter<'a> {
     pub lora: &'a Lora,
     pub params: &'a [Array],
     pub dropout: bool,
+    pub checkpoint: bool,
 }
 
 impl Adapter<'_> {

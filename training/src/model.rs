@@ -200,7 +200,7 @@ impl Llama {
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Array, ModelError> {
         let n = tokens.len() as i32;
         let ids = Array::from_slice(tokens, &[1, n]);
-        let adapter = self.adapter.as_ref().map(|(lora, params)| Adapter { lora, params, dropout: false });
+        let adapter = self.adapter.as_ref().map(|(lora, params)| Adapter { lora, params, dropout: false, checkpoint: false });
         Ok(self.run(&ids, Some(cache), adapter)?.reshape(&[n, self.config.vocab_size])?)
     }
 
@@ -285,54 +285,88 @@ impl Llama {
     fn run(&self, ids: &Array, mut cache: Option<&mut Cache>, adapter: Option<Adapter<'_>>) -> Result<Array, Exception> {
         let c = &self.config;
         let (batch, n) = (ids.shape()[0], ids.shape()[1]);
-        let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let mut x = self.embed.take_axis(&ids.reshape(&[-1])?, 0)?.reshape(&[batch, n, c.hidden_size])?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        for (i, layer) in self.layers.iter().enumerate() {
-            // x · W (+ bias) (+ scale · (x · A) · B when the adapter covers this projection).
-            let project = |x: &Array, target: Target, bias: Option<&Array>| -> Result<Array, Exception> {
-                let mut y = x.matmul(self.projection(i, target))?;
-                if let Some(b) = bias {
-                    y = y.add(b)?;
+        for i in 0..self.layers.len() {
+            x = match &adapter {
+                // Training with checkpoints: the layer's input and adapter weights go in, the layer
+                // is computed again in the backward pass.
+                Some(a) if a.checkpoint && cache.is_none() && !a.lora.layer_params(i).is_empty() => {
+                    let slots = a.lora.layer_params(i);
+                    let mut inputs = vec![x];
+                    inputs.extend(slots.iter().map(|&p| a.params[p].clone()));
+                    // Owned: the weights the transform passes in live only for the forward pass.
+                    let params = a.params.to_vec();
+                    let (lora, dropout) = (a.lora, a.dropout);
+                    let body = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
+                        let mut params = params.clone();
+                        for (&p, weight) in slots.iter().zip(&inputs[1..]) {
+                            params[p] = weight.clone();
+                        }
+                        let adapter = Adapter { lora, params: &params, dropout, checkpoint: false };
+                        Ok(vec![self.layer(i, &inputs[0], None, Some(&adapter), 0)?])
+                    };
+                    // SAFETY: the body owns its arrays and borrows only the model and the adapter's
+                    // layout, which the differentiated function borrows from outside the transform.
+                    #[allow(unsafe_code)]
+                    let out = unsafe { crate::checkpoint::checkpointed(body, &inputs)? };
+                    out.into_iter().next().ok_or_else(|| Exception::custom("a checkpointed layer returned nothing"))?
                 }
-                if let Some(adapter) = &adapter {
-                    y = adapter.apply(i, target, x, y)?;
-                }
-                Ok(y)
+                _ => self.layer(i, &x, cache.as_deref_mut(), adapter.as_ref(), offset)?,
             };
-            let h = fast::rms_norm(&x, Some(&layer.input_norm), c.rms_norm_eps)?;
-            let split = |a: Array, heads: i32| a.reshape(&[batch, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
-            let q = split(project(&h, Target::Q, layer.q_bias.as_ref())?, heads)?;
-            let k = split(project(&h, Target::K, layer.k_bias.as_ref())?, kv_heads)?;
-            let v = split(project(&h, Target::V, layer.v_bias.as_ref())?, kv_heads)?;
-            let q = fast::rope(&q, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
-            let k = fast::rope(&k, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
-            let (k, v) = match cache.as_ref().and_then(|c| c.layers.get(i)) {
-                Some((ck, cv)) => (ops::concatenate(&[ck, &k], 2)?, ops::concatenate(&[cv, &v], 2)?),
-                None => (k, v),
-            };
-            let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
-            let attended = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-            if let Some(cache) = cache.as_mut() {
-                if i < cache.layers.len() {
-                    cache.layers[i] = (k, v);
-                } else {
-                    cache.layers.push((k, v));
-                }
-            }
-            let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[batch, n, heads * head_dim])?;
-            x = x.add(project(&attended, Target::O, None)?)?;
-            let h = fast::rms_norm(&x, Some(&layer.post_norm), c.rms_norm_eps)?;
-            let gate = project(&h, Target::Gate, None)?;
-            let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(project(&h, Target::Up, None)?)?;
-            x = x.add(project(&activated, Target::Down, None)?)?;
         }
         if let Some(cache) = cache {
             cache.len += n;
         }
         let x = fast::rms_norm(&x, Some(&self.norm), c.rms_norm_eps)?;
         x.matmul(&self.head)
+    }
+
+    /// Transformer layer `i` on `x` (`[batch, tokens, hidden]`) at position `offset`, reading and
+    /// extending `cache` when there is one.
+    fn layer(&self, i: usize, x: &Array, cache: Option<&mut Cache>, adapter: Option<&Adapter<'_>>, offset: i32) -> Result<Array, Exception> {
+        let c = &self.config;
+        let layer = &self.layers[i];
+        let (batch, n) = (x.shape()[0], x.shape()[1]);
+        let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        // x · W (+ bias) (+ scale · (x · A) · B when the adapter covers this projection).
+        let project = |x: &Array, target: Target, bias: Option<&Array>| -> Result<Array, Exception> {
+            let mut y = x.matmul(self.projection(i, target))?;
+            if let Some(b) = bias {
+                y = y.add(b)?;
+            }
+            if let Some(adapter) = adapter {
+                y = adapter.apply(i, target, x, y)?;
+            }
+            Ok(y)
+        };
+        let h = fast::rms_norm(x, Some(&layer.input_norm), c.rms_norm_eps)?;
+        let split = |a: Array, heads: i32| a.reshape(&[batch, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
+        let q = split(project(&h, Target::Q, layer.q_bias.as_ref())?, heads)?;
+        let k = split(project(&h, Target::K, layer.k_bias.as_ref())?, kv_heads)?;
+        let v = split(project(&h, Target::V, layer.v_bias.as_ref())?, kv_heads)?;
+        let q = fast::rope(&q, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
+        let k = fast::rope(&k, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
+        let (k, v) = match cache.as_ref().and_then(|c| c.layers.get(i)) {
+            Some((ck, cv)) => (ops::concatenate(&[ck, &k], 2)?, ops::concatenate(&[cv, &v], 2)?),
+            None => (k, v),
+        };
+        let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let attended = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+        if let Some(cache) = cache {
+            if i < cache.layers.len() {
+                cache.layers[i] = (k, v);
+            } else {
+                cache.layers.push((k, v));
+            }
+        }
+        let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[batch, n, heads * head_dim])?;
+        let x = x.add(project(&attended, Target::O, None)?)?;
+        let h = fast::rms_norm(&x, Some(&layer.post_norm), c.rms_norm_eps)?;
+        let gate = project(&h, Target::Gate, None)?;
+        let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(project(&h, Target::Up, None)?)?;
+        x.add(project(&activated, Target::Down, None)?)
     }
 
     /// Greedy continuation of `prompt`: up to `max_tokens` ids, stopping after any of `stop_ids`.

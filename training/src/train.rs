@@ -32,6 +32,8 @@ pub struct TrainOptions {
     pub weight_decay: f32,
     /// Micro-batches whose gradients are averaged into one update.
     pub grad_accumulation: usize,
+    /// Checkpoint the adapted layers (see [`crate::checkpoint`]); needs dropout 0.
+    pub grad_checkpoint: bool,
     pub steps_per_report: usize,
     pub steps_per_eval: usize,
     /// Validation batches per evaluation (0 = the whole split).
@@ -50,6 +52,7 @@ impl Default for TrainOptions {
             warmup: 0,
             weight_decay: 0.01,
             grad_accumulation: 1,
+            grad_checkpoint: false,
             steps_per_report: 10,
             steps_per_eval: 200,
             val_batches: 25,
@@ -113,7 +116,7 @@ pub fn evaluate(model: &Llama, lora: &Lora, params: &[Array], batches: &[Batch],
     let (mut sum, mut count) = (0.0f64, 0usize);
     for b in &batches[..take] {
         let arrays = BatchArrays::from(b);
-        let (l, _) = loss(model, Adapter { lora, params, dropout: false }, &arrays)?;
+        let (l, _) = loss(model, Adapter { lora, params, dropout: false, checkpoint: false }, &arrays)?;
         l.eval()?;
         sum += f64::from(scalar(&l)?) * b.tokens as f64;
         count += b.tokens;
@@ -241,7 +244,7 @@ pub fn train(
         let arrays = BatchArrays::from(batch);
         let (value, grads) = {
             let step = |p: &[Array]| -> Result<Vec<Array>, Exception> {
-                let (l, n) = loss(model, Adapter { lora, params: p, dropout: true }, &arrays)?;
+                let (l, n) = loss(model, Adapter { lora, params: p, dropout: true, checkpoint: options.grad_checkpoint }, &arrays)?;
                 Ok(vec![l, n])
             };
             let argnums: Vec<i32> = (0..params.len() as i32).collect();

@@ -223,3 +223,42 @@ fn adapters_trained_here_load_in_mlx_lm_and_mlx_lm_adapters_load_here() {
     assert!(max_diff(&theirs, &base) > 0.05, "mlx_lm's adapter should move the logits");
     assert!(max_diff(&ours, &theirs) < 0.15, "kenning vs mlx_lm with mlx_lm's adapter: {}", max_diff(&ours, &theirs));
 }
+
+/// The loss and its gradients with respect to every adapter weight, on one batch of real code.
+fn loss_and_gradients(model: &TextModel, lora: &Lora, weights: &[Array], checkpoint: bool) -> (f32, Vec<Vec<f32>>) {
+    let batch = data::batches(&tokenized(model, &code_windows()[..4]), 4).remove(0);
+    let arrays = train::BatchArrays::from(&batch);
+    let step = |p: &[Array]| -> Result<Vec<Array>, mlx_rs::error::Exception> {
+        let adapter = kenning_training::lora::Adapter { lora, params: p, dropout: false, checkpoint };
+        let (loss, _) = train::loss(&model.model, adapter, &arrays)?;
+        Ok(vec![loss])
+    };
+    let argnums: Vec<i32> = (0..weights.len() as i32).collect();
+    let (value, grads) = mlx_rs::transforms::value_and_grad_with_argnums(step, argnums.as_slice())(weights).unwrap();
+    mlx_rs::transforms::eval(value.iter().chain(grads.iter())).unwrap();
+    (value[0].item_exact::<f32>(), grads.iter().map(|g| g.as_slice::<f32>().to_vec()).collect())
+}
+
+#[test]
+fn checkpointed_layers_give_the_same_loss_and_gradients() {
+    let model = TextModel::load(&model_dir()).unwrap();
+    let lora = Lora::new(&model.model.config, 3, LoraParameters { rank: 4, dropout: 0.0, scale: 20.0 });
+    mlx_rs::random::seed(11).unwrap();
+    // B ≠ 0, so that the gradients of A are not zero either.
+    let weights: Vec<Array> = lora
+        .init(&model.model.config)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i % 2 == 1 { mlx_rs::random::normal::<f32>(w.shape(), 0.0, 0.02, None).unwrap() } else { w.clone() })
+        .collect();
+    let (loss, grads) = loss_and_gradients(&model, &lora, &weights, false);
+    let (loss_c, grads_c) = loss_and_gradients(&model, &lora, &weights, true);
+    assert!((loss - loss_c).abs() < 1e-5, "loss {loss} vs {loss_c} checkpointed");
+    assert_eq!(grads.len(), grads_c.len());
+    for (i, (g, gc)) in grads.iter().zip(&grads_c).enumerate() {
+        let scale = g.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "gradient {i} is zero");
+        assert!(max_diff(g, gc) <= 1e-3 * scale, "gradient {i}: {} apart (largest {scale})", max_diff(g, gc));
+    }
+}
