@@ -192,7 +192,8 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
 }
 
 /// Mines the dataset with the model's tokenizer: bytes per token measured on a sample of the
-/// files, every example counted, none longer than `max_seq_length` tokens.
+/// files, every example counted, none longer than `max_seq_length` tokens with the end-of-sequence
+/// token the trainer appends.
 pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>) -> Dataset {
     let (files, skipped) = source_files(root);
     let measured = counter.and_then(|count| measure_bytes_per_token(files.iter().map(|f| f.text.as_str()), count));
@@ -222,6 +223,8 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
             examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
         }
         dataset.stats_mut(split).files += 1;
+        // The trainer appends an end-of-sequence token.
+        let limit = options.max_seq_length.saturating_sub(1).max(1);
         let mut counted = Vec::with_capacity(examples.len());
         for (span, text) in examples {
             let Some(count) = counter else {
@@ -230,9 +233,9 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
                 continue;
             };
             match span {
-                None => counted.extend(fit_window(text, options.max_seq_length, options.bytes_per_token, count).into_iter().map(|(t, n)| (None, t, n))),
+                None => counted.extend(fit_window(text, limit, options.bytes_per_token, count).into_iter().map(|(t, n)| (None, t, n))),
                 Some(_) => match count(&text) {
-                    Some(n) if n > options.max_seq_length => dataset.too_long_dropped += 1,
+                    Some(n) if n > limit => dataset.too_long_dropped += 1,
                     n => {
                         let n = n.unwrap_or_else(|| (text.len() as f64 / options.bytes_per_token).ceil() as usize);
                         counted.push((span, text, n));
