@@ -213,6 +213,8 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
         tokens_counted: counter.is_some(),
         too_long_dropped: 0,
     };
+    // The trainer appends an end-of-sequence token.
+    let limit = options.max_seq_length.saturating_sub(1).max(1);
     let mut seen = HashSet::new();
     for (file, split) in files.iter().zip(splits) {
         dataset.files.insert(file.meta.rel_path.clone(), split);
@@ -223,8 +225,6 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
             examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
         }
         dataset.stats_mut(split).files += 1;
-        // The trainer appends an end-of-sequence token.
-        let limit = options.max_seq_length.saturating_sub(1).max(1);
         let mut counted = Vec::with_capacity(examples.len());
         for (span, text) in examples {
             let Some(count) = counter else {
