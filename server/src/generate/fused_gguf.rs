@@ -53,7 +53,10 @@ pub fn write(base: &Path, fused: &Path, adapter: &Path, out: &Path) -> Result<Fu
     let weights_path = fused.join("model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
     let names: HashSet<&str> = wanted.values().map(|(n, _)| n.as_str()).collect();
-    let weights = read_safetensors(&bytes, |n| names.contains(n)).map_err(|e| file_error(&weights_path, e))?;
+    let weights = read_safetensors(&bytes, |n| names.contains(n)).map_err(|e| {
+        let hint = if e.contains("dtype") { " (a quantized fused model: mlx_lm.fuse writes float weights with --de-quantize)" } else { "" };
+        file_error(&weights_path, format!("{e}{hint}"))
+    })?;
     drop(bytes);
 
     let base_bytes = std::fs::read(base).map_err(|e| file_error(base, e))?;

@@ -116,6 +116,14 @@ fn a_base_that_does_not_match_is_an_error_and_nothing_is_written() {
     let (fused, adapter) = fused_and_adapter(case.path(), "llama", 8, 0);
     std::fs::write(case.path().join("junk.gguf"), b"GGUF\x03\0\0\0").unwrap();
     assert!(write(&case.path().join("junk.gguf"), &fused, &adapter, &out).is_err());
+    // A fused model that stayed quantized (mlx_lm.fuse without --de-quantize): packed U32 weights.
+    let header = br#"{"model.layers.0.self_attn.q_proj.weight":{"dtype":"U32","shape":[8,4],"data_offsets":[0,128]}}"#;
+    let mut packed = (header.len() as u64).to_le_bytes().to_vec();
+    packed.extend_from_slice(header);
+    packed.extend_from_slice(&[0; 128]);
+    std::fs::write(fused.join("model.safetensors"), packed).unwrap();
+    let error = write(&base(case.path(), "llama"), &fused, &adapter, &out).unwrap_err().to_string();
+    assert!(error.contains("U32") && error.contains("--de-quantize"), "{error}");
     std::fs::remove_file(fused.join("model.safetensors")).unwrap();
     assert!(write(&base(case.path(), "llama"), &fused, &adapter, &out).unwrap_err().to_string().contains("model.safetensors"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no output, no partial file");
