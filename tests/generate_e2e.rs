@@ -41,6 +41,24 @@ fn greedy_fim_completes_an_obvious_rust_body() {
 }
 
 #[test]
+fn healing_makes_the_output_begin_with_the_typed_part_of_a_word_and_leaves_it_out() {
+    let engine = qwen();
+    assert!(engine.heals());
+    let prompt = fim(engine, "fn main() {\n    let numbers = vec![3, 1, 2];\n    ", "\n}\n");
+    let greedy = |heal: &str| {
+        let request = Request { max_tokens: 10, heal: heal.into(), ..Request::new(prompt.clone()) };
+        engine.generate(request).unwrap().collect_blocking().unwrap().0
+    };
+    let free = greedy("");
+    for (typed, word) in [("prin", "println!("), ("asse", "assert")] {
+        assert!(!free.trim_start().starts_with(typed), "left alone the model writes something else here: {free:?}");
+        let healed = greedy(typed);
+        assert!(!healed.starts_with(typed), "the typed part is not repeated: {healed:?}");
+        assert!(format!("{typed}{healed}").starts_with(word), "{typed:?} + {healed:?} should write {word:?}");
+    }
+}
+
+#[test]
 fn qwen_names_its_fim_and_repo_tokens_and_smollm_has_none() {
     let engine = qwen();
     assert_eq!(engine.special(SpecialToken::FimPrefix).as_deref(), Some("<|fim_prefix|>"));

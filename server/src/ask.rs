@@ -84,6 +84,7 @@ pub async fn ask(
         max_tokens: settings.max_tokens,
         sampling: Sampling::default(),
         stop: family.chat_stop().iter().map(|s| (*s).to_owned()).collect(),
+        heal: String::new(),
     };
     let mut generation = generator.generate(request)?;
     let mut text = String::new();

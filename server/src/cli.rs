@@ -94,6 +94,10 @@ struct GenerateArgs {
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Token healing (llama.cpp): the output must begin with this text, which is left out of it;
+    /// the prompt ends just before it (e.g. a partial word).
+    #[arg(long, default_value = "")]
+    heal: String,
     /// LoRA adapter: an adapter directory of kenning train / kenning-train / mlx_lm.lora (both
     /// engines; llama.cpp gets its GGUF export), or a llama.cpp GGUF adapter (--engine llama).
     #[arg(long)]
@@ -424,7 +428,11 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         sampling: Sampling { temperature: args.temp, top_p: args.top_p, seed: args.seed },
         stop: args.stop,
+        heal: args.heal,
     };
+    if !request.heal.is_empty() && !engine.heals() {
+        bail!("--heal needs the llama.cpp engine");
+    }
     let mut generation = engine.generate(request)?;
     let mut stdout = std::io::stdout().lock();
     while let Some(event) = generation.next_blocking() {

@@ -168,7 +168,10 @@ impl Completer {
         let context_ms = ms(started.elapsed());
 
         let started = Instant::now();
-        let input = FimInput { repo: &request.repo, path: &request.path, prefix, suffix, snippets: &snippets };
+        // Token healing: a prefix that ends inside a word goes to the model without that part, and
+        // the model writes the whole word in its own tokens (the part typed is left out of its output).
+        let (kept, heal) = if self.generator.heals() { prefix.split_at(prompt::partial_word_start(prefix)) } else { (prefix, "") };
+        let input = FimInput { repo: &request.repo, path: &request.path, prefix: kept, suffix, snippets: &snippets };
         let built = prompt::fim(self.family, &input, self.settings.prompt_tokens);
         let used: Vec<Snippet> = built.snippets_used.iter().map(|&i| snippets[i].clone()).collect();
         let prompt_tokens = prompt::estimate_tokens(&built.text);
@@ -178,7 +181,7 @@ impl Completer {
             Mode::SingleLine => self.settings.max_tokens,
             Mode::MultiLine => self.settings.max_tokens_multiline,
         };
-        let gen_request = GenRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop };
+        let gen_request = GenRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
         let raw = wait(&slot).await?;

@@ -13,11 +13,26 @@ struct Scripted {
     delay: Duration,
     started: AtomicUsize,
     cancelled: Arc<AtomicUsize>,
+    /// Whether it claims to honour token healing.
+    heals: bool,
+    /// The requests it was given.
+    seen: std::sync::Mutex<Vec<GenRequest>>,
 }
 
 impl Scripted {
     fn new(pieces: Vec<&'static str>, delay_ms: u64) -> Arc<Self> {
-        Arc::new(Self { pieces, delay: Duration::from_millis(delay_ms), started: AtomicUsize::new(0), cancelled: Arc::default() })
+        Arc::new(Self::unshared(pieces, delay_ms))
+    }
+
+    fn unshared(pieces: Vec<&'static str>, delay_ms: u64) -> Self {
+        Self {
+            pieces,
+            delay: Duration::from_millis(delay_ms),
+            started: AtomicUsize::new(0),
+            cancelled: Arc::default(),
+            heals: false,
+            seen: std::sync::Mutex::default(),
+        }
     }
 }
 
@@ -31,7 +46,11 @@ impl Generator for Scripted {
     fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
         Ok(text.len())
     }
-    fn generate(&self, _: GenRequest) -> Result<Generation, GenerateError> {
+    fn heals(&self) -> bool {
+        self.heals
+    }
+    fn generate(&self, request: GenRequest) -> Result<Generation, GenerateError> {
+        self.seen.lock().unwrap().push(request);
         self.started.fetch_add(1, Ordering::SeqCst);
         let (generation, sink) = Generation::channel();
         let pieces = self.pieces.clone();
@@ -108,6 +127,26 @@ async fn typing_something_else_cancels_the_running_generation() {
     assert_eq!(g.started.load(Ordering::SeqCst), 2);
     assert!(first.await.unwrap().is_err(), "the older request ends as cancelled");
     assert_eq!(g.cancelled.load(Ordering::SeqCst), 1, "the engine saw the cancel");
+}
+
+#[tokio::test]
+async fn a_partial_word_at_the_cursor_is_healed_when_the_engine_can() {
+    // The scripted engine stands for one that heals: it writes what follows the typed "comp".
+    let g = Arc::new(Scripted { heals: true, ..Scripted::unshared(vec!["ute_total(", "items);"], 1) });
+    let c = completer(Arc::clone(&g));
+    let done = c.complete(request("let total = comp"), &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(done.text, "ute_total(items);");
+    {
+        let seen = g.seen.lock().unwrap();
+        assert_eq!(seen[0].heal, "comp");
+        assert!(seen[0].prompt.contains("let total = <|fim_suffix|>"), "the prompt stops before the word: {}", seen[0].prompt);
+    }
+    // An engine that cannot heal gets the whole prefix.
+    let plain = Scripted::new(vec!["ute_total(items);"], 1);
+    completer(Arc::clone(&plain)).complete(request("let total = comp"), &Retrieval::default()).await.unwrap();
+    let seen = plain.seen.lock().unwrap();
+    assert_eq!(seen[0].heal, "");
+    assert!(seen[0].prompt.contains("let total = comp<|fim_suffix|>"), "{}", seen[0].prompt);
 }
 
 #[tokio::test]

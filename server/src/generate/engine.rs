@@ -87,7 +87,13 @@ impl Generator for EngineThread {
 /// Implements [`Generator`] for a newtype over [`EngineThread`] by delegation.
 macro_rules! delegate_generator {
     ($engine:ty) => {
+        delegate_generator!($engine, false);
+    };
+    ($engine:ty, $heals:expr) => {
         impl $crate::generate::Generator for $engine {
+            fn heals(&self) -> bool {
+                $heals
+            }
             fn model_name(&self) -> &str {
                 self.0.model_name()
             }

@@ -69,7 +69,7 @@ impl LlamaEngine {
     }
 }
 
-delegate_generator!(LlamaEngine);
+delegate_generator!(LlamaEngine, true);
 
 fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &std::sync::mpsc::Receiver<Job>) {
     let loaded = (|| -> Result<_, String> {
@@ -109,7 +109,7 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &std:
     }
     let _ = ready.send(Ok(special_tokens(&model)));
 
-    let mut session = Session { model: &model, ctx, cached: Vec::new() };
+    let mut session = Session { model: &model, ctx, cached: Vec::new(), pieces: Vec::new() };
     while let Ok(job) = jobs.recv() {
         let (request, sink) = match job {
             Job::CountTokens(text, reply) => {
@@ -159,6 +159,8 @@ struct Session<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     cached: Vec<LlamaToken>,
+    /// Every token's text (empty for control tokens), read on the first request that heals.
+    pieces: Vec<Vec<u8>>,
 }
 
 impl Session<'_> {
@@ -210,6 +212,12 @@ impl Session<'_> {
         let mut stops = StopMatcher::new(&request.stop);
         let mut first_token = None;
         let mut generated = 0;
+        // Token healing: what the output must still begin with, and how much of it is left out.
+        let mut heal = request.heal.as_bytes();
+        let mut hidden = heal.len();
+        if !heal.is_empty() && self.pieces.is_empty() {
+            self.pieces = (0..self.model.n_vocab()).map(|i| vocab.token_to_piece(LlamaToken(i), false, None)).collect();
+        }
         let reason = loop {
             if generated >= request.max_tokens {
                 break FinishReason::Length;
@@ -217,13 +225,26 @@ impl Session<'_> {
             if sink.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            let token = sampler.sample(&self.ctx, last_index);
+            let token = if heal.is_empty() {
+                sampler.sample(&self.ctx, last_index)
+            } else {
+                let Some(id) = super::healing_token(self.ctx.get_logits_ith(last_index), &self.pieces, heal) else {
+                    break FinishReason::EndOfText;
+                };
+                let token = LlamaToken(id as i32);
+                sampler.accept(token);
+                token
+            };
             generated += 1;
             first_token.get_or_insert_with(|| started.elapsed());
             if vocab.is_eog(token) {
                 break FinishReason::EndOfText;
             }
-            let text = utf8.push(&vocab.token_to_piece(token, false, None));
+            let piece = vocab.token_to_piece(token, false, None);
+            heal = heal.get(piece.len()..).unwrap_or_default();
+            let skip = hidden.min(piece.len());
+            hidden -= skip;
+            let text = utf8.push(&piece[skip..]);
             let (shown, stopped) = stops.push(&text);
             if !shown.is_empty() {
                 sink.send(Event::Text(shown));

@@ -145,12 +145,30 @@ pub struct Request {
     pub sampling: Sampling,
     /// Generation ends before the first occurrence of any of these (not included in the output).
     pub stop: Vec<String>,
+    /// Token healing: text the output must begin with, left out of the output. The prompt ends
+    /// before a partial word (`is_ca`), and the model writes the whole word in its own tokens
+    /// (`is_cancelled`) instead of continuing from the token boundary the cut made. Only engines
+    /// whose [`Generator::heals`] is true honour it.
+    pub heal: String,
 }
 
 impl Request {
     pub fn new(prompt: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new() }
+        Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new(), heal: String::new() }
     }
+}
+
+/// The most likely token that agrees with `heal`, the text the output must still begin with: its
+/// piece is a prefix of `heal` (more tokens follow) or begins with all of it. `None` when no token
+/// does (cannot happen with a byte-level vocabulary).
+pub fn healing_token(logits: &[f32], pieces: &[Vec<u8>], heal: &[u8]) -> Option<usize> {
+    logits
+        .iter()
+        .zip(pieces)
+        .enumerate()
+        .filter(|(_, (_, p))| !p.is_empty() && (heal.starts_with(p) || p.starts_with(heal)))
+        .max_by(|(_, (a, _)), (_, (b, _))| a.total_cmp(b))
+        .map(|(i, _)| i)
 }
 
 /// Why a generation ended.
@@ -277,6 +295,10 @@ pub trait Generator: Send + Sync {
     fn count_tokens(&self, text: &str) -> Result<usize, GenerateError>;
     /// Starts a generation; events stream on the returned handle.
     fn generate(&self, request: Request) -> Result<Generation, GenerateError>;
+    /// Whether [`Request::heal`] is honoured (the engine sees the logits).
+    fn heals(&self) -> bool {
+        false
+    }
 }
 
 /// Turns streamed bytes into whole UTF-8 characters (a token may end inside one).
@@ -351,6 +373,16 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healing_picks_the_likeliest_token_that_agrees_with_the_typed_text() {
+        let pieces: Vec<Vec<u8>> = ["is", "is_c", "is_cancel", "lled", "is_ca", "x", ""].iter().map(|p| p.as_bytes().to_vec()).collect();
+        // "x" is likeliest but does not agree; the empty control token never does.
+        let logits = [1.0, 2.0, 3.0, 9.0, 0.5, 10.0, 11.0];
+        assert_eq!(healing_token(&logits, &pieces, b"is_ca"), Some(2), "a piece that runs past the typed text");
+        assert_eq!(healing_token(&[1.0, 2.0, 0.0, 9.0, 0.5, 10.0, 11.0], &pieces, b"is_ca"), Some(1), "a piece inside it");
+        assert_eq!(healing_token(&logits, &pieces, b"zz"), None);
+    }
 
     #[test]
     fn utf8_split_across_tokens() {

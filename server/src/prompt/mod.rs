@@ -13,6 +13,17 @@ use serde::Serialize;
 
 /// Bytes per token assumed by [`estimate_tokens`].
 const BYTES_PER_TOKEN: f64 = 3.5;
+
+/// The longest partial word token healing takes back.
+const MAX_HEALED_BYTES: usize = 32;
+
+/// Where the word the prefix ends inside starts: the trailing run of identifier characters
+/// (ASCII letters, digits, `_`), if there is one of at most 32 bytes; else the prefix's length.
+/// Token healing sends the prompt without it.
+pub fn partial_word_start(prefix: &str) -> usize {
+    let word = prefix.bytes().rev().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+    if word > MAX_HEALED_BYTES { prefix.len() } else { prefix.len() - word }
+}
 /// Share of the budget the prefix may take before snippets are considered.
 const PREFIX_SHARE: f64 = 0.5;
 /// Share of the budget the suffix may take.

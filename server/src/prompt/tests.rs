@@ -233,3 +233,22 @@ fn the_prefix_cut_stays_put_while_typing() {
     // Short text is kept whole.
     assert_eq!(anchored_tail("fn main() {}\n", 300), "fn main() {}\n");
 }
+
+#[test]
+fn the_partial_word_at_the_cursor_is_what_healing_takes_back() {
+    let cases = [
+        ("    if sink.is_ca", "    if sink."),
+        ("let x = 10", "let x = "),
+        ("fn main() {\n    ", "fn main() {\n    "),
+        ("value.", "value."),
+        // ASCII word characters only: the cut stays on a character boundary.
+        ("naïve_na", "naï"),
+        ("", ""),
+    ];
+    for (prefix, kept) in cases {
+        assert_eq!(&prefix[..partial_word_start(prefix)], kept, "{prefix:?}");
+    }
+    // A run too long to be a word being typed (a hash, a blob) is left alone.
+    let long = format!("let id = {}", "a".repeat(40));
+    assert_eq!(partial_word_start(&long), long.len());
+}
