@@ -64,6 +64,23 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
 }
 
 #[test]
+fn mlx_heals_a_partial_word_as_llama_cpp_does() {
+    let paths = Paths::from_env();
+    let gguf = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(paths.assets())).unwrap();
+    let llama = LlamaEngine::load(&gguf, LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() }).unwrap();
+    let mlx = MlxEngine::load(&resolve("qwen2.5-coder-0.5b", &paths).unwrap_or_else(|e| panic!("{e}")), None).unwrap();
+    assert!(llama.heals() && mlx.heals());
+    let prompt = "<|fim_prefix|>fn main() {\n    let numbers = vec![3, 1, 2];\n    <|fim_suffix|>\n}\n<|fim_middle|>";
+    for typed in ["prin", "asse"] {
+        let request = Request { max_tokens: 8, heal: typed.into(), ..Request::new(prompt) };
+        let (from_llama, _) = llama.generate(request.clone()).unwrap().collect_blocking().unwrap();
+        let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
+        assert!(!from_mlx.is_empty() && !from_mlx.starts_with(typed), "{from_mlx:?}");
+        assert_eq!(from_mlx, from_llama, "healing {typed:?}");
+    }
+}
+
+#[test]
 fn a_prompt_that_extends_the_last_one_reuses_its_cache_and_writes_the_same() {
     let warm = mlx();
     let first = "fn main() {\n    let numbers = vec![1, 2, 3];\n";

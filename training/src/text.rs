@@ -32,6 +32,8 @@ pub struct TextModel {
     pub model: Llama,
     tokenizer: tokenizers::Tokenizer,
     eos: Vec<u32>,
+    /// Every token's text (empty for special tokens), read on the first generation that heals.
+    pieces: std::sync::OnceLock<Vec<Vec<u8>>>,
 }
 
 impl TextModel {
@@ -58,7 +60,7 @@ impl TextModel {
                 eos.push(id);
             }
         }
-        Ok(Self { model, tokenizer, eos })
+        Ok(Self { model, tokenizer, eos, pieces: std::sync::OnceLock::new() })
     }
 
     /// Token ids of `text`; special tokens written by name are recognized.
@@ -80,21 +82,25 @@ impl TextModel {
     /// Generates from `prompt`, calling `on_text` with each new piece of text; generation stops when
     /// `on_text` returns false, on an end-of-sequence token, or after `max_tokens`.
     pub fn generate(&self, prompt: &str, max_tokens: usize, sampling: Sampling, on_text: impl FnMut(&str) -> bool) -> Result<Stats, ModelError> {
-        self.generate_in(&mut Session::default(), prompt, max_tokens, sampling, on_text)
+        self.generate_in(&mut Session::default(), prompt, "", max_tokens, sampling, on_text)
     }
 
     /// As [`generate`](Self::generate), continuing `session`: the part of the prompt that starts
     /// like the tokens the session's cache holds is not computed again (successive completions in
     /// one file share most of their prompt). The session then holds this prompt and its output.
+    ///
+    /// `heal` (token healing): text the output must begin with, left out of what `on_text` gets —
+    /// the prompt ends before a partial word and the model writes the whole word in its own tokens.
     pub fn generate_in(
         &self,
         session: &mut Session,
         prompt: &str,
+        heal: &str,
         max_tokens: usize,
         sampling: Sampling,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<Stats, ModelError> {
-        let result = self.generate_cached(session, prompt, max_tokens, sampling, on_text);
+        let result = self.generate_cached(session, prompt, heal, max_tokens, sampling, on_text);
         if result.is_err() {
             // The cache may be part-way through an update: start the next request afresh.
             *session = Session::default();
@@ -106,6 +112,7 @@ impl TextModel {
         &self,
         session: &mut Session,
         prompt: &str,
+        heal: &str,
         max_tokens: usize,
         sampling: Sampling,
         mut on_text: impl FnMut(&str) -> bool,
@@ -126,11 +133,22 @@ impl TextModel {
         let mut logits = self.model.forward(&ids[shared..], cache)?;
         session.tokens.extend_from_slice(&ids[shared..]);
         let mut generated: Vec<u32> = Vec::new();
-        let mut emitted = 0usize;
+        // The healed text is decoded like the rest but never passed on.
+        let mut emitted = heal.len();
+        let mut healing = heal.as_bytes();
         for _ in 0..max_tokens {
             let last = logits.index((-1, ..));
             last.eval()?;
-            let id = pick(last.as_slice::<f32>(), sampling, &mut rng);
+            let id = if healing.is_empty() {
+                pick(last.as_slice::<f32>(), sampling, &mut rng)
+            } else {
+                let Some(id) = healing_token(last.as_slice::<f32>(), self.pieces(), healing) else {
+                    stats.ended = true;
+                    break;
+                };
+                healing = self.pieces().get(id as usize).and_then(|p| healing.get(p.len()..)).unwrap_or_default();
+                id
+            };
             if generated.is_empty() {
                 stats.time_to_first_token = started.elapsed();
             }
@@ -154,6 +172,22 @@ impl TextModel {
         }
         Ok(stats)
     }
+}
+
+impl TextModel {
+    fn pieces(&self) -> &[Vec<u8>] {
+        self.pieces.get_or_init(|| {
+            let n = self.tokenizer.get_vocab_size(true) as u32;
+            (0..n).map(|id| self.tokenizer.decode(&[id], true).map(String::into_bytes).unwrap_or_default()).collect()
+        })
+    }
+}
+
+/// The likeliest token whose text agrees with `heal` (a prefix of it, or beginning with all of it).
+fn healing_token(logits: &[f32], pieces: &[Vec<u8>], heal: &[u8]) -> Option<u32> {
+    let agrees = |p: &[u8]| !p.is_empty() && (heal.starts_with(p) || p.starts_with(heal));
+    let best = logits.iter().zip(pieces).enumerate().filter(|(_, (_, p))| agrees(p)).max_by(|a, b| a.1.0.total_cmp(b.1.0));
+    best.map(|(i, _)| i as u32)
 }
 
 /// A KV cache kept between requests, with the tokens it was computed from.
@@ -200,6 +234,14 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healing_takes_the_likeliest_token_that_agrees_with_the_typed_text() {
+        let pieces: Vec<Vec<u8>> = ["pr", "print", "x", "", "prin"].iter().map(|p| p.as_bytes().to_vec()).collect();
+        assert_eq!(healing_token(&[1.0, 2.0, 9.0, 10.0, 0.0], &pieces, b"prin"), Some(1));
+        assert_eq!(healing_token(&[3.0, 2.0, 9.0, 10.0, 0.0], &pieces, b"prin"), Some(0));
+        assert_eq!(healing_token(&[3.0, 2.0, 9.0, 10.0, 0.0], &pieces, b"q"), None);
+    }
 
     #[test]
     fn greedy_takes_the_largest_and_top_p_stays_in_the_nucleus() {

@@ -68,7 +68,7 @@ impl MlxEngine {
     }
 }
 
-delegate_generator!(MlxEngine);
+delegate_generator!(MlxEngine, true);
 
 fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink) {
     let started = Instant::now();
@@ -79,7 +79,7 @@ fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink)
         top_p: request.sampling.top_p,
         seed: u64::from(request.sampling.seed),
     };
-    let result = model.generate_in(session, &request.prompt, request.max_tokens, sampling, |piece| {
+    let result = model.generate_in(session, &request.prompt, &request.heal, request.max_tokens, sampling, |piece| {
         if sink.is_cancelled() {
             reason = FinishReason::Cancelled;
             return false;
