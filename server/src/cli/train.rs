@@ -138,6 +138,9 @@ pub struct TrainArgs {
     /// Do not add the adapter to the workspace's kenning.toml.
     #[arg(long)]
     no_register: bool,
+    /// Recompute adapted layers in the backward pass (less memory for long examples, slower).
+    #[arg(long)]
+    grad_checkpoint: bool,
 }
 
 /// `kenning-train` beside this binary, else on PATH.
@@ -184,6 +187,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         .args(["--iters", &args.iters.to_string(), "--num-layers", &args.num_layers.to_string()])
         .args(["--max-seq-length", &args.max_seq_length.to_string(), "--learning-rate", &args.learning_rate.to_string()])
         .args(["--warmup", &(args.iters / 20).to_string()])
+        .args(args.grad_checkpoint.then_some("--grad-checkpoint"))
         .arg("--data")
         .arg(&data_dir)
         .arg("--adapter-path")
