@@ -24,6 +24,7 @@ pub fn partial_word_start(prefix: &str) -> usize {
     let word = prefix.bytes().rev().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
     if word > MAX_HEALED_BYTES { prefix.len() } else { prefix.len() - word }
 }
+
 /// Share of the budget the prefix may take before snippets are considered.
 const PREFIX_SHARE: f64 = 0.5;
 /// Share of the budget the suffix may take.
