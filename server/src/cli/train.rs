@@ -290,18 +290,25 @@ pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
     let path = args.out.unwrap_or_else(|| args.fused.join("model.gguf"));
     let written = fused_gguf::write(&base, &args.fused, &args.adapter, &path)?;
     out(&format!("{} ({}: {} fused projections in F16, {} tensors as in {})", written.path.display(), written.architecture, written.replaced, written.copied, base.display()));
-    // A Modelfile beside it (kenning-train fuse writes one) now builds from the GGUF.
-    let modelfile = path.parent().map(|d| d.join("Modelfile"));
-    if let (Some(modelfile), Some(name)) = (modelfile, path.file_name())
-        && let Ok(text) = std::fs::read_to_string(&modelfile)
-        && text.lines().any(|l| l == "FROM .")
-    {
-        let from = format!("FROM ./{}", name.to_string_lossy());
-        let text: Vec<&str> = text.lines().map(|l| if l == "FROM ." { from.as_str() } else { l }).collect();
-        std::fs::write(&modelfile, text.join("\n") + "\n").with_context(|| format!("writing {}", modelfile.display()))?;
-        out(&format!("{}: {from}", modelfile.display()));
+    if let Some(line) = point_modelfile_at(&path)? {
+        out(&line);
     }
     Ok(())
+}
+
+/// A Modelfile beside `gguf` (kenning-train fuse writes one) that builds from its directory
+/// (`FROM .`) is made to build from the GGUF; returns what changed.
+fn point_modelfile_at(gguf: &Path) -> Result<Option<String>> {
+    let (Some(dir), Some(name)) = (gguf.parent(), gguf.file_name()) else { return Ok(None) };
+    let modelfile = dir.join("Modelfile");
+    let Ok(text) = std::fs::read_to_string(&modelfile) else { return Ok(None) };
+    if !text.lines().any(|l| l == "FROM .") {
+        return Ok(None);
+    }
+    let from = format!("FROM ./{}", name.to_string_lossy());
+    let lines: Vec<&str> = text.lines().map(|l| if l == "FROM ." { from.as_str() } else { l }).collect();
+    std::fs::write(&modelfile, lines.join("\n") + "\n").with_context(|| format!("writing {}", modelfile.display()))?;
+    Ok(Some(format!("{}: {from}", modelfile.display())))
 }
 
 #[cfg(test)]
@@ -334,6 +341,20 @@ mod tests {
             Generation::Mlx { model, adapter: Some(a), .. } => assert_eq!((model.as_str(), a.as_path()), ("/models/mine", adapter.as_path())),
             other => panic!("not registered: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_modelfile_beside_a_fused_gguf_builds_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("model.gguf");
+        assert_eq!(point_modelfile_at(&gguf).unwrap(), None, "no Modelfile: nothing to do");
+        std::fs::write(dir.path().join("Modelfile"), "# comment\nFROM .\nTEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n").unwrap();
+        assert!(point_modelfile_at(&gguf).unwrap().is_some());
+        let text = std::fs::read_to_string(dir.path().join("Modelfile")).unwrap();
+        assert_eq!(text, "# comment\nFROM ./model.gguf\nTEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n");
+        // Done once: a second export leaves it as it is.
+        assert_eq!(point_modelfile_at(&gguf).unwrap(), None);
+        assert_eq!(std::fs::read_to_string(dir.path().join("Modelfile")).unwrap(), text);
     }
 
     #[test]
