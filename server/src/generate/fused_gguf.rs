@@ -27,29 +27,24 @@ pub struct FusedGguf {
 /// Writes `out`: the GGUF `base` with the projections `adapter` adapts replaced by their weights in
 /// `fused` (`model.safetensors` + `config.json`). Nothing is left at `out` on an error.
 pub fn write(base: &Path, fused: &Path, adapter: &Path, out: &Path) -> Result<FusedGguf, LoraError> {
+    let config_path = fused.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
+    let config: BaseConfig = serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
     let adapter_path = adapter.join("adapters.safetensors");
     let bytes = std::fs::read(&adapter_path).map_err(|e| file_error(&adapter_path, e))?;
     let lora = read_safetensors(&bytes, |n| n.ends_with(".lora_a")).map_err(|e| file_error(&adapter_path, e))?;
-    // GGUF name → (the fused weight's name, its projection).
-    let mut wanted: HashMap<String, (String, &'static str)> = HashMap::new();
+    // GGUF name → (the fused weight's name, the heads its rows are permuted by, if any).
+    let mut wanted: HashMap<String, (String, Option<usize>)> = HashMap::new();
     for name in lora.keys() {
         let stem = name.strip_suffix(".lora_a").expect("kept only lora_a");
         let (layer, projection) = parse_stem(stem).ok_or_else(|| file_error(&adapter_path, format!("{name}: not a projection of a layer")))?;
         let gguf_name = gguf_projection(projection).expect("parse_stem accepts only known projections");
-        let projection = match projection {
-            "q_proj" => "q_proj",
-            "k_proj" => "k_proj",
-            _ => "other",
-        };
-        wanted.insert(format!("blk.{layer}.{gguf_name}.weight"), (format!("{stem}.weight"), projection));
+        wanted.insert(format!("blk.{layer}.{gguf_name}.weight"), (format!("{stem}.weight"), config.rotary_heads(projection)));
     }
     if wanted.is_empty() {
         return Err(file_error(&adapter_path, "holds no LoRA weights (…lora_a / …lora_b)"));
     }
 
-    let config_path = fused.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-    let config: BaseConfig = serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
     let weights_path = fused.join("model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
     let names: HashSet<&str> = wanted.values().map(|(n, _)| n.as_str()).collect();
@@ -69,7 +64,7 @@ pub fn write(base: &Path, fused: &Path, adapter: &Path, out: &Path) -> Result<Fu
     let mut tensors = Vec::with_capacity(header.tensors.len());
     let mut replaced = 0;
     for (i, info) in header.tensors.iter().enumerate() {
-        let Some((name, projection)) = wanted.remove(&info.name) else {
+        let Some((name, heads)) = wanted.remove(&info.name) else {
             let data = header.tensor_data(&base_bytes, i).map_err(|e| file_error(base, e))?;
             tensors.push(OutTensor { name: info.name.clone(), dims: info.dims.clone(), ggml_type: info.ggml_type, data: Cow::Borrowed(data) });
             continue;
@@ -79,19 +74,14 @@ pub fn write(base: &Path, fused: &Path, adapter: &Path, out: &Path) -> Result<Fu
         if info.dims != [cols as u64, rows as u64] {
             return Err(LoraError::Invalid(format!("{}: {:?} in the base, [{cols}, {rows}] fused: not the same model", info.name, info.dims)));
         }
-        let heads = match projection {
-            "q_proj" => Some(config.num_attention_heads),
-            "k_proj" => Some(config.num_key_value_heads.unwrap_or(config.num_attention_heads)),
-            _ => None,
-        };
         let permuted;
         let values = match heads {
-            Some(heads) if config.model_type == "llama" && !config.rope_traditional => {
+            Some(heads) => {
                 permuted = permute_rows(&tensor.data, rows, cols, heads)
                     .ok_or_else(|| LoraError::Invalid(format!("{name}: {rows} rows do not split into {heads} heads of even size")))?;
                 &permuted
             }
-            _ => &tensor.data,
+            None => &tensor.data,
         };
         let data: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
         tensors.push(OutTensor { name: info.name.clone(), dims: info.dims.clone(), ggml_type: gguf::F16, data: Cow::Owned(data) });

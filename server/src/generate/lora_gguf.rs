@@ -94,6 +94,21 @@ pub(super) struct BaseConfig {
     pub(super) rope_traditional: bool,
 }
 
+impl BaseConfig {
+    /// The heads whose rows of `projection` go into llama.cpp's rotary order: q and k of a Llama
+    /// model in Hugging Face order; `None` when its rows stay as they are.
+    pub(super) fn rotary_heads(&self, projection: &str) -> Option<usize> {
+        if self.model_type != "llama" || self.rope_traditional {
+            return None;
+        }
+        match projection {
+            "q_proj" => Some(self.num_attention_heads),
+            "k_proj" => Some(self.num_key_value_heads.unwrap_or(self.num_attention_heads)),
+            _ => None,
+        }
+    }
+}
+
 /// Writes the adapter in `dir` as a GGUF LoRA file at `out`. `base` is the base model's directory
 /// (its `config.json`); by default the `model` that `adapter_config.json` records.
 pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, LoraError> {
@@ -148,15 +163,7 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
         // Row-major [rank, inputs] and [outputs, rank]: ggml's [inputs, rank] and [rank, outputs].
         let a_t = transpose(&a.data, inputs, rank);
         let mut b_t = transpose(&b.data, rank, outputs);
-        let heads = match projection {
-            "q_proj" => Some(base.num_attention_heads),
-            "k_proj" => Some(base.num_key_value_heads.unwrap_or(base.num_attention_heads)),
-            _ => None,
-        };
-        if let Some(heads) = heads
-            && base.model_type == "llama"
-            && !base.rope_traditional
-        {
+        if let Some(heads) = base.rotary_heads(projection) {
             b_t = permute_rows(&b_t, outputs, rank, heads).ok_or_else(|| {
                 LoraError::Invalid(format!("layer {layer} {projection}: {outputs} rows do not split into {heads} heads of even size"))
             })?;
