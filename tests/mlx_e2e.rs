@@ -175,6 +175,14 @@ fn random_adapter(model: &std::path::Path, out: &std::path::Path, layers: usize)
     std::fs::write(out.join("adapter_config.json"), config.to_string()).unwrap();
 }
 
+/// Prompts on which a random adapter's effect is compared across engines and files.
+const ADAPTER_PROMPTS: [&str; 2] = ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"];
+
+/// The first four greedy tokens' text.
+fn first_tokens(engine: &dyn Generator, prompt: &str) -> String {
+    engine.generate(Request { max_tokens: 4, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap().0
+}
+
 #[test]
 fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
     let paths = Paths::from_env();
@@ -190,11 +198,8 @@ fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
     assert_eq!(lora, adapter.join(lora_gguf::EXPORT_NAME));
     let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora), ..options }).unwrap();
     let mlx = MlxEngine::load(&model, Some(&adapter)).unwrap();
-    for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
-        let request = Request { max_tokens: 4, ..Request::new(prompt) };
-        let (from_base, _) = base.generate(request.clone()).unwrap().collect_blocking().unwrap();
-        let (from_llama, _) = adapted.generate(request.clone()).unwrap().collect_blocking().unwrap();
-        let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
+    for prompt in ADAPTER_PROMPTS {
+        let (from_base, from_llama, from_mlx) = (first_tokens(&base, prompt), first_tokens(&adapted, prompt), first_tokens(&mlx, prompt));
         assert_ne!(from_llama, from_base, "the adapter changes what llama.cpp writes for {prompt:?}");
         assert_eq!(from_llama, from_mlx, "llama.cpp with the exported adapter writes what MLX writes with the adapter, for {prompt:?}");
     }
@@ -224,11 +229,8 @@ fn a_fused_model_written_as_gguf_writes_what_the_base_with_the_adapter_writes() 
     let base = LlamaEngine::load(&gguf, options.clone()).unwrap();
     let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora_gguf::for_llama(&adapter).unwrap()), ..options.clone() }).unwrap();
     let fused = LlamaEngine::load(&written.path, options).unwrap();
-    for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
-        let request = Request { max_tokens: 4, ..Request::new(prompt) };
-        let (from_base, _) = base.generate(request.clone()).unwrap().collect_blocking().unwrap();
-        let (from_adapted, _) = adapted.generate(request.clone()).unwrap().collect_blocking().unwrap();
-        let (from_fused, _) = fused.generate(request).unwrap().collect_blocking().unwrap();
+    for prompt in ADAPTER_PROMPTS {
+        let (from_base, from_adapted, from_fused) = (first_tokens(&base, prompt), first_tokens(&adapted, prompt), first_tokens(&fused, prompt));
         assert_ne!(from_fused, from_base, "the fused model is not the base, for {prompt:?}");
         assert_eq!(from_fused, from_adapted, "the fused GGUF writes what the base with the adapter writes, for {prompt:?}");
     }
