@@ -124,7 +124,10 @@ def patch_linux(dest: str, mlx: str) -> None:
             "#ifdef __cplusplus\n}\n#endif\n", 1)
 
 
-OPENBLAS = ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0", "/usr/lib64/libopenblas.so.0"]
+# The same places, in the same order, as scripts/requirements: libopenblas0-pthread's own directory
+# beside the alternatives link (which can be missing or dangling while dpkg configuration is delayed).
+OPENBLAS = [f"/usr/lib/{arch}-linux-gnu/{sub}libopenblas.so.0"
+            for arch in ("x86_64", "aarch64") for sub in ("", "openblas-pthread/")] + ["/usr/lib64/libopenblas.so.0"]
 
 
 def openblas_lines() -> str:
@@ -132,7 +135,7 @@ def openblas_lines() -> str:
     binary linking mlx-sys also gets OpenBLAS as a direct dependency (--no-as-needed: no Rust code
     calls it): the dynamic linker then resolves libmlx's BLAS calls to OpenBLAS, which comes before
     libmlx's own dependencies in the lookup order (17x faster training measured)."""
-    found = next((p for p in OPENBLAS if os.path.exists(p)), None)
+    found = next((p for p in OPENBLAS if os.path.isfile(p)), None)
     if found is None:
         print("warn  OpenBLAS (libopenblas0) not found: MLX falls back to the wheel's reference BLAS, ~17x slower", file=sys.stderr)
         return '    println!("cargo:warning=libopenblas.so.0 not found: MLX uses its slow reference BLAS (install libopenblas0)");\n'
