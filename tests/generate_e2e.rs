@@ -130,3 +130,82 @@ fn a_missing_or_broken_model_is_an_error() {
     let err = LlamaEngine::load(&junk, LlamaOptions::default()).err().unwrap();
     assert!(err.to_string().contains("junk.gguf"), "{err}");
 }
+
+/// Three "context ring" snippets of real-looking code, the local file's prefix, and a prompt
+/// rendered the way completions render it (ring first, the file last).
+fn ring_prompt(engine: &dyn Generator, ring: &[usize]) -> String {
+    use kenning::prompt::{self, Budget, Family, FimInput, Layout, Snippet, Source};
+    let snippet = |i: usize| {
+        let text: String = (0..6)
+            .map(|j| format!("/// Converts reading {j} of sensor {i} to millivolts.\npub fn sensor_{i}_reading_{j}(raw: u16) -> u32 {{\n    u32::from(raw) * {} / 4096\n}}\n", 3300 + i * 10 + j))
+            .collect();
+        Snippet { path: format!("src/sensor_{i}.rs"), start_line: 1, end_line: 24, text, source: Source::Retrieved }
+    };
+    let snippets: Vec<Snippet> = ring.iter().map(|&i| snippet(i)).collect();
+    let prefix: String = (0..30).map(|i| format!("    let channel_{i} = sensor_1_reading_{}(raw[{i}]);\n", i % 6)).collect();
+    let prefix = format!("fn read_all(raw: &[u16]) -> u32 {{\n{prefix}    let total = channel_0");
+    let input = FimInput { repo: "firmware", path: "src/main.rs", prefix: &prefix, suffix: ";\n    total\n}\n", snippets: &snippets };
+    assert!(engine.special(SpecialToken::FileSep).is_some());
+    prompt::fim_stable(Family::QwenCoder, Layout::Psm, &input, Budget::split(4_000)).text
+}
+
+/// Issue 12: a snippet evicted from the front of the ring costs fewer prefilled tokens than the
+/// ring holds (what follows it is shifted in the KV cache, not computed again); the completion
+/// computed on shifted entries is reported next to the cold one, and must agree with it here.
+#[test]
+fn an_evicted_ring_snippet_costs_less_than_the_ring_and_shifted_entries_agree_with_cold() {
+    let engine = load("qwen2.5-coder-0.5b");
+    let request = |p: &str| Request { max_tokens: 8, stop: vec!["\n".into()], ..Request::new(p) };
+    let full = ring_prompt(&engine, &[1, 2, 3]);
+    let evicted = ring_prompt(&engine, &[2, 3]);
+    engine.generate(request(&full)).unwrap().collect_blocking().unwrap();
+    let (shifted_text, shifted) = engine.generate(request(&evicted)).unwrap().collect_blocking().unwrap();
+    let ring_tokens = engine.count_tokens(&evicted[..evicted.find("<|file_sep|>src/main.rs").unwrap()]).unwrap();
+    let computed = shifted.prompt_tokens - shifted.reused_prompt_tokens;
+    eprintln!("evicting one of three snippets: {computed} of {} prompt tokens computed (ring: {ring_tokens})", shifted.prompt_tokens);
+    assert!(computed < ring_tokens / 4, "computed {computed} tokens; the ring alone is {ring_tokens}");
+
+    let cold = LlamaEngine::load(
+        &BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap(),
+        LlamaOptions { context: 2048, threads: 1, shift_cache: false, ..LlamaOptions::default() },
+    )
+    .unwrap();
+    let (cold_text, cold_finish) = cold.generate(request(&evicted)).unwrap().collect_blocking().unwrap();
+    assert_eq!(cold_finish.reused_prompt_tokens, 0);
+    eprintln!("shifted: {shifted_text:?}\ncold:    {cold_text:?}");
+    assert_eq!(shifted_text, cold_text, "the completion on shifted cache entries differs from the cold one");
+}
+
+/// Issue 12: a warm-up fills the cache with no generation, and gives way at once to a
+/// generation that arrives meanwhile.
+#[test]
+fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_reused() {
+    let engine = load("qwen2.5-coder-0.5b");
+    let long = ring_prompt(&engine, &[1, 2, 3, 4]);
+    let short = fim(&engine, "fn add(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
+
+    // A full warm-up, timed: what a request behind it would wait without preemption.
+    let started = std::time::Instant::now();
+    let warmed = engine.warm(long.clone()).unwrap().done_blocking().expect("the llama engine warms");
+    let warm_time = started.elapsed();
+    assert!(warmed.complete && warmed.computed == warmed.cached && warmed.cached > 500, "{warmed:?}");
+    // Warmed: the same prompt plus what follows is not computed again.
+    let (_, finish) = engine.generate(Request { max_tokens: 2, ..Request::new(long.clone()) }).unwrap().collect_blocking().unwrap();
+    assert!(finish.prompt_tokens - finish.reused_prompt_tokens <= 2, "{finish:?}");
+
+    // Another warm-up (a different ring: everything computed again), and a generation right behind it.
+    let other = ring_prompt(&engine, &[5, 6, 7, 8]);
+    let warming = engine.warm(other).unwrap();
+    let waiter = std::thread::spawn(move || (warming.done_blocking(), std::time::Instant::now()));
+    let sent = std::time::Instant::now();
+    let (_, finish) = engine.generate(Request { max_tokens: 4, ..Request::new(short) }).unwrap().collect_blocking().unwrap();
+    let generated_at = std::time::Instant::now();
+    let answered = generated_at - sent;
+    let (outcome, warm_done_at) = waiter.join().unwrap();
+    let outcome = outcome.expect("the warm-up reports");
+    eprintln!("full warm-up {warm_time:?}; generation behind a warm-up answered in {answered:?}; warm-up {outcome:?}");
+    assert_eq!(finish.generated_tokens, 4);
+    // Either the warm-up had started and stopped part-way, or it had not and ran after.
+    assert_eq!(outcome.complete, warm_done_at > generated_at, "{outcome:?}");
+    assert!(answered < warm_time / 2, "answered in {answered:?}; a whole warm-up takes {warm_time:?}");
+}

@@ -272,3 +272,46 @@ fn a_killed_index_run_is_completed_by_the_next() {
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hits[0]["citation"]["path"], "src/m123.rs", "{hits}");
 }
+
+/// Two `kenning index` processes on one workspace at once (an editor's server and a terminal) end
+/// with exactly the counts of one run; the second waits for the first's lock, then sees its work.
+#[test]
+fn two_index_processes_at_once_leave_the_counts_of_one() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    for i in 0..18 {
+        let body: String = (0..12).map(|j| format!("/// Step {j}.\npub fn step_{i}_{j}(x: u64) -> u64 {{\n    x * {j} + {i}\n}}\n\n")).collect();
+        write(root, &format!("src/m{i:02}.rs"), body);
+    }
+    let single_dir = tempfile::tempdir().unwrap();
+    let shared_dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_kenning");
+    let index = |dir: &Path| {
+        let mut cmd = Command::new(bin);
+        cmd.args(["index", "--no-embed", "--json", "--index-dir"]).arg(dir).arg(root);
+        cmd
+    };
+    let stats = |dir: &Path| -> (u64, u64) {
+        let out = Command::new(bin).args(["status", "--json", "--index-dir"]).arg(dir).args(["-w", root.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["index"]["files"].as_u64().unwrap(), v["index"]["chunks"].as_u64().unwrap())
+    };
+    assert!(index(single_dir.path()).status().unwrap().success());
+    let one_run = stats(single_dir.path());
+    assert_eq!(one_run.0, 18);
+
+    let children: Vec<_> = (0..2)
+        .map(|_| index(shared_dir.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    let mut changed = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        changed.push(summary["files_changed"].as_u64().unwrap());
+    }
+    changed.sort();
+    assert_eq!(changed, [0, 18], "one run did the work, the other found it done");
+    assert_eq!(stats(shared_dir.path()), one_run);
+}

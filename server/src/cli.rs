@@ -189,10 +189,7 @@ pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let paths = cli.cache_dir.map(Paths::with_root).unwrap_or_else(Paths::from_env);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            serve(paths).await;
-            Ok(())
-        }
+        Command::Serve => serve(paths).await,
         Command::Ask(args) => assist::ask_cmd(&paths, args).await,
         Command::Complete(args) => assist::complete_cmd(&paths, args).await,
         Command::Eval(args) => assist::eval_cmd(&paths, args).await,
@@ -208,10 +205,10 @@ pub async fn run() -> Result<()> {
 }
 
 /// The language server; logs go to stderr (`KENNING_LOG=debug` for more), stdout is the protocol.
-async fn serve(paths: Paths) {
+async fn serve(paths: Paths) -> ! {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KENNING_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kenning=info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
-    crate::lsp::serve_stdio(crate::lsp::Options { paths }).await;
+    crate::lsp::serve_stdio(crate::lsp::Options { paths }).await
 }
 
 fn workspace_root(path: &Path) -> Result<PathBuf> {
@@ -285,9 +282,15 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     if summary.files_lossy_utf8 > 0 {
         println!("  {} files were not valid UTF-8 and were read with replacement characters", summary.files_lossy_utf8);
     }
+    if !summary.redacted.is_empty() {
+        println!("  {} secrets redacted before indexing (values replaced by <redacted:KIND>; --verbose lists them)", summary.redacted.len());
+    }
     if args.verbose {
         for (path, reason) in &summary.skipped {
             println!("  skipped {path}: {reason}");
+        }
+        for (path, line, kind) in &summary.redacted {
+            println!("  redacted {kind} at {path}:{line}");
         }
     }
     Ok(())
@@ -523,5 +526,8 @@ impl Progress for Bars {
     }
     fn optimizing(&self) {
         self.embed.set_message("optimizing the index");
+    }
+    fn waiting_for_lock(&self, holder: &str) {
+        let _ = self.multi.println(format!("{holder} is writing this index: waiting for it to finish"));
     }
 }

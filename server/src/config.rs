@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::prompt::Family;
+use crate::prompt::{Family, Layout};
 
 /// The file read from a workspace root.
 pub const FILE_NAME: &str = "kenning.toml";
@@ -130,6 +130,9 @@ pub struct Completion {
     pub max_lines: usize,
     /// Use the index (hybrid search and definitions); off = prefix/suffix and open buffers only.
     pub retrieval: bool,
+    /// Where the suffix goes in the prompt: `psm` (prefix, suffix, middle) or `spm` (suffix first:
+    /// typing reuses the cached suffix).
+    pub layout: Layout,
 }
 
 impl Default for Completion {
@@ -142,6 +145,7 @@ impl Default for Completion {
             max_tokens_multiline: 128,
             max_lines: 12,
             retrieval: true,
+            layout: Layout::default(),
         }
     }
 }
@@ -255,11 +259,47 @@ impl Layers {
 }
 
 fn parse(name: &str, value: Value) -> Result<Config, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
+    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
         source_name: name.to_owned(),
         key: e.path().to_string().trim_start_matches('.').to_owned(),
         message: e.into_inner().to_string(),
-    })
+    })?;
+    config.check().map_err(|(key, message)| ConfigError { source_name: name.to_owned(), key: key.to_owned(), message })?;
+    Ok(config)
+}
+
+/// Smallest context window: llama.cpp asserts when a prompt batch exceeds a smaller one.
+pub const MIN_CONTEXT: u32 = 256;
+/// Largest context window accepted (the bundled models are trained to 32k).
+pub const MAX_CONTEXT: u32 = 131_072;
+
+/// Most CPU threads accepted: a multiple of the machine's cores (llama.cpp aborts the process
+/// when it cannot start the threads it is told to).
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 4
+}
+
+impl Config {
+    /// Bounds on the numbers the engines would abort or hang on: the key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        fn within<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T, max: T) -> Result<(), (&'static str, String)> {
+            if value < min || value > max { Err((key, format!("{value} is out of range: between {min} and {max}"))) } else { Ok(()) }
+        }
+        if let Generation::Llama { threads, context, .. } = &self.generation {
+            within("generation.context", *context, MIN_CONTEXT, MAX_CONTEXT)?;
+            within("generation.threads", *threads, 0, max_threads())?;
+        }
+        let c = &self.completion;
+        within("completion.debounce_ms", c.debounce_ms, 0, 10_000)?;
+        within("completion.prompt_tokens", c.prompt_tokens, 64, MAX_CONTEXT as usize)?;
+        within("completion.max_tokens", c.max_tokens, 1, 4_096)?;
+        within("completion.max_tokens_multiline", c.max_tokens_multiline, 1, 4_096)?;
+        within("completion.max_lines", c.max_lines, 1, 1_000)?;
+        within("ask.sources", self.ask.sources, 1, 100)?;
+        within("ask.prompt_tokens", self.ask.prompt_tokens, 64, MAX_CONTEXT as usize)?;
+        within("ask.max_tokens", self.ask.max_tokens, 1, 8_192)?;
+        Ok(())
+    }
 }
 
 /// Deep-merges `over` into `base`: tables merge key by key, anything else replaces. A table whose
@@ -353,5 +393,24 @@ mod tests {
     fn a_missing_required_key_is_named() {
         let e = Layers::default().set("x", serde_json::json!({"generation": {"backend": "openai", "url": "http://h"}})).unwrap_err();
         assert!(e.to_string().contains("missing field `model`"), "{e}");
+    }
+
+    #[test]
+    fn numbers_the_engines_would_abort_on_are_errors_naming_the_key() {
+        for (toml, key) in [
+            ("[generation]\nbackend = \"llama\"\ncontext = 128\n", "generation.context"),
+            ("[generation]\nbackend = \"llama\"\nthreads = 100000\n", "generation.threads"),
+            ("[completion]\nmax_lines = 0\n", "completion.max_lines"),
+            ("[completion]\nprompt_tokens = 10\n", "completion.prompt_tokens"),
+            ("[ask]\nsources = 0\n", "ask.sources"),
+        ] {
+            let mut layers = Layers::default();
+            let err = layers.set_toml(FILE_NAME, toml).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+            assert_eq!(layers.resolve().unwrap(), Config::default(), "a refused layer changes nothing");
+        }
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[generation]\nbackend = \"llama\"\ncontext = 256\nthreads = 2\n").unwrap();
     }
 }

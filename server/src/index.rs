@@ -39,6 +39,46 @@ pub enum IndexError {
     Embed(#[from] EmbedError),
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error("cannot lock the index at {path} for writing: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+}
+
+/// The file whose advisory lock gives one writer at a time the right to change an index.
+pub const LOCK_FILE: &str = "writer.lock";
+
+/// The right to write one index, held until dropped: an exclusive advisory lock on
+/// `<index>/writer.lock`, which the language server and every CLI command that writes take.
+/// A second writer waits for the first (the lock file says who holds it), then sees its work.
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+impl WriterLock {
+    /// Takes the lock of the index in `dir`, waiting for another holder; `waiting` is told who
+    /// holds it before the wait starts.
+    pub async fn acquire(dir: &Path, waiting: impl FnOnce(&str)) -> Result<Self, IndexError> {
+        use std::io::Write;
+        let path = dir.join(LOCK_FILE);
+        let err = |source| IndexError::Lock { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                waiting(if holder.trim().is_empty() { "another kenning process" } else { holder.trim() });
+                let waiter = file.try_clone().map_err(err)?;
+                tokio::task::spawn_blocking(move || waiter.lock())
+                    .await
+                    .map_err(|e| err(std::io::Error::other(e.to_string())))?
+                    .map_err(err)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        // Who holds it, for the next one who waits (best effort).
+        let _ = file.set_len(0).and_then(|()| write!(file, "kenning (pid {})", std::process::id()));
+        Ok(Self { _file: file })
+    }
 }
 
 /// Options of one indexing run.
@@ -58,6 +98,10 @@ pub trait Progress: Send + Sync {
     fn embedding_started(&self, _total: usize) {}
     fn embedded(&self, _n: usize) {}
     fn optimizing(&self) {}
+    /// Another process holds the index's writer lock; the run waits for it.
+    fn waiting_for_lock(&self, holder: &str) {
+        tracing::info!("{holder} is writing this index: waiting for it to finish");
+    }
 }
 
 /// Reports nothing.
@@ -84,6 +128,8 @@ pub struct IndexSummary {
     pub languages: Vec<(String, usize)>,
     /// The run skipped an optimize it would have done ([`IndexOptions::defer_optimize`]).
     pub optimize_due: bool,
+    /// Secrets taken out of changed files before anything was stored: path, line, kind.
+    pub redacted: Vec<(String, u32, &'static str)>,
 }
 
 /// What the walker threads hand to the writer.
@@ -91,7 +137,7 @@ enum Work {
     Unchanged(String),
     /// Same content, new mtime: only the file row changes.
     Touched(StoredFile),
-    Changed { file: StoredFile, chunks: Vec<Chunk>, lossy: bool },
+    Changed { file: StoredFile, chunks: Vec<Chunk>, lossy: bool, redactions: Vec<crate::secrets::Redaction> },
     Skipped(String, SkipReason),
 }
 
@@ -116,6 +162,9 @@ pub async fn index_workspace(
     if !root.is_dir() {
         return Err(IndexError::NotADirectory(root.to_owned()));
     }
+    // One writer at a time; once it is ours, read what an earlier holder committed.
+    let _lock = WriterLock::acquire(store.dir(), |holder| progress.waiting_for_lock(holder)).await?;
+    store.refresh().await?;
     let known = Arc::new(store.files().await?);
     let mut summary = IndexSummary::default();
 
@@ -153,8 +202,9 @@ pub async fn index_workspace(
                 seen.insert(file.path.clone());
                 touched.push(file);
             }
-            Work::Changed { file, chunks, lossy } => {
+            Work::Changed { file, chunks, lossy, redactions } => {
                 summary.files_changed += 1;
+                summary.redacted.extend(redactions.into_iter().map(|r| (file.path.clone(), r.line, r.kind)));
                 summary.files_lossy_utf8 += usize::from(lossy);
                 for c in &chunks {
                     *languages.entry(c.language).or_default() += 1;
@@ -248,7 +298,7 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes:
     // A bug in the chunker must cost one file, not the run (and never the server).
     let chunked = std::panic::catch_unwind(|| chunk::chunk_file(&file.path, language, &source.text));
     match chunked {
-        Ok(chunks) => Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy },
+        Ok(chunks) => Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy, redactions: source.redactions },
         Err(_) => Work::Skipped(file.path, SkipReason::Unreadable("internal error while chunking".into())),
     }
 }

@@ -18,5 +18,6 @@ pub mod lsp;
 pub mod paths;
 pub mod prompt;
 pub mod retrieve;
+pub mod secrets;
 pub mod store;
 pub mod workspace;

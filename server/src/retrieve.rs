@@ -77,9 +77,11 @@ pub async fn search(store: &Store, embedder: Option<Arc<dyn Embedder>>, request:
     let vector = async {
         let Some(embedder) = embedder else { return Ok(Vec::new()) };
         let query = request.query.clone();
-        let v = tokio::task::spawn_blocking(move || embedder.embed(&[&query], Purpose::Query))
-            .await
-            .expect("the embedding thread does not panic")?;
+        // A join error: the runtime is shutting down (or the embedder panicked): no vector hits.
+        let Ok(v) = tokio::task::spawn_blocking(move || embedder.embed(&[&query], Purpose::Query)).await else {
+            return Ok(Vec::new());
+        };
+        let v = v?;
         match v.into_iter().next() {
             Some(v) => Ok::<_, SearchError>(store.search_vector(&v, candidates, &request.filter).await?),
             None => Ok(Vec::new()),

@@ -214,6 +214,16 @@ impl Store {
         Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)) })
     }
 
+    /// Makes this handle see what other handles and processes have committed since it was opened
+    /// (tables are not re-read on their own). Called by a writer once it holds the index's lock.
+    pub async fn refresh(&self) -> Result<()> {
+        let lance = |source| StoreError::Lance { path: self.dir.clone(), source };
+        for table in [&self.chunks, &self.vectors, &self.files] {
+            table.checkout_latest().await.map_err(lance)?;
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -587,9 +597,12 @@ impl Store {
 
 async fn open_or_create(db: &Connection, names: &[String], name: &str, schema: SchemaRef) -> lancedb::Result<Table> {
     if names.iter().any(|n| n == name) {
-        db.open_table(name).execute().await
-    } else {
-        db.create_empty_table(name, schema).execute().await
+        return db.open_table(name).execute().await;
+    }
+    match db.create_empty_table(name, schema).execute().await {
+        Ok(table) => Ok(table),
+        // Another process created it meanwhile (two first runs at once): use theirs.
+        Err(created) => db.open_table(name).execute().await.map_err(|_| created),
     }
 }
 

@@ -113,9 +113,15 @@ pub struct SourceFile {
     pub text: String,
     /// Whether the bytes were not valid UTF-8.
     pub lossy: bool,
-    /// blake3 of the raw bytes.
+    /// blake3 of the raw bytes (salted with the version of the content filters, so that a file
+    /// read before a filter changed is read again).
     pub hash: String,
+    /// Secrets taken out of `text` ([`crate::secrets`]).
+    pub redactions: Vec<crate::secrets::Redaction>,
 }
+
+/// Changes whenever the content filters (redaction) change what is kept of a file.
+const CONTENT_FILTER_VERSION: &[u8] = b"kenning content filters 2\0";
 
 /// Options of a walk.
 #[derive(Debug, Clone)]
@@ -232,12 +238,14 @@ pub fn read_source(meta: FileMeta, max_file_bytes: u64) -> Result<SourceFile, Sk
         return Err(SkipReason::TooLarge(bytes.len() as u64));
     }
     classify_bytes(&bytes)?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    let (text, lossy) = match String::from_utf8(bytes) {
+    let hash = blake3::Hasher::new().update(CONTENT_FILTER_VERSION).update(&bytes).finalize().to_hex().to_string();
+    let (mut text, lossy) = match String::from_utf8(bytes) {
         Ok(s) => (s, false),
         Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
     };
-    Ok(SourceFile { meta, text, lossy, hash })
+    // Nothing unredacted goes further: not the index, not a prompt, not a dataset.
+    let redactions = crate::secrets::redact(&mut text);
+    Ok(SourceFile { meta, text, lossy, hash, redactions })
 }
 
 /// The content filters alone: binary, private-key material, minified.

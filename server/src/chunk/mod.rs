@@ -75,10 +75,16 @@ thread_local! {
     static PARSERS: RefCell<HashMap<Language, Parser>> = RefCell::new(HashMap::new());
 }
 
+/// Syntax trees deeper than this are not used: the code that walks them (the chunker's split,
+/// for one) recurses per level, and a user's file can nest without limit (100,000 parentheses, a
+/// chain of 100,000 `+`). Such a file is cut into line windows instead.
+pub const MAX_TREE_DEPTH: usize = 256;
+
 /// Parses `text` with the grammar of `language`, reusing one parser per language and thread.
+/// `None` for a language without a grammar, or a tree deeper than [`MAX_TREE_DEPTH`].
 pub fn parse(language: Language, text: &str) -> Option<tree_sitter::Tree> {
     let grammar = language.grammar()?;
-    PARSERS.with(|parsers| {
+    let tree = PARSERS.with(|parsers| {
         let mut parsers = parsers.borrow_mut();
         let parser = parsers.entry(language).or_insert_with(|| {
             let mut p = Parser::new();
@@ -86,7 +92,31 @@ pub fn parse(language: Language, text: &str) -> Option<tree_sitter::Tree> {
             p
         });
         parser.parse(text, None)
-    })
+    })?;
+    (tree_depth(&tree, MAX_TREE_DEPTH) <= MAX_TREE_DEPTH).then_some(tree)
+}
+
+/// The depth of a tree (the root alone is 1), counted without recursion; stops counting past
+/// `limit`.
+pub fn tree_depth(tree: &tree_sitter::Tree, limit: usize) -> usize {
+    let mut cursor = tree.walk();
+    let (mut depth, mut deepest) = (1usize, 1usize);
+    loop {
+        if depth <= limit && cursor.goto_first_child() {
+            depth += 1;
+            deepest = deepest.max(depth);
+            continue;
+        }
+        loop {
+            if cursor.goto_next_sibling() {
+                break;
+            }
+            if !cursor.goto_parent() {
+                return deepest;
+            }
+            depth -= 1;
+        }
+    }
 }
 
 /// Cuts a file into chunks. Never fails: text that cannot be parsed is cut into line windows.

@@ -310,3 +310,48 @@ fn a_large_rust_file_respects_the_default_budget() {
     assert!(chunks.iter().all(|c| !c.text.trim_end().lines().last().unwrap().starts_with("///")));
 }
 
+
+/// 100,000 levels of nesting (parentheses, and a chain of binary operators) in every language:
+/// the file is cut into line windows instead of overflowing the stack, on a thread with the
+/// default 2 MiB stack of a test thread (the indexer's workers have no more).
+#[test]
+fn deeply_nested_files_fall_back_to_line_windows() {
+    const LEVELS: usize = 100_000;
+    let parens = format!("{}1{}", "(".repeat(LEVELS), ")".repeat(LEVELS));
+    let chain = format!("1{}", " + 1".repeat(LEVELS));
+    let wrap = |path: &str, expr: &str| -> String {
+        match path.rsplit('.').next().unwrap() {
+            "rs" => format!("fn f() -> i32 {{\n    let x = {expr};\n    x\n}}\n"),
+            "py" => format!("def f():\n    x = {expr}\n    return x\n"),
+            "js" | "ts" => format!("function f() {{\n  const x = {expr};\n  return x;\n}}\n"),
+            "go" => format!("package p\n\nfunc f() int {{\n\tx := {expr}\n\treturn x\n}}\n"),
+            "c" | "cpp" => format!("int f(void) {{\n    int x = {expr};\n    return x;\n}}\n"),
+            "java" => format!("class A {{\n    int f() {{\n        int x = {expr};\n        return x;\n    }}\n}}\n"),
+            other => panic!("{other}"),
+        }
+    };
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for path in ["a.rs", "a.py", "a.js", "a.ts", "a.go", "a.c", "a.cpp", "A.java"] {
+                for expr in [&parens, &chain] {
+                    let text = wrap(path, expr);
+                    let language = Language::from_path(path);
+                    assert!(parse(language, &text).is_none(), "{path}: a tree this deep is not used");
+                    let chunks = chunk_file(path, language, &text);
+                    assert!(!chunks.is_empty(), "{path}");
+                    check_invariants(&text, &chunks, Budget::default());
+                }
+            }
+        })
+        .unwrap();
+    handle.join().expect("no stack overflow, no panic");
+}
+
+#[test]
+fn ordinary_trees_are_shallow_enough() {
+    let text = "fn main() {\n    let v = vec![(1, (2, (3, 4)))];\n    if v.is_empty() { return; }\n}\n";
+    let tree = parse(Language::Rust, text).expect("parsed");
+    let depth = tree_depth(&tree, usize::MAX);
+    assert!((5..MAX_TREE_DEPTH).contains(&depth), "{depth}");
+}

@@ -286,6 +286,9 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
         buffers: Vec::new(),
     };
     let started = Instant::now();
+    // One request, no editor session before it: the context an editor's ring would hold is
+    // gathered first.
+    completer.prepare(&request, &retrieval).await;
     let completion = completer.complete(request, &retrieval).await?;
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.json {
@@ -400,10 +403,12 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
             buffers: Vec::new(),
         };
         let started = Instant::now();
+        completer.prepare(&request, &retrieval).await;
+        let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
         let completion = completer.complete(request, &retrieval).await?;
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
         if let Some(c) = &completion {
-            building.push(c.context_ms + c.prompt_ms);
+            building.push(gathered_ms + c.context_ms + c.prompt_ms);
             first_token.push(c.first_token_ms);
         }
         let predicted = completion.map(|c| c.text).unwrap_or_default();

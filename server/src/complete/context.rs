@@ -132,7 +132,7 @@ pub async fn retrieved(store: &Store, embedder: Option<Arc<dyn Embedder>>, query
     }
 }
 
-fn identifier_set(text: &str) -> HashSet<&str> {
+pub(crate) fn identifier_set(text: &str) -> HashSet<&str> {
     words(text).map(|(_, w)| w).filter(|w| w.len() >= 2).collect()
 }
 

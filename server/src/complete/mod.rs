@@ -5,8 +5,16 @@
 //! the slot predicted (the user typed what the ghost text showed) is answered from that slot, even
 //! while it is still generating; the same prefix and suffix is a cache hit. A request that matches
 //! no slot cancels the running generations of its file: the newer edit wins.
+//!
+//! Context from elsewhere in the workspace comes from the [`ring::Ring`], not from a lookup per
+//! keystroke: a request renders the ring as it is (stable text first, the changing text last, so
+//! the engine computes only what changed since the last keystroke). Context is gathered only when
+//! the cursor is somewhere new (another file, or more than [`FAR_LINES`] lines away), where the
+//! local part of the prompt is computed afresh anyway: what is found is appended to the ring, so
+//! the cost of new context is its own tokens, once.
 
 pub mod context;
+pub mod ring;
 pub mod shape;
 
 use std::sync::{Arc, Mutex};
@@ -19,8 +27,9 @@ use crate::chunk::Language;
 use crate::config;
 use crate::embed::Embedder;
 use crate::generate::{Event, GenerateError, Generator, Request as GenRequest, Sampling};
-use crate::prompt::{self, Family, FimInput, Snippet};
+use crate::prompt::{self, Budget, Family, FimInput, Layout, Snippet};
 use crate::store::Store;
+use ring::Ring;
 
 pub use context::Buffer;
 pub use shape::Mode;
@@ -38,6 +47,8 @@ const DEFINITION_LOOKUPS: usize = 6;
 /// Hybrid search hits and open-buffer windows offered to the prompt.
 const RETRIEVED_SNIPPETS: usize = 4;
 const BUFFER_SNIPPETS: usize = 2;
+/// A cursor this many lines from where context was last gathered (or in another file) gathers again.
+pub const FAR_LINES: usize = 32;
 
 /// The index, when there is one: BM25 works as soon as text is stored, vectors when embedded.
 #[derive(Clone, Default)]
@@ -113,17 +124,59 @@ struct Slot {
     snippets: Vec<Snippet>,
 }
 
+/// The context ring and where it was last filled.
+#[derive(Default)]
+struct ContextState {
+    /// What prompts carry.
+    ring: Ring,
+    /// Where context was last gathered: path and line.
+    gathered_at: Option<(String, usize)>,
+}
+
 /// The completion engine of one workspace.
 pub struct Completer {
     generator: Arc<dyn Generator>,
     family: Family,
     settings: config::Completion,
     slots: Mutex<Vec<Arc<Slot>>>,
+    context: Arc<Mutex<ContextState>>,
 }
 
 impl Completer {
     pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::Completion) -> Self {
-        Self { generator, family, settings, slots: Mutex::new(Vec::new()) }
+        let budget = Budget::split(settings.prompt_tokens);
+        let context = ContextState { ring: Ring::new(budget.context), ..ContextState::default() };
+        Self { generator, family, settings, slots: Mutex::new(Vec::new()), context: Arc::new(Mutex::new(context)) }
+    }
+
+    /// Gathers context for `request` and puts it in the ring at once (no waiting for a pause):
+    /// what an editor's ring would hold after the user had been here a moment. For one-shot
+    /// completions (`kenning complete`, `kenning eval`).
+    pub async fn prepare(&self, request: &Request, retrieval: &Retrieval) {
+        let snippets = gather(request, retrieval).await;
+        let local = ring::local_window(&request.text, request.offset).to_owned();
+        let mut state = self.context.lock().expect("context lock");
+        state.ring.add(snippets, &local);
+        state.gathered_at = Some((request.path.clone(), line_of(&request.text, request.offset)));
+    }
+
+    /// The ring's snippets, oldest first (for status and tests).
+    pub fn ring_snippets(&self) -> Vec<Snippet> {
+        self.context.lock().expect("context lock").ring.snippets_for("")
+    }
+
+    /// An edited or saved document: ring snippets from it that no longer match are dropped.
+    pub fn document_changed(&self, path: &str, text: &str) {
+        self.context.lock().expect("context lock").ring.refresh_file(path, text);
+    }
+
+    fn prompt_shape(&self) -> PromptShape {
+        PromptShape {
+            family: self.family,
+            layout: self.settings.layout,
+            budget: Budget::split(self.settings.prompt_tokens),
+            heals: self.generator.heals(),
+        }
     }
 
     pub fn settings(&self) -> &config::Completion {
@@ -160,20 +213,20 @@ impl Completer {
         self.cancel_running(&request.repo, &request.path);
 
         let started = Instant::now();
-        let snippets = if retrieval.store.is_some() || !request.buffers.is_empty() {
-            gather(&request, retrieval).await
-        } else {
-            Vec::new()
-        };
+        // At a new place the local part of the prompt is computed afresh anyway: context for it is
+        // gathered now and joins the ring in the same prompt.
+        if (retrieval.store.is_some() || !request.buffers.is_empty()) && self.new_place(&request) {
+            self.gather_into_ring(&request, retrieval).await;
+        }
+        let shape = self.prompt_shape();
+        let local = Local::new(&request, shape.heals);
+        let snippets = self.ring_for(&request.path);
         let context_ms = ms(started.elapsed());
 
         let started = Instant::now();
-        // Token healing: a prefix that ends inside a word goes to the model without that part, and
-        // the model writes the whole word in its own tokens (the part typed is left out of its output).
-        let (kept, heal) = if self.generator.heals() { prefix.split_at(prompt::partial_word_start(prefix)) } else { (prefix, "") };
-        let input = FimInput { repo: &request.repo, path: &request.path, prefix: kept, suffix, snippets: &snippets };
-        let built = prompt::fim(self.family, &input, self.settings.prompt_tokens);
-        let used: Vec<Snippet> = built.snippets_used.iter().map(|&i| snippets[i].clone()).collect();
+        let built = shape.build(&request, &local, &snippets);
+        let heal = local.heal.as_str();
+        let used = snippets;
         let prompt_tokens = prompt::estimate_tokens(&built.text);
         let prompt_ms = ms(started.elapsed());
 
@@ -184,7 +237,8 @@ impl Completer {
         let gen_request = GenRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
-        let raw = wait(&slot).await?;
+        let raw = wait(&slot).await;
+        let raw = raw?;
         let generate_ms = ms(started.elapsed());
         let cursor = Cursor::new(&request.text, request.offset);
         let text = shape::finish(mode, &raw, &cursor);
@@ -193,6 +247,33 @@ impl Completer {
         }
         let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
+    }
+
+    /// The ring's snippets for a prompt in `path`.
+    fn ring_for(&self, path: &str) -> Vec<Snippet> {
+        self.context.lock().expect("context lock").ring.snippets_for(path)
+    }
+
+    /// Whether the cursor is somewhere context was not gathered for (another file, or more than
+    /// [`FAR_LINES`] lines away); if so, the place is remembered as gathered.
+    fn new_place(&self, request: &Request) -> bool {
+        let line = line_of(&request.text, request.offset);
+        let mut state = self.context.lock().expect("context lock");
+        let far = match &state.gathered_at {
+            Some((path, at)) => *path != request.path || at.abs_diff(line) > FAR_LINES,
+            None => true,
+        };
+        if far {
+            state.gathered_at = Some((request.path.clone(), line));
+        }
+        far
+    }
+
+    /// Gathers context for `request` and appends it to the ring.
+    async fn gather_into_ring(&self, request: &Request, retrieval: &Retrieval) {
+        let found = gather(request, retrieval).await;
+        let local = ring::local_window(&request.text, request.offset);
+        self.context.lock().expect("context lock").ring.add(found, local);
     }
 
     /// A completion from a remembered slot, if the request continues one.
@@ -283,7 +364,18 @@ impl Completer {
                         }
                         tx.send_replace(SlotState::Running(raw.clone()));
                     }
-                    Some(Event::Done(_)) => break Ok(shape::cut(mode, &raw, &cursor, limits).0),
+                    Some(Event::Done(finish)) => {
+                        tracing::debug!(
+                            prompt_tokens = finish.prompt_tokens,
+                            computed = finish.prompt_tokens - finish.reused_prompt_tokens,
+                            generated = finish.generated_tokens,
+                            first_token_ms = ms(finish.time_to_first_token),
+                            decode_ms = ms(finish.total.saturating_sub(finish.time_to_first_token)),
+                            reason = ?finish.reason,
+                            "generation finished"
+                        );
+                        break Ok(shape::cut(mode, &raw, &cursor, limits).0);
+                    }
                     Some(Event::Error(e)) => break Err(e),
                     None => break Err("the generation engine stopped".to_owned()),
                 }
@@ -357,7 +449,57 @@ async fn gather(request: &Request, retrieval: &Retrieval) -> Vec<Snippet> {
     let mut all: Vec<Snippet> = definitions.into_iter().map(overlay).collect();
     all.extend(buffers);
     all.extend(retrieved.into_iter().map(overlay));
+    // Open buffers are the editor's text, not the index's: secrets are taken out here.
+    for s in &mut all {
+        crate::secrets::redact(&mut s.text);
+    }
     context::dedupe(all)
+}
+
+/// How this completer's prompts are built (copied into background tasks).
+#[derive(Debug, Clone, Copy)]
+struct PromptShape {
+    family: Family,
+    layout: Layout,
+    budget: Budget,
+    heals: bool,
+}
+
+/// The text at the cursor as the prompt takes it: secrets redacted, the partial word taken back
+/// for token healing.
+struct Local {
+    /// The prefix without the healed word.
+    kept: String,
+    suffix: String,
+    /// The partial word the engine must begin with.
+    heal: String,
+}
+
+impl Local {
+    fn new(request: &Request, heals: bool) -> Self {
+        // Secrets in the editor's text never reach the model (line breaks are kept, so the prefix
+        // window's anchor stays where it was).
+        let (prefix, _) = crate::secrets::redacted(&request.text[..request.offset]);
+        let (suffix, _) = crate::secrets::redacted(&request.text[request.offset..]);
+        // Token healing: a prefix that ends inside a word goes to the model without that part, and
+        // the model writes the whole word in its own tokens (the part typed is left out of its output).
+        let cut = if heals { prompt::partial_word_start(&prefix) } else { prefix.len() };
+        Self { kept: prefix[..cut].to_owned(), heal: prefix[cut..].to_owned(), suffix: suffix.into_owned() }
+    }
+
+}
+
+impl PromptShape {
+    /// The prompt for `request` with the ring's `snippets` (pure).
+    fn build(&self, request: &Request, local: &Local, snippets: &[Snippet]) -> prompt::Prompt {
+        let input = FimInput { repo: &request.repo, path: &request.path, prefix: &local.kept, suffix: &local.suffix, snippets };
+        prompt::fim_stable(self.family, self.layout, &input, self.budget)
+    }
+}
+
+/// The 0-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count()
 }
 
 /// Byte offset where the last `n` lines of `text` start.

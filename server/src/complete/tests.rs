@@ -161,3 +161,80 @@ async fn mid_line_and_bad_offsets_give_nothing_or_an_error() {
     assert!(c.complete(r, &Retrieval::default()).await.is_err());
     assert_eq!(g.started.load(Ordering::SeqCst), 0);
 }
+
+/// A request in `src/cart.rs` with an open buffer whose code the cursor's code uses.
+fn request_with_buffer(text: &str) -> Request {
+    let buffer = Buffer {
+        path: "src/price.rs".into(),
+        text: "pub fn discounted_price(item: &Item, coupon: &Coupon) -> u64 {\n    item.cents - coupon.cents\n}\n".into(),
+    };
+    Request { path: "src/cart.rs".into(), buffers: vec![buffer], ..request(text) }
+}
+
+/// The part of a Qwen prompt before the current file.
+fn context_part(prompt: &str) -> &str {
+    &prompt[..prompt.find("<|file_sep|>src/cart.rs").unwrap_or(0)]
+}
+
+#[tokio::test]
+async fn the_ring_order_survives_keystrokes() {
+    let g = Scripted::new(vec!["x"], 1);
+    let c = completer(Arc::clone(&g));
+    let start = "fn total(item: &Item, coupon: &Coupon) -> u64 {\n    let price = ";
+    c.prepare(&request_with_buffer(start), &Retrieval::default()).await;
+    assert_eq!(c.ring_snippets().len(), 1, "the open buffer's window joined the ring");
+    for typed in ["d", "disc", "discounted_price(", "discounted_price(item, "] {
+        c.complete(request_with_buffer(&format!("{start}{typed}")), &Retrieval::default()).await.unwrap();
+    }
+    let seen = g.seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    let first = context_part(&seen[0].prompt);
+    assert!(first.contains("<|file_sep|>src/price.rs\npub fn discounted_price"), "{}", seen[0].prompt);
+    for r in seen.iter() {
+        assert_eq!(context_part(&r.prompt), first, "every keystroke's prompt starts with the same context");
+    }
+}
+
+#[tokio::test]
+async fn the_first_request_at_a_new_place_carries_its_context_and_later_ones_keep_it() {
+    let g = Scripted::new(vec!["x"], 1);
+    let c = completer(Arc::clone(&g));
+    let start = "fn total(item: &Item, coupon: &Coupon) -> u64 {\n    let price = ";
+    c.complete(request_with_buffer(&format!("{start}d")), &Retrieval::default()).await.unwrap();
+    c.complete(request_with_buffer(&format!("{start}di")), &Retrieval::default()).await.unwrap();
+    // Far below (another place in the file): gathered again, appended after what was there.
+    let far: String = (0..40).map(|i| format!("    let filler_{i} = {i};\n")).collect();
+    let other = Buffer { path: "src/tax.rs".into(), text: "pub fn filler_tax(filler_39: u64, filler_38: u64) -> u64 {\n    filler_39 / 5 + filler_38\n}\n".into() };
+    let mut r = request_with_buffer(&format!("{start}discounted_price(item, coupon);\n{far}    let tax = filler_tax(fil"));
+    r.buffers.push(other);
+    c.complete(r, &Retrieval::default()).await.unwrap();
+    let seen = g.seen.lock().unwrap();
+    assert!(context_part(&seen[0].prompt).contains("<|file_sep|>src/price.rs"), "{}", seen[0].prompt);
+    assert_eq!(context_part(&seen[0].prompt), context_part(&seen[1].prompt), "the same place keeps its context");
+    let third = context_part(&seen[2].prompt);
+    assert!(third.starts_with(context_part(&seen[0].prompt)), "appended, not reordered: {third}");
+    assert!(third.contains("src/tax.rs"), "{third}");
+}
+
+#[tokio::test]
+async fn hostile_documents_get_a_bounded_prompt_or_nothing() {
+    let g = Scripted::new(vec!["x"], 1);
+    let c = completer(Arc::clone(&g));
+    let budget = config::Completion::default().prompt_tokens;
+    // A huge file and a 10,000-character line: the prompt stays within its budget.
+    let huge: String = (0..50_000).map(|i| format!("let v{i} = {i};\n")).collect();
+    let long_line = format!("let s = \"{}\";\nlet t = ", "y".repeat(10_000));
+    for text in [huge, long_line] {
+        let before = g.seen.lock().unwrap().len();
+        c.complete(request(&text), &Retrieval::default()).await.unwrap();
+        let seen = g.seen.lock().unwrap();
+        assert_eq!(seen.len(), before + 1);
+        let tokens = prompt::estimate_tokens(&seen[before].prompt);
+        assert!(tokens <= budget, "{tokens} estimated tokens");
+    }
+    // Offset 0 of an empty document, and past the end of one.
+    assert!(c.complete(request(""), &Retrieval::default()).await.is_ok());
+    let mut r = request("fn main() {}\n");
+    r.offset = 10_000;
+    assert!(c.complete(r, &Retrieval::default()).await.is_err());
+}

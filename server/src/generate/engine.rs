@@ -4,16 +4,62 @@
 //! thread, so the model is freed before the process can exit (llama.cpp can crash when torn down
 //! from under its own threads).
 
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
-use super::{GenerateError, Generation, Generator, Request, Sink, SpecialToken};
+use super::{GenerateError, Generation, Generator, Request, Sink, SpecialToken, Warmed, Warming};
 
 /// What an engine thread is asked to do.
 pub(super) enum Job {
     Generate(Request, Sink),
+    /// Prefill only: the prompt's keys and values go into the cache, so that a request starting
+    /// with it computes only the rest. Gives way to any generation that arrives meanwhile.
+    Warm(String, tokio::sync::oneshot::Sender<Warmed>),
     CountTokens(String, Sender<usize>),
+}
+
+/// The engine thread's end of the queue. Generations go before a warm-up; of several warm-ups
+/// queued, only the newest is done.
+pub(super) struct Jobs {
+    rx: Receiver<Job>,
+    /// Generations sent and not yet received (a warm-up checks it between batches).
+    waiting: Arc<AtomicUsize>,
+    /// A warm-up put aside for a generation that arrived behind it.
+    held: Cell<Option<Job>>,
+}
+
+impl Jobs {
+    /// The next job; `None` when the engine is being dropped.
+    pub(super) fn recv(&self) -> Option<Job> {
+        let mut job = match self.held.take() {
+            Some(job) => job,
+            None => self.rx.recv().ok()?,
+        };
+        while matches!(job, Job::Warm(..)) {
+            match self.rx.try_recv() {
+                // The older warm-up's reply is dropped: its caller sees it was superseded.
+                Ok(next @ Job::Warm(..)) => job = next,
+                Ok(next) => {
+                    self.held.set(Some(job));
+                    job = next;
+                }
+                Err(_) => break,
+            }
+        }
+        if matches!(job, Job::Generate(..)) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        Some(job)
+    }
+
+    /// Whether a generation is queued (a warm-up in progress stops for it).
+    pub(super) fn generation_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
 }
 
 /// How an engine thread reports that loading finished: the model's special tokens, or the reason
@@ -25,6 +71,8 @@ pub struct EngineThread {
     specials: Vec<(SpecialToken, String)>,
     /// `None` only while dropping.
     jobs: Option<Sender<Job>>,
+    /// Shared with [`Jobs::generation_waiting`].
+    waiting: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -34,18 +82,20 @@ impl EngineThread {
     pub(super) fn spawn(
         path: &Path,
         thread_name: &str,
-        serve: impl FnOnce(&Ready, &Receiver<Job>) + Send + 'static,
+        serve: impl FnOnce(&Ready, &Jobs) + Send + 'static,
     ) -> Result<Self, GenerateError> {
         let load_error = |reason: String| GenerateError::Load { path: path.to_owned(), reason };
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let queue = Jobs { rx: job_rx, waiting: Arc::clone(&waiting), held: Cell::new(None) };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(thread_name.into())
-            .spawn(move || serve(&ready_tx, &job_rx))
+            .spawn(move || serve(&ready_tx, &queue))
             .map_err(|e| load_error(e.to_string()))?;
         let specials = ready_rx.recv().map_err(|_| load_error("the engine thread died while loading".into()))?.map_err(load_error)?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { name, specials, jobs: Some(jobs), thread: Some(thread) })
+        Ok(Self { name, specials, jobs: Some(jobs), waiting, thread: Some(thread) })
     }
 
     fn queue(&self) -> Result<&Sender<Job>, GenerateError> {
@@ -79,8 +129,18 @@ impl Generator for EngineThread {
 
     fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
         let (generation, sink) = Generation::channel();
-        self.queue()?.send(Job::Generate(request, sink)).map_err(|_| GenerateError::EngineGone)?;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if self.queue()?.send(Job::Generate(request, sink)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(GenerateError::EngineGone);
+        }
         Ok(generation)
+    }
+
+    fn warm(&self, prompt: String) -> Result<Warming, GenerateError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue()?.send(Job::Warm(prompt, tx)).map_err(|_| GenerateError::EngineGone)?;
+        Ok(Warming(Some(rx)))
     }
 }
 
@@ -105,6 +165,9 @@ macro_rules! delegate_generator {
             }
             fn generate(&self, request: $crate::generate::Request) -> Result<$crate::generate::Generation, $crate::generate::GenerateError> {
                 self.0.generate(request)
+            }
+            fn warm(&self, prompt: String) -> Result<$crate::generate::Warming, $crate::generate::GenerateError> {
+                self.0.warm(prompt)
             }
         }
     };

@@ -10,7 +10,7 @@ use kenning_training::lora::Lora;
 use kenning_training::text::{Sampling as MlxSampling, Session, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
-use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher};
+use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Warmed};
 use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
@@ -55,9 +55,18 @@ impl MlxEngine {
             let _ = ready.send(Ok(specials));
             // One KV cache across requests: a prompt that starts like the last one reuses it.
             let mut session = Session::default();
-            while let Ok(job) = jobs.recv() {
+            while let Some(job) = jobs.recv() {
                 match job {
                     Job::Generate(request, sink) => run(&model, &mut session, &request, &sink),
+                    // MLX computes a prompt in one forward pass: a warm-up cannot stop half-way.
+                    Job::Warm(prompt, reply) => {
+                        let warmed = model.generate_in(&mut session, &prompt, "", 1, MlxSampling { temperature: 0.0, top_p: 1.0, seed: 0 }, |_| false).map(|stats| Warmed {
+                            cached: stats.prompt_tokens,
+                            computed: stats.prompt_tokens - stats.reused_prompt_tokens,
+                            complete: true,
+                        });
+                        let _ = reply.send(warmed.unwrap_or_default());
+                    }
                     Job::CountTokens(text, reply) => {
                         let _ = reply.send(model.encode(&text).map_or(0, |ids| ids.len()));
                     }

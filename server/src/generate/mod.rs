@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod lora_gguf;
 #[cfg(feature = "mlx")]
 pub mod mlx;
+pub mod reuse;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -298,6 +299,39 @@ pub trait Generator: Send + Sync {
     /// Whether [`Request::heal`] is honoured (the engine sees the logits).
     fn heals(&self) -> bool {
         false
+    }
+    /// Puts `prompt` into the engine's cache without generating, so that a later request that
+    /// starts with it computes only the rest. Gives way to generations; engines without a cache of
+    /// their own (HTTP) do nothing.
+    fn warm(&self, _prompt: String) -> Result<Warming, GenerateError> {
+        Ok(Warming(None))
+    }
+}
+
+/// What a warm-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Warmed {
+    /// Prompt tokens in the cache now.
+    pub cached: usize,
+    /// Of those, how many were computed by this warm-up (the rest were there already).
+    pub computed: usize,
+    /// Whether the whole prompt is in the cache (false: a generation came first).
+    pub complete: bool,
+}
+
+/// A warm-up under way; `None` inside for engines that do not warm.
+pub struct Warming(pub(crate) Option<tokio::sync::oneshot::Receiver<Warmed>>);
+
+impl Warming {
+    /// Waits for the outcome; `None` when the engine does not warm or the warm-up was superseded
+    /// by a newer one.
+    pub async fn done(self) -> Option<Warmed> {
+        self.0?.await.ok()
+    }
+
+    /// The same, blocking the thread (CLI, tests).
+    pub fn done_blocking(self) -> Option<Warmed> {
+        self.0?.blocking_recv().ok()
     }
 }
 

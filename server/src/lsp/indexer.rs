@@ -224,8 +224,17 @@ async fn optimize_when_idle(root: Arc<Root>) {
     if !root.optimize_due.swap(false, Ordering::Relaxed) {
         return;
     }
-    if let Some(store) = root.store.get()
-        && let Err(e) = store.optimize().await
+    let optimized = match root.store.get() {
+        Some(store) => match crate::index::WriterLock::acquire(store.dir(), |_| {}).await {
+            Ok(_lock) => match store.refresh().await {
+                Ok(()) => store.optimize().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+        None => Ok(()),
+    };
+    if let Err(e) = optimized
     {
         tracing::warn!("compacting the index of {} failed: {e}", root.path.display());
         root.optimize_due.store(true, Ordering::Relaxed);

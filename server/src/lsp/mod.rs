@@ -53,7 +53,11 @@ pub async fn serve(
     tower_lsp_server::Server::new(transport::sanitize(input), output, socket).serve(service).await;
 }
 
-/// Serves LSP over stdin/stdout.
-pub async fn serve_stdio(options: Options) {
+/// Serves LSP over stdin/stdout, then ends the process: 0 after `shutdown` and `exit`, 1 when the
+/// client exits without `shutdown` or the input ends (the LSP rule). The process exits here rather
+/// than returning: stdin's reader thread and background work would keep the runtime alive.
+pub async fn serve_stdio(options: Options) -> ! {
     serve(tokio::io::stdin(), tokio::io::stdout(), options).await;
+    let code = i32::from(!server::SHUTDOWN_REQUESTED.load(std::sync::atomic::Ordering::SeqCst));
+    std::process::exit(code)
 }

@@ -21,6 +21,9 @@ use crate::embed::Embedder;
 use crate::generate::{self, Generator};
 use crate::store::Store;
 
+/// Whether a client has asked this process's server to shut down (the exit code of `serve`).
+pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// One workspace folder and its index.
 pub(super) struct Root {
     pub path: PathBuf,
@@ -314,6 +317,7 @@ impl LanguageServer for Server {
 
     async fn shutdown(&self) -> Result<()> {
         self.state.shutting_down.store(true, Ordering::Relaxed);
+        SHUTDOWN_REQUESTED.store(true, Ordering::SeqCst);
         Ok(())
     }
 

@@ -1,11 +1,16 @@
 //! A guard in front of the protocol stream. tower-lsp-server stops reading for good after one
 //! message it cannot decode (the framed reader ends on its first error), so a single malformed
 //! message from a client would end the session. Messages are checked here first: a body that is not
-//! a JSON-RPC message is logged and replaced by a notification the server ignores, and broken
-//! headers are skipped up to the next `Content-Length`.
+//! a JSON-RPC message is logged and replaced by a notification the server ignores.
+//!
+//! Framing resynchronizes on the next `Content-Length: N` header line: a body sent without a
+//! header, a header without a length, or a body shorter than its length loses that message and no
+//! other. A header line cannot occur inside a JSON body (raw line breaks are not allowed in JSON
+//! strings, and `Content-Length` is no JSON token), so finding one inside a body proves the body
+//! was cut short.
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// Bodies larger than this are refused (and skipped) rather than buffered.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -13,67 +18,152 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const REPLACEMENT: &str = r#"{"jsonrpc":"2.0","method":"$/kenning/malformedMessage","params":null}"#;
 
 /// Returns a reader that yields only well-formed messages from `input`.
-pub fn sanitize(input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStream {
+pub fn sanitize(mut input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStream {
     let (reader, mut writer) = tokio::io::duplex(1 << 20);
     tokio::spawn(async move {
-        let mut input = BufReader::new(input);
+        let mut framer = Framer::default();
+        let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            let body = match read_message(&mut input).await {
-                Ok(Some(body)) => body,
-                Ok(None) => return, // end of input: the server sees it too
-                Err(problem) => {
-                    tracing::warn!("skipped a malformed LSP message: {problem}");
-                    REPLACEMENT.as_bytes().to_vec()
+            while let Some(frame) = framer.next() {
+                let body = match frame {
+                    Ok(body) if is_message(&body) => body,
+                    Ok(body) => {
+                        tracing::warn!("skipped a message that is not JSON-RPC: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+                        REPLACEMENT.as_bytes().to_vec()
+                    }
+                    Err(problem) => {
+                        tracing::warn!("skipped a malformed LSP message: {problem}");
+                        REPLACEMENT.as_bytes().to_vec()
+                    }
+                };
+                let header = format!("Content-Length: {}\r\n\r\n", body.len());
+                if writer.write_all(header.as_bytes()).await.is_err() || writer.write_all(&body).await.is_err() {
+                    return; // the server is gone
                 }
-            };
-            let body = if is_message(&body) {
-                body
-            } else {
-                tracing::warn!("skipped a message that is not JSON-RPC: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
-                REPLACEMENT.as_bytes().to_vec()
-            };
-            let header = format!("Content-Length: {}\r\n\r\n", body.len());
-            if writer.write_all(header.as_bytes()).await.is_err() || writer.write_all(&body).await.is_err() {
-                return; // the server is gone
+            }
+            match input.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    if let Some(problem) = framer.finish() {
+                        tracing::warn!("input ended inside a message: {problem}");
+                    }
+                    return; // end of input: the server sees it too
+                }
+                Ok(n) => framer.push(&chunk[..n]),
             }
         }
     });
     reader
 }
 
-/// Reads one framed message; `Ok(None)` at the end of input, `Err` for a frame that was skipped.
-async fn read_message(input: &mut (impl AsyncBufReadExt + Unpin)) -> Result<Option<Vec<u8>>, String> {
-    let mut length: Option<usize> = None;
-    let mut saw_header = false;
-    loop {
-        let mut line = Vec::new();
-        if input.read_until(b'\n', &mut line).await.map_err(|e| e.to_string())? == 0 {
-            return if saw_header { Err("input ended inside a header".into()) } else { Ok(None) };
+/// Cuts a byte stream into message bodies. Pure: bytes in, frames out.
+#[derive(Debug, Default)]
+struct Framer {
+    buf: Vec<u8>,
+    /// Bytes of an oversized body still to be skipped.
+    skipping: usize,
+}
+
+/// Where the next `Content-Length: <digits>` header line starts in `bytes`, if a whole one is
+/// there (the line break after the digits included).
+fn find_length_header(bytes: &[u8]) -> Option<usize> {
+    const NAME: &[u8] = b"content-length:";
+    let mut from = 0;
+    while let Some(at) = bytes[from..].windows(NAME.len()).position(|w| w.eq_ignore_ascii_case(NAME)).map(|i| from + i) {
+        let rest = &bytes[at + NAME.len()..];
+        let spaces = rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        let digits = rest[spaces..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let after = &rest[spaces + digits..];
+        if digits > 0 && (after.starts_with(b"\r\n") || after.starts_with(b"\n")) {
+            return Some(at);
         }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        if text.is_empty() {
-            if !saw_header {
-                continue; // stray blank line between messages
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether `bytes` are header lines only (`Name: value`, each ended by a line break).
+fn only_header_lines(bytes: &[u8]) -> bool {
+    bytes.split_inclusive(|b| *b == b'\n').all(|line| {
+        line.ends_with(b"\n") && line.iter().position(|b| *b == b':').is_some_and(|c| c > 0 && line[..c].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+    })
+}
+
+impl Framer {
+    fn push(&mut self, bytes: &[u8]) {
+        let skip = self.skipping.min(bytes.len());
+        self.skipping -= skip;
+        self.buf.extend_from_slice(&bytes[skip..]);
+    }
+
+    /// The next body, or the problem with what had to be skipped; `None` until more bytes come.
+    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if self.skipping > 0 {
+            return None;
+        }
+        let Some(at) = find_length_header(&self.buf) else {
+            // No header yet. Text before one that is neither blank nor headers is lost: keep
+            // only a tail that could be the start of a header.
+            let keep = self.buf.len().min(64);
+            let cut = self.buf.len() - keep;
+            let dropped: Vec<u8> = self.buf.drain(..cut).collect();
+            if dropped.iter().any(|b| !b.is_ascii_whitespace()) && !only_header_lines(&dropped) {
+                return Some(Err(format!("{} bytes without a Content-Length header", dropped.len())));
             }
-            break;
+            return None;
+        };
+        let before = &self.buf[..at];
+        if !before.iter().all(u8::is_ascii_whitespace) && !only_header_lines(before) {
+            let n = at;
+            self.buf.drain(..at);
+            return Some(Err(format!("{n} bytes without a Content-Length header")));
         }
-        saw_header = true;
-        if let Some((name, value)) = text.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok();
+        // The header block ends at the first blank line after the length header.
+        let rel = &self.buf[at..];
+        let (end, blank) = match (find(rel, b"\r\n\r\n"), find(rel, b"\n\n")) {
+            (Some(a), Some(b)) if b < a => (b, 2),
+            (Some(a), _) => (a, 4),
+            (None, Some(b)) => (b, 2),
+            (None, None) => return None,
+        };
+        let headers = String::from_utf8_lossy(&rel[..end]).into_owned();
+        let body_start = at + end + blank;
+        let length: usize = headers
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().to_owned()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
+        if length > MAX_MESSAGE_BYTES {
+            // Skip the body without keeping it (an unparsable length skips nothing more).
+            let skip = if length == usize::MAX { 0 } else { length };
+            let now = skip.min(self.buf.len() - body_start);
+            self.buf.drain(..body_start + now);
+            self.skipping = skip - now;
+            return Some(Err(if skip == 0 { "a header without a valid Content-Length".to_owned() } else { format!("a message of {length} bytes (limit {MAX_MESSAGE_BYTES})") }));
         }
+        let body = &self.buf[body_start..(body_start + length).min(self.buf.len())];
+        // A header inside the body: this body was shorter than its length. Resynchronize there.
+        if let Some(inner) = find_length_header(body) {
+            let declared = length;
+            self.buf.drain(..body_start + inner);
+            return Some(Err(format!("a body shorter than its Content-Length ({declared})")));
+        }
+        if self.buf.len() < body_start + length {
+            return None;
+        }
+        let body = self.buf[body_start..body_start + length].to_vec();
+        self.buf.drain(..body_start + length);
+        Some(Ok(body))
     }
-    let length = length.ok_or("a header without a valid Content-Length")?;
-    if length > MAX_MESSAGE_BYTES {
-        // Skip the body without keeping it.
-        tokio::io::copy(&mut input.take(length as u64), &mut tokio::io::sink()).await.map_err(|e| e.to_string())?;
-        return Err(format!("a message of {length} bytes (limit {MAX_MESSAGE_BYTES})"));
+
+    /// At the end of input: what was left unfinished, if anything.
+    fn finish(&mut self) -> Option<String> {
+        let left = std::mem::take(&mut self.buf);
+        (left.iter().any(|b| !b.is_ascii_whitespace())).then(|| format!("{} bytes of an unfinished message", left.len()))
     }
-    let mut body = vec![0; length];
-    input.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok(Some(body))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Whether `body` is something tower-lsp-server can decode: a JSON-RPC 2.0 request, notification
@@ -110,9 +200,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_header_without_length_is_skipped() {
-        let out = pass(b"Content-Type: x\r\n\r\n").await;
-        assert_eq!(out, format!("Content-Length: {}\r\n\r\n{REPLACEMENT}", REPLACEMENT.len()));
+    async fn a_header_without_length_reaches_nothing() {
+        assert_eq!(pass(b"Content-Type: x\r\n\r\n").await, "");
+    }
+
+    fn framed(body: &str) -> String {
+        format!("Content-Length: {}\r\n\r\n{body}", body.len())
+    }
+
+    const PING: &str = r#"{"jsonrpc":"2.0","id":7,"method":"kenning/ping"}"#;
+
+    #[tokio::test]
+    async fn a_body_without_a_header_loses_only_itself() {
+        let input = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\"}}{}", framed(PING));
+        let out = pass(Box::leak(input.into_bytes().into_boxed_slice())).await;
+        assert_eq!(out, framed(REPLACEMENT) + &framed(PING));
+    }
+
+    #[tokio::test]
+    async fn a_header_without_a_length_then_a_body_loses_only_that_message() {
+        let input = format!("Content-Type: x\r\n\r\n{{\"jsonrpc\":\"2.0\",\"method\":\"y\"}}{}", framed(PING));
+        let out = pass(Box::leak(input.into_bytes().into_boxed_slice())).await;
+        assert!(out.ends_with(&framed(PING)), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_length_loses_only_itself() {
+        // Declared 500 bytes, sent 20: the next message's header is found inside the "body".
+        let input = format!("Content-Length: 500\r\n\r\n{{\"jsonrpc\":\"2.0\"}}{}", framed(PING));
+        let out = pass(Box::leak(input.into_bytes().into_boxed_slice())).await;
+        assert_eq!(out, framed(REPLACEMENT) + &framed(PING));
+    }
+
+    #[test]
+    fn a_body_may_mention_content_length_and_arrive_in_pieces() {
+        // A document about HTTP inside a didOpen: quoted, so no raw line break follows the digits.
+        let body = r#"{"jsonrpc":"2.0","method":"textDocument/didOpen","params":{"text":"Content-Length: 12\r\n"}}"#;
+        let whole = framed(body) + &framed(PING);
+        let mut framer = Framer::default();
+        let mut out = Vec::new();
+        for byte in whole.as_bytes() {
+            framer.push(std::slice::from_ref(byte));
+            while let Some(frame) = framer.next() {
+                out.push(frame.unwrap());
+            }
+        }
+        assert_eq!(out, vec![body.as_bytes().to_vec(), PING.as_bytes().to_vec()]);
+        assert_eq!(framer.finish(), None);
     }
 
     #[test]

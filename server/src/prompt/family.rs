@@ -5,6 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use super::Snippet;
 
+/// Where the suffix goes in a fill-in-the-middle prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Prefix, suffix, middle: the order FIM models are trained on most.
+    #[default]
+    Psm,
+    /// Suffix, prefix, middle: typing at the cursor changes only the end of the prompt, so every
+    /// keystroke reuses the cached suffix (Qwen, StarCoder2 and CodeGemma markers; other families
+    /// keep their own order).
+    Spm,
+}
+
 /// A family of code models sharing one prompt format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,7 +76,16 @@ impl Family {
 
     /// Renders the prompt. `snippets` come in the order they are written (best last).
     pub fn render(self, repo: &str, path: &str, snippets: &[&Snippet], prefix: &str, suffix: &str) -> String {
+        self.render_with(Layout::Psm, repo, path, snippets, prefix, suffix)
+    }
+
+    /// Renders the prompt with the suffix where `layout` puts it (for the families that can).
+    pub fn render_with(self, layout: Layout, repo: &str, path: &str, snippets: &[&Snippet], prefix: &str, suffix: &str) -> String {
         let mut out = String::new();
+        let fim = |out: &mut String, (pre, suf, mid): (&str, &str, &str)| match layout {
+            Layout::Psm => out.push_str(&format!("{pre}{prefix}{suf}{suffix}{mid}")),
+            Layout::Spm => out.push_str(&format!("{suf}{suffix}{pre}{prefix}{mid}")),
+        };
         match self {
             Family::QwenCoder | Family::StarCoder2 => {
                 let (repo_tok, sep) = if self == Family::QwenCoder {
@@ -79,17 +101,16 @@ impl Family {
                     }
                     out.push_str(&format!("{sep}{path}\n"));
                 }
-                out.push_str(&format!("{pre}{prefix}{suf}{suffix}{mid}"));
+                fim(&mut out, (pre, suf, mid));
             }
             Family::CodeGemma => {
-                let (pre, suf, mid) = self.fim_tokens();
                 for s in snippets {
                     out.push_str(&format!("<|file_separator|>{}\n{}\n", s.path, s.text.trim_end_matches('\n')));
                 }
                 if !snippets.is_empty() {
                     out.push_str(&format!("<|file_separator|>{path}\n"));
                 }
-                out.push_str(&format!("{pre}{prefix}{suf}{suffix}{mid}"));
+                fim(&mut out, self.fim_tokens());
             }
             Family::DeepseekCoder | Family::CodeLlama => {
                 let (pre, suf, mid) = self.fim_tokens();

@@ -7,7 +7,7 @@
 
 pub mod family;
 
-pub use family::Family;
+pub use family::{Family, Layout};
 
 use serde::Serialize;
 
@@ -108,6 +108,44 @@ pub fn fim(family: Family, input: &FimInput<'_>, budget: usize) -> Prompt {
         text,
         stop: family.stop().iter().map(|s| (*s).to_owned()).collect(),
         snippets_used: used,
+        prefix_bytes: prefix.len(),
+        suffix_bytes: suffix.len(),
+    }
+}
+
+/// How a completion prompt's token budget is shared, fixed in advance so that the context part
+/// does not grow or shrink with the prefix (which would change the prompt's start as one types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub prefix: usize,
+    pub suffix: usize,
+    /// What the context ring may hold.
+    pub context: usize,
+}
+
+impl Budget {
+    /// Markers, the repository name and the file's path.
+    const OVERHEAD: usize = 24;
+
+    pub fn split(total: usize) -> Self {
+        let prefix = (total as f64 * PREFIX_SHARE) as usize;
+        let suffix = (total as f64 * SUFFIX_SHARE) as usize;
+        Self { prefix, suffix, context: total.saturating_sub(prefix + suffix + Self::OVERHEAD) }
+    }
+}
+
+/// Builds a fill-in-the-middle prompt whose context is the ring's snippets, all of them, in the
+/// order given (oldest first: the ring already keeps within `budget.context`). The prefix keeps its
+/// last lines from an anchored line ([`anchored_tail`]), the suffix its first lines.
+pub fn fim_stable(family: Family, layout: Layout, input: &FimInput<'_>, budget: Budget) -> Prompt {
+    let prefix = anchored_tail(input.prefix, budget.prefix);
+    let suffix = head_lines(input.suffix, budget.suffix);
+    let chosen: Vec<&Snippet> = input.snippets.iter().collect();
+    let text = family.render_with(layout, input.repo, input.path, &chosen, prefix, suffix);
+    Prompt {
+        text,
+        stop: family.stop().iter().map(|s| (*s).to_owned()).collect(),
+        snippets_used: (0..input.snippets.len()).collect(),
         prefix_bytes: prefix.len(),
         suffix_bytes: suffix.len(),
     }

@@ -252,3 +252,42 @@ fn the_partial_word_at_the_cursor_is_what_healing_takes_back() {
     let long = format!("let id = {}", "a".repeat(40));
     assert_eq!(partial_word_start(&long), long.len());
 }
+
+#[test]
+fn suffix_first_layout_puts_the_suffix_before_the_prefix() {
+    let snippets = [snippet("src/item.rs", "pub struct Item { cents: u64 }\n")];
+    let input = FimInput { repo: "shop", path: "src/cart.rs", prefix: "fn total() -> u64 {\n    ", suffix: "\n}\n", snippets: &snippets };
+    let prompt = fim_stable(Family::QwenCoder, Layout::Spm, &input, Budget::split(1_000));
+    expect![[r#"
+        <|repo_name|>shop
+        <|file_sep|>src/item.rs
+        pub struct Item { cents: u64 }
+        <|file_sep|>src/cart.rs
+        <|fim_suffix|>
+        }
+        <|fim_prefix|>fn total() -> u64 {
+            <|fim_middle|>"#]]
+    .assert_eq(&prompt.text);
+    // Families without a suffix-first form keep their own order.
+    let deepseek = fim_stable(Family::DeepseekCoder, Layout::Spm, &input, Budget::split(1_000));
+    assert!(deepseek.text.find("fn total").unwrap() < deepseek.text.find("\n}\n").unwrap(), "{}", deepseek.text);
+}
+
+#[test]
+fn a_stable_prompt_keeps_every_ring_snippet_in_order_whatever_the_prefix() {
+    let snippets = [snippet("src/a.rs", "fn a() {}\n"), snippet("src/b.rs", "fn b() {}\n")];
+    let budget = Budget::split(400);
+    assert_eq!(budget.prefix + budget.suffix + budget.context + 24, 400);
+    let mut text = String::new();
+    let mut starts = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        text.push_str(&format!("let typed_{i} = compute({i});\n"));
+        let input = FimInput { repo: "r", path: "src/c.rs", prefix: &text, suffix: "}\n", snippets: &snippets };
+        let prompt = fim_stable(Family::QwenCoder, Layout::Spm, &input, budget);
+        assert_eq!(prompt.snippets_used, [0, 1]);
+        let ring_end = prompt.text.find("<|file_sep|>src/c.rs").unwrap();
+        starts.insert(prompt.text[..ring_end].to_owned());
+        assert!(prompt.text.find("src/a.rs").unwrap() < prompt.text.find("src/b.rs").unwrap());
+    }
+    assert_eq!(starts.len(), 1, "the context part never changes while typing");
+}

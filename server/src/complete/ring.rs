@@ -1,0 +1,200 @@
+//! The context ring: code from elsewhere in the workspace that completion prompts carry, kept in a
+//! stable order so that the engine's KV cache stays valid from one keystroke to the next.
+//!
+//! Snippets are gathered on events (a file is completed in for the first time, the cursor moved
+//! far, a file was opened or saved), not per keystroke. New ones are appended; the oldest are
+//! evicted when the ring is over its token budget; a snippet overlapping or nearly repeating one
+//! already there is dropped, and so is one that mostly repeats the code at the cursor (it pulls
+//! the model into copying it). Prompts render the ring in its order, oldest first, so appending
+//! costs only what follows, and an eviction from the front is a deletion the engine shifts over
+//! ([`crate::generate::reuse`]).
+
+use std::collections::HashSet;
+
+use crate::prompt::{self, Snippet};
+
+use super::context;
+
+/// Snippets whose identifier sets are more alike than this (Jaccard) count as repeats: of a
+/// snippet already in the ring, or of the code around the cursor (llama.vim drops context chunks
+/// more than half similar to the cursor's text).
+pub const MAX_SIMILARITY: f64 = 0.5;
+/// Lines around the cursor that make "the code at the cursor" for [`MAX_SIMILARITY`].
+const LOCAL_LINES: usize = 20;
+
+/// The ring itself: snippets oldest first, within a budget of estimated tokens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ring {
+    chunks: Vec<Snippet>,
+    budget: usize,
+}
+
+impl Ring {
+    pub fn new(budget: usize) -> Self {
+        Self { chunks: Vec::new(), budget }
+    }
+
+    /// The snippets in prompt order (oldest first), without those of `path` (the file being
+    /// completed is in the prompt already, newer).
+    pub fn snippets_for(&self, path: &str) -> Vec<Snippet> {
+        self.chunks.iter().filter(|s| s.path != path).cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Estimated tokens of the ring as a prompt renders it.
+    pub fn tokens(&self) -> usize {
+        self.chunks.iter().map(cost).sum()
+    }
+
+    /// Adds `candidates` (best first) gathered for the cursor in `local` (the lines around it).
+    /// Returns whether the ring changed.
+    pub fn add(&mut self, candidates: Vec<Snippet>, local: &str) -> bool {
+        let local_ids = identifiers(local);
+        let mut added = Vec::new();
+        for snippet in candidates {
+            if cost(&snippet) > self.budget {
+                continue;
+            }
+            let ids = identifiers(&snippet.text);
+            let repeats_local = jaccard(&ids, &local_ids) > MAX_SIMILARITY;
+            let known = self.chunks.iter().chain(&added).any(|c: &Snippet| {
+                (c.path == snippet.path && c.start_line <= snippet.end_line && snippet.start_line <= c.end_line)
+                    || jaccard(&identifiers(&c.text), &ids) > MAX_SIMILARITY
+            });
+            if !repeats_local && !known {
+                added.push(snippet);
+            }
+        }
+        if added.is_empty() {
+            return false;
+        }
+        // Best first among the new ones is written last, nearest the cursor.
+        added.reverse();
+        self.chunks.extend(added);
+        while self.tokens() > self.budget && !self.chunks.is_empty() {
+            self.chunks.remove(0);
+        }
+        true
+    }
+
+    /// Drops the snippets of `path` whose lines no longer match `text` (the file was edited or
+    /// saved); returns whether any was dropped.
+    pub fn refresh_file(&mut self, path: &str, text: &str) -> bool {
+        let lines: Vec<&str> = text.lines().collect();
+        let before = self.chunks.len();
+        self.chunks.retain(|s| {
+            if s.path != path {
+                return true;
+            }
+            let (a, b) = (s.start_line as usize - 1, s.end_line as usize);
+            b <= lines.len() && lines[a..b].join("\n").trim_end() == s.text.trim_end()
+        });
+        self.chunks.len() != before
+    }
+}
+
+/// The lines around `offset` in `text` (the code the ring must not repeat).
+pub fn local_window(text: &str, offset: usize) -> &str {
+    let mut start = offset.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = start;
+    for _ in 0..LOCAL_LINES {
+        start = text[..start.saturating_sub(1)].rfind('\n').map_or(0, |i| i + 1);
+    }
+    for _ in 0..LOCAL_LINES / 2 {
+        end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+    }
+    &text[start..end]
+}
+
+fn cost(s: &Snippet) -> usize {
+    prompt::estimate_tokens(&s.text) + prompt::estimate_tokens(&s.path) + 4
+}
+
+fn identifiers(text: &str) -> HashSet<&str> {
+    context::identifier_set(text)
+}
+
+fn jaccard(a: &HashSet<&str>, b: &HashSet<&str>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 { 0.0 } else { a.intersection(b).count() as f64 / union as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::Source;
+
+    fn snippet(path: &str, start: u32, text: &str) -> Snippet {
+        let end = start + text.lines().count().max(1) as u32 - 1;
+        Snippet { path: path.into(), start_line: start, end_line: end, text: text.into(), source: Source::Retrieved }
+    }
+
+    fn paths(ring: &Ring) -> Vec<String> {
+        ring.snippets_for("").iter().map(|s| format!("{}:{}", s.path, s.start_line)).collect()
+    }
+
+    #[test]
+    fn new_snippets_are_appended_best_last_and_the_order_is_kept() {
+        let mut ring = Ring::new(1_000);
+        assert!(ring.add(vec![snippet("a.rs", 1, "fn alpha() {}"), snippet("b.rs", 1, "fn beta() {}")], ""));
+        assert_eq!(paths(&ring), ["b.rs:1", "a.rs:1"]);
+        assert!(ring.add(vec![snippet("c.rs", 1, "fn gamma() {}")], ""));
+        assert_eq!(paths(&ring), ["b.rs:1", "a.rs:1", "c.rs:1"], "older snippets keep their places");
+        assert!(!ring.add(vec![snippet("a.rs", 1, "fn alpha() {}")], ""), "a snippet already there changes nothing");
+    }
+
+    #[test]
+    fn the_oldest_are_evicted_over_budget() {
+        // Each costs about 18 estimated tokens: two fit in 40.
+        let mut ring = Ring::new(40);
+        ring.add(vec![snippet("a.rs", 1, "fn first_one() { let apple = pick(tree); }")], "");
+        ring.add(vec![snippet("b.rs", 1, "fn second_one() { let bread = bake(flour); }")], "");
+        assert_eq!(paths(&ring), ["a.rs:1", "b.rs:1"]);
+        ring.add(vec![snippet("c.rs", 1, "fn third_one() { let cheese = age(milk); }")], "");
+        assert!(ring.tokens() <= 40, "{}", ring.tokens());
+        assert_eq!(paths(&ring), ["b.rs:1", "c.rs:1"]);
+    }
+
+    #[test]
+    fn near_copies_of_the_cursor_code_and_of_ring_snippets_are_dropped() {
+        let local = "let total = cart.items.iter().map(|item| item.price * item.quantity).sum();";
+        let copy = "let total = order.items.iter().map(|item| item.price * item.quantity).sum();";
+        let useful = "pub struct Cart { pub items: Vec<Item>, pub coupon: Option<Coupon> }";
+        let mut ring = Ring::new(1_000);
+        ring.add(vec![snippet("other.rs", 10, copy), snippet("cart.rs", 1, useful)], local);
+        assert_eq!(paths(&ring), ["cart.rs:1"]);
+        let renamed = "pub struct Cart { pub items: Vec<Item>, pub coupon: Option<Coupon>, }";
+        assert!(!ring.add(vec![snippet("cart_copy.rs", 1, renamed)], ""), "a near-duplicate of a ring snippet");
+    }
+
+    #[test]
+    fn the_current_file_is_left_out_and_stale_snippets_are_dropped() {
+        let mut ring = Ring::new(1_000);
+        ring.add(vec![snippet("a.rs", 2, "fn alpha() {}"), snippet("b.rs", 1, "fn beta() {}")], "");
+        assert_eq!(ring.snippets_for("a.rs").len(), 1);
+        assert!(!ring.refresh_file("a.rs", "// header\nfn alpha() {}\n"));
+        assert!(ring.refresh_file("a.rs", "// header\nfn alpha_renamed() {}\n"));
+        assert_eq!(paths(&ring), ["b.rs:1"]);
+    }
+
+    #[test]
+    fn the_local_window_surrounds_the_cursor() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let at = text.find("line 50").unwrap();
+        let window = local_window(&text, at);
+        assert!(window.starts_with("line 30\n"), "{window}");
+        assert!(window.ends_with("line 59\n"), "{window}");
+        assert_eq!(local_window("", 0), "");
+        assert_eq!(local_window("é", 1), "é");
+    }
+}
