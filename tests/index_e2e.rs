@@ -315,3 +315,57 @@ fn two_index_processes_at_once_leave_the_counts_of_one() {
     assert_eq!(changed, [0, 18], "one run did the work, the other found it done");
     assert_eq!(stats(shared_dir.path()), one_run);
 }
+
+/// Secrets in a source file (issue 13): the index, search results, `kenning dataset`'s files and
+/// its printed sample never hold them; the lines around them are still there, and both commands
+/// say what they took out.
+#[test]
+fn secrets_never_reach_search_results_or_training_data() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    let secrets = [
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "MIIEowIBAAKCAQEA7bq98W3nlqmQxyZ",
+    ];
+    let config = format!(
+        "\"\"\"Service settings.\"\"\"\n\nAWS_ACCESS_KEY_ID = \"{}\"\nAWS_SECRET_ACCESS_KEY = \"{}\"\nGITHUB_TOKEN = \"{}\"\nSTRIPE_KEY = \"{}\"\nSIGNING_KEY = \"\"\"-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\"\"\"\n\n\ndef billing_endpoint(region):\n    \"\"\"Where invoices are sent for a region.\"\"\"\n    return f\"https://billing.{{region}}.example.com/v2/invoices\"\n",
+        secrets[0], secrets[1], secrets[2], secrets[3], secrets[4]
+    );
+    write(root, "app/config.py", &config);
+    for i in 0..6 {
+        write(root, &format!("app/handler_{i}.py"), format!("def handle_{i}(request):\n    \"\"\"Answers request kind {i}.\"\"\"\n    return request.body * {i}\n"));
+    }
+    let index_dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_kenning");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = index_dir.path().to_str().unwrap();
+    let printed = run(&["index", "--no-embed", "--verbose", "--index-dir", dir, root.to_str().unwrap()]);
+    assert!(printed.contains("5 secrets redacted"), "{printed}");
+    assert!(printed.contains("redacted github-token at app/config.py:5"), "{printed}");
+    for query in ["AWS_SECRET_ACCESS_KEY GITHUB_TOKEN STRIPE_KEY", "billing endpoint invoices"] {
+        let hits = run(&["search", "--no-embed", "--json", "--index-dir", dir, "-w", root.to_str().unwrap(), query]);
+        assert!(hits.contains("app/config.py"), "{hits}");
+        assert!(hits.contains("<redacted:"), "{hits}");
+        for s in secrets {
+            assert!(!hits.contains(s), "{s} in search results: {hits}");
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let printed = run(&["dataset", root.to_str().unwrap(), "--out", out.path().to_str().unwrap(), "--family", "qwen-coder", "--fim-per-kb", "8"]);
+    assert!(printed.contains("5 secrets redacted"), "{printed}");
+    let mut written = printed.clone();
+    for split in ["train", "valid", "test"] {
+        written.push_str(&std::fs::read_to_string(out.path().join(format!("{split}.jsonl"))).unwrap_or_default());
+    }
+    assert!(written.contains("billing_endpoint"), "the rest of the file is still there");
+    for s in secrets {
+        assert!(!written.contains(s), "{s} reached the dataset");
+    }
+}

@@ -352,3 +352,96 @@ async fn helix_gets_completion_items_and_the_ask_code_action() {
     let shown = client.wait_for(Duration::from_secs(60), |m| m["method"] == "window/showMessage" && m["params"]["type"] == 3).await;
     assert!(shown["params"]["message"].as_str().unwrap().contains("src/"), "{shown}");
 }
+
+/// The real `kenning serve` over stdio (issue 13): broken frames — a body sent without a header, a
+/// header without a length, a body shorter than its length — lose only themselves, a request
+/// with an unusable id gets no crash, and `exit` ends the process: 0 after `shutdown`, 1 without.
+#[test]
+fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let paths = test_cache(&dir.path().join("cache"));
+    let root = dir.path().join("ws");
+    std::fs::create_dir_all(&root).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_kenning"))
+            .args(["--cache-dir", paths.cache().to_str().unwrap(), "serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let frame = |v: &Value| {
+        let body = v.to_string();
+        format!("Content-Length: {}\r\n\r\n{body}", body.len())
+    };
+    fn read_reply(out: &mut impl BufRead, id: i64) -> Value {
+        loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                assert!(out.read_line(&mut line).unwrap() > 0, "the server closed its output");
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    length = v.parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            out.read_exact(&mut body).unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            if v["id"] == id && v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": null, "rootUri": uri(&root), "capabilities": {}, "initializationOptions": {"generation": {"backend": "none"}}}});
+
+    let mut child = spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(frame(&initialize).as_bytes()).unwrap();
+    assert!(read_reply(&mut out, 1)["result"]["capabilities"].is_object());
+    let status = |id: i64| frame(&json!({"jsonrpc": "2.0", "id": id, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
+    // A body with no header; a header with no length and its body; a body shorter than declared.
+    let lost = json!({"jsonrpc": "2.0", "id": 90, "method": "shutdown"}).to_string();
+    write!(stdin, "{lost}{}", status(2)).unwrap();
+    stdin.flush().unwrap();
+    assert!(read_reply(&mut out, 2)["result"].is_object(), "answered after a body without a header");
+    write!(stdin, "Content-Type: x\r\n\r\n{lost}{}", status(3)).unwrap();
+    stdin.flush().unwrap();
+    assert!(read_reply(&mut out, 3)["result"].is_object(), "answered after a header without a length");
+    write!(stdin, "Content-Length: 400\r\n\r\n{{\"jsonrpc\":\"2.0\"}}{}", status(4)).unwrap();
+    stdin.flush().unwrap();
+    assert!(read_reply(&mut out, 4)["result"].is_object(), "answered after a body shorter than its length");
+
+    stdin.write_all(frame(&json!({"jsonrpc": "2.0", "id": 5, "method": "shutdown"})).as_bytes()).unwrap();
+    read_reply(&mut out, 5);
+    stdin.write_all(frame(&json!({"jsonrpc": "2.0", "method": "exit"})).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let wait = |child: &mut std::process::Child| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(wait(&mut child), Some(0), "exit after shutdown");
+    drop(stdin);
+
+    let mut child = spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(frame(&initialize).as_bytes()).unwrap();
+    read_reply(&mut out, 1);
+    stdin.write_all(frame(&json!({"jsonrpc": "2.0", "method": "exit"})).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(wait(&mut child), Some(1), "exit without shutdown");
+}

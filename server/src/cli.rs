@@ -102,9 +102,12 @@ struct GenerateArgs {
     /// engines; llama.cpp gets its GGUF export), or a llama.cpp GGUF adapter (--engine llama).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
-    /// CPU threads (default: half the cores).
+    /// CPU threads while generating (default: half the cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU threads while reading the prompt (default: all the cores).
+    #[arg(long)]
+    prefill_threads: Option<usize>,
     /// Context window in tokens.
     #[arg(long, default_value_t = 4096)]
     context: u32,
@@ -413,6 +416,9 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
             let mut options = LlamaOptions { context: args.context, lora, ..LlamaOptions::default() };
             if let Some(threads) = args.threads {
                 options.threads = threads;
+            }
+            if let Some(threads) = args.prefill_threads {
+                options.prefill_threads = threads;
             }
             Box::new(LlamaEngine::load(&model, options)?)
         }

@@ -49,9 +49,16 @@ pub enum Generation {
         /// `kenning-train` or `mlx_lm.lora` (converted to `adapter-llama.gguf` inside it on load).
         #[serde(default)]
         adapter: Option<PathBuf>,
-        /// CPU threads; 0 = half the cores.
+        /// CPU threads while generating; 0 = half the cores.
         #[serde(default)]
         threads: usize,
+        /// CPU threads while reading a prompt; 0 = all the cores.
+        #[serde(default)]
+        prefill_threads: usize,
+        /// Keep cached tokens a new prompt repeats after a deletion, shifted into place (context
+        /// evicted from the ring, the prefix window moving on); false = only the common prefix.
+        #[serde(default = "yes")]
+        shift_cache: bool,
         /// Context window in tokens.
         #[serde(default = "default_context")]
         context: u32,
@@ -95,8 +102,20 @@ pub enum Generation {
 
 impl Default for Generation {
     fn default() -> Self {
-        Generation::Llama { model: default_model(), adapter: None, threads: 0, context: default_context(), family: None }
+        Generation::Llama {
+            model: default_model(),
+            adapter: None,
+            threads: 0,
+            prefill_threads: 0,
+            shift_cache: true,
+            context: default_context(),
+            family: None,
+        }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_model() -> String {
@@ -285,9 +304,10 @@ impl Config {
         fn within<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T, max: T) -> Result<(), (&'static str, String)> {
             if value < min || value > max { Err((key, format!("{value} is out of range: between {min} and {max}"))) } else { Ok(()) }
         }
-        if let Generation::Llama { threads, context, .. } = &self.generation {
+        if let Generation::Llama { threads, prefill_threads, context, .. } = &self.generation {
             within("generation.context", *context, MIN_CONTEXT, MAX_CONTEXT)?;
             within("generation.threads", *threads, 0, max_threads())?;
+            within("generation.prefill_threads", *prefill_threads, 0, max_threads())?;
         }
         let c = &self.completion;
         within("completion.debounce_ms", c.debounce_ms, 0, 10_000)?;

@@ -121,6 +121,8 @@ pub struct Dataset {
     pub tokens_counted: bool,
     /// Fill-in-the-middle examples longer than `max_seq_length` tokens, dropped.
     pub too_long_dropped: usize,
+    /// Secrets taken out of the files before any example was made: path, line, kind.
+    pub redacted: Vec<(String, u32, &'static str)>,
 }
 
 impl Dataset {
@@ -212,6 +214,7 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
         bytes_per_token: options.bytes_per_token,
         tokens_counted: counter.is_some(),
         too_long_dropped: 0,
+        redacted: files.iter().flat_map(|f| f.redactions.iter().map(|r| (f.meta.rel_path.clone(), r.line, r.kind))).collect(),
     };
     // The trainer appends an end-of-sequence token.
     let limit = options.max_seq_length.saturating_sub(1).max(1);

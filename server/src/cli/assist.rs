@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: half the cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// A configuration setting over kenning.toml's, as KEY=VALUE with a dotted key and a TOML
+    /// value (`--set completion.layout='"spm"'`, `--set completion.prompt_tokens=768`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -139,12 +143,26 @@ impl Mode {
 
 /// The workspace's configuration with the command-line overrides applied.
 fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
-    let mut config = Layers::from_workspace(root)?.resolve()?;
+    let mut layers = Layers::from_workspace(root)?;
+    if !model.set.is_empty() {
+        // Grouped by table: TOML allows each table header once.
+        let mut tables: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
+        for setting in &model.set {
+            let (key, value) = setting.split_once('=').with_context(|| format!("--set {setting}: expected KEY=VALUE"))?;
+            let (table, key) = key.trim().rsplit_once('.').unwrap_or(("", key.trim()));
+            tables.entry(table).or_default().push_str(&format!("{key} = {}\n", value.trim()));
+        }
+        let text: String = tables.iter().map(|(t, lines)| if t.is_empty() { lines.clone() } else { format!("[{t}]\n{lines}") }).collect();
+        layers.set_toml("--set", &text)?;
+    }
+    let mut config = layers.resolve()?;
     if let Some(name) = &model.model {
         config.generation = config::Generation::Llama {
             model: name.clone(),
             adapter: None,
             threads: model.threads.unwrap_or(0),
+            prefill_threads: 0,
+            shift_cache: true,
             context: 4096,
             family: None,
         };
@@ -481,6 +499,9 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
         }
         if let Some(t) = args.model.threads {
             command.arg("--threads").arg(t.to_string());
+        }
+        for setting in &args.model.set {
+            command.arg("--set").arg(setting);
         }
         if let Some(a) = adapter {
             command.arg("--adapter").arg(a);

@@ -100,6 +100,12 @@ fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, opti
         ));
     }
     out(&format!("{} duplicate examples dropped; {} files skipped (ignored, secret, binary, too large)", data.duplicates_dropped, data.skipped_files));
+    if !data.redacted.is_empty() {
+        out(&format!("{} secrets redacted before any example was made (values replaced by <redacted:KIND>):", data.redacted.len()));
+        for (path, line, kind) in &data.redacted {
+            out(&format!("  {kind} at {path}:{line}"));
+        }
+    }
     if let Some(sample) = data.examples.iter().find(|e| e.span.is_some()).or(data.examples.first()) {
         let text: String = sample.text.chars().take(600).collect();
         out(&format!("sample ({}, {:?}):\n{text}{}", sample.path, sample.span, if text.len() < sample.text.len() { "…" } else { "" }));

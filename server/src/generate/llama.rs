@@ -37,8 +37,11 @@ const PROMPT_CHUNK: usize = 64;
 pub struct LlamaOptions {
     /// Context window in tokens (prompt + generation).
     pub context: u32,
-    /// CPU threads; on a busy 2-core machine one is often fastest.
+    /// CPU threads while generating (one token at a time); on a busy 2-core machine one is often
+    /// fastest.
     pub threads: usize,
+    /// CPU threads while reading a prompt (batches of tokens: this parallelizes well).
+    pub prefill_threads: usize,
     /// A LoRA adapter in llama.cpp's GGUF format, applied at `lora_scale`.
     pub lora: Option<PathBuf>,
     pub lora_scale: f32,
@@ -50,7 +53,7 @@ pub struct LlamaOptions {
 impl Default for LlamaOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { context: 4096, threads: (cores / 2).max(1), lora: None, lora_scale: 1.0, shift_cache: true }
+        Self { context: 4096, threads: (cores / 2).max(1), prefill_threads: cores, lora: None, lora_scale: 1.0, shift_cache: true }
     }
 }
 
@@ -80,8 +83,8 @@ impl LlamaEngine {
         if !(crate::config::MIN_CONTEXT..=crate::config::MAX_CONTEXT).contains(&options.context) {
             return bad(format!("a context of {} tokens is out of range ({}..={})", options.context, crate::config::MIN_CONTEXT, crate::config::MAX_CONTEXT));
         }
-        if options.threads > crate::config::max_threads() {
-            return bad(format!("{} threads is more than 4 per core ({} at most here)", options.threads, crate::config::max_threads()));
+        if options.threads.max(options.prefill_threads) > crate::config::max_threads() {
+            return bad(format!("{} threads is more than 4 per core ({} at most here)", options.threads.max(options.prefill_threads), crate::config::max_threads()));
         }
         let thread_path = path.to_owned();
         EngineThread::spawn(path, "kenning-llama", move |ready, jobs| engine_thread(&thread_path, &options, ready, jobs)).map(Self)
@@ -108,11 +111,12 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
         }
     };
     let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
+    let prefill_threads = i32::try_from(options.prefill_threads.max(1)).unwrap_or(1);
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(options.context))
         .with_n_batch(MAX_BATCH.min(options.context))
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(prefill_threads);
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {

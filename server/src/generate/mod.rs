@@ -88,13 +88,16 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         G::Mlx { model, adapter, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?, adapter.as_deref())?),
         #[cfg(not(feature = "mlx"))]
         G::Mlx { .. } => return Err(GenerateError::Failed("this build has no MLX engine: build kenning with `--features mlx`".into())),
-        G::Llama { model, adapter, threads, context, .. } => {
+        G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, .. } => {
             let path = BundledModel::resolve(model, assets)?;
             // An adapter directory (kenning-train, mlx_lm) is converted to llama.cpp's format first.
             let lora = adapter.as_deref().map(lora_gguf::for_llama).transpose().map_err(|e| GenerateError::Failed(format!("LoRA adapter: {e}")))?;
-            let mut options = llama::LlamaOptions { context: *context, lora, ..llama::LlamaOptions::default() };
+            let mut options = llama::LlamaOptions { context: *context, lora, shift_cache: *shift_cache, ..llama::LlamaOptions::default() };
             if *threads > 0 {
                 options.threads = *threads;
+            }
+            if *prefill_threads > 0 {
+                options.prefill_threads = *prefill_threads;
             }
             Arc::new(llama::LlamaEngine::load(&path, options)?)
         }
