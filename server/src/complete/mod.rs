@@ -9,9 +9,13 @@
 //! Context from elsewhere in the workspace comes from the [`ring::Ring`], not from a lookup per
 //! keystroke: a request renders the ring as it is (stable text first, the changing text last, so
 //! the engine computes only what changed since the last keystroke). Context is gathered only when
-//! the cursor is somewhere new (another file, or more than [`FAR_LINES`] lines away), where the
-//! local part of the prompt is computed afresh anyway: what is found is appended to the ring, so
-//! the cost of new context is its own tokens, once.
+//! the cursor is somewhere new (another file, or more than [`FAR_LINES`] lines away).
+//!
+//! A new place's prompt grows in two steps, so the first ghost text there does not wait for the
+//! whole prompt: the first requests use a small budget (a short prefix window and suffix, and only
+//! the context that fits [`FIRST_CONTEXT_TOKENS`]); when the user pauses, the rest of the context
+//! joins the ring and the full prompt is put into the engine's cache by a warm-up. Once that has
+//! completed the place is *warm* and requests use the full budget, already cached.
 
 pub mod context;
 pub mod ring;
@@ -49,6 +53,13 @@ const RETRIEVED_SNIPPETS: usize = 4;
 const BUFFER_SNIPPETS: usize = 2;
 /// A cursor this many lines from where context was last gathered (or in another file) gathers again.
 pub const FAR_LINES: usize = 32;
+/// At a new place, context up to this many (estimated) tokens joins the ring with the first
+/// request; the rest waits for a pause. Every token here is prefilled before the first ghost text.
+pub const FIRST_CONTEXT_TOKENS: usize = 256;
+/// A pause this long after a completion lets a new place's full prompt be prepared: pending
+/// context joins the ring and the prompt goes into the engine's cache (a warm-up, which gives way
+/// to the next keystroke's request).
+pub const IDLE: Duration = Duration::from_millis(400);
 
 /// The index, when there is one: BM25 works as soon as text is stored, vectors when embedded.
 #[derive(Clone, Default)]
@@ -124,13 +135,22 @@ struct Slot {
     snippets: Vec<Snippet>,
 }
 
-/// The context ring and where it was last filled.
+/// The context ring, and what is known about the place being completed.
 #[derive(Default)]
 struct ContextState {
     /// What prompts carry.
     ring: Ring,
     /// Where context was last gathered: path and line.
     gathered_at: Option<(String, usize)>,
+    /// Whether the engine's cache holds the full prompt for this place (its context joined the
+    /// ring and was warmed); until then requests use the first-request budget.
+    place_warm: bool,
+    /// Gathered for this place, not in the ring yet.
+    pending: Vec<Snippet>,
+    /// The lines around the cursor `pending` was gathered for.
+    pending_local: String,
+    /// Counts requests; an idle warm-up runs only if none came after the one it follows.
+    requests: u64,
 }
 
 /// The completion engine of one workspace.
@@ -158,6 +178,8 @@ impl Completer {
         let mut state = self.context.lock().expect("context lock");
         state.ring.add(snippets, &local);
         state.gathered_at = Some((request.path.clone(), line_of(&request.text, request.offset)));
+        state.place_warm = true;
+        state.pending.clear();
     }
 
     /// The ring's snippets, oldest first (for status and tests).
@@ -170,11 +192,13 @@ impl Completer {
         self.context.lock().expect("context lock").ring.refresh_file(path, text);
     }
 
-    fn prompt_shape(&self) -> PromptShape {
+    /// How prompts are built: the full budget once the place is warm, else the first-request one.
+    fn prompt_shape(&self, warm: bool) -> PromptShape {
+        let budget = Budget::split(self.settings.prompt_tokens);
         PromptShape {
             family: self.family,
             layout: self.settings.layout,
-            budget: Budget::split(self.settings.prompt_tokens),
+            budget: if warm { budget } else { budget.first_request() },
             heals: self.generator.heals(),
         }
     }
@@ -215,12 +239,12 @@ impl Completer {
         let started = Instant::now();
         // At a new place the local part of the prompt is computed afresh anyway: context for it is
         // gathered now and joins the ring in the same prompt.
-        if (retrieval.store.is_some() || !request.buffers.is_empty()) && self.new_place(&request) {
-            self.gather_into_ring(&request, retrieval).await;
+        if self.new_place(&request) && (retrieval.store.is_some() || !request.buffers.is_empty()) {
+            self.gather_for_place(&request, retrieval).await;
         }
-        let shape = self.prompt_shape();
+        let (snippets, warm) = self.ring_for(&request.path);
+        let shape = self.prompt_shape(warm);
         let local = Local::new(&request, shape.heals);
-        let snippets = self.ring_for(&request.path);
         let context_ms = ms(started.elapsed());
 
         let started = Instant::now();
@@ -238,6 +262,7 @@ impl Completer {
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
         let raw = wait(&slot).await;
+        self.after_request(&request);
         let raw = raw?;
         let generate_ms = ms(started.elapsed());
         let cursor = Cursor::new(&request.text, request.offset);
@@ -249,13 +274,8 @@ impl Completer {
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
     }
 
-    /// The ring's snippets for a prompt in `path`.
-    fn ring_for(&self, path: &str) -> Vec<Snippet> {
-        self.context.lock().expect("context lock").ring.snippets_for(path)
-    }
-
     /// Whether the cursor is somewhere context was not gathered for (another file, or more than
-    /// [`FAR_LINES`] lines away); if so, the place is remembered as gathered.
+    /// [`FAR_LINES`] lines away); if so, the place is remembered, not yet warm.
     fn new_place(&self, request: &Request) -> bool {
         let line = line_of(&request.text, request.offset);
         let mut state = self.context.lock().expect("context lock");
@@ -265,15 +285,72 @@ impl Completer {
         };
         if far {
             state.gathered_at = Some((request.path.clone(), line));
+            state.place_warm = false;
+            state.pending.clear();
         }
         far
     }
 
-    /// Gathers context for `request` and appends it to the ring.
-    async fn gather_into_ring(&self, request: &Request, retrieval: &Retrieval) {
+    /// Gathers context for a new place: what fits in [`FIRST_CONTEXT_TOKENS`] (best first) joins
+    /// the ring at once, the rest waits as pending for the next pause.
+    async fn gather_for_place(&self, request: &Request, retrieval: &Retrieval) {
         let found = gather(request, retrieval).await;
-        let local = ring::local_window(&request.text, request.offset);
-        self.context.lock().expect("context lock").ring.add(found, local);
+        let local = ring::local_window(&request.text, request.offset).to_owned();
+        let (now, later) = ring::split_allowance(found, FIRST_CONTEXT_TOKENS);
+        let mut state = self.context.lock().expect("context lock");
+        state.ring.add(now, &local);
+        state.pending = later;
+        state.pending_local = local;
+    }
+
+    /// The ring's snippets for a prompt in `path`, and whether the place is warm (the full
+    /// budget applies).
+    fn ring_for(&self, path: &str) -> (Vec<Snippet>, bool) {
+        let mut state = self.context.lock().expect("context lock");
+        state.requests += 1;
+        (state.ring.snippets_for(path), state.place_warm)
+    }
+
+    /// After a request at a place that is not warm yet: once the user pauses ([`IDLE`]), pending
+    /// context joins the ring and the full prompt for the request is put into the engine's cache;
+    /// when that completes, the place is warm and requests use the full budget.
+    fn after_request(&self, request: &Arc<Request>) {
+        let requests = {
+            let state = self.context.lock().expect("context lock");
+            if state.place_warm {
+                return;
+            }
+            state.requests
+        };
+        let context = Arc::clone(&self.context);
+        let generator = Arc::clone(&self.generator);
+        let request = Arc::clone(request);
+        let shape = self.prompt_shape(true);
+        let place = (request.path.clone(), line_of(&request.text, request.offset));
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE).await;
+            let prompt = {
+                let mut state = context.lock().expect("context lock");
+                let same_place = state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES);
+                if state.requests != requests || state.place_warm || !same_place {
+                    return;
+                }
+                let pending = std::mem::take(&mut state.pending);
+                let local = std::mem::take(&mut state.pending_local);
+                state.ring.add(pending, &local);
+                let snippets = state.ring.snippets_for(&request.path);
+                shape.build(&request, &Local::new(&request, shape.heals), &snippets).text
+            };
+            let Ok(warming) = generator.warm(prompt) else { return };
+            let Some(warmed) = warming.done().await else { return };
+            tracing::debug!(cached = warmed.cached, computed = warmed.computed, complete = warmed.complete, "warmed the full prompt of a new place");
+            if warmed.complete {
+                let mut state = context.lock().expect("context lock");
+                if state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES) {
+                    state.place_warm = true;
+                }
+            }
+        });
     }
 
     /// A completion from a remembered slot, if the request continues one.

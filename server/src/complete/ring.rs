@@ -100,6 +100,22 @@ impl Ring {
     }
 }
 
+/// Splits gathered snippets (best first) into those that fit `tokens` and the rest, order kept.
+pub fn split_allowance(snippets: Vec<Snippet>, tokens: usize) -> (Vec<Snippet>, Vec<Snippet>) {
+    let mut left = tokens;
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for s in snippets {
+        let c = cost(&s);
+        if c <= left {
+            left -= c;
+            now.push(s);
+        } else {
+            later.push(s);
+        }
+    }
+    (now, later)
+}
+
 /// The lines around `offset` in `text` (the code the ring must not repeat).
 pub fn local_window(text: &str, offset: usize) -> &str {
     let mut start = offset.min(text.len());

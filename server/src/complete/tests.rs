@@ -238,3 +238,18 @@ async fn hostile_documents_get_a_bounded_prompt_or_nothing() {
     r.offset = 10_000;
     assert!(c.complete(r, &Retrieval::default()).await.is_err());
 }
+
+#[tokio::test]
+async fn a_new_place_starts_with_a_short_prompt_and_gets_the_full_one_after_a_pause() {
+    let g = Scripted::new(vec!["x"], 1);
+    let c = completer(Arc::clone(&g));
+    let text: String = (0..200).map(|i| format!("let value_{i} = {i};\n")).collect();
+    c.complete(request(&format!("{text}let a = ")), &Retrieval::default()).await.unwrap();
+    c.complete(request(&format!("{text}let a = 1 + ")), &Retrieval::default()).await.unwrap();
+    tokio::time::sleep(IDLE + Duration::from_millis(300)).await;
+    c.complete(request(&format!("{text}let a = 1 + 2 * ")), &Retrieval::default()).await.unwrap();
+    let seen = g.seen.lock().unwrap();
+    let lens: Vec<usize> = seen.iter().map(|r| r.prompt.len()).collect();
+    assert!(lens[0] < 1_000 && lens[1] < 1_000, "first requests are short: {lens:?}");
+    assert!(lens[2] > 2 * lens[1], "after a pause the full prompt: {lens:?}");
+}

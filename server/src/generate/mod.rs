@@ -326,15 +326,21 @@ pub struct Warmed {
 pub struct Warming(pub(crate) Option<tokio::sync::oneshot::Receiver<Warmed>>);
 
 impl Warming {
-    /// Waits for the outcome; `None` when the engine does not warm or the warm-up was superseded
-    /// by a newer one.
+    /// Waits for the outcome; `None` when the warm-up was superseded by a newer one. An engine
+    /// that does not warm reports a complete warm-up of nothing.
     pub async fn done(self) -> Option<Warmed> {
-        self.0?.await.ok()
+        match self.0 {
+            Some(rx) => rx.await.ok(),
+            None => Some(Warmed { complete: true, ..Warmed::default() }),
+        }
     }
 
     /// The same, blocking the thread (CLI, tests).
     pub fn done_blocking(self) -> Option<Warmed> {
-        self.0?.blocking_recv().ok()
+        match self.0 {
+            Some(rx) => rx.blocking_recv().ok(),
+            None => Some(Warmed { complete: true, ..Warmed::default() }),
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub fn partial_word_start(prefix: &str) -> usize {
 const PREFIX_SHARE: f64 = 0.5;
 /// Share of the budget the suffix may take.
 const SUFFIX_SHARE: f64 = 0.15;
+/// Prefix and suffix budgets of a new place's first requests ([`Budget::first_request`]).
+const FIRST_PREFIX_TOKENS: usize = 192;
+const FIRST_SUFFIX_TOKENS: usize = 48;
 /// The prefix is cut at line numbers that are multiples of this (see [`anchored_tail`]).
 const PREFIX_ANCHOR_LINES: usize = 16;
 
@@ -131,6 +134,12 @@ impl Budget {
         let prefix = (total as f64 * PREFIX_SHARE) as usize;
         let suffix = (total as f64 * SUFFIX_SHARE) as usize;
         Self { prefix, suffix, context: total.saturating_sub(prefix + suffix + Self::OVERHEAD) }
+    }
+
+    /// The budget of the first requests at a new place, before its full prompt is cached: a short
+    /// prefix window and suffix (what a first ghost text can afford to compute on a CPU).
+    pub fn first_request(self) -> Self {
+        Self { prefix: self.prefix.min(FIRST_PREFIX_TOKENS), suffix: self.suffix.min(FIRST_SUFFIX_TOKENS), context: self.context }
     }
 }
 
