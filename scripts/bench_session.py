@@ -3,10 +3,11 @@
 user sees: time from keystroke to ghost text.
 
 A session opens a real file of the corpus with one function body removed, then types the body back
-in bursts (a word, or a line break with the next line's indentation): after each burst a
-`didChange` and a `textDocument/inlineCompletion` (automatic trigger). The simulated user waits
-for the answer (up to --timeout), accepts it with Tab when its first line is exactly the rest of
-the line (the client inserts it and goes on at the next line), and otherwise types on.
+in bursts (a word, or a line break with the next line's indentation): a burst takes --char-ms per
+character to type (a `didChange` per character, as an editor sends them), then the editor asks
+`textDocument/inlineCompletion` (automatic trigger). The simulated user waits for the answer (up
+to --timeout), reads it for --think-ms, accepts it with Tab when its first line is exactly the
+rest of the line (the client inserts it and goes on at the next line), and otherwise types on.
 
 Each configuration given with --config NAME:JSON runs every session against a fresh server with
 those `initializationOptions`; all are printed side by side: time to ghost text p50/p90/p99, share
@@ -159,7 +160,7 @@ def bursts(line: str):
     return re.findall(r"\s*\S+", line) or [line]
 
 
-def run_session(server: Server, path: str, lines, start: int, end: int, timeout: float, results: dict):
+def run_session(server: Server, path: str, lines, start: int, end: int, timeout: float, results: dict, char_s: float, think_s: float):
     uri = "file://" + path
     body = lines[start + 1:end]
     head = "\n".join(lines[:start + 1]) + "\n"
@@ -178,11 +179,13 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
         current = ""
         k = 0
         while len(current) < len(expected):
-            current += pieces[k]
+            for ch in pieces[k]:
+                current += ch
+                version += 1
+                server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text_now()}]})
+                time.sleep(char_s)
             k += 1
             results["typed"] += len(pieces[k - 1])
-            version += 1
-            server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text_now()}]})
             line_no = start + 1 + len(typed_lines)
             sent = time.monotonic()
             rid = server.send_request("textDocument/inlineCompletion", {
@@ -211,6 +214,7 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
             suggestion = items[0]["insertText"]
             if isinstance(suggestion, dict):
                 suggestion = suggestion.get("value", "")
+            time.sleep(think_s)
             rest = expected[len(current):]
             if rest and suggestion.split("\n")[0] == rest:
                 # Tab: the rest of the line is inserted.
@@ -250,6 +254,8 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--char-ms", type=float, default=60.0, help="time to type one character")
+    ap.add_argument("--think-ms", type=float, default=250.0, help="time to read a suggestion")
     ap.add_argument("--config", action="append", required=True, help="NAME:JSON initializationOptions")
     ap.add_argument("--log-dir", default=None)
     args = ap.parse_args()
@@ -258,6 +264,7 @@ def main() -> int:
     log_dir = args.log_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), "kenning-bench-session")
     os.makedirs(log_dir, exist_ok=True)
     print(f"{len(chosen)} sessions: " + ", ".join(f"{os.path.relpath(p, corpus)}:{s + 1}" for p, _, s, _ in chosen), flush=True)
+    print(f"typing {args.char_ms:.0f} ms per character, reading a suggestion {args.think_ms:.0f} ms, time-out {args.timeout:.0f} s", flush=True)
 
     table = []
     for spec in args.config:
@@ -274,7 +281,7 @@ def main() -> int:
                 break
             time.sleep(0.5)
         for path, lines, s, e in chosen:
-            run_session(server, path, lines, s, e, args.timeout, results)
+            run_session(server, path, lines, s, e, args.timeout, results, args.char_ms / 1e3, args.think_ms / 1e3)
         server.close()
         computed, decode = server_log_figures(log_path)
         lat = results["latency"]

@@ -297,7 +297,7 @@ fn two_index_processes_at_once_leave_the_counts_of_one() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (v["index"]["files"].as_u64().unwrap(), v["index"]["chunks"].as_u64().unwrap())
     };
-    assert!(index(single_dir.path()).status().unwrap().success());
+    assert!(index(single_dir.path()).output().unwrap().status.success());
     let one_run = stats(single_dir.path());
     assert_eq!(one_run.0, 18);
 
@@ -357,6 +357,12 @@ fn secrets_never_reach_search_results_or_training_data() {
             assert!(!hits.contains(s), "{s} in search results: {hits}");
         }
     }
+    // A k that would overflow the candidate count, and a 120 KB query: answered, bounded.
+    let hits = run(&["search", "--no-embed", "--json", "-k", "6148914691236517206", "--index-dir", dir, "-w", root.to_str().unwrap(), "handle request"]);
+    assert!(hits.contains("handler_"), "{hits}");
+    let huge = format!("billing endpoint {}", "x ".repeat(60_000));
+    let hits = run(&["search", "--no-embed", "--json", "--index-dir", dir, "-w", root.to_str().unwrap(), &huge]);
+    assert!(hits.contains("app/config.py"), "{hits}");
     let out = tempfile::tempdir().unwrap();
     let printed = run(&["dataset", root.to_str().unwrap(), "--out", out.path().to_str().unwrap(), "--family", "qwen-coder", "--fim-per-kb", "8"]);
     assert!(printed.contains("5 secrets redacted"), "{printed}");

@@ -17,6 +17,10 @@ use crate::store::{Filter, Store, StoreError};
 pub const RRF_K: f32 = 60.0;
 /// Candidates fetched from each list per requested hit.
 const CANDIDATES_PER_HIT: usize = 3;
+/// Hits asked for at most (a larger `k` is served as this).
+pub const MAX_K: usize = 1_000;
+/// Bytes of a query searched at most (a pasted file as a question searches by its start).
+const MAX_QUERY_BYTES: usize = 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -72,11 +76,16 @@ impl SearchRequest {
 
 /// Runs keyword and vector search and fuses them.
 pub async fn search(store: &Store, embedder: Option<Arc<dyn Embedder>>, request: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
-    let candidates = request.k * CANDIDATES_PER_HIT;
-    let text = store.search_text(&request.query, candidates, &request.filter);
+    let mut cut = request.query.len().min(MAX_QUERY_BYTES);
+    while !request.query.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let query = &request.query[..cut];
+    let candidates = request.k.min(MAX_K).saturating_mul(CANDIDATES_PER_HIT);
+    let text = store.search_text(query, candidates, &request.filter);
     let vector = async {
         let Some(embedder) = embedder else { return Ok(Vec::new()) };
-        let query = request.query.clone();
+        let query = query.to_owned();
         // A join error: the runtime is shutting down (or the embedder panicked): no vector hits.
         let Ok(v) = tokio::task::spawn_blocking(move || embedder.embed(&[&query], Purpose::Query)).await else {
             return Ok(Vec::new());
@@ -91,7 +100,7 @@ pub async fn search(store: &Store, embedder: Option<Arc<dyn Embedder>>, request:
     let (text, vector) = (text?, vector?);
     let text: Vec<Chunk> = text.into_iter().map(|(c, _)| c).collect();
     let vector: Vec<Chunk> = vector.into_iter().map(|(c, _)| c).collect();
-    Ok(fuse(&text, &vector, request.k, request.per_file))
+    Ok(fuse(&text, &vector, request.k.min(MAX_K), request.per_file))
 }
 
 /// Reciprocal rank fusion of a keyword list and a vector list (each best first), keeping at most

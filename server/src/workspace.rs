@@ -186,6 +186,12 @@ pub fn walk(root: &Path, opts: &WalkOptions, visit: impl Fn(WalkItem) + Send + S
             }
             let path = entry.path();
             let rel_path = relative(root, path);
+            // A path that is not UTF-8 has no name the index can keep: two such files could map
+            // to the same lossy path and replace each other on every run.
+            if path.strip_prefix(root).unwrap_or(path).to_str().is_none() {
+                visit(WalkItem::Skipped { rel_path, reason: SkipReason::Unreadable("the file name is not valid UTF-8".into()) });
+                return WalkState::Continue;
+            }
             let name = entry.file_name().to_string_lossy();
             if is_secret_name(&name) {
                 visit(WalkItem::Skipped { rel_path, reason: SkipReason::Secret });
@@ -335,6 +341,22 @@ mod tests {
         let (files, skipped) = collect(r);
         assert_eq!(files, ["fixtures/small.rs", "src/lib.rs", "src/main.rs"]);
         assert!(skipped.is_empty(), "{skipped:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_names_that_are_not_utf8_are_skipped_and_reported() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for name in [&b"caf\xe9.rs"[..], &b"caf\xe8.rs"[..]] {
+            fs::write(r.join(std::ffi::OsStr::from_bytes(name)), "fn x() {}\n").unwrap();
+        }
+        fs::write(r.join("ok.rs"), "fn ok() {}\n").unwrap();
+        let (files, skipped) = collect(r);
+        assert_eq!(files, ["ok.rs"]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped.iter().all(|(_, reason)| reason.to_string().contains("not valid UTF-8")), "{skipped:?}");
     }
 
     #[test]
