@@ -131,7 +131,7 @@ pub fn chunk_file_with(path: &str, language: Language, text: &str, budget: Budge
         Some(tree) => {
             let mut cutter = Cutter { language, text, budget, spans: Vec::new() };
             cutter.split(tree.root_node(), &[], None);
-            let spans = align_to_lines(cutter.spans, text);
+            let spans = fill_gaps(align_to_lines(cutter.spans, text), text, budget);
             merge_small(spans, text, budget)
         }
         None => fallback::windows(text, 0, text.len(), budget.max, budget.min)
@@ -406,6 +406,27 @@ fn align_to_lines(mut spans: Vec<Span>, text: &str) -> Vec<Span> {
         }
     }
     spans
+}
+
+/// Covers what no span covers (text tree-sitter left outside every node, such as what follows an
+/// unterminated comment: found by fuzzing) with line windows, so every non-blank line is in a chunk.
+fn fill_gaps(spans: Vec<Span>, text: &str, budget: Budget) -> Vec<Span> {
+    let mut out = Vec::with_capacity(spans.len());
+    let mut at = 0;
+    let mut gap = |from: usize, to: usize, out: &mut Vec<Span>| {
+        if from < to && !text[from..to].trim().is_empty() {
+            for (s, e) in fallback::windows(text, from, to, budget.max, budget.min) {
+                out.push(Span { start: s, end: e, symbol: String::new() });
+            }
+        }
+    };
+    for span in spans {
+        gap(at, span.start.max(at), &mut out);
+        at = at.max(span.end);
+        out.push(span);
+    }
+    gap(at, text.len(), &mut out);
+    out
 }
 
 /// Merges neighbours when one is small and together they still fit the budget.

@@ -20,6 +20,12 @@ fn check(path: &str, text: &str, expect: Expect) {
 /// What holds for every file: chunks are in order, never overlap, hold their exact bytes, cover
 /// every non-blank line, and report line numbers that match their byte ranges.
 fn check_invariants(text: &str, chunks: &[Chunk], budget: Budget) {
+    check_coverage(text, chunks, Some(budget));
+}
+
+/// The invariants; with a budget, also that only a single line may exceed it (a heuristic of the
+/// cutter's, not a safety property: the fuzzing below checks the rest).
+fn check_coverage(text: &str, chunks: &[Chunk], budget: Option<Budget>) {
     let lines = LineIndex::new(text);
     let mut covered = vec![false; text.lines().count() + 1];
     let mut prev_end = 0;
@@ -34,7 +40,9 @@ fn check_invariants(text: &str, chunks: &[Chunk], budget: Budget) {
         }
         prev_end = c.end_byte;
         // Only a single line (or a node on one line) may exceed the budget.
-        if c.text.len() > budget.max * 2 {
+        if let Some(budget) = budget
+            && c.text.len() > budget.max * 2
+        {
             assert_eq!(c.start_line, c.end_line, "chunk {}-{} is {} bytes", c.start_line, c.end_line, c.text.len());
         }
     }
@@ -354,4 +362,55 @@ fn ordinary_trees_are_shallow_enough() {
     let tree = parse(Language::Rust, text).expect("parsed");
     let depth = tree_depth(&tree, usize::MAX);
     assert!((5..MAX_TREE_DEPTH).contains(&depth), "{depth}");
+}
+
+/// Property: any text, in any language, chunks without a panic or a stack overflow, in order,
+/// without overlaps, byte-exact, covering every non-blank line. Cases: `PROPTEST_CASES` (64 by default; the fuzzing runs in the README used more).
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Code-like text: fragments that open and close structures, nest, and break the grammar.
+    fn code() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("fn f() {".to_owned()),
+            Just("}".to_owned()),
+            Just("(".to_owned()),
+            Just(")".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just("\n".to_owned()),
+            Just("    ".to_owned()),
+            Just("def g(x):\n".to_owned()),
+            Just("class A:\n".to_owned()),
+            Just("\"".to_owned()),
+            Just("/*".to_owned()),
+            Just("x + ".to_owned()),
+            Just("é🦀".to_owned()),
+            "[a-z_]{1,8}".prop_map(|s| s),
+            any::<char>().prop_map(|c| c.to_string()),
+            (1usize..3_000).prop_map(|n| "(".repeat(n)),
+        ];
+        proptest::collection::vec(piece, 0..200).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn any_text_chunks_within_the_invariants(text in code(), lang in 0usize..9) {
+            let path = ["a.rs", "a.py", "a.js", "a.ts", "a.go", "a.c", "a.cpp", "A.java", "a.txt"][lang];
+            let chunks = chunk_file(path, Language::from_path(path), &text);
+            check_coverage(&text, &chunks, None);
+        }
+    }
+}
+
+/// Found by the property test below: tree-sitter leaves what follows an unterminated comment
+/// outside every node; it must still be in a chunk.
+#[test]
+fn text_outside_every_node_is_still_chunked() {
+    let text = "(((((((/*def g(x):\n/";
+    let chunks = chunk_file("a.rs", Language::Rust, text);
+    check_invariants(text, &chunks, Budget::default());
 }

@@ -150,7 +150,16 @@ impl Framer {
         if self.buf.len() < body_start + length {
             return None;
         }
-        let body = self.buf[body_start..body_start + length].to_vec();
+        let body = &self.buf[body_start..body_start + length];
+        // Not a message, and the start of a header inside it: the declared length ran into the
+        // next message, whose header is cut off at the body's end. Resynchronize there.
+        if !is_message(body)
+            && let Some(inner) = header_start_inside(body)
+        {
+            self.buf.drain(..body_start + inner);
+            return Some(Err(format!("a body that runs into the next message (Content-Length {length})")));
+        }
+        let body = body.to_vec();
         self.buf.drain(..body_start + length);
         Some(Ok(body))
     }
@@ -160,6 +169,17 @@ impl Framer {
         let left = std::mem::take(&mut self.buf);
         (left.iter().any(|b| !b.is_ascii_whitespace())).then(|| format!("{} bytes of an unfinished message", left.len()))
     }
+}
+
+/// Where a `Content-Length:` header (or, at the end, the start of one) begins inside `body`, at a
+/// line start or right after a JSON body's closing brace; never at 0.
+fn header_start_inside(body: &[u8]) -> Option<usize> {
+    const NAME: &[u8] = b"content-length:";
+    (1..body.len()).find(|&i| {
+        let rest = &body[i..];
+        let n = rest.len().min(NAME.len());
+        matches!(body[i - 1], b'\n' | b'}' | b']') && rest[..n].eq_ignore_ascii_case(&NAME[..n])
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -258,5 +278,50 @@ mod tests {
         assert!(!is_message(br#"{"jsonrpc":"2.0","method":"x","params":3}"#));
         assert!(!is_message(br#"[1,2]"#));
         assert!(!is_message(b"\xff\xfe"));
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+            /// Whatever bytes come first, in whatever pieces, a well-formed message after them is
+            /// delivered whole, and nothing panics.
+            #[test]
+            fn a_good_message_after_any_garbage_gets_through(
+                garbage in proptest::collection::vec(any::<u8>(), 0..600),
+                header_like in proptest::option::of(0usize..3),
+                cuts in proptest::collection::vec(1usize..97, 1..20),
+            ) {
+                let mut garbage = garbage;
+                if let Some(kind) = header_like {
+                    let piece: &[u8] = [&b"Content-Length: 99999\r\n\r\n"[..], b"Content-Length: 12\r\n\r\n{}", b"Content-Type: x\r\n\r\n"][kind];
+                    garbage.extend_from_slice(piece);
+                }
+                let body = br#"{"jsonrpc":"2.0","id":42,"method":"kenning/ping"}"#;
+                // A newline ends the garbage: a header line starts at a line's beginning.
+                let mut input = garbage.clone();
+                input.extend_from_slice(b"\r\n");
+                input.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                input.extend_from_slice(body);
+                let mut framer = Framer::default();
+                let mut frames = Vec::new();
+                let mut at = 0;
+                for cut in cuts.iter().cycle() {
+                    if at >= input.len() {
+                        break;
+                    }
+                    let end = (at + cut).min(input.len());
+                    framer.push(&input[at..end]);
+                    at = end;
+                    while let Some(frame) = framer.next() {
+                        frames.push(frame);
+                    }
+                }
+                prop_assert!(frames.iter().any(|f| f.as_deref() == Ok(&body[..])), "{frames:?}");
+            }
+        }
     }
 }
