@@ -375,3 +375,45 @@ fn secrets_never_reach_search_results_or_training_data() {
         assert!(!written.contains(s), "{s} reached the dataset");
     }
 }
+
+/// A damaged index (issue 13): a truncated data file, a deleted `_versions`, deleted `_indices`.
+/// `kenning status` says what is wrong instead of "healthy", and `kenning index` rebuilds it,
+/// saying why, to the counts of a clean run.
+#[test]
+fn a_damaged_index_is_reported_and_rebuilt() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    for i in 0..12 {
+        write(root, &format!("src/m{i:02}.rs"), format!("/// Part {i}.\npub fn part_{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n"));
+    }
+    let bin = env!("CARGO_BIN_EXE_kenning");
+    let run = |args: &[&str], dir: &Path| {
+        let out = Command::new(bin).args(args).arg("--index-dir").arg(dir).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let status = |dir: &Path| -> serde_json::Value { serde_json::from_str(&run(&["status", "--json", "-w", root.to_str().unwrap()], dir).0).unwrap() };
+    let damages: [(&str, fn(&Path)); 3] = [
+        ("a truncated data file", |dir| {
+            let data = std::fs::read_dir(dir.join("chunks.lance/data")).unwrap().next().unwrap().unwrap().path();
+            let len = std::fs::metadata(&data).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 2).unwrap();
+        }),
+        ("a deleted _versions", |dir| std::fs::remove_dir_all(dir.join("files.lance/_versions")).unwrap()),
+        ("deleted _indices", |dir| std::fs::remove_dir_all(dir.join("chunks.lance/_indices")).unwrap()),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        run(&["index", "--no-embed", root.to_str().unwrap()], dir.path());
+        let clean = status(dir.path());
+        assert_eq!(clean["problems"], serde_json::json!([]), "{clean}");
+        damage(dir.path());
+        let damaged = status(dir.path());
+        assert!(damaged["problems"].as_array().is_some_and(|p| !p.is_empty()), "{what}: status reports nothing: {damaged}");
+        let (_, said) = run(&["index", "--no-embed", root.to_str().unwrap()], dir.path());
+        assert!(said.contains("rebuilding the index"), "{what}: {said}");
+        let rebuilt = status(dir.path());
+        assert_eq!(rebuilt["problems"], serde_json::json!([]), "{what}: {rebuilt}");
+        assert_eq!((rebuilt["index"]["files"].as_u64(), rebuilt["index"]["chunks"].as_u64()), (clean["index"]["files"].as_u64(), clean["index"]["chunks"].as_u64()), "{what}");
+    }
+}

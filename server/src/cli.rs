@@ -133,6 +133,9 @@ struct IndexArgs {
     /// Store text only (keyword search); skip embeddings.
     #[arg(long)]
     no_embed: bool,
+    /// Throw the index away and build it again (done on its own when the index is damaged).
+    #[arg(long)]
+    rebuild: bool,
     /// Skip files larger than this many bytes.
     #[arg(long, default_value_t = crate::workspace::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
@@ -232,6 +235,20 @@ fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>> {
     Ok(Arc::new(embedder))
 }
 
+/// Removes everything in an index directory but its writer lock (held by the caller).
+fn clear_index_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_name() == index::LOCK_FILE {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+            .with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 async fn open_store(dir: &Path) -> Result<Store> {
     Store::open(dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM)
         .await
@@ -242,6 +259,17 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     let root = workspace_root(&args.path)?;
     let dir = index_dir(paths, &args.target, &root);
     let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
+    // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong.
+    let problems = match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
+        Ok(_) if args.rebuild => vec!["--rebuild was given".to_owned()],
+        Ok(store) => store.verify().await,
+        Err(e) => vec![e.to_string()],
+    };
+    if !problems.is_empty() {
+        eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
+        let _lock = index::WriterLock::acquire(&dir, |holder| eprintln!("kenning: {holder} is writing this index: waiting for it to finish")).await?;
+        clear_index_dir(&dir)?;
+    }
     let store = open_store(&dir).await?;
     let bars = Arc::new(Bars::new(!args.json));
     let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() }, ..IndexOptions::default() };
@@ -364,10 +392,20 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
             Err(e) => (s.name.clone(), false, e.to_string()),
         })
         .collect();
-    let stats = if dir.exists() { Some(open_store(&dir).await?.stats().await?) } else { None };
+    let (stats, problems) = if dir.exists() {
+        match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
+            Ok(store) => {
+                let problems = store.verify().await;
+                (store.stats().await.ok(), problems)
+            }
+            Err(e) => (None, vec![e.to_string()]),
+        }
+    } else {
+        (None, Vec::new())
+    };
     if args.json {
         let json = serde_json::json!({
-            "workspace": root, "index_dir": dir, "index": stats,
+            "workspace": root, "index_dir": dir, "index": stats, "problems": problems,
             "assets": asset_state.iter().map(|(n, ok, s)| serde_json::json!({"name": n, "ok": ok, "state": s})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -386,7 +424,12 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
             if s.has_text_index { "yes" } else { "no" },
             if s.has_vector_index { "yes" } else { "no (flat scan)" }
         ),
-        None => println!("           not indexed yet: run `kenning index {}`", root.display()),
+        None if problems.is_empty() => println!("           not indexed yet: run `kenning index {}`", root.display()),
+        None => {}
+    }
+    if !problems.is_empty() {
+        println!("           DAMAGED: {}", problems.join("; "));
+        println!("           `kenning index {}` rebuilds it", root.display());
     }
     println!("assets:    {}", assets.root().display());
     for (name, _, state) in asset_state {

@@ -582,6 +582,50 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads every table through and checks that they agree; returns what is wrong, in words
+    /// (empty: healthy). Catches truncated or missing data files, missing indexes (searches that
+    /// fail), and more vectors than chunks.
+    pub async fn verify(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut scanned = [0usize; 3];
+        for (i, (name, table, column)) in [("chunks", &self.chunks, "path"), ("vectors", &self.vectors, "id"), ("files", &self.files, "path")].into_iter().enumerate() {
+            let counted = match table.count_rows(None).await {
+                Ok(n) => n,
+                Err(e) => {
+                    problems.push(format!("the {name} table cannot be read: {e}"));
+                    continue;
+                }
+            };
+            match table.query().select(Select::columns(&[column])).execute().await {
+                Ok(stream) => match collect(stream).await {
+                    Ok(batches) => scanned[i] = batches.iter().map(RecordBatch::num_rows).sum(),
+                    Err(e) => problems.push(format!("the {name} table's data cannot be read: {e}")),
+                },
+                Err(e) => problems.push(format!("the {name} table's data cannot be read: {e}")),
+            }
+            if problems.is_empty() && scanned[i] != counted {
+                problems.push(format!("the {name} table says {counted} rows but holds {}", scanned[i]));
+            }
+        }
+        if !problems.is_empty() {
+            return problems;
+        }
+        // (Chunks without a files row are normal after an interrupted run: the next run completes
+        // them. Vectors without chunks are not: vectors are only written for stored chunks.)
+        if scanned[1] > scanned[0] {
+            problems.push(format!("{} vectors for {} chunks", scanned[1], scanned[0]));
+        }
+        if let Err(e) = self.search_text("fn", 1, &Filter::default()).await {
+            problems.push(format!("keyword search fails: {e}"));
+        }
+        if scanned[1] > 0
+            && let Err(e) = self.search_vector(&vec![0.5; self.dim], 1, &Filter::default()).await
+        {
+            problems.push(format!("vector search fails: {e}"));
+        }
+        problems
+    }
+
     pub async fn stats(&self) -> Result<StoreStats> {
         let (chunks, vectors) = self.counts().await?;
         Ok(StoreStats {
