@@ -102,7 +102,7 @@ struct GenerateArgs {
     /// engines; llama.cpp gets its GGUF export), or a llama.cpp GGUF adapter (--engine llama).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
-    /// CPU threads while generating (default: half the cores).
+    /// CPU threads while generating (default: the cores, at most 4).
     #[arg(long)]
     threads: Option<usize>,
     /// CPU threads while reading the prompt (default: all the cores).

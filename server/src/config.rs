@@ -49,7 +49,7 @@ pub enum Generation {
         /// `kenning-train` or `mlx_lm.lora` (converted to `adapter-llama.gguf` inside it on load).
         #[serde(default)]
         adapter: Option<PathBuf>,
-        /// CPU threads while generating; 0 = half the cores.
+        /// CPU threads while generating; 0 = the cores, at most 4.
         #[serde(default)]
         threads: usize,
         /// CPU threads while reading a prompt; 0 = all the cores.

@@ -274,7 +274,8 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes:
         WalkItem::File(meta) => meta,
     };
     let previous = known.get(&meta.rel_path);
-    if previous.is_some_and(|p| p.size == meta.size && p.mtime_ns == meta.mtime_ns) {
+    // Same size and mtime, read under the same content filters: not read again.
+    if previous.is_some_and(|p| p.size == meta.size && p.mtime_ns == meta.mtime_ns && p.hash.starts_with(&workspace::hash_prefix())) {
         return Work::Unchanged(meta.rel_path);
     }
     let rel_path = meta.rel_path.clone();

@@ -113,15 +113,21 @@ pub struct SourceFile {
     pub text: String,
     /// Whether the bytes were not valid UTF-8.
     pub lossy: bool,
-    /// blake3 of the raw bytes (salted with the version of the content filters, so that a file
-    /// read before a filter changed is read again).
+    /// blake3 of the raw bytes, after the content filters' version ([`hash_prefix`]).
     pub hash: String,
     /// Secrets taken out of `text` ([`crate::secrets`]).
     pub redactions: Vec<crate::secrets::Redaction>,
 }
 
-/// Changes whenever the content filters (redaction) change what is kept of a file.
-const CONTENT_FILTER_VERSION: &[u8] = b"kenning content filters 2\0";
+/// Changes whenever the content filters (redaction) change what is kept of a file. File hashes
+/// start with it ([`hash_prefix`]): a file indexed under another version is read again even when
+/// its size and mtime match, and its unchanged chunks keep their vectors.
+pub const CONTENT_FILTER_VERSION: u32 = 2;
+
+/// How the hashes of this version's content filters begin.
+pub fn hash_prefix() -> String {
+    format!("f{CONTENT_FILTER_VERSION}:")
+}
 
 /// Options of a walk.
 #[derive(Debug, Clone)]
@@ -244,7 +250,7 @@ pub fn read_source(meta: FileMeta, max_file_bytes: u64) -> Result<SourceFile, Sk
         return Err(SkipReason::TooLarge(bytes.len() as u64));
     }
     classify_bytes(&bytes)?;
-    let hash = blake3::Hasher::new().update(CONTENT_FILTER_VERSION).update(&bytes).finalize().to_hex().to_string();
+    let hash = format!("{}{}", hash_prefix(), blake3::hash(&bytes).to_hex());
     let (mut text, lossy) = match String::from_utf8(bytes) {
         Ok(s) => (s, false),
         Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),

@@ -413,7 +413,7 @@ fn align_to_lines(mut spans: Vec<Span>, text: &str) -> Vec<Span> {
 fn fill_gaps(spans: Vec<Span>, text: &str, budget: Budget) -> Vec<Span> {
     let mut out = Vec::with_capacity(spans.len());
     let mut at = 0;
-    let mut gap = |from: usize, to: usize, out: &mut Vec<Span>| {
+    let gap = |from: usize, to: usize, out: &mut Vec<Span>| {
         if from < to && !text[from..to].trim().is_empty() {
             for (s, e) in fallback::windows(text, from, to, budget.max, budget.min) {
                 out.push(Span { start: s, end: e, symbol: String::new() });

@@ -25,7 +25,7 @@ pub struct ModelArgs {
     /// default: kenning.toml's `[generation]`, else qwen2.5-coder-0.5b.
     #[arg(long)]
     model: Option<String>,
-    /// CPU threads for the model (default: half the cores).
+    /// CPU threads for the model while generating (default: the cores, at most 4).
     #[arg(long)]
     threads: Option<usize>,
     /// A configuration setting over kenning.toml's, as KEY=VALUE with a dotted key and a TOML
