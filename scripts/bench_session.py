@@ -216,6 +216,8 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
                 suggestion = suggestion.get("value", "")
             time.sleep(think_s)
             rest = expected[len(current):]
+            if results.get("trace") is not None:
+                results["trace"].write(json.dumps({"typed": current, "rest": rest, "suggestion": suggestion, "s": round(elapsed, 3)}) + "\n")
             if rest and suggestion.split("\n")[0] == rest:
                 # Tab: the rest of the line is inserted.
                 results["accepted"] += 1
@@ -271,7 +273,8 @@ def main() -> int:
         name, _, options = spec.partition(":")
         options = json.loads(options) if options else {}
         log_path = os.path.join(log_dir, f"{name}.log")
-        results = {"typed": 0, "saved": 0, "accepted": 0, "requests": 0, "unanswered": 0, "empty": 0, "latency": [], "first": []}
+        results = {"typed": 0, "saved": 0, "accepted": 0, "requests": 0, "unanswered": 0, "empty": 0, "latency": [], "first": [],
+                   "trace": open(os.path.join(log_dir, f"{name}.trace.jsonl"), "w")}
         started = time.monotonic()
         server = Server(args.kenning, corpus, options, log_path)
         # Let the start-up index check finish (the corpus is indexed already).

@@ -344,7 +344,9 @@ impl Completer {
             let Ok(warming) = generator.warm(prompt) else { return };
             let Some(warmed) = warming.done().await else { return };
             tracing::debug!(cached = warmed.cached, computed = warmed.computed, complete = warmed.complete, "warmed the full prompt of a new place");
-            if warmed.complete {
+            // Stopped part-way by a keystroke, the warm-up has still replaced the short prompt in
+            // the cache: from here the full prompt is the cheaper one (it pays only the rest, once).
+            if warmed.complete || warmed.computed > 0 {
                 let mut state = context.lock().expect("context lock");
                 if state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES) {
                     state.place_warm = true;

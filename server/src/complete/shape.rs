@@ -109,6 +109,12 @@ pub struct Limits {
 /// Cuts generated text where the completion should end. Returns the kept text and whether the
 /// cut happened (generation can stop).
 pub fn cut(mode: Mode, raw: &str, cursor: &Cursor<'_>, limits: Limits) -> (String, bool) {
+    // A model caught in a loop (`a, a, a, a, …`) is stopped after the first copy: the rest would
+    // cost decoding time and be deleted by the user anyway.
+    if let Some(end) = repetition_start(raw) {
+        let (kept, _) = cut(mode, &raw[..end], cursor, limits);
+        return (kept, true);
+    }
     match mode {
         Mode::SingleLine => {
             // A completion that starts by breaking the line is not a one-line completion.
@@ -152,6 +158,24 @@ pub fn cut(mode: Mode, raw: &str, cursor: &Cursor<'_>, limits: Limits) -> (Strin
             (kept, false)
         }
     }
+}
+
+/// Shortest repeated unit looked for, and how many copies in a row make a loop.
+const MIN_LOOP_UNIT: usize = 3;
+const LOOP_COPIES: usize = 4;
+
+/// Where a loop at the end of `text` begins to repeat: the end of its first copy, if the text ends
+/// with [`LOOP_COPIES`] copies of one unit of at least [`MIN_LOOP_UNIT`] bytes (whitespace-only
+/// units, such as blank lines, do not count).
+fn repetition_start(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let longest = bytes.len() / LOOP_COPIES;
+    (MIN_LOOP_UNIT..=longest).find_map(|unit| {
+        let start = bytes.len() - unit * LOOP_COPIES;
+        let first = &bytes[start..start + unit];
+        let repeats = (1..LOOP_COPIES).all(|k| &bytes[start + k * unit..start + (k + 1) * unit] == first);
+        (repeats && !first.iter().all(u8::is_ascii_whitespace) && text.is_char_boundary(start + unit)).then_some(start + unit)
+    })
 }
 
 /// Final clean-up of a finished completion: trailing whitespace, closing brackets the rest of the

@@ -94,3 +94,14 @@ fn repeating_the_suffix_is_dropped() {
 fn trailing_whitespace_is_trimmed() {
     check_finish(Mode::SingleLine, "let x = $0", "1;   ", "1;");
 }
+
+#[test]
+fn a_loop_is_stopped_after_its_first_copy() {
+    let raw = "tokio_unstable, tokio_unstable, tokio_unstable, tokio_unstable, ";
+    check_cut(Mode::SingleLine, "#[cfg(all($0", raw, "tokio_unstable, ", true);
+    // Three copies are not yet a loop; ordinary repetition in code stays.
+    check_cut(Mode::SingleLine, "let v = $0", "[0, 0, 0]", "[0, 0, 0]", false);
+    check_cut(Mode::SingleLine, "let s = $0", "\"----\"", "\"----\"", false);
+    let block = "fn f() {\n    $0\n}\n";
+    check_cut(Mode::MultiLine, block, "a();\n    a();\n    a();\n    a();\n    ", "a();\n    ", true);
+}
