@@ -93,42 +93,6 @@ pub fn defined_name(symbol: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// A function body longer than this many lines is cut to its signature in a definition snippet:
-/// what a call needs is the name, the parameters and the return type, and a body's lines cost
-/// prompt tokens (prefill time) and pull the model toward copying them.
-const MAX_BODY_LINES: usize = 6;
-
-/// A definition chunk cut to what a caller needs: for a function (symbol `fn …`, `def …`,
-/// `func …`, `function …`) with a long body, its doc comments, attributes and signature, then an
-/// elided body; anything else whole.
-pub fn signature_only(symbol: &str, text: &str) -> String {
-    let last = symbol.rsplit(" > ").next().unwrap_or(symbol);
-    let is_function = ["fn ", "def ", "async def ", "func ", "function ", "method "].iter().any(|k| last.starts_with(k));
-    let lines: Vec<&str> = text.lines().collect();
-    if !is_function || lines.len() <= MAX_BODY_LINES + 2 {
-        return text.to_owned();
-    }
-    // The signature ends at the first line that opens the body: `{` at its end (C family, Rust,
-    // Go, JS), or `:` for Python.
-    let Some(end) = lines.iter().position(|l| {
-        let t = l.trim_end();
-        t.ends_with('{') || (t.ends_with(':') && (t.trim_start().starts_with("def ") || t.trim_start().starts_with("async def ") || t.ends_with("):")))
-    }) else {
-        return text.to_owned();
-    };
-    if lines.len() - end - 1 <= MAX_BODY_LINES {
-        return text.to_owned();
-    }
-    let indent: String = lines[end].chars().take_while(|c| c.is_whitespace()).collect();
-    let mut out: String = lines[..=end].iter().map(|l| format!("{l}\n")).collect();
-    if lines[end].trim_end().ends_with('{') {
-        out.push_str(&format!("{indent}    // …\n{indent}}}\n"));
-    } else {
-        out.push_str(&format!("{indent}    ...\n"));
-    }
-    out
-}
-
 /// Looks each identifier up in the index and keeps the chunks that define it (not in `current`).
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
@@ -138,7 +102,7 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
             .filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str())
             .take(per_name)
             .map(|c| Snippet {
-                text: signature_only(&c.symbol, &c.text),
+                text: c.text,
                 path: c.path,
                 start_line: c.start_line,
                 end_line: c.end_line,
@@ -273,20 +237,6 @@ mod tests {
         assert_eq!(found[0].path, "src/discount.rs");
         assert!(found[0].text.contains("fn apply_discount"));
         assert!(found[0].end_line >= 61 && found[0].start_line <= 61, "{:?}", (found[0].start_line, found[0].end_line));
-    }
-
-    #[test]
-    fn long_function_bodies_are_cut_to_their_signature() {
-        let body: String = (0..10).map(|i| format!("    let step_{i} = {i};\n")).collect();
-        let rust = format!("/// Sums the cart.\n#[inline]\npub fn total(\n    cart: &Cart,\n) -> u64 {{\n{body}    0\n}}\n");
-        assert_eq!(signature_only("impl Cart > fn total", &rust), "/// Sums the cart.\n#[inline]\npub fn total(\n    cart: &Cart,\n) -> u64 {\n    // …\n}\n");
-        let python = format!("def total(cart):\n    \"\"\"Sums the cart.\"\"\"\n{body}    return 0\n");
-        assert_eq!(signature_only("class Cart > def total", &python), "def total(cart):\n    ...\n");
-        // Short bodies, and what is not a function, stay whole.
-        let short = "pub fn one() -> u32 {\n    1\n}\n";
-        assert_eq!(signature_only("fn one", short), short);
-        let long_struct = format!("pub struct Cart {{\n{}}}\n", (0..20).map(|i| format!("    f{i}: u8,\n")).collect::<String>());
-        assert_eq!(signature_only("struct Cart", &long_struct), long_struct);
     }
 
     #[test]

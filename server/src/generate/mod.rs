@@ -231,6 +231,11 @@ impl Generation {
         (Generation { events: rx, cancel: Arc::clone(&cancel) }, Sink { events: tx, cancel })
     }
 
+    /// Asks the engine to stop before its next token; the events up to its `Done` still come.
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
     /// The next event; `None` after `Done` or `Error`.
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
