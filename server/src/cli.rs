@@ -259,16 +259,19 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     let root = workspace_root(&args.path)?;
     let dir = index_dir(paths, &args.target, &root);
     let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
-    // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong.
-    let problems = match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
-        Ok(_) if args.rebuild => vec!["--rebuild was given".to_owned()],
-        Ok(store) => store.verify().await,
-        Err(e) => vec![e.to_string()],
-    };
-    if !problems.is_empty() {
-        eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
+    // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong. Judged under
+    // the writer lock: another process creating or writing the index is not damage.
+    {
         let _lock = index::WriterLock::acquire(&dir, |holder| eprintln!("kenning: {holder} is writing this index: waiting for it to finish")).await?;
-        clear_index_dir(&dir)?;
+        let problems = match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
+            Ok(_) if args.rebuild => vec!["--rebuild was given".to_owned()],
+            Ok(store) => store.verify().await,
+            Err(e) => vec![e.to_string()],
+        };
+        if !problems.is_empty() {
+            eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
+            clear_index_dir(&dir)?;
+        }
     }
     let store = open_store(&dir).await?;
     let bars = Arc::new(Bars::new(!args.json));
