@@ -12,7 +12,9 @@ rest of the line (the client inserts it and goes on at the next line), and other
 Each configuration given with --config NAME:JSON runs every session against a fresh server with
 those `initializationOptions`; all are printed side by side: time to ghost text p50/p90/p99, share
 under 1 s, the first completion after opening a file, requests answered, lines accepted, characters
-saved / typed, prompt tokens computed per request (from the server's log), and the floor: the
+saved / typed, characters predicted right (per line, the longest start of a suggestion that is
+the start of the rest of the line, over the characters of the lines: what accepting word by word
+would have given), prompt tokens computed per request (from the server's log), and the floor: the
 median time spent decoding alone.
 
 Usage: bench_session.py KENNING CORPUS [--sessions 6] [--seed 0] [--timeout 20]
@@ -178,6 +180,7 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
         pieces = bursts(expected)
         current = ""
         k = 0
+        best_right = 0  # the most characters of this line any suggestion got right
         while len(current) < len(expected):
             for ch in pieces[k]:
                 current += ch
@@ -216,6 +219,9 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
                 suggestion = suggestion.get("value", "")
             time.sleep(think_s)
             rest = expected[len(current):]
+            first_line = suggestion.split("\n")[0]
+            right = len(os.path.commonprefix([first_line, rest]))
+            best_right = max(best_right, right)
             if results.get("trace") is not None:
                 results["trace"].write(json.dumps({"typed": current, "rest": rest, "suggestion": suggestion, "s": round(elapsed, 3)}) + "\n")
             if rest and suggestion.split("\n")[0] == rest:
@@ -223,6 +229,8 @@ def run_session(server: Server, path: str, lines, start: int, end: int, timeout:
                 results["accepted"] += 1
                 results["saved"] += len(rest)
                 current = expected
+        results["right"] += best_right
+        results["line_chars"] += len(expected.strip())
         typed_lines.append(expected)
     server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
 
@@ -273,7 +281,7 @@ def main() -> int:
         name, _, options = spec.partition(":")
         options = json.loads(options) if options else {}
         log_path = os.path.join(log_dir, f"{name}.log")
-        results = {"typed": 0, "saved": 0, "accepted": 0, "requests": 0, "unanswered": 0, "empty": 0, "latency": [], "first": [],
+        results = {"typed": 0, "saved": 0, "accepted": 0, "right": 0, "line_chars": 0, "requests": 0, "unanswered": 0, "empty": 0, "latency": [], "first": [],
                    "trace": open(os.path.join(log_dir, f"{name}.trace.jsonl"), "w")}
         started = time.monotonic()
         server = Server(args.kenning, corpus, options, log_path)
@@ -297,6 +305,7 @@ def main() -> int:
             "first_after_open_s": statistics.median(results["first"]) if results["first"] else float("nan"),
             "lines_accepted": results["accepted"],
             "saved_over_typed": results["saved"] / max(1, results["typed"] + results["saved"]),
+            "right_over_chars": results["right"] / max(1, results["line_chars"]),
             "computed_tokens_p50": pct(computed, 50), "computed_tokens_mean": statistics.mean(computed) if computed else float("nan"),
             "decode_floor_s": pct(decode, 50) / 1e3 if decode else float("nan"),
             "wall_s": time.monotonic() - started,
@@ -314,6 +323,7 @@ def main() -> int:
         ("requests answered", lambda r: f"{r['answered']} / {r['requests']}"),
         ("lines accepted", lambda r: f"{r['lines_accepted']}"),
         ("characters saved / all characters", lambda r: f"{100 * r['saved_over_typed']:.1f} %"),
+        ("characters predicted right (best per line) / all", lambda r: f"{100 * r['right_over_chars']:.1f} %"),
         ("prompt tokens computed per generation (p50 / mean)", lambda r: f"{r['computed_tokens_p50']} / {r['computed_tokens_mean']:.0f}"),
         ("floor: decoding alone (p50)", lambda r: f"{r['decode_floor_s']:.2f} s"),
         ("wall time", lambda r: f"{r['wall_s']:.0f} s"),

@@ -209,3 +209,31 @@ fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_re
     assert_eq!(outcome.complete, warm_done_at > generated_at, "{outcome:?}");
     assert!(answered < warm_time / 2, "answered in {answered:?}; a whole warm-up takes {warm_time:?}");
 }
+
+/// Issue 12: the engine keeps two KV sequences. Two files completed in by turns keep a cache each,
+/// and a warm-up's work survives the generations between two pauses (it never takes the sequence
+/// they are answered from): warming the same prompt again computes nothing.
+#[test]
+fn two_places_keep_their_caches_and_a_warm_up_survives_the_requests_between_pauses() {
+    let engine = load("qwen2.5-coder-0.5b");
+    let run = |prompt: &str| engine.generate(Request { max_tokens: 2, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap().1;
+    let computed = |f: &kenning::generate::Finish| f.prompt_tokens - f.reused_prompt_tokens;
+    let a = ring_prompt(&engine, &[1, 2]);
+    let b = fim(&engine, "/// Adds two numbers.\nfn add(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
+    let c = fim(&engine, "/// Subtracts two numbers.\nfn sub(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
+    run(&a);
+    run(&b);
+    let again = run(&a);
+    assert!(computed(&again) <= 2, "file A after file B: {again:?}");
+
+    let long = ring_prompt(&engine, &[3, 4, 5, 6]);
+    let first = engine.warm(long.clone()).unwrap().done_blocking().expect("the llama engine warms");
+    assert!(first.complete && first.computed > 500, "{first:?}");
+    // Requests at the place being typed at, between two pauses.
+    run(&b);
+    run(&c);
+    run(&b);
+    let second = engine.warm(long).unwrap().done_blocking().unwrap();
+    eprintln!("first warm-up {first:?}; the same warm-up after three requests {second:?}");
+    assert!(second.complete && second.computed <= 1, "{second:?}");
+}

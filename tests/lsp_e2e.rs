@@ -264,6 +264,50 @@ async fn a_burst_of_edits_then_a_completion_and_a_cancelled_request() {
     assert!(text.contains("fn "), "{text:?}");
 }
 
+/// Places an editor can send that are no place to complete (issue 12): a 2.3 MB file, a
+/// 10,000-character line, the cursor at offset 0 and past the end, a document reopened as another
+/// language. Each gets an answer (an empty one where nothing fits), never an error or a hang, and
+/// the engine completes normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_places_get_clear_answers_and_the_engine_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), fast_options()).await;
+    let inline = |uri: &str, line: u32, character: u32| {
+        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 1}})
+    };
+    let answered = |response: &Value| {
+        assert!(response.get("error").is_none() && response["result"].is_array(), "{response}");
+        response["result"].as_array().unwrap().len()
+    };
+
+    let filler = "fn filler(a: u32) -> u32 {\n    a + 1\n}\n".repeat(60_000);
+    let huge = client.open("src/huge.rs", "rust", &format!("{filler}fn main() {{\n    let x = \n}}\n")).await;
+    let started_at = std::time::Instant::now();
+    answered(&client.request("textDocument/inlineCompletion", inline(&huge, 180_001, 12)).await);
+    assert_eq!(answered(&client.request("textDocument/inlineCompletion", inline(&huge, 999_999, 0)).await), 0, "past the end");
+    eprintln!("huge file: two requests in {:?}", started_at.elapsed());
+
+    let long = client.open("src/long.rs", "rust", &format!("const S: &str = \"{}\";\n", "x".repeat(10_000))).await;
+    assert_eq!(answered(&client.request("textDocument/inlineCompletion", inline(&long, 0, 0)).await), 0, "offset 0, mid-line");
+    answered(&client.request("textDocument/inlineCompletion", inline(&long, 0, 20_000)).await);
+    answered(&client.request("textDocument/inlineCompletion", inline(&long, 1, 0)).await);
+
+    // The same document closed and reopened as Python.
+    let uri = client.open("src/switch.py", "rust", "fn main() {\n    \n}\n").await;
+    answered(&client.request("textDocument/inlineCompletion", inline(&uri, 1, 4)).await);
+    client.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}})).await;
+    client
+        .notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def main():\n    \n"}}))
+        .await;
+    answered(&client.request("textDocument/inlineCompletion", inline(&uri, 1, 4)).await);
+
+    // And the engine is not stuck.
+    let uri = client.open("src/checkout.rs", "rust", &format!("{CHECKOUT}\n}}\n")).await;
+    let response = client.request("textDocument/inlineCompletion", inline(&uri, 5, 4)).await;
+    assert_eq!(answered(&response), 1, "{response}");
+    assert!(!response["result"][0]["insertText"].as_str().unwrap().is_empty(), "{response}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ask_with_the_model_answers_with_numbered_citations() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,7 +399,8 @@ async fn helix_gets_completion_items_and_the_ask_code_action() {
 
 /// The real `kenning serve` over stdio (issue 13): broken frames — a body sent without a header, a
 /// header without a length, a body shorter than its length — lose only themselves, a request
-/// with an unusable id gets no crash, and `exit` ends the process: 0 after `shutdown`, 1 without.
+/// with an unusable id or bad params gets an InvalidRequest error (with `id: null` when the id is
+/// the problem), and `exit` ends the process: 0 after `shutdown`, 1 without.
 #[test]
 fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
     use std::io::{BufRead, BufReader, Write};
@@ -377,7 +422,8 @@ fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
         let body = v.to_string();
         format!("Content-Length: {}\r\n\r\n{body}", body.len())
     };
-    fn read_reply(out: &mut impl BufRead, id: i64) -> Value {
+    fn read_reply(out: &mut impl BufRead, id: impl Into<Value>) -> Value {
+        let id = id.into();
         loop {
             let mut length = 0;
             loop {
@@ -418,6 +464,19 @@ fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
     write!(stdin, "Content-Length: 400\r\n\r\n{{\"jsonrpc\":\"2.0\"}}{}", status(4)).unwrap();
     stdin.flush().unwrap();
     assert!(read_reply(&mut out, 4)["result"].is_object(), "answered after a body shorter than its length");
+    // Requests that are not valid JSON-RPC requests are answered with an error, and the session goes on.
+    write!(stdin, "{}", frame(&json!({"jsonrpc": "2.0", "id": 1.5, "method": "workspace/executeCommand", "params": {"command": "kenning.status"}}))).unwrap();
+    stdin.flush().unwrap();
+    let reply = read_reply(&mut out, Value::Null);
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("1.5"), "{reply}");
+    write!(stdin, "{}", frame(&json!({"jsonrpc": "2.0", "id": 6, "method": "workspace/executeCommand", "params": 3}))).unwrap();
+    stdin.flush().unwrap();
+    let reply = read_reply(&mut out, 6);
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    stdin.write_all(status(7).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    assert!(read_reply(&mut out, 7)["result"].is_object(), "answered after invalid requests");
 
     stdin.write_all(frame(&json!({"jsonrpc": "2.0", "id": 5, "method": "shutdown"})).as_bytes()).unwrap();
     read_reply(&mut out, 5);

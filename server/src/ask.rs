@@ -61,8 +61,9 @@ pub async fn ask(
     if question.is_empty() {
         return Err(AskError::Empty);
     }
-    // A question may take a quarter of the prompt: a pasted file must leave room for sources.
-    let question = prompt::head_lines(question, settings.prompt_tokens / 4);
+    // A question may take a quarter of the prompt: a pasted file must leave room for sources (and
+    // the search gets the same part).
+    let question = prompt::ask_question(question, settings.prompt_tokens);
     let mut request = SearchRequest::new(question);
     request.k = settings.sources;
     let hits = retrieve::search(store, embedder, &request).await?;

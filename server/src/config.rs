@@ -142,6 +142,10 @@ pub struct Completion {
     pub debounce_ms: u64,
     /// Token budget of the whole prompt (context + prefix + suffix).
     pub prompt_tokens: usize,
+    /// Tokens of the text after the cursor the prompt carries at most (also at most 15 % of
+    /// `prompt_tokens`). The prefix-suffix-middle layout computes the suffix again on every
+    /// keystroke, so this is paid per keystroke.
+    pub suffix_tokens: usize,
     /// Generated tokens at most, for one line and for a block.
     pub max_tokens: usize,
     pub max_tokens_multiline: usize,
@@ -160,6 +164,7 @@ impl Default for Completion {
             enabled: true,
             debounce_ms: 75,
             prompt_tokens: 1_536,
+            suffix_tokens: crate::prompt::MAX_SUFFIX_TOKENS,
             max_tokens: 48,
             max_tokens_multiline: 128,
             max_lines: 12,
@@ -312,6 +317,7 @@ impl Config {
         let c = &self.completion;
         within("completion.debounce_ms", c.debounce_ms, 0, 10_000)?;
         within("completion.prompt_tokens", c.prompt_tokens, 64, MAX_CONTEXT as usize)?;
+        within("completion.suffix_tokens", c.suffix_tokens, 0, MAX_CONTEXT as usize)?;
         within("completion.max_tokens", c.max_tokens, 1, 4_096)?;
         within("completion.max_tokens_multiline", c.max_tokens_multiline, 1, 4_096)?;
         within("completion.max_lines", c.max_lines, 1, 1_000)?;

@@ -12,6 +12,7 @@ pub mod complete;
 pub mod config;
 pub mod dataset;
 pub mod embed;
+pub mod eval;
 pub mod generate;
 pub mod index;
 pub mod lsp;

@@ -15,6 +15,7 @@ use crate::chunk::Language;
 use crate::complete::{self, Completer, Retrieval};
 use crate::config::{self, Config, Layers};
 use crate::dataset::{self, EvalTask};
+use crate::eval::{self, TaskScore, first_line, percentile};
 use crate::generate::{self, Generator};
 use crate::paths::Paths;
 
@@ -110,6 +111,13 @@ pub struct EvalArgs {
     /// Print each task's prediction to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Write the figures with every task's score to this file (JSON), to compare a later run with.
+    #[arg(long, value_name = "FILE")]
+    save_scores: Option<PathBuf>,
+    /// Compare this run task by task with one saved by --save-scores: the mean difference in
+    /// edit similarity and exact match with 95 % intervals (bootstrap over files), helped / hurt.
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -340,6 +348,28 @@ struct EvalFigures {
     p50_latency_ms: f64,
     /// The process's peak resident memory (model, index, runtime), in MiB.
     peak_rss_mib: f64,
+    /// Every task's score, for paired comparisons.
+    #[serde(default)]
+    scores: Vec<TaskScore>,
+}
+
+/// One line of a paired comparison: `b` against `a`.
+fn print_paired(label: &str, p: &eval::Paired) {
+    let verdict = |i: &eval::Interval| if i.above_zero() { "better" } else if i.below_zero() { "worse" } else { "no clear difference" };
+    println!(
+        "{label:<16} edit similarity {:+5.1} [{:+5.1}, {:+5.1}] ({})  exact match {:+5.1} [{:+5.1}, {:+5.1}]  helped {:.0}% hurt {:.0}%  ({} tasks, {} files)",
+        p.edit_similarity.mean,
+        p.edit_similarity.low,
+        p.edit_similarity.high,
+        verdict(&p.edit_similarity),
+        p.exact_match.mean,
+        p.exact_match.low,
+        p.exact_match.high,
+        p.helped * 100.0,
+        p.hurt * 100.0,
+        p.tasks,
+        p.files,
+    );
 }
 
 /// The evaluation tasks: `--tasks`, else lines of the held-out test files.
@@ -406,8 +436,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     let retrieval = retrieval_for(paths, &args.target, &root, &config, mode.retrieval()).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = root.file_name().map_or_else(|| "workspace".into(), |n| n.to_string_lossy().into_owned());
-    let (mut exact, mut similarity) = (0usize, 0.0f64);
-    let mut latencies = Vec::new();
+    let mut scores = Vec::with_capacity(tasks.len());
     let (mut building, mut first_token): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for task in &tasks {
         // A fresh completer per task: nothing is reused between tasks.
@@ -424,29 +453,40 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         completer.prepare(&request, &retrieval).await;
         let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
         let completion = completer.complete(request, &retrieval).await?;
-        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(c) = &completion {
             building.push(gathered_ms + c.context_ms + c.prompt_ms);
             first_token.push(c.first_token_ms);
         }
         let predicted = completion.map(|c| c.text).unwrap_or_default();
-        let (p, e) = (first_line(&predicted), first_line(&task.expected));
-        exact += usize::from(p == e);
-        let s = edit_similarity(p, e);
-        similarity += s;
+        let score = TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms);
         if args.verbose {
-            eprintln!("{} sim {s:.2}\n  expected  {e}\n  predicted {p}", task.id);
+            eprintln!("{} sim {:.2}\n  expected  {}\n  predicted {}", task.id, score.similarity, first_line(&task.expected), first_line(&predicted));
         }
+        scores.push(score);
     }
     let n = tasks.len() as f64;
+    let mut latencies: Vec<f64> = scores.iter().map(|s| s.latency_ms).collect();
     let figures = EvalFigures {
         mode: mode.name().to_owned(),
         tasks: tasks.len(),
-        exact_match: exact as f64 / n,
-        edit_similarity: similarity / n,
+        exact_match: scores.iter().filter(|s| s.exact).count() as f64 / n,
+        edit_similarity: scores.iter().map(|s| s.similarity).sum::<f64>() / n,
         mean_latency_ms: latencies.iter().sum::<f64>() / n,
         p50_latency_ms: percentile(&mut latencies, 0.5),
         peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+        scores,
+    };
+    if let Some(file) = &args.save_scores {
+        std::fs::write(file, serde_json::to_string(&figures)?).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let baseline = match &args.baseline {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let saved: EvalFigures = serde_json::from_str(&text).with_context(|| format!("{} is not a file written by --save-scores", file.display()))?;
+            Some(eval::paired(&saved.scores, &figures.scores, 0).with_context(|| format!("{} has none of these tasks", file.display()))?)
+        }
+        None => None,
     };
     if args.json {
         println!("{}", serde_json::to_string(&figures)?);
@@ -466,6 +506,9 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         println!("  time to first token          p50 {f50:>8.1} ms  p95 {f95:>8.1} ms");
         if f50 > 0.0 {
             println!("  retrieval + prompt / first token at p50: {:.1}% (goal < 5%)", b50 / f50 * 100.0);
+        }
+        if let Some(p) = &baseline {
+            print_paired("vs the baseline", p);
         }
     }
     Ok(())
@@ -538,6 +581,21 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
             Err(e) => println!("{e}"),
         }
     }
+    // Paired, on the same tasks: each mode against the model alone, and both against retrieval.
+    let find = |name: &str| rows.iter().filter_map(|r| r.as_ref().ok()).find(|f| f.mode == name);
+    let pairs = [("rag", "none"), ("ft", "none"), ("hybrid", "none"), ("hybrid", "rag")];
+    let mut header = false;
+    for (b, a) in pairs {
+        if let (Some(fa), Some(fb)) = (find(a), find(b))
+            && let Some(p) = eval::paired(&fa.scores, &fb.scores, 0)
+        {
+            if !header {
+                println!("paired differences, points, 95% intervals (bootstrap over files):");
+                header = true;
+            }
+            print_paired(&format!("{b} - {a}"), &p);
+        }
+    }
     if rows.iter().all(Result::is_err) {
         bail!("no mode ran");
     }
@@ -552,54 +610,9 @@ fn peak_rss_bytes() -> u64 {
     if cfg!(target_os = "macos") { max } else { max * 1024 }
 }
 
-/// The `p` quantile (nearest rank) of `values`; 0 when empty.
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
-}
-
-/// The first non-empty line, trimmed.
-fn first_line(text: &str) -> &str {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
-}
-
-/// 1 − Levenshtein distance / longer length, over characters (1 for two empty strings).
-pub fn edit_similarity(a: &str, b: &str) -> f64 {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let longest = a.len().max(b.len());
-    if longest == 0 {
-        return 1.0;
-    }
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
-            prev = cur;
-        }
-    }
-    1.0 - row[b.len()] as f64 / longest as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn similarity() {
-        assert_eq!(edit_similarity("", ""), 1.0);
-        assert_eq!(edit_similarity("abc", "abc"), 1.0);
-        assert_eq!(edit_similarity("abc", ""), 0.0);
-        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
-        assert!((edit_similarity("é", "e") - 0.0).abs() < 1e-9);
-    }
 
     #[test]
     fn positions() {
@@ -610,11 +623,5 @@ mod tests {
         assert_eq!(offset_of(text, 2, 3).unwrap(), 3 + 4);
         assert_eq!(offset_of(text, 2, 99).unwrap(), 3 + 6);
         assert!(offset_of(text, 9, 1).is_err());
-    }
-
-    #[test]
-    fn first_non_empty_line() {
-        assert_eq!(first_line("\n  \n  foo(x);\nbar"), "foo(x);");
-        assert_eq!(first_line(""), "");
     }
 }

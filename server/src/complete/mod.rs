@@ -164,7 +164,7 @@ pub struct Completer {
 
 impl Completer {
     pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::Completion) -> Self {
-        let budget = Budget::split(settings.prompt_tokens);
+        let budget = Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens);
         let context = ContextState { ring: Ring::new(budget.context), ..ContextState::default() };
         Self { generator, family, settings, slots: Mutex::new(Vec::new()), context: Arc::new(Mutex::new(context)) }
     }
@@ -194,7 +194,7 @@ impl Completer {
 
     /// How prompts are built: the full budget once the place is warm, else the first-request one.
     fn prompt_shape(&self, warm: bool) -> PromptShape {
-        let budget = Budget::split(self.settings.prompt_tokens);
+        let budget = Budget::with_suffix(self.settings.prompt_tokens, self.settings.suffix_tokens);
         PromptShape {
             family: self.family,
             layout: self.settings.layout,
@@ -244,7 +244,7 @@ impl Completer {
         }
         let (snippets, warm) = self.ring_for(&request.path);
         let shape = self.prompt_shape(warm);
-        let local = Local::new(&request, shape.heals);
+        let local = Local::new(&request, &shape);
         let context_ms = ms(started.elapsed());
 
         let started = Instant::now();
@@ -311,9 +311,11 @@ impl Completer {
         (state.ring.snippets_for(path), state.place_warm)
     }
 
-    /// After a request at a place that is not warm yet: once the user pauses ([`IDLE`]), pending
-    /// context joins the ring and the full prompt for the request is put into the engine's cache;
-    /// when that completes, the place is warm and requests use the full budget.
+    /// After a request at a place that is not warm yet: once the user pauses ([`IDLE`]), the full
+    /// prompt for the request — the ring with the pending context added, the full budget — is put
+    /// into the engine's cache; when that completes, the pending context joins the ring and the
+    /// place is warm (requests use the full budget). Until then requests keep the short prompt and
+    /// the ring they had, so a warm-up cut short by a keystroke costs the next request nothing.
     fn after_request(&self, request: &Arc<Request>) {
         let requests = {
             let state = self.context.lock().expect("context lock");
@@ -326,29 +328,34 @@ impl Completer {
         let generator = Arc::clone(&self.generator);
         let request = Arc::clone(request);
         let shape = self.prompt_shape(true);
+        let single_cache = self.generator.cache_slots() < 2;
         let place = (request.path.clone(), line_of(&request.text, request.offset));
+        let here = move |state: &ContextState| state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES);
         tokio::spawn(async move {
             tokio::time::sleep(IDLE).await;
-            let prompt = {
-                let mut state = context.lock().expect("context lock");
-                let same_place = state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES);
-                if state.requests != requests || state.place_warm || !same_place {
+            let (prompt, before, after) = {
+                let state = context.lock().expect("context lock");
+                if state.requests != requests || state.place_warm || !here(&state) {
                     return;
                 }
-                let pending = std::mem::take(&mut state.pending);
-                let local = std::mem::take(&mut state.pending_local);
-                state.ring.add(pending, &local);
-                let snippets = state.ring.snippets_for(&request.path);
-                shape.build(&request, &Local::new(&request, shape.heals), &snippets).text
+                let mut after = state.ring.clone();
+                after.add(state.pending.clone(), &state.pending_local);
+                let snippets = after.snippets_for(&request.path);
+                (shape.build(&request, &Local::new(&request, &shape), &snippets).text, state.ring.clone(), after)
             };
             let Ok(warming) = generator.warm(prompt) else { return };
             let Some(warmed) = warming.done().await else { return };
             tracing::debug!(cached = warmed.cached, computed = warmed.computed, complete = warmed.complete, "warmed the full prompt of a new place");
-            // Stopped part-way by a keystroke, the warm-up has still replaced the short prompt in
-            // the cache: from here the full prompt is the cheaper one (it pays only the rest, once).
-            if warmed.complete || warmed.computed > 0 {
+            // An engine with one cache: a warm-up stopped part-way by a keystroke has still replaced
+            // the short prompt, so from here the full prompt is the cheaper one (it pays only the
+            // rest, once). With several, the short prompt stays cached beside the warm-up's
+            // progress, and the next pause goes on warming until the whole full prompt is in.
+            if warmed.complete || (single_cache && warmed.computed > 0) {
                 let mut state = context.lock().expect("context lock");
-                if state.gathered_at.as_ref().is_some_and(|(p, l)| *p == place.0 && l.abs_diff(place.1) <= FAR_LINES) {
+                // Unless the place or the ring changed meanwhile (then the next pause starts over).
+                if here(&state) && state.ring == before {
+                    state.ring = after;
+                    state.pending.clear();
                     state.place_warm = true;
                 }
             }
@@ -568,17 +575,60 @@ struct Local {
 }
 
 impl Local {
-    fn new(request: &Request, heals: bool) -> Self {
+    fn new(request: &Request, shape: &PromptShape) -> Self {
+        let heals = shape.heals;
+        // Only the text near the cursor can reach the prompt: that region is cut first (twice the
+        // budget, and a margin so that a secret spanning the cut is still seen whole), then
+        // redacted, so a keystroke in a big file does not scan the whole file.
+        let budget_bytes = |tokens: usize| (tokens as f64 * prompt::BYTES_PER_TOKEN) as usize * 2 + LOCAL_MARGIN_BYTES;
+        let prefix = prefix_region(&request.text[..request.offset], budget_bytes(shape.budget.prefix));
+        let suffix = suffix_region(&request.text[request.offset..], budget_bytes(shape.budget.suffix));
         // Secrets in the editor's text never reach the model (line breaks are kept, so the prefix
         // window's anchor stays where it was).
-        let (prefix, _) = crate::secrets::redacted(&request.text[..request.offset]);
-        let (suffix, _) = crate::secrets::redacted(&request.text[request.offset..]);
+        let (prefix, _) = crate::secrets::redacted(prefix);
+        let (suffix, _) = crate::secrets::redacted(suffix);
         // Token healing: a prefix that ends inside a word goes to the model without that part, and
         // the model writes the whole word in its own tokens (the part typed is left out of its output).
         let cut = if heals { prompt::partial_word_start(&prefix) } else { prefix.len() };
         Self { kept: prefix[..cut].to_owned(), heal: prefix[cut..].to_owned(), suffix: suffix.into_owned() }
     }
+}
 
+/// Beyond twice its budget, the text the prompt's prefix and suffix are cut from keeps this much
+/// more (a private-key block is at most ~3.3 KB).
+const LOCAL_MARGIN_BYTES: usize = 16 * 1024;
+
+/// The end of `prefix` from a line whose number is a multiple of the prompt's anchor (so the
+/// prefix window is cut where it would be in the whole text), at least `bytes` long when the
+/// prefix is.
+fn prefix_region(prefix: &str, bytes: usize) -> &str {
+    if prefix.len() <= bytes {
+        return prefix;
+    }
+    let mut at = prefix.len() - bytes;
+    while !prefix.is_char_boundary(at) {
+        at -= 1;
+    }
+    // Back to a line start, then back to an anchored line.
+    let mut start = prefix[..at].rfind('\n').map_or(0, |i| i + 1);
+    let mut line = prefix.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count();
+    while start > 0 && line % prompt::PREFIX_ANCHOR_LINES != 0 {
+        start = prefix[..start - 1].rfind('\n').map_or(0, |i| i + 1);
+        line -= 1;
+    }
+    &prefix[start..]
+}
+
+/// The start of `suffix`, at least `bytes` long when the suffix is, ended at a line end.
+fn suffix_region(suffix: &str, bytes: usize) -> &str {
+    if suffix.len() <= bytes {
+        return suffix;
+    }
+    let mut at = bytes;
+    while !suffix.is_char_boundary(at) {
+        at += 1;
+    }
+    suffix[at..].find('\n').map_or(suffix, |i| &suffix[..at + i + 1])
 }
 
 impl PromptShape {

@@ -73,6 +73,31 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A document bigger than this is not parsed whole for a decision: a window around the cursor
+/// ([`PARSE_BEFORE`] bytes before it, [`PARSE_AFTER`] after, cut at line ends) is. Parsing runs
+/// on every request at a line start; a whole 2 MB file would cost half a second each time.
+const PARSE_WHOLE_BYTES: usize = 256 * 1024;
+const PARSE_BEFORE: usize = 96 * 1024;
+const PARSE_AFTER: usize = 32 * 1024;
+
+/// The part of `text` a decision at `offset` parses, and the cursor's offset in it.
+fn parse_window(text: &str, offset: usize) -> (&str, usize) {
+    if text.len() <= PARSE_WHOLE_BYTES {
+        return (text, offset);
+    }
+    let mut start = offset.saturating_sub(PARSE_BEFORE);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let start = if start == 0 { 0 } else { text[start..offset].find('\n').map_or(start, |i| start + i + 1) };
+    let mut end = (offset + PARSE_AFTER).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let end = if end == text.len() { end } else { text[offset..end].rfind('\n').map_or(end, |i| offset + i + 1) };
+    (&text[start..end], offset - start)
+}
+
 /// Whether and how to complete at `offset` in `text`. `None` in the middle of a line (text other
 /// than closing brackets and punctuation follows the cursor).
 pub fn decide(language: Language, text: &str, offset: usize) -> Option<Mode> {
@@ -83,6 +108,7 @@ pub fn decide(language: Language, text: &str, offset: usize) -> Option<Mode> {
     if !cursor.line_before.trim().is_empty() {
         return Some(Mode::SingleLine);
     }
+    let (text, offset) = parse_window(text, offset);
     let Some(tree) = chunk::parse(language, text) else {
         return Some(Mode::MultiLine);
     };

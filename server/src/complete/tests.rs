@@ -17,6 +17,12 @@ struct Scripted {
     heals: bool,
     /// The requests it was given.
     seen: std::sync::Mutex<Vec<GenRequest>>,
+    /// Prompts the cache keeps (`Generator::cache_slots`); 0: it does not warm at all.
+    slots: usize,
+    /// Whether a warm-up reports it got the whole prompt in.
+    warm_completes: std::sync::atomic::AtomicBool,
+    /// The warm-up prompts it was given.
+    warmed: std::sync::Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -32,6 +38,9 @@ impl Scripted {
             cancelled: Arc::default(),
             heals: false,
             seen: std::sync::Mutex::default(),
+            slots: 0,
+            warm_completes: std::sync::atomic::AtomicBool::new(true),
+            warmed: std::sync::Mutex::default(),
         }
     }
 }
@@ -48,6 +57,19 @@ impl Generator for Scripted {
     }
     fn heals(&self) -> bool {
         self.heals
+    }
+    fn cache_slots(&self) -> usize {
+        self.slots.max(1)
+    }
+    fn warm(&self, prompt: String) -> Result<crate::generate::Warming, GenerateError> {
+        if self.slots == 0 {
+            return Ok(crate::generate::Warming(None));
+        }
+        self.warmed.lock().unwrap().push(prompt);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let complete = self.warm_completes.load(Ordering::SeqCst);
+        let _ = tx.send(crate::generate::Warmed { cached: 100, computed: 40, complete });
+        Ok(crate::generate::Warming(Some(rx)))
     }
     fn generate(&self, request: GenRequest) -> Result<Generation, GenerateError> {
         self.seen.lock().unwrap().push(request);
@@ -252,4 +274,47 @@ async fn a_new_place_starts_with_a_short_prompt_and_gets_the_full_one_after_a_pa
     let lens: Vec<usize> = seen.iter().map(|r| r.prompt.len()).collect();
     assert!(lens[0] < 1_000 && lens[1] < 1_000, "first requests are short: {lens:?}");
     assert!(lens[2] > 2 * lens[1], "after a pause the full prompt: {lens:?}");
+}
+
+#[tokio::test]
+async fn a_warm_up_cut_short_leaves_the_short_prompt_and_the_ring_alone_until_one_completes() {
+    // An engine with two cache slots whose first warm-up is stopped by a keystroke.
+    let mut g = Scripted::unshared(vec!["x"], 1);
+    g.slots = 2;
+    g.warm_completes = std::sync::atomic::AtomicBool::new(false);
+    let g = Arc::new(g);
+    let c = completer(Arc::clone(&g));
+    let text: String = (0..200).map(|i| format!("let value_{i} = {i};\n")).collect();
+    c.complete(request(&format!("{text}let a = ")), &Retrieval::default()).await.unwrap();
+    tokio::time::sleep(IDLE + Duration::from_millis(300)).await;
+    c.complete(request(&format!("{text}let a = 1 + ")), &Retrieval::default()).await.unwrap();
+    assert_eq!(g.warmed.lock().unwrap().len(), 1, "the pause warmed the full prompt");
+    // The next pause warms again; this time it completes, and the place moves to the full prompt.
+    g.warm_completes.store(true, Ordering::SeqCst);
+    tokio::time::sleep(IDLE + Duration::from_millis(300)).await;
+    c.complete(request(&format!("{text}let a = 1 + 2 * ")), &Retrieval::default()).await.unwrap();
+    let seen = g.seen.lock().unwrap();
+    let lens: Vec<usize> = seen.iter().map(|r| r.prompt.len()).collect();
+    assert!(lens[1] < 1_000, "after a warm-up cut short, still the short prompt: {lens:?}");
+    assert_eq!(g.warmed.lock().unwrap().len(), 2, "warmed again at the next pause");
+    assert!(lens[2] > 2 * lens[1], "after a complete warm-up, the full prompt: {lens:?}");
+    assert!(g.warmed.lock().unwrap()[1].len() > 2 * lens[1], "what was warmed is the full prompt");
+}
+
+#[test]
+fn the_local_region_of_a_big_file_gives_the_prompt_of_the_whole_file() {
+    // 20,000 lines: the prefix window cut from the region is the one cut from the whole prefix,
+    // anchored at the same line, for any budget that fits the region.
+    let text: String = (0..20_000).map(|i| format!("    let value_{i} = compute({i});\n")).collect();
+    for (cut_line, tokens) in [(12_345, 768), (19_999, 192), (40, 768), (17, 4_000)] {
+        let offset = text.match_indices('\n').nth(cut_line).unwrap().0 + 1;
+        let prefix = &text[..offset];
+        let region = prefix_region(prefix, (tokens as f64 * prompt::BYTES_PER_TOKEN) as usize * 2 + LOCAL_MARGIN_BYTES);
+        assert!(prefix.ends_with(region));
+        assert_eq!(prompt::anchored_tail(region, tokens), prompt::anchored_tail(prefix, tokens), "line {cut_line}, {tokens} tokens");
+        let suffix = &text[offset..];
+        let head = suffix_region(suffix, 80 * 7 + LOCAL_MARGIN_BYTES);
+        assert!(suffix.starts_with(head) && (head.ends_with('\n') || head.len() == suffix.len()));
+        assert_eq!(prompt::head_lines(head, 80), prompt::head_lines(suffix, 80));
+    }
 }

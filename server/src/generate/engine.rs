@@ -147,12 +147,15 @@ impl Generator for EngineThread {
 /// Implements [`Generator`] for a newtype over [`EngineThread`] by delegation.
 macro_rules! delegate_generator {
     ($engine:ty) => {
-        delegate_generator!($engine, false);
+        delegate_generator!($engine, false, 1);
     };
-    ($engine:ty, $heals:expr) => {
+    ($engine:ty, $heals:expr, $slots:expr) => {
         impl $crate::generate::Generator for $engine {
             fn heals(&self) -> bool {
                 $heals
+            }
+            fn cache_slots(&self) -> usize {
+                $slots
             }
             fn model_name(&self) -> &str {
                 self.0.model_name()

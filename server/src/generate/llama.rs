@@ -1,11 +1,14 @@
 //! The llama.cpp engine (`llama-cpp-2`), in-process. The only module that knows llama-cpp-2.
 //!
-//! One dedicated thread owns the model and one context, and runs requests one at a time. The tokens
-//! whose keys and values sit in the context's KV cache are remembered, so a request that shares a
-//! prefix with the previous one (successive completions in one file) only computes the new tail;
-//! runs of cached tokens that the new prompt repeats after a deletion are shifted into place
-//! ([`super::reuse`]). A warm-up ([`Job::Warm`]) fills the cache with no generation, in small
-//! batches, and stops as soon as a generation is queued.
+//! One dedicated thread owns the model and one context, and runs requests one at a time. The
+//! context keeps [`SLOTS`] KV-cache sequences, each with the tokens it holds remembered: a request
+//! goes to the sequence it shares the most with (successive completions in one file compute only
+//! the new tail; two files worked in by turns keep a sequence each), and runs of cached tokens
+//! that the new prompt repeats after a deletion are shifted into place ([`super::reuse`]). A
+//! warm-up ([`Job::Warm`]) fills a sequence with no generation, in small batches, and stops as
+//! soon as a generation is queued, and never takes the sequence the last generation used: warming a
+//! long prompt across several pauses never undoes the short prompt the requests in between are
+//! answered from, and they never undo its progress.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,9 @@ const MAX_BATCH: u32 = 512;
 /// Tokens decoded per call while reading a prompt: between calls a cancelled request stops and a
 /// warm-up gives way to a generation, so this bounds how long either waits.
 const PROMPT_CHUNK: usize = 64;
+/// KV-cache sequences kept (each the full context window): the place being typed at and the
+/// prompt being warmed for it, or two files worked in by turns.
+pub const SLOTS: usize = 2;
 
 /// Options of the llama.cpp engine.
 #[derive(Debug, Clone)]
@@ -94,7 +100,7 @@ impl LlamaEngine {
     }
 }
 
-delegate_generator!(LlamaEngine, true);
+delegate_generator!(LlamaEngine, true, SLOTS);
 
 fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs) {
     let loaded = (|| -> Result<_, String> {
@@ -115,8 +121,12 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
     };
     let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
     let prefill_threads = i32::try_from(options.prefill_threads.max(1)).unwrap_or(1);
+    // One stream per sequence (not unified): each gets the whole configured window and attends
+    // only to itself.
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(options.context))
+        .with_n_ctx(NonZeroU32::new(options.context.saturating_mul(SLOTS as u32)))
+        .with_n_seq_max(SLOTS as u32)
+        .with_kv_unified(false)
         .with_n_batch(MAX_BATCH.min(options.context))
         .with_n_threads(threads)
         .with_n_threads_batch(prefill_threads);
@@ -137,7 +147,9 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
 
     // Shifting positions needs plain RoPE (llama.cpp cannot shift M-RoPE caches).
     let shift = options.shift_cache && matches!(model.rope_type(), Some(RopeType::Norm | RopeType::NeoX));
-    let mut session = Session { model: &model, ctx, cached: Vec::new(), pieces: Vec::new(), shift };
+    let window = (ctx.n_ctx() as usize / SLOTS).min(options.context as usize);
+    let slots = (0..SLOTS).map(|_| Slot::default()).collect();
+    let mut session = Session { model: &model, ctx, slots, clock: 0, last_generation: None, window, pieces: Vec::new(), shift };
     while let Some(job) = jobs.recv() {
         let (request, sink) = match job {
             Job::CountTokens(text, reply) => {
@@ -188,11 +200,33 @@ fn special_tokens(model: &LlamaModel) -> Vec<(SpecialToken, String)> {
         .collect()
 }
 
-/// The model, its context, and which tokens the context's KV cache holds (sequence 0).
+/// What one KV-cache sequence holds.
+#[derive(Default)]
+struct Slot {
+    /// The tokens at positions 0.. of the sequence.
+    cached: Vec<LlamaToken>,
+    /// When it was last used (the session's clock).
+    used: u64,
+}
+
+/// What a sequence is chosen for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Generate,
+    Warm,
+}
+
+/// The model, its context, and which tokens each of the context's KV-cache sequences holds.
 struct Session<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
-    cached: Vec<LlamaToken>,
+    /// Indexed by sequence id.
+    slots: Vec<Slot>,
+    clock: u64,
+    /// The sequence the last generation ran in.
+    last_generation: Option<usize>,
+    /// Tokens one sequence holds at most.
+    window: usize,
     /// Every token's text (empty for control tokens), read on the first request that heals.
     pieces: Vec<Vec<u8>>,
     /// Whether cached runs may be shifted into place ([`reuse::plan`]).
@@ -213,7 +247,25 @@ impl Session<'_> {
     /// After a failed decode the cache contents are unknown: start clean.
     fn reset(&mut self) {
         self.ctx.clear_kv_cache();
-        self.cached.clear();
+        for slot in &mut self.slots {
+            slot.cached.clear();
+        }
+        self.last_generation = None;
+    }
+
+    /// The sequence `prompt` goes to: the one that keeps the most of it (on a tie the least
+    /// recently used), except that a warm-up never takes the last generation's sequence: that one
+    /// holds the prompt the user is being answered from while the warm-up prepares the next.
+    fn choose(&mut self, prompt: &[LlamaToken], purpose: Purpose) -> usize {
+        let kept: Vec<usize> =
+            self.slots.iter().map(|s| reuse::kept(&reuse::plan(&s.cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN))).collect();
+        let chosen = choose_slot(&kept, &self.slots.iter().map(|s| s.used).collect::<Vec<_>>(), self.last_generation, purpose == Purpose::Warm);
+        self.clock += 1;
+        self.slots[chosen].used = self.clock;
+        if purpose == Purpose::Generate {
+            self.last_generation = Some(chosen);
+        }
+        chosen
     }
 
     /// The prompt's tokens, cut to leave `reserve` tokens of the window free (keeping the end: for
@@ -224,7 +276,7 @@ impl Session<'_> {
         if tokens.is_empty() {
             tokens.push(vocab.bos());
         }
-        let window = self.ctx.n_ctx() as usize;
+        let window = self.window;
         let room = window.saturating_sub(reserve.min(window / 2)).max(1);
         if tokens.len() > room {
             tokens.drain(..tokens.len() - room);
@@ -232,24 +284,26 @@ impl Session<'_> {
         tokens
     }
 
-    /// Brings the cache to hold `prompt`: keeps what [`reuse::plan`] allows, computes the rest in
-    /// chunks, asking `stop` between them. With `logits`, the last token's logits are computed.
-    fn prefill(&mut self, prompt: &[LlamaToken], logits: bool, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
-        let runs = reuse::plan(&self.cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN);
+    /// Brings sequence `seq` to hold `prompt`: keeps what [`reuse::plan`] allows, computes the rest
+    /// in chunks, asking `stop` between them. With `logits`, the last token's logits are computed.
+    fn prefill(&mut self, seq: usize, prompt: &[LlamaToken], logits: bool, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
+        let id = i32::try_from(seq).map_err(|e| e.to_string())?;
+        let runs = reuse::plan(&self.slots[seq].cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN);
         // Runs are contiguous from 0 in the new prompt and only move towards the start: drop the
         // gap before each, shift it down, then drop whatever is left after the last.
         let mut filled = 0usize;
         for run in &runs {
             if run.from != run.to {
-                self.ctx.kv_cache_seq_rm(0, Some(to_u32(filled)?), Some(to_u32(run.from)?)).map_err(|e| e.to_string())?;
+                self.ctx.kv_cache_seq_rm(id, Some(to_u32(filled)?), Some(to_u32(run.from)?)).map_err(|e| e.to_string())?;
                 let delta = i32::try_from(run.shift()).map_err(|e| e.to_string())?;
-                self.ctx.kv_cache_seq_add(0, Some(to_u32(run.from)?), Some(to_u32(run.from + run.len)?), delta).map_err(|e| e.to_string())?;
+                self.ctx.kv_cache_seq_add(id, Some(to_u32(run.from)?), Some(to_u32(run.from + run.len)?), delta).map_err(|e| e.to_string())?;
             }
             filled = run.to + run.len;
         }
-        self.ctx.kv_cache_seq_rm(0, Some(to_u32(filled)?), None).map_err(|e| e.to_string())?;
-        self.cached.clear();
-        self.cached.extend_from_slice(&prompt[..filled]);
+        self.ctx.kv_cache_seq_rm(id, Some(to_u32(filled)?), None).map_err(|e| e.to_string())?;
+        let cached = &mut self.slots[seq].cached;
+        cached.clear();
+        cached.extend_from_slice(&prompt[..filled]);
 
         let kept = filled;
         let chunk_size = PROMPT_CHUNK.min(self.ctx.n_batch() as usize).max(1);
@@ -263,10 +317,10 @@ impl Session<'_> {
             batch.clear();
             for (i, &token) in chunk.iter().enumerate() {
                 let pos = filled + i;
-                batch.add(token, pos as i32, &[0], logits && pos == prompt.len() - 1).map_err(|e| e.to_string())?;
+                batch.add(token, pos as i32, &[id], logits && pos == prompt.len() - 1).map_err(|e| e.to_string())?;
             }
             self.ctx.decode(&mut batch).map_err(|e| format!("decoding the prompt: {e}"))?;
-            self.cached.extend_from_slice(chunk);
+            self.slots[seq].cached.extend_from_slice(chunk);
             filled += chunk.len();
             last_index = batch.n_tokens() - 1;
         }
@@ -276,8 +330,10 @@ impl Session<'_> {
     /// Prefills `prompt` with no generation, stopping early when `give_way` says so.
     fn warm(&mut self, prompt: &str, give_way: impl Fn() -> bool) -> Result<Warmed, String> {
         let tokens = self.tokenize(prompt, 0);
-        let done = self.prefill(&tokens, false, give_way)?;
-        Ok(Warmed { cached: self.cached.len(), computed: self.cached.len() - done.kept, complete: done.complete })
+        let seq = self.choose(&tokens, Purpose::Warm);
+        let done = self.prefill(seq, &tokens, false, give_way)?;
+        let cached = self.slots[seq].cached.len();
+        Ok(Warmed { cached, computed: cached - done.kept, complete: done.complete })
     }
 
     fn run(&mut self, request: &Request, sink: &Sink) -> Result<Finish, String> {
@@ -285,7 +341,9 @@ impl Session<'_> {
         let model = self.model;
         let vocab = model.vocab();
         let prompt = self.tokenize(&request.prompt, request.max_tokens);
-        let prefilled = self.prefill(&prompt, true, || sink.is_cancelled())?;
+        let seq = self.choose(&prompt, Purpose::Generate);
+        let id = i32::try_from(seq).map_err(|e| e.to_string())?;
+        let prefilled = self.prefill(seq, &prompt, true, || sink.is_cancelled())?;
         let common = prefilled.kept;
         if !prefilled.complete {
             return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO));
@@ -347,9 +405,9 @@ impl Session<'_> {
                 break FinishReason::Stop;
             }
             batch.clear();
-            batch.add(token, self.cached.len() as i32, &[0], true).map_err(|e| e.to_string())?;
+            batch.add(token, self.slots[seq].cached.len() as i32, &[id], true).map_err(|e| e.to_string())?;
             self.ctx.decode(&mut batch).map_err(|e| format!("decoding: {e}"))?;
-            self.cached.push(token);
+            self.slots[seq].cached.push(token);
             last_index = 0;
         };
         sink.flush_held(&mut stops, reason);
@@ -368,6 +426,36 @@ impl Session<'_> {
     }
 }
 
+/// Which sequence to use, given how many prompt tokens each would keep, when each was last used,
+/// and which one the last generation ran in (pure: see [`Session::choose`]).
+fn choose_slot(kept: &[usize], used: &[u64], last_generation: Option<usize>, warm: bool) -> usize {
+    (0..kept.len())
+        .filter(|&i| !(warm && kept.len() > 1 && last_generation == Some(i)))
+        .max_by_key(|&i| (kept[i], std::cmp::Reverse(used[i])))
+        .unwrap_or(0)
+}
+
 fn to_u32(n: usize) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| format!("position {n} out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_slot;
+
+    #[test]
+    fn the_sequence_that_keeps_most_is_chosen() {
+        assert_eq!(choose_slot(&[10, 300], &[5, 1], Some(0), false), 1);
+        assert_eq!(choose_slot(&[300, 10], &[5, 1], None, true), 0);
+        assert_eq!(choose_slot(&[0, 0], &[5, 3], None, false), 1, "a tie: the least recently used");
+    }
+
+    #[test]
+    fn a_warm_up_never_takes_the_last_generations_sequence() {
+        // The short prompt at a new place shares more with the full one (its context) than an old
+        // place's prompt does; it is still left alone.
+        assert_eq!(choose_slot(&[300, 40], &[3, 5], Some(0), true), 1);
+        assert_eq!(choose_slot(&[40, 300], &[5, 3], Some(1), true), 0);
+        assert_eq!(choose_slot(&[40], &[5], Some(0), true), 0, "with one sequence there is no choice");
+    }
 }

@@ -77,7 +77,7 @@ impl MlxEngine {
     }
 }
 
-delegate_generator!(MlxEngine, true);
+delegate_generator!(MlxEngine, true, 1);
 
 fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink) {
     let started = Instant::now();

@@ -314,6 +314,12 @@ pub trait Generator: Send + Sync {
     fn warm(&self, _prompt: String) -> Result<Warming, GenerateError> {
         Ok(Warming(None))
     }
+    /// Prompts the engine's cache keeps at once. With more than one, a warm-up cut short by a
+    /// generation keeps its progress for the next one (the generation runs beside it); with one,
+    /// the generation replaces it.
+    fn cache_slots(&self) -> usize {
+        1
+    }
 }
 
 /// What a warm-up did.

@@ -32,6 +32,12 @@ impl Document {
         self.rope.to_string()
     }
 
+    /// Whether `position` names a line of the document (a character past the line's end is
+    /// clamped, as LSP says; a line past the last one is not a place to complete).
+    pub fn has_line(&self, position: Position) -> bool {
+        (position.line as usize) < self.rope.len_lines()
+    }
+
     pub fn len_bytes(&self) -> usize {
         self.rope.len_bytes()
     }

@@ -63,6 +63,9 @@ async fn run_completion(
     }
     let snapshot = |state: &State| state.documents.lock().expect("documents lock").get(uri).cloned();
     let doc = snapshot(state)?;
+    if !doc.has_line(position) {
+        return None; // past the end of the document: nothing to complete
+    }
     if debounce && config.completion.debounce_ms > 0 {
         tokio::time::sleep(Duration::from_millis(config.completion.debounce_ms)).await;
         if snapshot(state).is_none_or(|d| d.version != doc.version) {
@@ -109,6 +112,16 @@ async fn run_completion(
             None
         }
     }
+}
+
+/// A document was saved: context-ring snippets of it that no longer match its text are dropped
+/// (the next place gathers them again from the re-indexed file).
+pub(super) async fn saved(state: &Arc<State>, uri: &Uri) {
+    let Some(completer) = state.loaded_completer().await else { return };
+    let Some(text) = state.documents.lock().expect("documents lock").get(uri).map(Document::text) else { return };
+    let Some(path) = file_path(uri) else { return };
+    let root = state.root_of(&path);
+    completer.document_changed(&relative(root.as_ref(), &path), &text);
 }
 
 fn other_buffers(state: &State, uri: &Uri, root: Option<&Arc<Root>>) -> Vec<Buffer> {

@@ -39,6 +39,7 @@ pub struct Options {
 pub fn service(options: Options) -> (LspService<Server>, ClientSocket) {
     LspService::build(|client| Server::new(client, options))
         .custom_method("textDocument/inlineCompletion", Server::inline_completion)
+        .custom_method(transport::INVALID_REQUEST, Server::invalid_request)
         .finish()
 }
 

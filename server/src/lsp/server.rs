@@ -142,6 +142,11 @@ impl State {
         (model.result.clone(), completer)
     }
 
+    /// The completer, if the model is loaded already (never loads it).
+    pub async fn loaded_completer(&self) -> Option<Arc<Completer>> {
+        self.model.lock().await.as_ref().and_then(|m| m.completer.clone())
+    }
+
     /// The embedder, loaded once; `None` when embeddings are off or the assets are missing.
     pub async fn embedder(&self) -> Option<Arc<dyn Embedder>> {
         self.embedder
@@ -220,6 +225,12 @@ impl Server {
     /// `textDocument/inlineCompletion` (LSP 3.18), registered as a custom method.
     pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
         handlers::inline_completion(&self.state, params).await
+    }
+
+    /// What a request that was not a valid JSON-RPC request became (see `transport`): answered
+    /// with an `InvalidRequest` error that says what was wrong.
+    pub async fn invalid_request(&self, params: super::transport::InvalidRequestParams) -> Result<()> {
+        Err(tower_lsp_server::jsonrpc::Error { code: tower_lsp_server::jsonrpc::ErrorCode::InvalidRequest, message: params.problem.into(), data: None })
     }
 }
 
@@ -347,6 +358,7 @@ impl LanguageServer for Server {
     }
 
     async fn did_save(&self, params: DidSaveTextDocumentParams) {
+        handlers::saved(&self.state, &params.text_document.uri).await;
         indexer::changed(&self.state, &[params.text_document.uri]).await;
     }
 

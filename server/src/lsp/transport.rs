@@ -8,6 +8,12 @@
 //! other. A header line cannot occur inside a JSON body (raw line breaks are not allowed in JSON
 //! strings, and `Content-Length` is no JSON token), so finding one inside a body proves the body
 //! was cut short.
+//!
+//! A body that is JSON and looks like a request (it has an `id` and no `result`/`error`) but is not
+//! a valid one — an id that is a fraction, an object or a boolean, a method that is no string,
+//! params that are a number — is answered, as JSON-RPC requires: it is rewritten into a request for
+//! [`INVALID_REQUEST`] (with its id, or `null` when the id itself is the problem), which the server
+//! answers with an `InvalidRequest` (-32600) error naming the problem.
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -16,6 +22,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// What a malformed message is replaced with (`$/` notifications may be ignored by servers).
 const REPLACEMENT: &str = r#"{"jsonrpc":"2.0","method":"$/kenning/malformedMessage","params":null}"#;
+
+/// The method a request that is not a valid JSON-RPC request is rewritten into; its params are
+/// [`InvalidRequestParams`], and the server answers it with an `InvalidRequest` error.
+pub const INVALID_REQUEST: &str = "kenning/invalidRequest";
+
+/// Params of an [`INVALID_REQUEST`] request.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct InvalidRequestParams {
+    /// What was wrong with the request, for a person.
+    pub problem: String,
+}
 
 /// Returns a reader that yields only well-formed messages from `input`.
 pub fn sanitize(mut input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStream {
@@ -27,10 +44,16 @@ pub fn sanitize(mut input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStr
             while let Some(frame) = framer.next() {
                 let body = match frame {
                     Ok(body) if is_message(&body) => body,
-                    Ok(body) => {
-                        tracing::warn!("skipped a message that is not JSON-RPC: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
-                        REPLACEMENT.as_bytes().to_vec()
-                    }
+                    Ok(body) => match invalid_request(&body) {
+                        Some(answerable) => {
+                            tracing::warn!("an invalid request: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+                            answerable.into_bytes()
+                        }
+                        None => {
+                            tracing::warn!("skipped a message that is not JSON-RPC: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+                            REPLACEMENT.as_bytes().to_vec()
+                        }
+                    },
                     Err(problem) => {
                         tracing::warn!("skipped a malformed LSP message: {problem}");
                         REPLACEMENT.as_bytes().to_vec()
@@ -200,6 +223,30 @@ fn is_message(body: &[u8]) -> bool {
     id_ok && method_ok && params_ok && shape
 }
 
+/// For a body that is JSON, request-shaped (an `id`, no `result` or `error`) and not a valid
+/// request: the [`INVALID_REQUEST`] request that stands in for it, with its id when that is valid,
+/// else `null`. `None` for anything else (not JSON, a notification, a response).
+fn invalid_request(body: &[u8]) -> Option<String> {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else { return None };
+    let id = map.get("id")?;
+    if map.contains_key("result") || map.contains_key("error") {
+        return None;
+    }
+    let id_ok = id.is_string() || id.is_i64() || id.is_u64() || id.is_null();
+    let problem = if !id_ok {
+        format!("the id {id} is not a string, an integer or null")
+    } else if map.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        "\"jsonrpc\" is not \"2.0\"".to_owned()
+    } else if !map.get("method").is_some_and(Value::is_string) {
+        "\"method\" is missing or not a string".to_owned()
+    } else {
+        "\"params\" is not an object or an array".to_owned()
+    };
+    let id = if id_ok { id.clone() } else { Value::Null };
+    let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": INVALID_REQUEST, "params": InvalidRequestParams { problem }});
+    Some(request.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +314,25 @@ mod tests {
         }
         assert_eq!(out, vec![body.as_bytes().to_vec(), PING.as_bytes().to_vec()]);
         assert_eq!(framer.finish(), None);
+    }
+
+    #[test]
+    fn invalid_requests_become_requests_the_server_answers() {
+        let stand_in = |body: &str| invalid_request(body.as_bytes()).map(|s| serde_json::from_str::<Value>(&s).unwrap());
+        let bad_id = stand_in(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#).unwrap();
+        assert_eq!(bad_id["id"], Value::Null);
+        assert_eq!(bad_id["method"], INVALID_REQUEST);
+        assert!(bad_id["params"]["problem"].as_str().unwrap().contains("1.5"), "{bad_id}");
+        assert_eq!(stand_in(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#).unwrap()["id"], Value::Null);
+        let bad_params = stand_in(r#"{"jsonrpc":"2.0","id":"q","method":"x","params":3}"#).unwrap();
+        assert_eq!(bad_params["id"], "q", "a valid id is kept");
+        assert!(bad_params["params"]["problem"].as_str().unwrap().contains("params"), "{bad_params}");
+        assert_eq!(stand_in(r#"{"jsonrpc":"2.0","id":3,"method":7}"#).unwrap()["id"], 3);
+        assert_eq!(stand_in(r#"{"jsonrpc":"1.0","id":4,"method":"x"}"#).unwrap()["id"], 4);
+        // Not requests: a notification, a response, not JSON.
+        assert!(stand_in(r#"{"jsonrpc":"2.0","method":"x","params":3}"#).is_none());
+        assert!(stand_in(r#"{"jsonrpc":"2.0","id":1.5,"result":null}"#).is_none());
+        assert!(invalid_request(b"{not json").is_none());
     }
 
     #[test]

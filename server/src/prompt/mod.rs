@@ -12,7 +12,7 @@ pub use family::{Family, Layout};
 use serde::Serialize;
 
 /// Bytes per token assumed by [`estimate_tokens`].
-const BYTES_PER_TOKEN: f64 = 3.5;
+pub const BYTES_PER_TOKEN: f64 = 3.5;
 
 /// The longest partial word token healing takes back.
 const MAX_HEALED_BYTES: usize = 32;
@@ -29,16 +29,16 @@ pub fn partial_word_start(prefix: &str) -> usize {
 const PREFIX_SHARE: f64 = 0.5;
 /// Share of the budget the suffix may take.
 const SUFFIX_SHARE: f64 = 0.15;
-/// The suffix of a completion prompt at most. With the prefix-suffix-middle layout every keystroke
+/// The suffix of a completion prompt at most, by default (`completion.suffix_tokens`). With the prefix-suffix-middle layout every keystroke
 /// computes the suffix again (it follows the text being typed), so its length is paid per
 /// keystroke; the suffix-first layout that would avoid it ruins Qwen2.5-Coder's completions
 /// (measured: README, "Ghost text while typing").
-const MAX_SUFFIX_TOKENS: usize = 80;
+pub const MAX_SUFFIX_TOKENS: usize = 80;
 /// Prefix and suffix budgets of a new place's first requests ([`Budget::first_request`]).
 const FIRST_PREFIX_TOKENS: usize = 192;
 const FIRST_SUFFIX_TOKENS: usize = 48;
 /// The prefix is cut at line numbers that are multiples of this (see [`anchored_tail`]).
-const PREFIX_ANCHOR_LINES: usize = 16;
+pub const PREFIX_ANCHOR_LINES: usize = 16;
 
 /// An estimate of a text's size in tokens.
 pub fn estimate_tokens(text: &str) -> usize {
@@ -135,9 +135,16 @@ impl Budget {
     /// Markers, the repository name and the file's path.
     const OVERHEAD: usize = 24;
 
+    /// Half the total for the prefix, 15 % (at most [`MAX_SUFFIX_TOKENS`]) for the suffix, the
+    /// rest for context.
     pub fn split(total: usize) -> Self {
+        Self::with_suffix(total, MAX_SUFFIX_TOKENS)
+    }
+
+    /// As [`Budget::split`], with the suffix capped at `max_suffix` tokens instead.
+    pub fn with_suffix(total: usize, max_suffix: usize) -> Self {
         let prefix = (total as f64 * PREFIX_SHARE) as usize;
-        let suffix = ((total as f64 * SUFFIX_SHARE) as usize).min(MAX_SUFFIX_TOKENS);
+        let suffix = ((total as f64 * SUFFIX_SHARE) as usize).min(max_suffix);
         Self { prefix, suffix, context: total.saturating_sub(prefix + suffix + Self::OVERHEAD) }
     }
 
@@ -220,9 +227,21 @@ pub fn head_lines(text: &str, tokens: usize) -> &str {
     }
 }
 
+/// Share of an ask prompt's budget the question may take: a pasted file must leave room for the
+/// sources that answer it.
+const QUESTION_SHARE: usize = 4;
+
+/// The part of `question` an ask prompt of `budget` tokens takes: its first lines, within a
+/// quarter of the budget.
+pub fn ask_question(question: &str, budget: usize) -> &str {
+    head_lines(question, budget / QUESTION_SHARE)
+}
+
 /// Builds the chat prompt that answers `question` from numbered sources (best first), within
-/// `budget` tokens. Returns the prompt and how many sources it holds.
+/// `budget` tokens (the question cut by [`ask_question`]). Returns the prompt and how many sources
+/// it holds.
 pub fn ask(family: Family, question: &str, sources: &[(String, &str)], budget: usize) -> (String, usize) {
+    let question = ask_question(question, budget);
     let mut left = budget.saturating_sub(estimate_tokens(question) + 120);
     let mut context = String::new();
     let mut n = 0;

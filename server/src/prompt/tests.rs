@@ -216,6 +216,19 @@ fn ask_prompt_numbers_sources_and_stops_at_the_budget() {
 }
 
 #[test]
+fn a_huge_question_leaves_room_for_the_sources() {
+    // A 1 MB paste (issue 13): before, it filled the prompt and the answer cited nothing.
+    let question: String = "why does this line fail? let x = compute(a, b);\n".repeat(21_000);
+    assert!(question.len() > 1_000_000);
+    let sources = vec![("src/a.rs:1-3".to_owned(), "fn compute(a: u8, b: u8) -> u8 { a + b }")];
+    let (prompt, n) = ask(Family::QwenCoder, &question, &sources, 2_048);
+    assert_eq!(n, 1, "the source fits");
+    assert!(estimate_tokens(&prompt) <= 2_048, "{} tokens", estimate_tokens(&prompt));
+    assert!(estimate_tokens(ask_question(&question, 2_048)) <= 512);
+    assert!(prompt.contains("Question: why does this line fail?"), "the question's start is kept");
+}
+
+#[test]
 fn the_prefix_cut_stays_put_while_typing() {
     let mut text: String = (0..400).map(|i| format!("let value_{i} = compute({i});\n")).collect();
     let first = anchored_tail(&text, 300);

@@ -34,6 +34,26 @@ fn blank_line_inside_arguments_is_one_line() {
     check_mode(Language::Rust, "fn main() {\n    call(\n        a,\n        $0\n    );\n}\n", Some(Mode::SingleLine));
 }
 
+#[test]
+fn a_huge_document_is_decided_from_a_window_around_the_cursor() {
+    // 3 MB of functions; the cursor in a call's arguments near the end, and on a blank line of a body.
+    let filler = "fn filler(a: u32) -> u32 {\n    a + 1\n}\n".repeat(80_000);
+    let fixture = format!("{filler}fn main() {{\n    call(\n        a,\n        $0\n    );\n}}\n{filler}");
+    check_mode(Language::Rust, &fixture, Some(Mode::SingleLine));
+    let fixture = format!("{filler}fn main() {{\n    $0\n}}\n{filler}");
+    check_mode(Language::Rust, &fixture, Some(Mode::MultiLine));
+    let whole = fixture.replace("$0", "");
+    let (window, at) = parse_window(&whole, fixture.find("$0").unwrap());
+    assert!(window.len() <= PARSE_BEFORE + PARSE_AFTER, "{}", window.len());
+    assert!(window.starts_with("fn filler") || window.starts_with("    a + 1") || window.starts_with('}'), "cut at a line start");
+    assert_eq!(&window[at - 5..at], "\n    ");
+    // A 10,000-character line, the cursor at offset 0 and at the end: answers, never a panic.
+    let long_line = format!("let s = \"{}\";\n", "é".repeat(5_000));
+    check_mode(Language::Rust, &format!("{long_line}$0"), Some(Mode::MultiLine));
+    check_mode(Language::Rust, &format!("$0{long_line}"), None);
+    check_mode(Language::Rust, &format!("{filler}{long_line}$0"), Some(Mode::MultiLine));
+}
+
 fn check_cut(mode: Mode, fixture: &str, raw: &str, expected: &str, done: bool) {
     let (text, offset) = at_cursor(fixture);
     let cursor = Cursor::new(&text, offset);

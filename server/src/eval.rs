@@ -1,0 +1,282 @@
+//! Measuring completions: the per-task figures (exact match, edit similarity) and paired
+//! comparisons of two runs on the same tasks, with 95 % bootstrap intervals clustered by file.
+//!
+//! Two configurations (with and without retrieval, with and without an adapter) are compared
+//! task by task: each task's difference is what one configuration did better on that very line.
+//! Tasks of one file are not independent (a model that understands a file gets many of its lines),
+//! so the interval resamples whole files, not tasks. Everything here is pure.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Bootstrap resamples behind an interval.
+pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
+/// A task counts as helped (hurt) when its edit similarity moved up (down) by more than this.
+const CHANGED: f64 = 1e-9;
+
+/// How one completion scored against the expected text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub id: String,
+    /// The task's file: tasks are resampled by file.
+    pub path: String,
+    pub exact: bool,
+    /// 0 to 1.
+    pub similarity: f64,
+    pub latency_ms: f64,
+}
+
+impl TaskScore {
+    /// Scores `predicted` against `expected` on their first non-empty lines.
+    pub fn new(id: &str, path: &str, predicted: &str, expected: &str, latency_ms: f64) -> Self {
+        let (p, e) = (first_line(predicted), first_line(expected));
+        Self { id: id.to_owned(), path: path.to_owned(), exact: p == e, similarity: edit_similarity(p, e), latency_ms }
+    }
+}
+
+/// A mean difference with its 95 % interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Interval {
+    /// Whether the whole interval is above zero.
+    pub fn above_zero(&self) -> bool {
+        self.low > 0.0
+    }
+
+    /// Whether the whole interval is below zero.
+    pub fn below_zero(&self) -> bool {
+        self.high < 0.0
+    }
+}
+
+/// `b` against `a` on the tasks both ran (B − A), in points (0–100).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    /// Tasks both runs have.
+    pub tasks: usize,
+    /// Files those tasks come from (the bootstrap's clusters).
+    pub files: usize,
+    pub edit_similarity: Interval,
+    pub exact_match: Interval,
+    /// Share of tasks whose edit similarity rose (fell) from `a` to `b`, 0–1.
+    pub helped: f64,
+    pub hurt: f64,
+}
+
+/// Compares `b` with `a` task by task (matched by id). `None` when they share no task.
+pub fn paired(a: &[TaskScore], b: &[TaskScore], seed: u64) -> Option<Paired> {
+    let by_id: BTreeMap<&str, &TaskScore> = a.iter().map(|t| (t.id.as_str(), t)).collect();
+    // Per file: the differences of its tasks (edit similarity, exact match), in points.
+    let mut files: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let (mut helped, mut hurt, mut n) = (0usize, 0usize, 0usize);
+    for tb in b {
+        let Some(ta) = by_id.get(tb.id.as_str()) else { continue };
+        let ds = (tb.similarity - ta.similarity) * 100.0;
+        let de = (f64::from(u8::from(tb.exact)) - f64::from(u8::from(ta.exact))) * 100.0;
+        helped += usize::from(ds > CHANGED);
+        hurt += usize::from(ds < -CHANGED);
+        n += 1;
+        files.entry(tb.path.as_str()).or_default().push((ds, de));
+    }
+    if n == 0 {
+        return None;
+    }
+    let clusters: Vec<(f64, f64, usize)> =
+        files.values().map(|d| (d.iter().map(|x| x.0).sum(), d.iter().map(|x| x.1).sum(), d.len())).collect();
+    let (similarity, exact) = cluster_bootstrap(&clusters, BOOTSTRAP_RESAMPLES, seed);
+    Some(Paired {
+        tasks: n,
+        files: clusters.len(),
+        edit_similarity: similarity,
+        exact_match: exact,
+        helped: helped as f64 / n as f64,
+        hurt: hurt as f64 / n as f64,
+    })
+}
+
+/// Mean per task of two paired differences, with percentile intervals from resampling whole
+/// clusters (each: sum of its tasks' first difference, of the second, task count).
+fn cluster_bootstrap(clusters: &[(f64, f64, usize)], resamples: usize, seed: u64) -> (Interval, Interval) {
+    let total = |picked: &mut dyn Iterator<Item = &(f64, f64, usize)>| {
+        let (mut s1, mut s2, mut n) = (0.0, 0.0, 0usize);
+        for c in picked {
+            s1 += c.0;
+            s2 += c.1;
+            n += c.2;
+        }
+        if n == 0 { (0.0, 0.0) } else { (s1 / n as f64, s2 / n as f64) }
+    };
+    let (mean1, mean2) = total(&mut clusters.iter());
+    let mut rng = SplitMix64(seed);
+    let (mut first, mut second) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
+    for _ in 0..resamples {
+        let mut pick = (0..clusters.len()).map(|_| &clusters[rng.below(clusters.len())]);
+        let (m1, m2) = total(&mut pick);
+        first.push(m1);
+        second.push(m2);
+    }
+    let interval = |mean: f64, values: &mut Vec<f64>| Interval { mean, low: quantile(values, 0.025), high: quantile(values, 0.975) };
+    (interval(mean1, &mut first), interval(mean2, &mut second))
+}
+
+/// The `p` quantile of `values` by linear interpolation between order statistics; 0 when empty.
+pub fn quantile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = p.clamp(0.0, 1.0) * (values.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    values[lo] + (values[hi] - values[lo]) * (at - lo as f64)
+}
+
+/// The `p` quantile (nearest rank) of `values`; 0 when empty. For latencies.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// The first non-empty line, trimmed.
+pub fn first_line(text: &str) -> &str {
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+}
+
+/// 1 − Levenshtein distance / longer length, over characters (1 for two empty strings).
+pub fn edit_similarity(a: &str, b: &str) -> f64 {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let longest = a.len().max(b.len());
+    if longest == 0 {
+        return 1.0;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            prev = cur;
+        }
+    }
+    1.0 - row[b.len()] as f64 / longest as f64
+}
+
+/// A small, seeded generator (SplitMix64): the same seed gives the same intervals.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(id: usize, path: &str, similarity: f64, exact: bool) -> TaskScore {
+        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0 }
+    }
+
+    #[test]
+    fn similarity() {
+        assert_eq!(edit_similarity("", ""), 1.0);
+        assert_eq!(edit_similarity("abc", "abc"), 1.0);
+        assert_eq!(edit_similarity("abc", ""), 0.0);
+        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
+        assert!((edit_similarity("é", "e") - 0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn first_non_empty_line() {
+        assert_eq!(first_line("\n  \n  foo(x);\nbar"), "foo(x);");
+        assert_eq!(first_line(""), "");
+    }
+
+    #[test]
+    fn independent_tasks_give_the_normal_interval() {
+        // One task per file, differences drawn from a fixed pseudo-random sample: the bootstrap's
+        // 95 % interval is the mean ± 1.96 standard errors, within a tenth of its half-width.
+        let mut rng = SplitMix64(7);
+        let n = 400;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut diffs = Vec::new();
+        for i in 0..n {
+            let base = (rng.next() % 1000) as f64 / 1000.0;
+            let delta = ((rng.next() % 1000) as f64 / 1000.0 - 0.4) * 0.5;
+            let other = (base + delta).clamp(0.0, 1.0);
+            diffs.push((other - base) * 100.0);
+            a.push(score(i, &format!("f{i}.rs"), base, false));
+            b.push(score(i, &format!("f{i}.rs"), other, false));
+        }
+        let p = paired(&a, &b, 1).unwrap();
+        let mean = diffs.iter().sum::<f64>() / n as f64;
+        let sd = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        let half = 1.96 * sd / (n as f64).sqrt();
+        assert!((p.edit_similarity.mean - mean).abs() < 1e-9);
+        assert!((p.edit_similarity.low - (mean - half)).abs() < 0.1 * half, "{:?} vs ±{half}", p.edit_similarity);
+        assert!((p.edit_similarity.high - (mean + half)).abs() < 0.1 * half, "{:?} vs ±{half}", p.edit_similarity);
+        assert_eq!((p.tasks, p.files), (n, n));
+        assert!(p.edit_similarity.above_zero(), "{:?}", p.edit_similarity);
+    }
+
+    #[test]
+    fn clustered_tasks_widen_the_interval_and_shares_count_tasks() {
+        // Ten files of ten tasks: in five files every task gains 20 points, in five none does.
+        // Resampling files, the interval is as wide as ten observations allow, not a hundred.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            let path = format!("f{}.rs", i / 10);
+            a.push(score(i, &path, 0.5, false));
+            b.push(score(i, &path, if i / 10 < 5 { 0.7 } else { 0.5 }, i / 10 < 5));
+        }
+        let p = paired(&a, &b, 3).unwrap();
+        assert!((p.edit_similarity.mean - 10.0).abs() < 1e-9);
+        assert!((p.exact_match.mean - 50.0).abs() < 1e-9);
+        // A file-level sample of 10 with p = 0.5: standard error ≈ 10 × 0.158 = 1.58 × 2 points.
+        let width = p.edit_similarity.high - p.edit_similarity.low;
+        assert!(width > 8.0 && width < 16.0, "{:?}", p.edit_similarity);
+        assert!((p.helped - 0.5).abs() < 1e-9 && p.hurt == 0.0);
+        assert_eq!(p.files, 10);
+    }
+
+    #[test]
+    fn only_shared_tasks_are_compared() {
+        let a = vec![score(1, "a.rs", 0.2, false), score(2, "a.rs", 0.4, false)];
+        let b = vec![score(2, "a.rs", 0.1, false), score(3, "b.rs", 1.0, true)];
+        let p = paired(&a, &b, 0).unwrap();
+        assert_eq!(p.tasks, 1);
+        assert!((p.edit_similarity.mean + 30.0).abs() < 1e-9);
+        assert!(p.edit_similarity.below_zero() || p.edit_similarity.low == p.edit_similarity.high);
+        assert_eq!(p.hurt, 1.0);
+        assert!(paired(&a, &[score(9, "z.rs", 0.0, false)], 0).is_none());
+    }
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(quantile(&mut [], 0.5), 0.0);
+        assert_eq!(quantile(&mut [3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&mut [0.0, 10.0], 0.25), 2.5);
+        assert_eq!(percentile(&mut [5.0, 1.0, 3.0], 0.5), 3.0);
+    }
+}
