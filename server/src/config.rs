@@ -153,6 +153,15 @@ pub struct Completion {
     pub max_lines: usize,
     /// Use the index (hybrid search and definitions); off = prefix/suffix and open buffers only.
     pub retrieval: bool,
+    /// With retrieval: also code found by hybrid search for the text at the cursor (similar code);
+    /// off = definitions of names near the cursor and open buffers only.
+    pub similar_code: bool,
+    /// With retrieval: also the signatures of what the file imports (Rust `use`, Python `from …
+    /// import`, JavaScript/TypeScript and Java `import`), names not used yet first.
+    pub imports: bool,
+    /// Leave out context that mostly repeats the code around the cursor (identifier sets more than
+    /// half alike): such snippets can pull the model into copying a neighbour's line.
+    pub drop_local_repeats: bool,
     /// Where the suffix goes in the prompt: `psm` (prefix, suffix, middle) or `spm` (suffix first:
     /// typing reuses the cached suffix).
     pub layout: Layout,
@@ -169,6 +178,9 @@ impl Default for Completion {
             max_tokens_multiline: 128,
             max_lines: 12,
             retrieval: true,
+            similar_code: true,
+            imports: false,
+            drop_local_repeats: false,
             layout: Layout::default(),
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::scope;
 use crate::embed::Embedder;
 use crate::prompt::{Snippet, Source};
 use crate::retrieve::{self, SearchRequest};
@@ -109,6 +110,19 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
                 source: Source::Definition,
             })
             .collect::<Vec<_>>()
+    });
+    futures::future::join_all(lookups).await.into_iter().flatten().collect()
+}
+
+/// The signatures of `names` (imported by the file at `current`) from their definitions in the
+/// index ([`scope::signature`]), one per name, in the order given.
+pub async fn signatures(store: &Store, names: &[String], current: &str) -> Vec<Snippet> {
+    let lookups = names.iter().map(|name| async move {
+        let hits = store.search_text(name, 12, &Filter::default()).await.unwrap_or_default();
+        hits.into_iter().filter(|(c, _)| c.path != current && defined_name(&c.symbol) == name.as_str()).find_map(|(c, _)| {
+            let text = scope::signature(c.language, &c.text, name)?;
+            Some(Snippet { text: text + "\n", path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Signature })
+        })
     });
     futures::future::join_all(lookups).await.into_iter().flatten().collect()
 }

@@ -19,6 +19,7 @@
 
 pub mod context;
 pub mod ring;
+pub mod scope;
 pub mod shape;
 
 use std::sync::{Arc, Mutex};
@@ -173,8 +174,8 @@ impl Completer {
     /// what an editor's ring would hold after the user had been here a moment. For one-shot
     /// completions (`kenning complete`, `kenning eval`).
     pub async fn prepare(&self, request: &Request, retrieval: &Retrieval) {
-        let snippets = gather(request, retrieval).await;
-        let local = local_for_filter(&request.text, request.offset);
+        let snippets = gather(request, retrieval, &self.settings).await;
+        let local = self.local_for_filter(&request.text, request.offset);
         let mut state = self.context.lock().expect("context lock");
         state.ring.add(snippets, &local);
         state.gathered_at = Some((request.path.clone(), line_of(&request.text, request.offset)));
@@ -190,6 +191,13 @@ impl Completer {
     /// An edited or saved document: ring snippets from it that no longer match are dropped.
     pub fn document_changed(&self, path: &str, text: &str) {
         self.context.lock().expect("context lock").ring.refresh_file(path, text);
+    }
+
+    /// The code the ring must not repeat (`completion.drop_local_repeats`, llama.vim's rule); empty
+    /// when that is off. Measured on the tokio API tasks (40, cursor before a cross-file call): edit
+    /// similarity 47.7 % with it, 50.8 % without.
+    fn local_for_filter(&self, text: &str, offset: usize) -> String {
+        if self.settings.drop_local_repeats { ring::local_window(text, offset).to_owned() } else { String::new() }
     }
 
     /// How prompts are built: the full budget once the place is warm, else the first-request one.
@@ -294,8 +302,8 @@ impl Completer {
     /// Gathers context for a new place: what fits in [`FIRST_CONTEXT_TOKENS`] (best first) joins
     /// the ring at once, the rest waits as pending for the next pause.
     async fn gather_for_place(&self, request: &Request, retrieval: &Retrieval) {
-        let found = gather(request, retrieval).await;
-        let local = local_for_filter(&request.text, request.offset);
+        let found = gather(request, retrieval, &self.settings).await;
+        let local = self.local_for_filter(&request.text, request.offset);
         let (now, later) = ring::split_allowance(found, FIRST_CONTEXT_TOKENS);
         let mut state = self.context.lock().expect("context lock");
         state.ring.add(now, &local);
@@ -519,8 +527,10 @@ async fn wait(slot: &Slot) -> Result<String, GenerateError> {
     }
 }
 
-/// Definitions first, then open buffers, then search hits; overlaps removed.
-async fn gather(request: &Request, retrieval: &Retrieval) -> Vec<Snippet> {
+/// Definitions of names near the cursor first, then the signatures of what the file imports
+/// (`settings.imports`), open buffers, search hits (unless `settings.similar_code` is off);
+/// overlaps removed.
+async fn gather(request: &Request, retrieval: &Retrieval, settings: &config::Completion) -> Vec<Snippet> {
     let prefix = &request.text[..request.offset];
     let suffix = &request.text[request.offset..];
     let query_start = nth_line_from_end(prefix, QUERY_PREFIX_LINES);
@@ -530,16 +540,34 @@ async fn gather(request: &Request, retrieval: &Retrieval) -> Vec<Snippet> {
     let (definitions, retrieved) = match &retrieval.store {
         Some(store) => {
             let identifiers = context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS);
-            tokio::join!(
-                context::definitions(store, &identifiers, &request.path, 1),
-                context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS)
-            )
+            let similar = async {
+                if settings.similar_code {
+                    context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS).await
+                } else {
+                    Vec::new()
+                }
+            };
+            let imported = async {
+                if settings.imports {
+                    let names = scope::imported_names(request.language, &request.text[..request.offset]);
+                    context::signatures(store, &names, &request.path).await
+                } else {
+                    Vec::new()
+                }
+            };
+            let (mut definitions, imported, similar) =
+                tokio::join!(context::definitions(store, &identifiers, &request.path, 1), imported, similar);
+            definitions.extend(imported);
+            (definitions, similar)
         }
         None => (Vec::new(), Vec::new()),
     };
-    // An open buffer is newer than the index: a hit in one shows the buffer's lines instead.
+    // An open buffer is newer than the index: a hit in one shows the buffer's lines instead (a
+    // signature is not the file's lines verbatim: it stays as the index has it).
     let overlay = |mut s: Snippet| {
-        if let Some(b) = request.buffers.iter().find(|b| b.path == s.path) {
+        if s.source != prompt::Source::Signature
+            && let Some(b) = request.buffers.iter().find(|b| b.path == s.path)
+        {
             let lines: Vec<&str> = b.text.lines().skip(s.start_line as usize - 1).take((s.end_line - s.start_line + 1) as usize).collect();
             s.text = lines.join("\n") + "\n";
         }
@@ -639,16 +667,6 @@ impl PromptShape {
     }
 }
 
-/// Whether snippets that mostly repeat the code around the cursor are kept out of the ring
-/// (llama.vim does; issue 18's line tasks suggest it). Measured on the tokio task set (40 tasks,
-/// cursor before a cross-file call): edit similarity 47.7 % with the filter, 50.8 % without — no
-/// gain, so it stays off until a task set that can tell (issue 18) says otherwise.
-const FILTER_LOCAL_REPEATS: bool = false;
-
-/// The code the ring must not repeat ([`FILTER_LOCAL_REPEATS`]); empty when the filter is off.
-fn local_for_filter(text: &str, offset: usize) -> String {
-    if FILTER_LOCAL_REPEATS { ring::local_window(text, offset).to_owned() } else { String::new() }
-}
 
 /// The 0-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::prompt::{self, Snippet};
+use crate::prompt::{self, Snippet, Source};
 
 use super::context;
 
@@ -85,7 +85,8 @@ impl Ring {
     }
 
     /// Drops the snippets of `path` whose lines no longer match `text` (the file was edited or
-    /// saved); returns whether any was dropped.
+    /// saved); returns whether any was dropped. A signature (not the lines verbatim) stays while
+    /// its first line is still in its range.
     pub fn refresh_file(&mut self, path: &str, text: &str) -> bool {
         let lines: Vec<&str> = text.lines().collect();
         let before = self.chunks.len();
@@ -94,7 +95,14 @@ impl Ring {
                 return true;
             }
             let (a, b) = (s.start_line as usize - 1, s.end_line as usize);
-            b <= lines.len() && lines[a..b].join("\n").trim_end() == s.text.trim_end()
+            if b > lines.len() || a >= b {
+                return false;
+            }
+            if s.source == Source::Signature {
+                let first = s.text.lines().next();
+                return lines[a..b].iter().any(|l| Some(*l) == first);
+            }
+            lines[a..b].join("\n").trim_end() == s.text.trim_end()
         });
         self.chunks.len() != before
     }
@@ -148,7 +156,6 @@ fn jaccard(a: &HashSet<&str>, b: &HashSet<&str>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prompt::Source;
 
     fn snippet(path: &str, start: u32, text: &str) -> Snippet {
         let end = start + text.lines().count().max(1) as u32 - 1;

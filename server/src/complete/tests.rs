@@ -318,3 +318,61 @@ fn the_local_region_of_a_big_file_gives_the_prompt_of_the_whole_file() {
         assert_eq!(prompt::head_lines(head, 80), prompt::head_lines(suffix, 80));
     }
 }
+
+#[tokio::test]
+async fn context_repeating_the_code_at_the_cursor_is_left_out_when_asked() {
+    // An open buffer holding a near-copy of the lines being written, beside a useful definition.
+    let copy = Buffer {
+        path: "src/other_cart.rs".into(),
+        text: "fn total(order: &Order, coupon: &Coupon) -> u64 {\n    let sum = order.items.iter().map(|item| item.cents).sum();\n    sum - coupon.cents\n}\n".into(),
+    };
+    let text = "fn total(cart: &Cart, coupon: &Coupon) -> u64 {\n    let sum = cart.items.iter().map(|item| item.cents).sum();\n    ";
+    let request = Request { path: "src/cart.rs".into(), buffers: vec![copy], ..request(text) };
+    for (drop_local_repeats, kept) in [(false, 1), (true, 0)] {
+        let settings = config::Completion { drop_local_repeats, ..config::Completion::default() };
+        let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings);
+        c.prepare(&request, &Retrieval::default()).await;
+        assert_eq!(c.ring_snippets().len(), kept, "drop_local_repeats = {drop_local_repeats}");
+    }
+}
+
+/// A real (keyword-only) index of `files` in a temp dir.
+async fn indexed(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), "test-model", 4).await.unwrap();
+    for (path, text) in files {
+        let chunks = crate::chunk::chunk_file(path, Language::from_path(path), text);
+        let file = crate::store::StoredFile { path: (*path).into(), hash: (*path).into(), size: 1, mtime_ns: 1, chunks: chunks.len() as u32 };
+        store.replace_files(&[file], &chunks).await.unwrap();
+    }
+    assert!(store.ensure_text_index().await.unwrap());
+    (dir, Arc::new(store))
+}
+
+#[tokio::test]
+async fn imported_definitions_reach_the_ring_as_signatures_only_when_asked() {
+    let body: String = (0..30).map(|i| format!("    let step_{i} = total_cents * {i};\n")).collect();
+    let price = format!(
+        "/// Applies the loyalty discount.\npub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {{\n{body}    total_cents\n}}\n"
+    );
+    let (_dir, store) = indexed(&[("src/price.rs", &price), ("src/cart.rs", "pub struct Cart {\n    pub cents: u64,\n}\n")]).await;
+    let retrieval = Retrieval { store: Some(store), embedder: None };
+    // The imports are further up than the identifiers looked up as definitions.
+    let notes = "// (a note)\n".repeat(14);
+    let text = format!("use crate::price::apply_loyalty_discount_cents;\nuse crate::cart::Cart;\n{notes}\npub fn checkout(cart: &Cart, percent: u8) -> u64 {{\n    ");
+    let request = Request { path: "src/checkout.rs".into(), ..request(&text) };
+    let settings = |imports| config::Completion { imports, similar_code: false, ..config::Completion::default() };
+
+    let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings(true));
+    c.prepare(&request, &retrieval).await;
+    let ring = c.ring_snippets();
+    let signature = ring.iter().find(|s| s.path == "src/price.rs").expect("the imported function's signature");
+    assert_eq!(signature.source, prompt::Source::Signature);
+    assert_eq!(signature.text, "pub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {\n    // …\n}\n");
+    // `Cart` is used in the file already: its definition comes as a nearby identifier's, whole.
+    assert!(ring.iter().any(|s| s.path == "src/cart.rs" && s.text.contains("pub cents: u64")), "{ring:?}");
+
+    let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings(false));
+    c.prepare(&request, &retrieval).await;
+    assert!(c.ring_snippets().iter().all(|s| s.path != "src/price.rs"), "{:?}", c.ring_snippets());
+}

@@ -51,6 +51,9 @@ pub fn estimate_tokens(text: &str) -> usize {
 pub enum Source {
     /// A definition of an identifier near the cursor.
     Definition,
+    /// The signature of a definition the file imports (its body left out: the text is not the
+    /// file's lines verbatim).
+    Signature,
     /// A window of another open buffer similar to the code at the cursor.
     OpenBuffer,
     /// A hybrid search hit from the index.
