@@ -515,6 +515,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Chunks whose symbol path ends with a definition named `name` (`fn name`, `class name`,
+    /// `Type::name`, `Type.name`), at most `k`, in storage order. A filtered scan of the symbol
+    /// column, which finds a definition however common its name is in other chunks' text (a
+    /// keyword search ranks those first). `name` must be an identifier (else nothing is found).
+    pub async fn definitions_named(&self, name: &str, k: usize) -> Result<Vec<Chunk>> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+            return Ok(Vec::new());
+        }
+        let sql = format!("symbol LIKE '% {name}' OR symbol LIKE '%::{name}' OR symbol LIKE '%.{name}' OR symbol = '{name}'");
+        let q = self.chunks.query().only_if(sql).limit(k);
+        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
+        Ok(batches.iter().flat_map(read_chunks).collect())
+    }
+
     /// Nearest chunks to `vector` by cosine similarity (1 = identical direction).
     pub async fn search_vector(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
         let mut q = self
@@ -781,6 +795,12 @@ mod tests {
         let hits = store.search_text("expression", 5, &Filter::default()).await.unwrap();
         assert_eq!(hits.first().map(|(c, _)| c.path.as_str()), Some("src/parser.rs"), "{hits:?}");
         assert_eq!(hits[0].0, parser[0]);
+
+        // Definitions by name, from the symbol column (a name is an identifier or nothing is found).
+        let named = store.definitions_named("parse_expression", 5).await.unwrap();
+        assert_eq!(named.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), ["src/parser.rs"]);
+        assert!(store.definitions_named("parse", 5).await.unwrap().is_empty(), "a whole name, not a part");
+        assert!(store.definitions_named("x' OR '1'='1", 5).await.unwrap().is_empty());
 
         // Filters: language in SQL, path glob afterwards.
         let rust_only = Filter { language: Some(Language::Rust), path_glob: None };

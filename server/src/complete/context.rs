@@ -10,7 +10,7 @@ use super::scope;
 use crate::embed::Embedder;
 use crate::prompt::{Snippet, Source};
 use crate::retrieve::{self, SearchRequest};
-use crate::store::{Filter, Store};
+use crate::store::Store;
 
 /// Lines above the cursor searched for identifiers.
 const IDENT_LINES_ABOVE: usize = 12;
@@ -94,12 +94,15 @@ pub fn defined_name(symbol: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
+/// Chunks defining one name read at most (a name defined in more places is ambiguous anyway).
+const DEFINITIONS_PER_NAME: usize = 8;
+
 /// Looks each identifier up in the index and keeps the chunks that define it (not in `current`).
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
-        let hits = store.search_text(name, 12, &Filter::default()).await.unwrap_or_default();
-        hits.into_iter()
-            .map(|(chunk, _)| chunk)
+        let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
+        found
+            .into_iter()
             .filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str())
             .take(per_name)
             .map(|c| Snippet {
@@ -118,8 +121,8 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
 /// index ([`scope::signature`]), one per name, in the order given.
 pub async fn signatures(store: &Store, names: &[String], current: &str) -> Vec<Snippet> {
     let lookups = names.iter().map(|name| async move {
-        let hits = store.search_text(name, 12, &Filter::default()).await.unwrap_or_default();
-        hits.into_iter().filter(|(c, _)| c.path != current && defined_name(&c.symbol) == name.as_str()).find_map(|(c, _)| {
+        let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
+        found.into_iter().filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str()).find_map(|c| {
             let text = scope::signature(c.language, &c.text, name)?;
             Some(Snippet { text: text + "\n", path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Signature })
         })

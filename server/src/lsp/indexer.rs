@@ -103,7 +103,7 @@ impl Progress for Bridge {
 
 /// Indexes `root`; if a run is already going, marks it dirty so that run repeats.
 pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
-    let Ok(_running) = root.indexing.try_lock() else {
+    let Ok(running) = root.indexing.try_lock() else {
         root.dirty.store(true, Ordering::Relaxed);
         return;
     };
@@ -122,6 +122,8 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
         *root.error.lock().expect("error lock") = result.as_ref().err().cloned();
         if let Err(e) = result {
             tracing::error!("indexing {} failed: {e}", root.path.display());
+            // Not indexing any more by the time the client reads the message (and asks for status).
+            drop(running);
             state.client.show_message(MessageType::ERROR, format!("kenning: indexing {} failed: {e}", root.path.display())).await;
             return;
         }
