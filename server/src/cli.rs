@@ -230,9 +230,7 @@ fn index_dir(paths: &Paths, target: &Target, root: &Path) -> PathBuf {
 }
 
 fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>> {
-    let embedder = FastEmbedder::load(&Assets::new(paths.assets()), threads)
-        .context("cannot load the embedding model (use --no-embed for keyword search only)")?;
-    Ok(Arc::new(embedder))
+    crate::session::load_embedder(paths, threads).context("cannot load the embedding model (use --no-embed for keyword search only)")
 }
 
 /// Removes everything in an index directory but its writer lock (held by the caller).
@@ -250,9 +248,7 @@ fn clear_index_dir(dir: &Path) -> Result<()> {
 }
 
 async fn open_store(dir: &Path) -> Result<Store> {
-    Store::open(dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM)
-        .await
-        .with_context(|| format!("cannot open the index at {}", dir.display()))
+    crate::session::open_index(dir).await.with_context(|| format!("cannot open the index at {}", dir.display()))
 }
 
 async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
@@ -263,7 +259,7 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     // the writer lock: another process creating or writing the index is not damage.
     {
         let _lock = index::WriterLock::acquire(&dir, |holder| eprintln!("kenning: {holder} is writing this index: waiting for it to finish")).await?;
-        let problems = match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
+        let problems = match crate::session::open_index(&dir).await {
             Ok(_) if args.rebuild => vec!["--rebuild was given".to_owned()],
             Ok(store) => store.verify().await,
             Err(e) => vec![e.to_string()],
@@ -396,7 +392,7 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
         })
         .collect();
     let (stats, problems) = if dir.exists() {
-        match Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await {
+        match crate::session::open_index(&dir).await {
             Ok(store) => {
                 let problems = store.verify().await;
                 (store.stats().await.ok(), problems)

@@ -31,7 +31,7 @@ pub struct ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub generation: Generation,
-    pub completion: Completion,
+    pub completion: CompletionSettings,
     pub ask: Ask,
     pub index: Index,
 }
@@ -136,7 +136,7 @@ fn default_ollama_url() -> String {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Completion {
+pub struct CompletionSettings {
     pub enabled: bool,
     /// Wait this long after a request for newer edits before generating.
     pub debounce_ms: u64,
@@ -162,12 +162,24 @@ pub struct Completion {
     /// Leave out context that mostly repeats the code around the cursor (identifier sets more than
     /// half alike): such snippets can pull the model into copying a neighbour's line.
     pub drop_local_repeats: bool,
+    /// After a one-line suggestion, compute the next line's in the background, as if the user
+    /// accepted it and pressed Enter: the request there is then answered at once when they do.
+    pub speculate: bool,
     /// Where the suffix goes in the prompt: `psm` (prefix, suffix, middle) or `spm` (suffix first:
     /// typing reuses the cached suffix).
     pub layout: Layout,
 }
 
-impl Default for Completion {
+impl CompletionSettings {
+    /// These settings for one request with no editor after it (`kenning complete`, `kenning
+    /// eval`): no speculation on a next line nobody will ask for (it would keep the engine busy
+    /// into the next task's time).
+    pub fn one_shot(&self) -> Self {
+        Self { speculate: false, ..self.clone() }
+    }
+}
+
+impl Default for CompletionSettings {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -181,6 +193,7 @@ impl Default for Completion {
             similar_code: true,
             imports: false,
             drop_local_repeats: false,
+            speculate: true,
             layout: Layout::default(),
         }
     }

@@ -20,5 +20,6 @@ pub mod paths;
 pub mod prompt;
 pub mod retrieve;
 pub mod secrets;
+pub mod session;
 pub mod store;
 pub mod workspace;

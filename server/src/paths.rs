@@ -55,6 +55,14 @@ impl Paths {
         let digest = blake3::hash(canonical.to_string_lossy().as_bytes()).to_hex();
         self.cache.join("indexes").join(format!("{name}-{}", &digest[..12]))
     }
+
+    /// Where `kenning train` works for a workspace (its data, the dataset split, the adapters):
+    /// beside the index, `<index dir>-training`.
+    pub fn training_for(&self, workspace: &Path) -> PathBuf {
+        let index = self.index_for(workspace);
+        let name = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        index.with_file_name(format!("{name}-training"))
+    }
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{
     Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
@@ -232,18 +230,73 @@ impl Store {
         StoreError::Lance { path: self.dir.clone(), source }
     }
 
+    /// Runs `query` and reads every batch it returns.
+    async fn fetch(&self, query: &impl ExecutableQuery) -> Result<Vec<RecordBatch>> {
+        let stream = query.execute().await.map_err(|e| self.err(e))?;
+        stream.try_collect().await.map_err(|e| self.err(e))
+    }
+
+    /// Column `name` of `batch` as an array of type `T`; a column that is missing or of another
+    /// type (a damaged or foreign index) is an error, never a panic.
+    fn column<'b, T: Array + 'static>(&self, batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
+        batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| StoreError::Invalid {
+            path: self.dir.clone(),
+            message: format!("column `{name}` is missing or of the wrong type"),
+        })
+    }
+
+    /// The chunks of `batches` (rows of the chunks table).
+    fn read_chunks(&self, batches: &[RecordBatch]) -> Result<Vec<Chunk>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let s = |name: &str| self.column::<StringArray>(b, name);
+            let (id, path, language, symbol, hash, text) = (s("id")?, s("path")?, s("language")?, s("symbol")?, s("content_hash")?, s("text")?);
+            let (start_line, end_line) = (self.column::<UInt32Array>(b, "start_line")?, self.column::<UInt32Array>(b, "end_line")?);
+            let (start_byte, end_byte) = (self.column::<UInt64Array>(b, "start_byte")?, self.column::<UInt64Array>(b, "end_byte")?);
+            out.extend((0..b.num_rows()).map(|i| Chunk {
+                id: id.value(i).to_owned(),
+                path: path.value(i).to_owned(),
+                language: Language::from_name(language.value(i)).unwrap_or(Language::Text),
+                start_byte: start_byte.value(i) as usize,
+                end_byte: end_byte.value(i) as usize,
+                start_line: start_line.value(i),
+                end_line: end_line.value(i),
+                symbol: symbol.value(i).to_owned(),
+                text: text.value(i).to_owned(),
+                content_hash: hash.value(i).to_owned(),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Each row's `key` column with its vector (`vector`), of `batches`.
+    fn read_vectors(&self, batches: &[RecordBatch], key: &str) -> Result<Vec<(String, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let keys = self.column::<StringArray>(b, key)?;
+            let vectors = self.column::<FixedSizeListArray>(b, "vector")?;
+            for i in 0..b.num_rows() {
+                let v = vectors.value(i);
+                let v = v.as_any().downcast_ref::<Float32Array>().ok_or_else(|| StoreError::Invalid {
+                    path: self.dir.clone(),
+                    message: "vectors are not 32-bit floats".into(),
+                })?;
+                out.push((keys.value(i).to_owned(), v.values().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every file the index holds, by path.
     pub async fn files(&self) -> Result<HashMap<String, StoredFile>> {
-        let batches = collect(self.files.query().execute().await.map_err(|e| self.err(e))?)
-            .await
-            .map_err(|e| self.err(e))?;
+        let batches = self.fetch(&self.files.query()).await?;
         let mut out = HashMap::new();
         for b in &batches {
-            let path = b.column_by_name("path").unwrap().as_string::<i32>();
-            let hash = b.column_by_name("hash").unwrap().as_string::<i32>();
-            let size = b.column_by_name("size").unwrap().as_primitive::<UInt64Type>();
-            let mtime = b.column_by_name("mtime_ns").unwrap().as_primitive::<Int64Type>();
-            let chunks = b.column_by_name("chunks").unwrap().as_primitive::<UInt32Type>();
+            let path = self.column::<StringArray>(b, "path")?;
+            let hash = self.column::<StringArray>(b, "hash")?;
+            let size = self.column::<UInt64Array>(b, "size")?;
+            let mtime = self.column::<Int64Array>(b, "mtime_ns")?;
+            let chunks = self.column::<UInt32Array>(b, "chunks")?;
             for i in 0..b.num_rows() {
                 let f = StoredFile {
                     path: path.value(i).to_owned(),
@@ -260,17 +313,10 @@ impl Store {
 
     /// Paths that have chunks (including leftovers of an interrupted run).
     pub async fn chunk_paths(&self) -> Result<HashSet<String>> {
-        let stream = self
-            .chunks
-            .query()
-            .select(Select::columns(&["path"]))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
-        let batches = collect(stream).await.map_err(|e| self.err(e))?;
+        let batches = self.fetch(&self.chunks.query().select(Select::columns(&["path"]))).await?;
         let mut out = HashSet::new();
         for b in &batches {
-            let path = b.column(0).as_string::<i32>();
+            let path = self.column::<StringArray>(b, "path")?;
             out.extend((0..b.num_rows()).map(|i| path.value(i).to_owned()));
         }
         Ok(out)
@@ -318,23 +364,8 @@ impl Store {
     pub async fn vectors_by_content(&self, paths: &[&str]) -> Result<HashMap<String, Vec<f32>>> {
         let mut out = HashMap::new();
         for group in paths.chunks(PATHS_PER_PREDICATE) {
-            let stream = self
-                .vectors
-                .query()
-                .only_if(in_list("path", group.iter().copied()))
-                .select(Select::columns(&["content_hash", "vector"]))
-                .execute()
-                .await
-                .map_err(|e| self.err(e))?;
-            for b in collect(stream).await.map_err(|e| self.err(e))? {
-                let hash = b.column(0).as_string::<i32>();
-                let vectors = b.column(1).as_fixed_size_list();
-                for i in 0..b.num_rows() {
-                    let v = vectors.value(i);
-                    let v = v.as_primitive::<Float32Type>();
-                    out.insert(hash.value(i).to_owned(), v.values().to_vec());
-                }
-            }
+            let query = self.vectors.query().only_if(in_list("path", group.iter().copied())).select(Select::columns(&["content_hash", "vector"]));
+            out.extend(self.read_vectors(&self.fetch(&query).await?, "content_hash")?);
         }
         Ok(out)
     }
@@ -357,24 +388,13 @@ impl Store {
 
     /// Chunks that have no vector yet (new, or left by an interrupted run).
     pub async fn chunks_missing_vectors(&self) -> Result<Vec<Chunk>> {
-        let stream = self
-            .vectors
-            .query()
-            .select(Select::columns(&["id"]))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
         let mut have = HashSet::new();
-        for b in collect(stream).await.map_err(|e| self.err(e))? {
-            let id = b.column(0).as_string::<i32>();
+        for b in &self.fetch(&self.vectors.query().select(Select::columns(&["id"]))).await? {
+            let id = self.column::<StringArray>(b, "id")?;
             have.extend((0..b.num_rows()).map(|i| id.value(i).to_owned()));
         }
-        let stream = self.chunks.query().execute().await.map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for b in collect(stream).await.map_err(|e| self.err(e))? {
-            out.extend(read_chunks(&b).into_iter().filter(|c| !have.contains(&c.id)));
-        }
-        Ok(out)
+        let chunks = self.read_chunks(&self.fetch(&self.chunks.query()).await?)?;
+        Ok(chunks.into_iter().filter(|c| !have.contains(&c.id)).collect())
     }
 
     /// Builds the full-text index if it does not exist yet (later rows are merged by [`optimize`]
@@ -501,11 +521,11 @@ impl Store {
         if let Some(sql) = filter.sql() {
             q = q.only_if(sql);
         }
-        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
+        let batches = self.fetch(&q).await?;
         let mut out = Vec::new();
         for b in &batches {
-            let scores = b.column_by_name("_score").map(|c| c.as_primitive::<Float32Type>().clone());
-            for (i, chunk) in read_chunks(b).into_iter().enumerate() {
+            let scores = self.column::<Float32Array>(b, "_score").ok();
+            for (i, chunk) in self.read_chunks(std::slice::from_ref(b))?.into_iter().enumerate() {
                 if filter.keeps(&chunk.path) {
                     out.push((chunk, scores.as_ref().map_or(0.0, |s| s.value(i))));
                 }
@@ -525,8 +545,7 @@ impl Store {
         }
         let sql = format!("symbol LIKE '% {name}' OR symbol LIKE '%::{name}' OR symbol LIKE '%.{name}' OR symbol = '{name}'");
         let q = self.chunks.query().only_if(sql).limit(k);
-        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
-        Ok(batches.iter().flat_map(read_chunks).collect())
+        self.read_chunks(&self.fetch(&q).await?)
     }
 
     /// Nearest chunks to `vector` by cosine similarity (1 = identical direction).
@@ -542,12 +561,12 @@ impl Store {
         if let Some(sql) = filter.sql() {
             q = q.only_if(sql);
         }
-        let batches = collect(q.execute().await.map_err(|e| self.err(e))?).await.map_err(|e| self.err(e))?;
+        let batches = self.fetch(&q).await?;
         let mut ranked: Vec<(String, f32)> = Vec::new();
         for b in &batches {
-            let ids = b.column_by_name("id").unwrap().as_string::<i32>();
-            let paths = b.column_by_name("path").unwrap().as_string::<i32>();
-            let dist = b.column_by_name("_distance").unwrap().as_primitive::<Float32Type>();
+            let ids = self.column::<StringArray>(b, "id")?;
+            let paths = self.column::<StringArray>(b, "path")?;
+            let dist = self.column::<Float32Array>(b, "_distance")?;
             for i in 0..b.num_rows() {
                 if filter.keeps(paths.value(i)) {
                     ranked.push((ids.value(i).to_owned(), 1.0 - dist.value(i)));
@@ -564,36 +583,13 @@ impl Store {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let stream = self
-            .chunks
-            .query()
-            .only_if(in_list("id", ids))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
-        let batches = collect(stream).await.map_err(|e| self.err(e))?;
-        Ok(batches.iter().flat_map(read_chunks).map(|c| (c.id.clone(), c)).collect())
+        let chunks = self.read_chunks(&self.fetch(&self.chunks.query().only_if(in_list("id", ids))).await?)?;
+        Ok(chunks.into_iter().map(|c| (c.id.clone(), c)).collect())
     }
 
     /// Every stored vector with its chunk id (for the brute-force baseline of the benchmark).
     pub async fn all_vectors(&self) -> Result<Vec<(String, Vec<f32>)>> {
-        let stream = self
-            .vectors
-            .query()
-            .select(Select::columns(&["id", "vector"]))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for b in collect(stream).await.map_err(|e| self.err(e))? {
-            let ids = b.column(0).as_string::<i32>();
-            let vectors = b.column(1).as_fixed_size_list();
-            for i in 0..b.num_rows() {
-                let v = vectors.value(i);
-                out.push((ids.value(i).to_owned(), v.as_primitive::<Float32Type>().values().to_vec()));
-            }
-        }
-        Ok(out)
+        self.read_vectors(&self.fetch(&self.vectors.query().select(Select::columns(&["id", "vector"]))).await?, "id")
     }
 
     /// Reads every table through and checks that they agree; returns what is wrong, in words
@@ -610,11 +606,8 @@ impl Store {
                     continue;
                 }
             };
-            match table.query().select(Select::columns(&[column])).execute().await {
-                Ok(stream) => match collect(stream).await {
-                    Ok(batches) => scanned[i] = batches.iter().map(RecordBatch::num_rows).sum(),
-                    Err(e) => problems.push(format!("the {name} table's data cannot be read: {e}")),
-                },
+            match self.fetch(&table.query().select(Select::columns(&[column]))).await {
+                Ok(batches) => scanned[i] = batches.iter().map(RecordBatch::num_rows).sum(),
                 Err(e) => problems.push(format!("the {name} table's data cannot be read: {e}")),
             }
             if problems.is_empty() && scanned[i] != counted {
@@ -664,10 +657,6 @@ async fn open_or_create(db: &Connection, names: &[String], name: &str, schema: S
     }
 }
 
-async fn collect(stream: impl futures::Stream<Item = lancedb::Result<RecordBatch>>) -> lancedb::Result<Vec<RecordBatch>> {
-    stream.try_collect().await
-}
-
 fn chunk_batch(chunks: &[Chunk]) -> RecordBatch {
     let strings = |f: fn(&Chunk) -> &str| Arc::new(StringArray::from_iter_values(chunks.iter().map(f))) as Arc<dyn Array>;
     RecordBatch::try_new(
@@ -714,30 +703,6 @@ fn vector_batch(chunks: &[&Chunk], vectors: &[Vec<f32>], dim: usize) -> RecordBa
     .expect("vector columns match the schema")
 }
 
-fn read_chunks(b: &RecordBatch) -> Vec<Chunk> {
-    let s = |name: &str| b.column_by_name(name).expect("chunk column").as_string::<i32>().clone();
-    let u32s = |name: &str| b.column_by_name(name).expect("chunk column").as_primitive::<UInt32Type>().clone();
-    let u64s = |name: &str| b.column_by_name(name).expect("chunk column").as_primitive::<UInt64Type>().clone();
-    let (id, path, language, symbol, hash, text) =
-        (s("id"), s("path"), s("language"), s("symbol"), s("content_hash"), s("text"));
-    let (start_line, end_line) = (u32s("start_line"), u32s("end_line"));
-    let (start_byte, end_byte) = (u64s("start_byte"), u64s("end_byte"));
-    (0..b.num_rows())
-        .map(|i| Chunk {
-            id: id.value(i).to_owned(),
-            path: path.value(i).to_owned(),
-            language: Language::from_name(language.value(i)).unwrap_or(Language::Text),
-            start_byte: start_byte.value(i) as usize,
-            end_byte: end_byte.value(i) as usize,
-            start_line: start_line.value(i),
-            end_line: end_line.value(i),
-            symbol: symbol.value(i).to_owned(),
-            text: text.value(i).to_owned(),
-            content_hash: hash.value(i).to_owned(),
-        })
-        .collect()
-}
-
 /// Total size of the files below `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -779,6 +744,19 @@ mod tests {
         let vs: Vec<Vec<f32>> = cs.iter().map(|c| vector_of(&c.text)).collect();
         store.add_vectors(&refs, &vs).await.unwrap();
         cs
+    }
+
+    #[tokio::test]
+    async fn a_column_missing_or_of_another_type_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test-model", DIM).await.unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::UInt32, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(UInt32Array::from(vec![7u32])) as Arc<dyn Array>]).unwrap();
+        assert!(matches!(store.column::<StringArray>(&batch, "path"), Err(StoreError::Invalid { .. })));
+        assert!(matches!(store.column::<StringArray>(&batch, "hash"), Err(StoreError::Invalid { .. })));
+        assert_eq!(store.column::<UInt32Array>(&batch, "path").unwrap().value(0), 7);
+        let error = store.read_chunks(&[batch]).unwrap_err().to_string();
+        assert!(error.contains("column `id`"), "{error}");
     }
 
     #[tokio::test]

@@ -1,13 +1,12 @@
 //! The commands that use a model: `ask`, `complete` and `eval`.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Target, index_dir, load_embedder, open_store};
 use crate::ask;
@@ -15,9 +14,10 @@ use crate::chunk::Language;
 use crate::complete::{self, Completer, Retrieval};
 use crate::config::{self, Config, Layers};
 use crate::dataset::{self, EvalTask};
-use crate::eval::{self, TaskScore, first_line, percentile};
-use crate::generate::{self, Generator};
+use crate::eval::{self, Figures, Condition, first_line, percentile};
+use crate::generate::Generator;
 use crate::paths::Paths;
+use crate::session;
 
 /// Model selection shared by the commands.
 #[derive(Debug, Args)]
@@ -92,7 +92,7 @@ pub struct EvalArgs {
     /// none: the model alone; rag: with retrieved context; ft: with the fine-tuned adapter;
     /// hybrid: both.
     #[arg(long, value_enum, default_value = "rag")]
-    mode: Mode,
+    mode: Condition,
     /// Run the four modes, each in a process of its own, and print them side by side.
     #[arg(long)]
     all: bool,
@@ -118,35 +118,6 @@ pub struct EvalArgs {
     /// edit similarity and exact match with 95 % intervals (bootstrap over files), helped / hurt.
     #[arg(long, value_name = "FILE")]
     baseline: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    None,
-    Rag,
-    Ft,
-    Hybrid,
-}
-
-impl Mode {
-    const ALL: [Mode; 4] = [Mode::None, Mode::Rag, Mode::Ft, Mode::Hybrid];
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::None => "none",
-            Mode::Rag => "rag",
-            Mode::Ft => "ft",
-            Mode::Hybrid => "hybrid",
-        }
-    }
-
-    fn retrieval(self) -> bool {
-        matches!(self, Mode::Rag | Mode::Hybrid)
-    }
-
-    fn adapter(self) -> bool {
-        matches!(self, Mode::Ft | Mode::Hybrid)
-    }
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -181,10 +152,7 @@ fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
 }
 
 async fn load_model(paths: &Paths, config: &Config) -> Result<Option<Arc<dyn Generator>>> {
-    let generation = config.generation.clone();
-    let paths = paths.clone();
-    let model = tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths)).await??;
-    Ok(model)
+    Ok(session::load_generator(&config.generation, paths).await?)
 }
 
 pub async fn ask_cmd(paths: &Paths, args: AskArgs) -> Result<()> {
@@ -301,10 +269,10 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
     let config = config_for(&root, &args.model)?;
     let retrieval = retrieval_for(paths, &args.target, &root, &config, !args.no_retrieval).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured ([generation] backend = \"none\")")?;
-    let completer = Completer::new(generator, config.generation.family(), config.completion.clone());
+    let completer = Completer::new(generator, config.generation.family(), config.completion.one_shot());
     let rel = file.strip_prefix(&root).unwrap_or(&file).to_string_lossy().replace('\\', "/");
     let request = complete::Request {
-        repo: root.file_name().map_or_else(|| "workspace".into(), |n| n.to_string_lossy().into_owned()),
+        repo: session::workspace_name(&root),
         language: Language::from_path(&rel),
         path: rel,
         text,
@@ -338,21 +306,6 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct EvalFigures {
-    mode: String,
-    tasks: usize,
-    exact_match: f64,
-    edit_similarity: f64,
-    mean_latency_ms: f64,
-    p50_latency_ms: f64,
-    /// The process's peak resident memory (model, index, runtime), in MiB.
-    peak_rss_mib: f64,
-    /// Every task's score, for paired comparisons.
-    #[serde(default)]
-    scores: Vec<TaskScore>,
-}
-
 /// One line of a paired comparison: `b` against `a`.
 fn print_paired(label: &str, p: &eval::Paired) {
     let verdict = |i: &eval::Interval| if i.above_zero() { "better" } else if i.below_zero() { "worse" } else { "no clear difference" };
@@ -374,26 +327,17 @@ fn print_paired(label: &str, p: &eval::Paired) {
 
 /// The evaluation tasks: `--tasks`, else lines of the held-out test files.
 fn eval_tasks(paths: &Paths, root: &Path, args: &EvalArgs) -> Result<Vec<EvalTask>> {
-    let mut tasks = Vec::new();
-    if let Some(file_path) = &args.tasks {
-        let file = std::fs::File::open(file_path).with_context(|| format!("cannot open {}", file_path.display()))?;
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
+    let tasks = match &args.tasks {
+        Some(file) => eval::read_tasks(file, args.limit)?,
+        None => {
+            let test_files = eval::held_out_files(paths, root)?;
+            let tasks = dataset::eval_tasks(root, &test_files, args.limit.unwrap_or(40), 0);
+            if !args.json {
+                eprintln!("{} tasks from {} held-out test files of {}", tasks.len(), test_files.len(), root.display());
             }
-            tasks.push(serde_json::from_str(&line).with_context(|| format!("{}:{}: not a task", file_path.display(), i + 1))?);
+            tasks
         }
-        if let Some(n) = args.limit {
-            tasks.truncate(n);
-        }
-    } else {
-        let test_files = super::train::held_out_files(paths, root)?;
-        tasks = dataset::eval_tasks(root, &test_files, args.limit.unwrap_or(40), 0);
-        if !args.json {
-            eprintln!("{} tasks from {} held-out test files of {}", tasks.len(), test_files.len(), root.display());
-        }
-    }
+    };
     if tasks.is_empty() {
         bail!("no tasks to evaluate");
     }
@@ -409,14 +353,14 @@ fn eval_adapter(paths: &Paths, root: &Path, config: &Config, args: &EvalArgs) ->
     if let G::Llama { adapter: Some(a), .. } | G::Mlx { adapter: Some(a), .. } = &config.generation {
         return Some(a.clone());
     }
-    let trained = super::train::training_dir(paths, root).join("adapters");
+    let trained = paths.training_for(root).join("adapters");
     trained.join("adapters.safetensors").is_file().then_some(trained)
 }
 
 pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
-    let mode = if args.no_retrieval { Mode::None } else { args.mode };
+    let mode = if args.no_retrieval { Condition::None } else { args.mode };
     let tasks = eval_tasks(paths, &root, &args)?;
     let mut config = config_for(&root, &args.model)?;
     let adapter = eval_adapter(paths, &root, &config, &args);
@@ -435,55 +379,23 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     }
     let retrieval = retrieval_for(paths, &args.target, &root, &config, mode.retrieval()).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
-    let repo = root.file_name().map_or_else(|| "workspace".into(), |n| n.to_string_lossy().into_owned());
-    let mut scores = Vec::with_capacity(tasks.len());
-    let (mut building, mut first_token): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for task in &tasks {
-        // A fresh completer per task: nothing is reused between tasks.
-        let completer = Completer::new(Arc::clone(&generator), config.generation.family(), config.completion.clone());
-        let request = complete::Request {
-            repo: repo.clone(),
-            language: Language::from_path(&task.path),
-            path: task.path.clone(),
-            text: format!("{}{}", task.prefix, task.suffix),
-            offset: task.prefix.len(),
-            buffers: Vec::new(),
-        };
-        let started = Instant::now();
-        completer.prepare(&request, &retrieval).await;
-        let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
-        let completion = completer.complete(request, &retrieval).await?;
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        if let Some(c) = &completion {
-            building.push(gathered_ms + c.context_ms + c.prompt_ms);
-            first_token.push(c.first_token_ms);
+    let repo = session::workspace_name(&root);
+    let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo };
+    let verbose = args.verbose;
+    let (figures, timings) = eval::run(mode, &setup, &tasks, |task, score, predicted| {
+        if verbose {
+            eprintln!("{} sim {:.2}\n  expected  {}\n  predicted {}", task.id, score.similarity, first_line(&task.expected), first_line(predicted));
         }
-        let predicted = completion.map(|c| c.text).unwrap_or_default();
-        let score = TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms);
-        if args.verbose {
-            eprintln!("{} sim {:.2}\n  expected  {}\n  predicted {}", task.id, score.similarity, first_line(&task.expected), first_line(&predicted));
-        }
-        scores.push(score);
-    }
-    let n = tasks.len() as f64;
-    let mut latencies: Vec<f64> = scores.iter().map(|s| s.latency_ms).collect();
-    let figures = EvalFigures {
-        mode: mode.name().to_owned(),
-        tasks: tasks.len(),
-        exact_match: scores.iter().filter(|s| s.exact).count() as f64 / n,
-        edit_similarity: scores.iter().map(|s| s.similarity).sum::<f64>() / n,
-        mean_latency_ms: latencies.iter().sum::<f64>() / n,
-        p50_latency_ms: percentile(&mut latencies, 0.5),
-        peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
-        scores,
-    };
+    })
+    .await?;
+    let (mut building, mut first_token) = (timings.building, timings.first_token);
     if let Some(file) = &args.save_scores {
         std::fs::write(file, serde_json::to_string(&figures)?).with_context(|| format!("writing {}", file.display()))?;
     }
     let baseline = match &args.baseline {
         Some(file) => {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let saved: EvalFigures = serde_json::from_str(&text).with_context(|| format!("{} is not a file written by --save-scores", file.display()))?;
+            let saved: Figures = serde_json::from_str(&text).with_context(|| format!("{} is not a file written by --save-scores", file.display()))?;
             Some(eval::paired(&saved.scores, &figures.scores, 0).with_context(|| format!("{} has none of these tasks", file.display()))?)
         }
         None => None,
@@ -526,7 +438,7 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
     std::fs::write(&tasks_file, lines)?;
     let exe = std::env::current_exe().context("cannot find this kenning binary")?;
     let mut rows = Vec::new();
-    for mode in Mode::ALL {
+    for mode in Condition::ALL {
         if mode.adapter() && adapter.is_none() {
             rows.push(Err(format!("{}: no adapter (run `kenning train`, or give --adapter DIR)", mode.name())));
             continue;
@@ -554,14 +466,14 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
         }
         let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let parsed = stdout.lines().last().and_then(|l| serde_json::from_str::<EvalFigures>(l).ok());
+        let parsed = stdout.lines().last().and_then(|l| serde_json::from_str::<Figures>(l).ok());
         rows.push(match (output.status.success(), parsed) {
             (true, Some(f)) => Ok(f),
             _ => Err(format!("{}: failed ({})", mode.name(), output.status)),
         });
     }
     if args.json {
-        let figures: Vec<&EvalFigures> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let figures: Vec<&Figures> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
@@ -600,14 +512,6 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
         bail!("no mode ran");
     }
     Ok(())
-}
-
-/// Peak resident set size of this process, in bytes.
-fn peak_rss_bytes() -> u64 {
-    let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) else { return 0 };
-    let max = u64::try_from(usage.max_rss()).unwrap_or(0);
-    // Kilobytes on Linux, bytes on macOS.
-    if cfg!(target_os = "macos") { max } else { max * 1024 }
 }
 
 #[cfg(test)]

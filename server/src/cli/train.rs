@@ -155,34 +155,9 @@ fn trainer() -> PathBuf {
     std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(&name))).filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Where `kenning train` keeps a workspace's data and adapter: beside its index.
-pub(super) fn training_dir(paths: &Paths, root: &Path) -> PathBuf {
-    let index = paths.index_for(root);
-    let name = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    index.with_file_name(format!("{name}-training"))
-}
-
-/// The held-out test files of `root`: the split of the last `kenning train` (its `dataset.json`),
-/// else the split a default `kenning train` would make.
-pub(super) fn held_out_files(paths: &Paths, root: &Path) -> Result<Vec<String>> {
-    let recorded = training_dir(paths, root).join("data").join("dataset.json");
-    let files: std::collections::BTreeMap<String, Split> = match std::fs::read_to_string(&recorded) {
-        Ok(text) => {
-            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", recorded.display()))?;
-            serde_json::from_value(value["files"].clone()).with_context(|| format!("{}: no file split", recorded.display()))?
-        }
-        Err(_) => dataset::file_splits(root, &DatasetOptions::default()),
-    };
-    let test: Vec<String> = files.into_iter().filter(|(_, s)| *s == Split::Test).map(|(p, _)| p).collect();
-    if test.is_empty() {
-        bail!("{} has no held-out test files (too few source files)", root.display());
-    }
-    Ok(test)
-}
-
 pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
-    let work = training_dir(paths, &root);
+    let work = paths.training_for(&root);
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let family = Family::detect(&args.model);

@@ -85,6 +85,19 @@ pub struct Request {
     pub buffers: Vec<Buffer>,
 }
 
+/// Why a completion request has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    /// The request's cursor is not in its document (past the end, or inside a character).
+    #[error("cursor offset {0} is not in the document")]
+    Position(usize),
+    /// A newer request for the same file stopped this one's generation.
+    #[error("cancelled by a newer request")]
+    Cancelled,
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+}
+
 /// How a completion was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +147,20 @@ struct Slot {
     first_token: Arc<std::sync::OnceLock<Duration>>,
     /// Filled in by the request that started the slot.
     snippets: Vec<Snippet>,
+    /// Started by [`Completer::speculate`], not by a request: any fresh request stops it.
+    speculative: bool,
+}
+
+impl Slot {
+    /// Still generating (not finished, not aborted).
+    fn running(&self) -> bool {
+        matches!(*self.state.borrow(), SlotState::Running(_)) && !self.task.is_finished()
+    }
+
+    /// Has an answer, or is still working on one.
+    fn alive(&self) -> bool {
+        matches!(*self.state.borrow(), SlotState::Done(Ok(_))) || self.running()
+    }
 }
 
 /// The context ring, and what is known about the place being completed.
@@ -158,16 +185,19 @@ struct ContextState {
 pub struct Completer {
     generator: Arc<dyn Generator>,
     family: Family,
-    settings: config::Completion,
-    slots: Mutex<Vec<Arc<Slot>>>,
+    settings: config::CompletionSettings,
+    slots: Arc<Mutex<Vec<Arc<Slot>>>>,
     context: Arc<Mutex<ContextState>>,
+    /// Counts completion requests as they arrive (before anything else): a speculation started
+    /// for an older one stops itself.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Completer {
-    pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::Completion) -> Self {
+    pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::CompletionSettings) -> Self {
         let budget = Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens);
         let context = ContextState { ring: Ring::new(budget.context), ..ContextState::default() };
-        Self { generator, family, settings, slots: Mutex::new(Vec::new()), context: Arc::new(Mutex::new(context)) }
+        Self { generator, family, settings, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default() }
     }
 
     /// Gathers context for `request` and puts it in the ring at once (no waiting for a pause):
@@ -211,7 +241,7 @@ impl Completer {
         }
     }
 
-    pub fn settings(&self) -> &config::Completion {
+    pub fn settings(&self) -> &config::CompletionSettings {
         &self.settings
     }
 
@@ -224,10 +254,11 @@ impl Completer {
     }
 
     /// Completes at the cursor. `Ok(None)`: nothing to complete here (mid-line) or nothing useful.
-    pub async fn complete(&self, request: Request, retrieval: &Retrieval) -> Result<Option<Completion>, GenerateError> {
+    pub async fn complete(&self, request: Request, retrieval: &Retrieval) -> Result<Option<Completion>, CompleteError> {
         if request.offset > request.text.len() || !request.text.is_char_boundary(request.offset) {
-            return Err(GenerateError::Failed(format!("cursor offset {} is not in the document", request.offset)));
+            return Err(CompleteError::Position(request.offset));
         }
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let request = Arc::new(request);
         let mode = {
             let r = Arc::clone(&request);
@@ -240,6 +271,10 @@ impl Completer {
         let suffix = &request.text[request.offset..];
 
         if let Some(found) = self.reuse(&request.repo, &request.path, prefix, suffix, mode).await {
+            let found = found?;
+            if !found.text.is_empty() {
+                self.speculate(&request, &found.text);
+            }
             return Ok(Some(found).filter(|c| !c.text.is_empty()));
         }
         self.cancel_running(&request.repo, &request.path);
@@ -278,6 +313,7 @@ impl Completer {
         if text.is_empty() {
             return Ok(None);
         }
+        self.speculate(&request, &text);
         let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
     }
@@ -370,8 +406,64 @@ impl Completer {
         });
     }
 
+    /// After `shown` was suggested for `request`: the next line's completion, computed in the
+    /// background as if the user accepted `shown` and pressed Enter (`completion.speculate`). It is
+    /// an ordinary slot: the request at the new line (or one typing on from there) is answered from
+    /// it, and any other request cancels it as it cancels every running slot of the file.
+    fn speculate(&self, request: &Arc<Request>, shown: &str) {
+        if !self.settings.speculate {
+            return;
+        }
+        let Some((text, offset)) = shape::after_accepting(request.language, &request.text, request.offset, shown) else { return };
+        let (prefix, suffix) = text.split_at(offset);
+        // Already there: a slot at that place, or one whose prediction runs into it.
+        let covered = self.slots.lock().expect("slots lock").iter().any(|s| {
+            s.repo == request.repo
+                && s.path == request.path
+                && s.suffix == suffix
+                && s.alive()
+                && (s.prefix == prefix || prefix.strip_prefix(s.prefix.as_str()).is_some_and(|typed| slot_predicts(s, typed)))
+        });
+        if covered {
+            return;
+        }
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        // Open buffers are not in a prompt (the ring is): the copy leaves them out.
+        let next = Request { text, offset, buffers: Vec::new(), repo: request.repo.clone(), path: request.path.clone(), language: request.language };
+        let (generator, slots, context, current) =
+            (Arc::clone(&self.generator), Arc::clone(&self.slots), Arc::clone(&self.context), Arc::clone(&self.epoch));
+        let settings = self.settings.clone();
+        let shape = self.prompt_shape(true);
+        tokio::spawn(async move {
+            let next = tokio::task::spawn_blocking(move || shape::decide(next.language, &next.text, next.offset).map(|_| next)).await;
+            let Ok(Some(next)) = next else { return };
+            let newer = || current.load(std::sync::atomic::Ordering::SeqCst) != epoch;
+            if newer() {
+                return; // a request came meanwhile: it decides what runs next
+            }
+            let (snippets, warm) = {
+                let state = context.lock().expect("context lock");
+                (state.ring.snippets_for(&next.path), state.place_warm)
+            };
+            let shape = PromptShape { budget: if warm { shape.budget } else { shape.budget.first_request() }, ..shape };
+            let local = Local::new(&next, &shape);
+            let built = shape.build(&next, &local, &snippets);
+            // One line, whatever the place would get: it is what the user is likely to take next, and
+            // a block would keep the engine busy for text nobody may want.
+            let gen_request = GenRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal };
+            let limits = Limits { max_lines: settings.max_lines };
+            match start_slot(&generator, &slots, limits, &next, Mode::SingleLine, gen_request, snippets, true) {
+                // A request that came while this started may have missed it: it is stopped then.
+                Ok(slot) if newer() => slot.task.abort(),
+                Ok(_) => tracing::debug!(line = line_of(&next.text, next.offset), "speculating on the next line"),
+                Err(e) => tracing::debug!("speculation not started: {e}"),
+            }
+        });
+    }
+
     /// A completion from a remembered slot, if the request continues one.
-    async fn reuse(&self, repo: &str, path: &str, prefix: &str, suffix: &str, mode: Mode) -> Option<Completion> {
+    /// `Some(Err(Cancelled))` when the slot this request was waiting on was stopped by a newer one.
+    async fn reuse(&self, repo: &str, path: &str, prefix: &str, suffix: &str, mode: Mode) -> Option<Result<Completion, CompleteError>> {
         let slot = {
             let slots = self.slots.lock().expect("slots lock");
             slots
@@ -400,10 +492,15 @@ impl Completer {
                     if sofar.as_bytes()[..common] != typed.as_bytes()[..common] {
                         return None;
                     }
+                    // One line is wanted and the slot (a block) has already written it whole.
+                    if mode == Mode::SingleLine && sofar.len() > typed.len() && sofar[typed.len()..].contains('\n') {
+                        break sofar;
+                    }
                 }
             }
             if state.changed().await.is_err() {
-                return None;
+                // Aborted while running: a newer request took over.
+                return matches!(*state.borrow(), SlotState::Running(_)).then_some(Err(CompleteError::Cancelled));
             }
         };
         let rest = raw.strip_prefix(typed)?;
@@ -411,7 +508,7 @@ impl Completer {
         let cursor = Cursor::new(&text_now, prefix.len());
         let (cut, _) = shape::cut(mode, rest, &cursor, Limits { max_lines: self.settings.max_lines });
         let text = shape::finish(mode, &cut, &cursor);
-        Some(Completion {
+        Some(Ok(Completion {
             text,
             mode,
             reuse: if typed.is_empty() { Reuse::Cache } else { Reuse::TypedAhead },
@@ -421,107 +518,134 @@ impl Completer {
             prompt_ms: 0.0,
             generate_ms: 0.0,
             first_token_ms: 0.0,
-        })
+        }))
     }
 
     /// Cancels the running generations of `path` (a newer, different request arrived).
+    /// Cancels the running generations of `path` (a newer, different request arrived), and every
+    /// running speculation (in any file: the engine is needed for this request).
     fn cancel_running(&self, repo: &str, path: &str) {
         let slots = self.slots.lock().expect("slots lock");
-        for s in slots.iter().filter(|s| s.repo == repo && s.path == path) {
+        for s in slots.iter().filter(|s| s.speculative || (s.repo == repo && s.path == path)) {
             if matches!(*s.state.borrow(), SlotState::Running(_)) {
                 s.task.abort();
             }
         }
     }
 
-    /// Starts a generation in a task of its own (it outlives a cancelled request, for reuse).
+    /// Starts a generation in a slot task (see [`start_slot`]).
     fn start(&self, request: &Request, mode: Mode, gen_request: GenRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
-        let started = Instant::now();
-        let mut generation = self.generator.generate(gen_request)?;
-        let (tx, rx) = watch::channel(SlotState::Running(String::new()));
-        let text = request.text.clone();
-        let offset = request.offset;
-        let limits = Limits { max_lines: self.settings.max_lines };
-        let first_token = Arc::new(std::sync::OnceLock::new());
-        let first = Arc::clone(&first_token);
-        let task = tokio::spawn(async move {
-            let cursor = Cursor::new(&text, offset);
-            let mut raw = String::new();
-            let log = |finish: &crate::generate::Finish| {
-                tracing::debug!(
-                    prompt_tokens = finish.prompt_tokens,
-                    computed = finish.prompt_tokens - finish.reused_prompt_tokens,
-                    generated = finish.generated_tokens,
-                    first_token_ms = ms(finish.time_to_first_token),
-                    decode_ms = ms(finish.total.saturating_sub(finish.time_to_first_token)),
-                    reason = ?finish.reason,
-                    "generation finished"
-                );
-            };
-            let mut finished = false;
-            let result = loop {
-                match generation.next().await {
-                    Some(Event::Text(t)) => {
-                        let _ = first.set(started.elapsed());
-                        raw.push_str(&t);
-                        let (kept, done) = shape::cut(mode, &raw, &cursor, limits);
-                        if done {
-                            break Ok(kept);
-                        }
-                        tx.send_replace(SlotState::Running(raw.clone()));
+        start_slot(&self.generator, &self.slots, Limits { max_lines: self.settings.max_lines }, request, mode, gen_request, snippets, false)
+    }
+}
+
+/// Starts a generation in a task of its own (it outlives a cancelled request, for reuse) and
+/// remembers it among `slots`.
+#[allow(clippy::too_many_arguments)]
+fn start_slot(
+    generator: &Arc<dyn Generator>,
+    slots: &Mutex<Vec<Arc<Slot>>>,
+    limits: Limits,
+    request: &Request,
+    mode: Mode,
+    gen_request: GenRequest,
+    snippets: Vec<Snippet>,
+    speculative: bool,
+) -> Result<Arc<Slot>, GenerateError> {
+    let started = Instant::now();
+    let mut generation = generator.generate(gen_request)?;
+    let (tx, rx) = watch::channel(SlotState::Running(String::new()));
+    let text = request.text.clone();
+    let offset = request.offset;
+    let first_token = Arc::new(std::sync::OnceLock::new());
+    let first = Arc::clone(&first_token);
+    let task = tokio::spawn(async move {
+        let cursor = Cursor::new(&text, offset);
+        let mut raw = String::new();
+        let log = |finish: &crate::generate::Finish| {
+            tracing::debug!(
+                prompt_tokens = finish.prompt_tokens,
+                computed = finish.prompt_tokens - finish.reused_prompt_tokens,
+                generated = finish.generated_tokens,
+                first_token_ms = ms(finish.time_to_first_token),
+                decode_ms = ms(finish.total.saturating_sub(finish.time_to_first_token)),
+                reason = ?finish.reason,
+                "generation finished"
+            );
+        };
+        let mut finished = false;
+        let result = loop {
+            match generation.next().await {
+                Some(Event::Text(t)) => {
+                    let _ = first.set(started.elapsed());
+                    raw.push_str(&t);
+                    let (kept, done) = shape::cut(mode, &raw, &cursor, limits);
+                    if done {
+                        break Ok(kept);
                     }
-                    Some(Event::Done(finish)) => {
-                        log(&finish);
-                        finished = true;
-                        break Ok(shape::cut(mode, &raw, &cursor, limits).0);
-                    }
-                    Some(Event::Error(e)) => break Err(e),
-                    None => break Err("the generation engine stopped".to_owned()),
+                    tx.send_replace(SlotState::Running(raw.clone()));
                 }
-            };
-            tx.send_replace(SlotState::Done(result));
-            // Cut early: the engine stops before its next token and reports what it cost.
-            if !finished {
-                generation.stop();
-                while let Some(event) = generation.next().await {
-                    if let Event::Done(finish) = event {
-                        log(&finish);
-                    }
+                Some(Event::Done(finish)) => {
+                    log(&finish);
+                    finished = true;
+                    break Ok(shape::cut(mode, &raw, &cursor, limits).0);
+                }
+                Some(Event::Error(e)) => break Err(e),
+                None => break Err("the generation engine stopped".to_owned()),
+            }
+        };
+        tx.send_replace(SlotState::Done(result));
+        // Cut early: the engine stops before its next token and reports what it cost.
+        if !finished {
+            generation.stop();
+            while let Some(event) = generation.next().await {
+                if let Event::Done(finish) = event {
+                    log(&finish);
                 }
             }
-        });
-        let slot = Arc::new(Slot {
-            repo: request.repo.clone(),
-            path: request.path.clone(),
-            prefix: request.text[..request.offset].to_owned(),
-            suffix: request.text[request.offset..].to_owned(),
-            mode,
-            state: rx,
-            task: task.abort_handle(),
-            first_token,
-            snippets,
-        });
-        let mut slots = self.slots.lock().expect("slots lock");
-        slots.push(Arc::clone(&slot));
-        if slots.len() > SLOTS {
-            slots.remove(0);
         }
-        Ok(slot)
+    });
+    let slot = Arc::new(Slot {
+        repo: request.repo.clone(),
+        path: request.path.clone(),
+        prefix: request.text[..request.offset].to_owned(),
+        suffix: request.text[request.offset..].to_owned(),
+        mode,
+        state: rx,
+        task: task.abort_handle(),
+        first_token,
+        snippets,
+        speculative,
+    });
+    let mut slots = slots.lock().expect("slots lock");
+    slots.push(Arc::clone(&slot));
+    if slots.len() > SLOTS {
+        slots.remove(0);
+    }
+    Ok(slot)
+}
+
+/// Whether `slot`'s text so far (or in full) begins with `typed`: the user typing it is on its path.
+fn slot_predicts(slot: &Slot, typed: &str) -> bool {
+    match &*slot.state.borrow() {
+        SlotState::Running(sofar) => sofar.starts_with(typed) || typed.starts_with(sofar.as_str()),
+        SlotState::Done(Ok(text)) => text.starts_with(typed),
+        SlotState::Done(Err(_)) => false,
     }
 }
 
 /// Waits for a slot's final text.
-async fn wait(slot: &Slot) -> Result<String, GenerateError> {
+async fn wait(slot: &Slot) -> Result<String, CompleteError> {
     let mut state = slot.state.clone();
     loop {
         if let SlotState::Done(result) = &*state.borrow_and_update() {
-            return result.clone().map_err(GenerateError::Failed);
+            return result.clone().map_err(|e| GenerateError::Failed(e).into());
         }
         if state.changed().await.is_err() {
             // The task was aborted (a newer request) or panicked.
             return match &*state.borrow() {
-                SlotState::Done(result) => result.clone().map_err(GenerateError::Failed),
-                SlotState::Running(_) => Err(GenerateError::Failed("cancelled by a newer request".into())),
+                SlotState::Done(result) => result.clone().map_err(|e| GenerateError::Failed(e).into()),
+                SlotState::Running(_) => Err(CompleteError::Cancelled),
             };
         }
     }
@@ -530,7 +654,7 @@ async fn wait(slot: &Slot) -> Result<String, GenerateError> {
 /// Definitions of names near the cursor first, then the signatures of what the file imports
 /// (`settings.imports`), open buffers, search hits (unless `settings.similar_code` is off);
 /// overlaps removed.
-async fn gather(request: &Request, retrieval: &Retrieval, settings: &config::Completion) -> Vec<Snippet> {
+async fn gather(request: &Request, retrieval: &Retrieval, settings: &config::CompletionSettings) -> Vec<Snippet> {
     let prefix = &request.text[..request.offset];
     let suffix = &request.text[request.offset..];
     let query_start = nth_line_from_end(prefix, QUERY_PREFIX_LINES);

@@ -126,6 +126,55 @@ pub fn decide(language: Language, text: &str, offset: usize) -> Option<Mode> {
     Some(Mode::MultiLine)
 }
 
+/// Lines of the prefix looked at to learn the file's indentation unit.
+const INDENT_LINES: usize = 200;
+
+/// The document as it would be after the user accepts `shown` (one line, completing the cursor's
+/// line) and presses Enter, with the cursor on the new line where an editor's auto-indent puts it:
+/// the line's indentation, one unit deeper after an opening bracket (or a colon in Python). The
+/// text and the new cursor offset; `None` when `shown` is not one line, or text follows the cursor
+/// on its line (accepting would not leave the cursor at the line's end).
+pub fn after_accepting(language: Language, text: &str, offset: usize, shown: &str) -> Option<(String, usize)> {
+    if shown.trim().is_empty() || shown.contains('\n') {
+        return None;
+    }
+    let cursor = Cursor::new(text, offset);
+    if !cursor.line_after.trim().is_empty() {
+        return None;
+    }
+    let mut indent = cursor.indent().to_owned();
+    let line = format!("{}{shown}", cursor.line_before);
+    let line = line.trim_end();
+    let opens = line.ends_with(['{', '(', '['])
+        || (language == Language::Python && line.ends_with(':') && !line.trim_start().starts_with('#'));
+    if opens {
+        indent.push_str(&indent_unit(&text[..offset]));
+    }
+    // The line break the editor inserts is the document's own.
+    let newline = if cursor.suffix.starts_with("\r\n") || (!cursor.suffix.starts_with('\n') && text.contains("\r\n")) { "\r\n" } else { "\n" };
+    let next = format!("{}{shown}{newline}{indent}", &text[..offset]);
+    let at = next.len();
+    Some((next + &text[offset..], at))
+}
+
+/// The file's indentation unit, learnt from the prefix's last lines: a tab if indentation uses
+/// tabs, else the smallest step between the indentations of consecutive lines (4 when unknown).
+fn indent_unit(prefix: &str) -> String {
+    // Comment continuation lines (` * …` in a `/** */` block) are indented by one space: not a step.
+    let lines: Vec<&str> = prefix
+        .lines()
+        .rev()
+        .take(INDENT_LINES)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('*') && !l.trim_start().starts_with("//") && !l.trim_start().starts_with('#'))
+        .collect();
+    if lines.iter().any(|l| l.starts_with('\t')) {
+        return "\t".into();
+    }
+    let widths: Vec<usize> = lines.iter().map(|l| l.len() - l.trim_start_matches(' ').len()).collect();
+    let step = widths.windows(2).filter_map(|w| w[0].checked_sub(w[1]).filter(|d| *d > 0)).min().unwrap_or(4);
+    " ".repeat(step.min(8))
+}
+
 /// Limits of a completion's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

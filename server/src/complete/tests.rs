@@ -104,8 +104,82 @@ fn request(text: &str) -> Request {
     Request { repo: "r".into(), path: "a.rs".into(), language: Language::Rust, text: text.into(), offset: text.len(), buffers: Vec::new() }
 }
 
+/// A completer that does not speculate (these tests count generations; speculation has its own).
 fn completer(generator: Arc<Scripted>) -> Completer {
-    Completer::new(generator, Family::QwenCoder, config::Completion::default())
+    Completer::new(generator, Family::QwenCoder, config::CompletionSettings { speculate: false, ..config::CompletionSettings::default() })
+}
+
+fn speculating(generator: Arc<Scripted>) -> Completer {
+    Completer::new(generator, Family::QwenCoder, config::CompletionSettings::default())
+}
+
+/// Waits until `g` has started `n` generations (a speculation starts in the background).
+async fn until_started(g: &Scripted, n: usize) {
+    for _ in 0..200 {
+        if g.started.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{} generations started, waited for {n}", g.started.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn after_a_suggestion_the_next_line_is_computed_and_answers_the_user_pressing_enter() {
+    let g = Scripted::new(vec!["compute_total(items);"], 1);
+    let c = speculating(Arc::clone(&g));
+    let head = "fn main() {\n    let total = ";
+    let tail = "\n}\n";
+    let mut r = request(&format!("{head}{tail}"));
+    r.offset = head.len();
+    let shown = c.complete(r, &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(shown.text, "compute_total(items);");
+    until_started(&g, 2).await;
+    {
+        let seen = g.seen.lock().unwrap();
+        let spec = &seen[1].prompt;
+        assert!(spec.contains("let total = compute_total(items);\n    <|fim_suffix|>"), "{spec}");
+    }
+    // The user accepts and presses Enter: the request at the new line's indentation is answered
+    // from the speculation, and so is one typing on into what it predicted.
+    let accepted = format!("{head}compute_total(items);\n    ");
+    let mut r = request(&format!("{accepted}{tail}"));
+    r.offset = accepted.len();
+    let next = c.complete(r, &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(next.reuse, Reuse::Cache);
+    // That suggestion was shown too: the line after it is computed next.
+    until_started(&g, 3).await;
+    let mut r = request(&format!("{accepted}comp{tail}"));
+    r.offset = accepted.len() + 4;
+    let typed = c.complete(r, &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!((typed.text.as_str(), typed.reuse), ("ute_total(items);", Reuse::TypedAhead));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(g.started.load(Ordering::SeqCst), 3, "one generation per line shown, none for typing on");
+}
+
+#[tokio::test]
+async fn any_fresh_request_cancels_a_speculation_and_off_means_off() {
+    // Slow enough that the speculation is still running when the next request comes.
+    let g = Scripted::new(vec!["a", "b", "c", "d", "e", "f", "g", "h;"], 40);
+    let c = speculating(Arc::clone(&g));
+    c.complete(request("    let x = "), &Retrieval::default()).await.unwrap().unwrap();
+    until_started(&g, 2).await;
+    // A request elsewhere (another file): the engine is needed there, the speculation stops.
+    let elsewhere = Request { path: "b.rs".into(), ..request("    let y = ") };
+    let other = c.complete(elsewhere, &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(other.reuse, Reuse::Fresh);
+    assert!(g.cancelled.load(Ordering::SeqCst) >= 1, "the speculation was stopped");
+    {
+        let seen = g.seen.lock().unwrap();
+        assert!(seen[1].prompt.contains("let x = abcdefgh;\n    <|fim_suffix|>"), "{}", seen[1].prompt);
+        assert_eq!(seen[1].max_tokens, config::CompletionSettings::default().max_tokens, "a speculation is one line");
+    }
+
+    let g = Scripted::new(vec!["a;"], 1);
+    let c = completer(Arc::clone(&g));
+    c.complete(request("    let x = "), &Retrieval::default()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(g.started.load(Ordering::SeqCst), 1, "completion.speculate = false");
 }
 
 #[tokio::test]
@@ -242,7 +316,7 @@ async fn the_first_request_at_a_new_place_carries_its_context_and_later_ones_kee
 async fn hostile_documents_get_a_bounded_prompt_or_nothing() {
     let g = Scripted::new(vec!["x"], 1);
     let c = completer(Arc::clone(&g));
-    let budget = config::Completion::default().prompt_tokens;
+    let budget = config::CompletionSettings::default().prompt_tokens;
     // A huge file and a 10,000-character line: the prompt stays within its budget.
     let huge: String = (0..50_000).map(|i| format!("let v{i} = {i};\n")).collect();
     let long_line = format!("let s = \"{}\";\nlet t = ", "y".repeat(10_000));
@@ -329,7 +403,7 @@ async fn context_repeating_the_code_at_the_cursor_is_left_out_when_asked() {
     let text = "fn total(cart: &Cart, coupon: &Coupon) -> u64 {\n    let sum = cart.items.iter().map(|item| item.cents).sum();\n    ";
     let request = Request { path: "src/cart.rs".into(), buffers: vec![copy], ..request(text) };
     for (drop_local_repeats, kept) in [(false, 1), (true, 0)] {
-        let settings = config::Completion { drop_local_repeats, ..config::Completion::default() };
+        let settings = config::CompletionSettings { drop_local_repeats, ..config::CompletionSettings::default() };
         let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings);
         c.prepare(&request, &Retrieval::default()).await;
         assert_eq!(c.ring_snippets().len(), kept, "drop_local_repeats = {drop_local_repeats}");
@@ -361,7 +435,7 @@ async fn imported_definitions_reach_the_ring_as_signatures_only_when_asked() {
     let notes = "// (a note)\n".repeat(14);
     let text = format!("use crate::price::apply_loyalty_discount_cents;\nuse crate::cart::Cart;\n{notes}\npub fn checkout(cart: &Cart, percent: u8) -> u64 {{\n    ");
     let request = Request { path: "src/checkout.rs".into(), ..request(&text) };
-    let settings = |imports| config::Completion { imports, similar_code: false, ..config::Completion::default() };
+    let settings = |imports| config::CompletionSettings { imports, similar_code: false, ..config::CompletionSettings::default() };
 
     let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings(true));
     c.prepare(&request, &retrieval).await;

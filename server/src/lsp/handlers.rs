@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
 use tower_lsp_server::ls_types::*;
 
-use super::commands;
 use super::document::{Document, Encoding};
-use super::indexer;
-use super::server::{Root, State};
+use super::ext::{ModelStatus, RootStatus, Started, Status};
+use super::state::{self, Root, State};
+use super::{commands, indexer, to_proto};
 use crate::ask;
 use crate::chunk::Language;
-use crate::complete::{self, Buffer, Completion};
+use crate::complete::{self, Buffer};
 
 /// Open buffers larger than this are not offered as completion context.
 const MAX_BUFFER_BYTES: usize = 512 * 1024;
@@ -43,7 +43,6 @@ fn file_path(uri: &Uri) -> Option<PathBuf> {
 struct Placed {
     range: Range,
     text: String,
-    completion: Completion,
     /// The document as it was completed (a newer edit may have arrived since).
     doc: Document,
 }
@@ -105,8 +104,9 @@ async fn run_completion(
         buffers,
     };
     match completer.complete(request, &retrieval).await {
-        Ok(Some(completion)) => Some(Placed { range, text: lead + &completion.text, completion, doc }),
+        Ok(Some(completion)) => Some(Placed { range, text: lead + &completion.text, doc }),
         Ok(None) => None,
+        Err(complete::CompleteError::Cancelled) => None, // a newer request took over
         Err(e) => {
             tracing::warn!("completion failed: {e}");
             None
@@ -149,14 +149,7 @@ pub(super) async fn inline_completion(state: &Arc<State>, params: InlineCompleti
     let Some(placed) = run_completion(state, &at.text_document.uri, at.position, selected, automatic).await else {
         return Ok(Some(InlineCompletionResponse::Array(Vec::new())));
     };
-    let item = InlineCompletionItem {
-        insert_text: placed.text,
-        filter_text: None,
-        range: Some(placed.range),
-        command: None,
-        insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
-    };
-    Ok(Some(InlineCompletionResponse::Array(vec![item])))
+    Ok(Some(InlineCompletionResponse::Array(vec![to_proto::inline_item(placed.text, placed.range)])))
 }
 
 /// `textDocument/completion`: one item holding the generated text (Helix has no ghost text). The
@@ -174,24 +167,8 @@ pub(super) async fn completion(state: &Arc<State>, params: CompletionParams) -> 
     let text = doc.text();
     let word_start = text[..cursor].rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + text[i..].chars().next().map_or(1, char::len_utf8));
     let word = &text[word_start.min(cursor)..cursor];
-    let new_text = format!("{word}{}", placed.text);
-    let first_line = new_text.lines().next().unwrap_or_default().trim().to_owned();
-    let multi = placed.completion.text.contains('\n');
-    let item = CompletionItem {
-        label: if multi { format!("{first_line} …") } else { first_line.clone() },
-        kind: Some(CompletionItemKind::SNIPPET),
-        detail: Some("kenning".into()),
-        documentation: Some(Documentation::MarkupContent(MarkupContent {
-            kind: MarkupKind::Markdown,
-            value: format!("```{}\n{}\n```", doc.language_id, new_text),
-        })),
-        sort_text: Some("0".into()),
-        filter_text: Some(first_line),
-        preselect: Some(true),
-        insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
-        text_edit: Some(CompletionTextEdit::Edit(TextEdit { range: Range::new(doc.position(word_start, encoding), at.position), new_text })),
-        ..CompletionItem::default()
-    };
+    let range = Range::new(doc.position(word_start, encoding), at.position);
+    let item = to_proto::completion_item(&doc.language_id, word, &placed.text, range);
     Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items: vec![item] })))
 }
 
@@ -241,20 +218,20 @@ pub(super) async fn execute_command(state: &Arc<State>, params: ExecuteCommandPa
                 other => serde_json::from_value(other).map_err(|e| Error::invalid_params(format!("kenning.ask: {e}")))?,
             };
             let token = params.work_done_progress_params.work_done_token;
-            ask_command(state, args, token).await.map(Some)
+            to_value(ask_command(state, args, token).await?).map(Some)
         }
         commands::REINDEX => {
             for root in state.roots() {
                 tokio::spawn(indexer::run(Arc::clone(state), root, false));
             }
-            Ok(Some(json!({"started": true})))
+            to_value(Started { started: true }).map(Some)
         }
-        commands::STATUS => Ok(Some(status(state).await)),
+        commands::STATUS => to_value(status(state).await).map(Some),
         other => Err(Error::invalid_params(format!("unknown command {other}"))),
     }
 }
 
-async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressToken>) -> Result<Value> {
+async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressToken>) -> Result<super::ext::AskResult> {
     let root = match args.uri.as_deref().and_then(|u| u.parse::<Uri>().ok()).and_then(|u| file_path(&u)) {
         Some(path) => state.root_of(&path),
         None => state.roots().into_iter().next(),
@@ -269,7 +246,7 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
     let token = match token {
         Some(t) => Some(t),
         None if state.progress_supported.load(Ordering::Relaxed) => {
-            let t = ProgressToken::String(format!("kenning/ask/{}", rand_suffix()));
+            let t = ProgressToken::String(state::progress_token("ask"));
             state.client.create_work_done_progress(t.clone()).await.ok().map(|()| t)
         }
         None => None,
@@ -309,66 +286,39 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
     if args.show {
         state.client.show_message(MessageType::INFO, answer.render()).await;
     }
-    let sources: Vec<Value> = answer
-        .sources
-        .iter()
-        .map(|s| {
-            let uri = Uri::from_file_path(root.path.join(&s.citation.path)).map(|u| u.as_str().to_owned());
-            json!({
-                "number": s.number,
-                "path": s.citation.path,
-                "startLine": s.citation.start_line,
-                "endLine": s.citation.end_line,
-                "symbol": s.symbol,
-                "cited": s.cited,
-                "uri": uri,
-                "range": Range::new(Position::new(s.citation.start_line.saturating_sub(1), 0), Position::new(s.citation.end_line, 0)),
-            })
-        })
-        .collect();
-    Ok(json!({
-        "question": answer.question,
-        "answer": answer.text,
-        "rendered": answer.render(),
-        "extractive": answer.extractive,
-        "model": answer.model,
-        "sources": sources,
-    }))
+    Ok(to_proto::ask_result(&answer, &root.path))
 }
 
-async fn status(state: &Arc<State>) -> Value {
+async fn status(state: &Arc<State>) -> Status {
     let mut roots = Vec::new();
     for root in state.roots() {
         let error = root.error.lock().expect("error lock").clone();
         // A failed read of the figures (it may be transient, during compaction) is not a failed run.
-        let (stats, stats_error) = match root.store.get() {
+        let (index, index_error) = match root.store.get() {
             Some(store) => match store.stats().await {
-                Ok(s) => (Some(serde_json::to_value(s).unwrap_or(Value::Null)), None),
+                Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(e.to_string())),
             },
             None => (None, None),
         };
-        roots.push(json!({
-            "path": root.path,
-            "indexing": root.indexing.try_lock().is_err(),
-            "embedded": root.embedded.load(Ordering::Relaxed),
-            "index": stats,
-            "index_error": stats_error,
-            "error": error,
-        }));
+        roots.push(RootStatus {
+            path: root.path.clone(),
+            indexing: root.indexing.try_lock().is_err(),
+            embedded: root.embedded.load(Ordering::Relaxed),
+            index,
+            index_error,
+            error,
+        });
     }
     let model = state.model.lock().await;
     let model = model.as_ref().map(|m| match &m.result {
-        Ok(Some(g)) => json!({"loaded": g.model_name()}),
-        Ok(None) => json!({"loaded": null}),
-        Err(e) => json!({"error": e}),
+        Ok(generator) => ModelStatus::Loaded { loaded: generator.as_ref().map(|g| g.model_name().to_owned()) },
+        Err(e) => ModelStatus::Error { error: e.clone() },
     });
-    json!({"roots": roots, "model": model, "encoding": if state.encoding() == Encoding::Utf8 { "utf-8" } else { "utf-16" }})
+    Status { roots, model, encoding: if state.encoding() == Encoding::Utf8 { "utf-8" } else { "utf-16" } }
 }
 
-/// A short unique-enough suffix for progress tokens.
-pub(super) fn rand_suffix() -> String {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+/// A command's typed result as the JSON it is sent as.
+fn to_value(result: impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(result).map_err(|e| internal(format!("kenning: the result cannot be sent: {e}")))
 }

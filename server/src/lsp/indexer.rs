@@ -10,10 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 use tower_lsp_server::ls_types::*;
 
-use super::handlers::rand_suffix;
-use super::server::{Root, State};
+use super::state::{self, Root, State};
+use crate::session;
 use crate::config::FILE_NAME;
-use crate::embed::FastEmbedder;
 use crate::index::{self, IndexOptions, Progress};
 use crate::store::Store;
 use crate::workspace::WalkOptions;
@@ -28,7 +27,7 @@ pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, Stri
     root.store
         .get_or_try_init(|| async {
             let dir = state.paths.index_for(&root.path);
-            let store = Store::open(&dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM)
+            let store = session::open_index(&dir)
                 .await
                 .map_err(|e| format!("cannot open the index of {}: {e}", root.path.display()))?;
             // An index completed by an earlier session is searchable by vector at once.
@@ -187,7 +186,7 @@ async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<
 }
 
 async fn report_progress(state: Arc<State>, name: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<Step>) {
-    let token = ProgressToken::String(format!("kenning/index/{}", rand_suffix()));
+    let token = ProgressToken::String(state::progress_token("index"));
     if state.client.create_work_done_progress(token.clone()).await.is_err() {
         while rx.recv().await.is_some() {}
         return;

@@ -1,14 +1,19 @@
 //! The language server: the only module that knows LSP types.
 //!
-//! `server` holds the state and the `LanguageServer` implementation (each method one line into a
-//! handler); `handlers` turns requests into calls of [`crate::complete`] and [`crate::ask`];
-//! `indexer` keeps each workspace folder's index current in the background; `document` keeps open
-//! buffers. Custom methods and commands are listed in `docs/lsp-extensions.md`.
+//! `server` is the `LanguageServer` implementation (each method one line into a handler); `state`
+//! what the handlers share (folders, documents, configuration, model); `handlers` turns requests
+//! into calls of [`crate::complete`] and [`crate::ask`]; `to_proto` makes LSP values of kenning's;
+//! `ext` types the results of kenning's commands (`docs/lsp-extensions.md` is checked against
+//! them); `indexer` keeps each workspace folder's index current in the background; `document`
+//! keeps open buffers. Imports go one way: server → handlers → indexer → state.
 
 mod document;
+mod ext;
 mod handlers;
 mod indexer;
 mod server;
+mod state;
+mod to_proto;
 mod transport;
 
 pub use document::{Document, Encoding};

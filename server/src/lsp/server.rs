@@ -1,201 +1,22 @@
-//! Server state and the `LanguageServer` implementation. Methods are thin: they delegate to
-//! `handlers` (requests) and `indexer` (keeping indexes current).
+//! The `LanguageServer` implementation. Methods are thin: they delegate to `handlers` (requests)
+//! and `indexer` (keeping indexes current); what they share is [`State`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use serde_json::Value;
 use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer};
 
 use super::commands;
 use super::document::{Document, Encoding};
+use super::state::{Root, State};
 use super::{Options, handlers, indexer};
-use crate::assets::Assets;
-use crate::complete::{Completer, Retrieval};
-use crate::config::{self, Config, Layers};
-use crate::embed::Embedder;
-use crate::generate::{self, Generator};
-use crate::store::Store;
+use crate::config::Layers;
 
 /// Whether a client has asked this process's server to shut down (the exit code of `serve`).
 pub static SHUTDOWN_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// One workspace folder and its index.
-pub(super) struct Root {
-    pub path: PathBuf,
-    pub name: String,
-    pub store: tokio::sync::OnceCell<Arc<Store>>,
-    /// Serializes index runs of this folder.
-    pub indexing: tokio::sync::Mutex<()>,
-    /// A change arrived while a run was going: run again when it ends.
-    pub dirty: AtomicBool,
-    /// Every chunk has its vector (semantic search is complete).
-    pub embedded: AtomicBool,
-    /// Compaction was skipped on the request path and is due when idle.
-    pub optimize_due: AtomicBool,
-    /// Why the last index run failed, until one succeeds (shown by `kenning.status`).
-    pub error: Mutex<Option<String>>,
-}
-
-impl Root {
-    pub fn new(path: PathBuf) -> Self {
-        let name = path.file_name().map_or_else(|| "workspace".to_owned(), |n| n.to_string_lossy().into_owned());
-        Self {
-            path,
-            name,
-            store: tokio::sync::OnceCell::new(),
-            indexing: tokio::sync::Mutex::new(()),
-            dirty: AtomicBool::new(false),
-            embedded: AtomicBool::new(false),
-            optimize_due: AtomicBool::new(false),
-            error: Mutex::new(None),
-        }
-    }
-}
-
-/// The loaded model, for the configuration it was loaded with.
-pub(super) struct Model {
-    pub config: config::Generation,
-    pub result: std::result::Result<Option<Arc<dyn Generator>>, String>,
-    pub completer: Option<Arc<Completer>>,
-}
-
-pub(super) struct State {
-    pub client: Client,
-    pub paths: Paths,
-    pub encoding: RwLock<Encoding>,
-    pub progress_supported: AtomicBool,
-    pub watch_registration: AtomicBool,
-    pub documents: Mutex<HashMap<Uri, Document>>,
-    pub roots: RwLock<Vec<Arc<Root>>>,
-    pub layers: Mutex<Layers>,
-    pub config: RwLock<Config>,
-    /// An error found while reading the configuration before `initialized`.
-    pub config_error: Mutex<Option<String>>,
-    pub model: tokio::sync::Mutex<Option<Model>>,
-    pub embedder: tokio::sync::OnceCell<Option<Arc<dyn Embedder>>>,
-    pub shutting_down: AtomicBool,
-}
-
-use crate::paths::Paths;
-
-impl State {
-    pub fn config(&self) -> Config {
-        self.config.read().expect("config lock").clone()
-    }
-
-    pub fn encoding(&self) -> Encoding {
-        *self.encoding.read().expect("encoding lock")
-    }
-
-    pub fn assets(&self) -> Assets {
-        Assets::new(self.paths.assets())
-    }
-
-    /// The workspace folder holding `path` (the deepest one), if any.
-    pub fn root_of(&self, path: &Path) -> Option<Arc<Root>> {
-        let roots = self.roots.read().expect("roots lock");
-        roots.iter().filter(|r| path.starts_with(&r.path)).max_by_key(|r| r.path.as_os_str().len()).cloned()
-    }
-
-    pub fn roots(&self) -> Vec<Arc<Root>> {
-        self.roots.read().expect("roots lock").clone()
-    }
-
-    /// The model of the current configuration, loading it (once) if needed, and its completer.
-    pub async fn model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, String>, Option<Arc<Completer>>) {
-        let config = self.config();
-        let mut slot = self.model.lock().await;
-        let stale = slot.as_ref().is_none_or(|m| m.config != config.generation);
-        if stale {
-            // Free the old engine before loading the new one (memory), off the async runtime:
-            // dropping an engine waits for its thread.
-            let old = slot.take();
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            let generation = config.generation.clone();
-            let paths = self.paths.clone();
-            let result = tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = &result {
-                self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model: {e}")).await;
-            }
-            *slot = Some(Model { config: config.generation.clone(), result, completer: None });
-        }
-        let model = slot.as_mut().expect("just set");
-        let completer = match &model.result {
-            Ok(Some(generator)) => {
-                let fresh = model.completer.as_ref().is_none_or(|c| *c.settings() != config.completion);
-                if fresh {
-                    model.completer =
-                        Some(Arc::new(Completer::new(Arc::clone(generator), config.generation.family(), config.completion.clone())));
-                }
-                model.completer.clone()
-            }
-            _ => None,
-        };
-        (model.result.clone(), completer)
-    }
-
-    /// The completer, if the model is loaded already (never loads it).
-    pub async fn loaded_completer(&self) -> Option<Arc<Completer>> {
-        self.model.lock().await.as_ref().and_then(|m| m.completer.clone())
-    }
-
-    /// The embedder, loaded once; `None` when embeddings are off or the assets are missing.
-    pub async fn embedder(&self) -> Option<Arc<dyn Embedder>> {
-        self.embedder
-            .get_or_init(|| async {
-                if !self.config().index.embeddings {
-                    return None;
-                }
-                let assets = self.assets();
-                match tokio::task::spawn_blocking(move || crate::embed::FastEmbedder::load(&assets, 0)).await {
-                    Ok(Ok(e)) => Some(Arc::new(e) as Arc<dyn Embedder>),
-                    Ok(Err(e)) => {
-                        self.client
-                            .show_message(MessageType::WARNING, format!("kenning: semantic search is off (keyword search works): {e}"))
-                            .await;
-                        None
-                    }
-                    Err(_) => None,
-                }
-            })
-            .await
-            .clone()
-    }
-
-    /// What completions and questions can search in `root` right now.
-    pub async fn retrieval(&self, root: Option<&Arc<Root>>) -> Retrieval {
-        let Some(root) = root else { return Retrieval::default() };
-        let store = root.store.get().cloned();
-        let embedder = if root.embedded.load(Ordering::Relaxed) { self.embedder.get().cloned().flatten() } else { None };
-        Retrieval { store, embedder }
-    }
-
-    /// Applies a configuration layer; a bad one is reported and ignored.
-    pub async fn set_config_layer(&self, name: &str, value: Value) {
-        let result = {
-            let mut layers = self.layers.lock().expect("layers lock");
-            layers.set(name, value).and_then(|()| layers.resolve())
-        };
-        self.apply_config(result).await;
-    }
-
-    pub async fn apply_config(&self, result: std::result::Result<Config, config::ConfigError>) {
-        match result {
-            Ok(config) => *self.config.write().expect("config lock") = config,
-            Err(e) => {
-                self.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, keeping the previous one: {e}")).await;
-            }
-        }
-    }
-}
 
 /// The language server.
 pub struct Server {
@@ -204,27 +25,13 @@ pub struct Server {
 
 impl Server {
     pub fn new(client: Client, options: Options) -> Self {
-        let state = State {
-            client,
-            paths: options.paths,
-            encoding: RwLock::new(Encoding::Utf16),
-            progress_supported: AtomicBool::new(false),
-            watch_registration: AtomicBool::new(false),
-            documents: Mutex::new(HashMap::new()),
-            roots: RwLock::new(Vec::new()),
-            layers: Mutex::new(Layers::default()),
-            config: RwLock::new(Config::default()),
-            config_error: Mutex::new(None),
-            model: tokio::sync::Mutex::new(None),
-            embedder: tokio::sync::OnceCell::new(),
-            shutting_down: AtomicBool::new(false),
-        };
+        let state = State::new(client, options.paths);
         Self { state: Arc::new(state) }
     }
 
     /// `textDocument/inlineCompletion` (LSP 3.18), registered as a custom method.
     pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
-        handlers::inline_completion(&self.state, params).await
+        guarded("textDocument/inlineCompletion", handlers::inline_completion(&self.state, params)).await
     }
 
     /// What a request that was not a valid JSON-RPC request became (see `transport`): answered
@@ -376,14 +183,53 @@ impl LanguageServer for Server {
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
-        handlers::completion(&self.state, params).await
+        guarded("textDocument/completion", handlers::completion(&self.state, params)).await
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
-        Ok(handlers::code_actions(&self.state, params))
+        guarded("textDocument/codeAction", async { Ok(handlers::code_actions(&self.state, params)) }).await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
-        handlers::execute_command(&self.state, params).await
+        let method = if params.command == commands::ASK { "kenning.ask" } else { "workspace/executeCommand" };
+        guarded(method, handlers::execute_command(&self.state, params)).await
+    }
+}
+
+/// Runs a request's handler inside a tracing span (the method and how long it took), behind a
+/// panic boundary: a handler that panics answers with an internal error; the server goes on.
+async fn guarded<T>(method: &'static str, handler: impl Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let outcome = std::panic::AssertUnwindSafe(handler).catch_unwind().instrument(tracing::debug_span!("request", method)).await;
+    tracing::debug!(method, ms = started.elapsed().as_secs_f64() * 1e3, "handled");
+    outcome.unwrap_or_else(|panic| {
+        let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!(method, "the handler panicked: {message}");
+        Err(tower_lsp_server::jsonrpc::Error {
+            code: tower_lsp_server::jsonrpc::ErrorCode::InternalError,
+            message: format!("kenning: {method} failed inside the server: {message}").into(),
+            data: None,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_error_reply() {
+        let handler = async {
+            let offset: Option<u32> = None;
+            offset.expect("boom at offset 7");
+            Ok(())
+        };
+        let failed: Result<()> = guarded("test/panic", handler).await;
+        let error = failed.unwrap_err();
+        assert_eq!(error.code, tower_lsp_server::jsonrpc::ErrorCode::InternalError);
+        assert!(error.message.contains("test/panic") && error.message.contains("boom at offset 7"), "{}", error.message);
+        assert_eq!(guarded("test/ok", async { Ok(3) }).await.unwrap(), 3);
     }
 }

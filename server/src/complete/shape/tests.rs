@@ -125,3 +125,35 @@ fn a_loop_is_stopped_after_its_first_copy() {
     let block = "fn f() {\n    $0\n}\n";
     check_cut(Mode::MultiLine, block, "a();\n    a();\n    a();\n    a();\n    ", "a();\n    ", true);
 }
+
+#[test]
+fn accepting_a_line_and_pressing_enter_keeps_or_deepens_the_indentation() {
+    let (text, at) = at_cursor("fn main() {\n    let total = $0\n}\n");
+    let (next, cursor) = after_accepting(Language::Rust, &text, at, "prices.iter().sum();").unwrap();
+    assert_eq!(next, "fn main() {\n    let total = prices.iter().sum();\n    \n}\n");
+    assert_eq!(&next[cursor..], "\n}\n");
+
+    // After an opening brace, one unit deeper: the file's unit (2 spaces here), or a tab.
+    let (text, at) = at_cursor("fn main() {\n  let a = 1;\n  if a > 0 $0\n}\n");
+    let (next, cursor) = after_accepting(Language::Rust, &text, at, "{").unwrap();
+    assert!(next[..cursor].ends_with("  if a > 0 {\n    "), "{next:?}");
+    let (text, at) = at_cursor("fn main() {\n\tfor x in xs $0\n}\n");
+    let (next, cursor) = after_accepting(Language::Rust, &text, at, "{").unwrap();
+    assert!(next[..cursor].ends_with("{\n\t\t"), "{next:?}");
+    // A doc comment's ` * ` lines are not the unit; a CRLF file gets CRLF.
+    let (text, at) = at_cursor("class A {\n    /**\n     * Docs.\n     */\n    void f() $0\r\n}\r\n");
+    let (next, cursor) = after_accepting(Language::Java, &text, at, "{").unwrap();
+    assert!(next[..cursor].ends_with("void f() {\r\n        "), "{next:?}");
+    let (text, at) = at_cursor("def f(xs):\n    for x in $0\n");
+    let (next, cursor) = after_accepting(Language::Python, &text, at, "xs:").unwrap();
+    assert!(next[..cursor].ends_with("for x in xs:\n        "), "{next:?}");
+}
+
+#[test]
+fn no_next_line_when_the_suggestion_is_a_block_or_text_follows_the_cursor() {
+    let (text, at) = at_cursor("fn main() {\n    call($0);\n}\n");
+    assert_eq!(after_accepting(Language::Rust, &text, at, "x"), None);
+    let (text, at) = at_cursor("fn main() {\n    $0\n}\n");
+    assert_eq!(after_accepting(Language::Rust, &text, at, "let a = 1;\n    let b = 2;"), None);
+    assert_eq!(after_accepting(Language::Rust, &text, at, "   "), None);
+}

@@ -1,4 +1,4 @@
-//! Measuring completions: the per-task figures (exact match, edit similarity) and paired
+//! The statistics of an evaluation: the per-task figures (exact match, edit similarity) and paired
 //! comparisons of two runs on the same tasks, with 95 % bootstrap intervals clustered by file.
 //!
 //! Two configurations (with and without retrieval, with and without an adapter) are compared

@@ -1,0 +1,208 @@
+//! What the language server knows: its workspace folders and their indexes, open documents, the
+//! configuration, the loaded model and completer. Handlers and the indexer work on it; nothing here
+//! knows about requests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tower_lsp_server::Client;
+use tower_lsp_server::ls_types::{MessageType, Uri};
+
+use super::document::{Document, Encoding};
+use crate::complete::{Completer, Retrieval};
+use crate::config::{self, Config, Layers};
+use crate::embed::Embedder;
+use crate::generate::Generator;
+use crate::paths::Paths;
+use crate::session;
+use crate::store::Store;
+
+/// One workspace folder and its index.
+pub(super) struct Root {
+    pub path: PathBuf,
+    pub name: String,
+    pub store: tokio::sync::OnceCell<Arc<Store>>,
+    /// Serializes index runs of this folder.
+    pub indexing: tokio::sync::Mutex<()>,
+    /// A change arrived while a run was going: run again when it ends.
+    pub dirty: AtomicBool,
+    /// Every chunk has its vector (semantic search is complete).
+    pub embedded: AtomicBool,
+    /// Compaction was skipped on the request path and is due when idle.
+    pub optimize_due: AtomicBool,
+    /// Why the last index run failed, until one succeeds (shown by `kenning.status`).
+    pub error: Mutex<Option<String>>,
+}
+
+impl Root {
+    pub fn new(path: PathBuf) -> Self {
+        let name = session::workspace_name(&path);
+        Self {
+            path,
+            name,
+            store: tokio::sync::OnceCell::new(),
+            indexing: tokio::sync::Mutex::new(()),
+            dirty: AtomicBool::new(false),
+            embedded: AtomicBool::new(false),
+            optimize_due: AtomicBool::new(false),
+            error: Mutex::new(None),
+        }
+    }
+}
+
+/// The loaded model, for the configuration it was loaded with.
+pub(super) struct Model {
+    pub config: config::Generation,
+    pub result: std::result::Result<Option<Arc<dyn Generator>>, String>,
+    pub completer: Option<Arc<Completer>>,
+}
+
+pub(super) struct State {
+    pub client: Client,
+    pub paths: Paths,
+    pub encoding: RwLock<Encoding>,
+    pub progress_supported: AtomicBool,
+    pub watch_registration: AtomicBool,
+    pub documents: Mutex<HashMap<Uri, Document>>,
+    pub roots: RwLock<Vec<Arc<Root>>>,
+    pub layers: Mutex<Layers>,
+    pub config: RwLock<Config>,
+    /// An error found while reading the configuration before `initialized`.
+    pub config_error: Mutex<Option<String>>,
+    pub model: tokio::sync::Mutex<Option<Model>>,
+    pub embedder: tokio::sync::OnceCell<Option<Arc<dyn Embedder>>>,
+    pub shutting_down: AtomicBool,
+}
+
+impl State {
+    pub fn new(client: Client, paths: Paths) -> Self {
+        Self {
+            client,
+            paths,
+            encoding: RwLock::new(Encoding::Utf16),
+            progress_supported: AtomicBool::new(false),
+            watch_registration: AtomicBool::new(false),
+            documents: Mutex::new(HashMap::new()),
+            roots: RwLock::new(Vec::new()),
+            layers: Mutex::new(Layers::default()),
+            config: RwLock::new(Config::default()),
+            config_error: Mutex::new(None),
+            model: tokio::sync::Mutex::new(None),
+            embedder: tokio::sync::OnceCell::new(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        *self.encoding.read().expect("encoding lock")
+    }
+
+    /// The workspace folder holding `path` (the deepest one), if any.
+    pub fn root_of(&self, path: &Path) -> Option<Arc<Root>> {
+        let roots = self.roots.read().expect("roots lock");
+        roots.iter().filter(|r| path.starts_with(&r.path)).max_by_key(|r| r.path.as_os_str().len()).cloned()
+    }
+
+    pub fn roots(&self) -> Vec<Arc<Root>> {
+        self.roots.read().expect("roots lock").clone()
+    }
+
+    /// The model of the current configuration, loading it (once) if needed, and its completer.
+    pub async fn model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, String>, Option<Arc<Completer>>) {
+        let config = self.config();
+        let mut slot = self.model.lock().await;
+        let stale = slot.as_ref().is_none_or(|m| m.config != config.generation);
+        if stale {
+            // Free the old engine before loading the new one (memory), off the async runtime:
+            // dropping an engine waits for its thread.
+            let old = slot.take();
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            let result = session::load_generator(&config.generation, &self.paths).await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model: {e}")).await;
+            }
+            *slot = Some(Model { config: config.generation.clone(), result, completer: None });
+        }
+        let model = slot.as_mut().expect("just set");
+        let completer = match &model.result {
+            Ok(Some(generator)) => {
+                let fresh = model.completer.as_ref().is_none_or(|c| *c.settings() != config.completion);
+                if fresh {
+                    model.completer =
+                        Some(Arc::new(Completer::new(Arc::clone(generator), config.generation.family(), config.completion.clone())));
+                }
+                model.completer.clone()
+            }
+            _ => None,
+        };
+        (model.result.clone(), completer)
+    }
+
+    /// The completer, if the model is loaded already (never loads it).
+    pub async fn loaded_completer(&self) -> Option<Arc<Completer>> {
+        self.model.lock().await.as_ref().and_then(|m| m.completer.clone())
+    }
+
+    /// The embedder, loaded once; `None` when embeddings are off or the assets are missing.
+    pub async fn embedder(&self) -> Option<Arc<dyn Embedder>> {
+        self.embedder
+            .get_or_init(|| async {
+                if !self.config().index.embeddings {
+                    return None;
+                }
+                let paths = self.paths.clone();
+                match tokio::task::spawn_blocking(move || session::load_embedder(&paths, 0)).await {
+                    Ok(Ok(e)) => Some(e),
+                    Ok(Err(e)) => {
+                        self.client
+                            .show_message(MessageType::WARNING, format!("kenning: semantic search is off (keyword search works): {e}"))
+                            .await;
+                        None
+                    }
+                    Err(_) => None,
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// What completions and questions can search in `root` right now.
+    pub async fn retrieval(&self, root: Option<&Arc<Root>>) -> Retrieval {
+        let Some(root) = root else { return Retrieval::default() };
+        let store = root.store.get().cloned();
+        let embedder = if root.embedded.load(Ordering::Relaxed) { self.embedder.get().cloned().flatten() } else { None };
+        Retrieval { store, embedder }
+    }
+
+    /// Applies a configuration layer; a bad one is reported and ignored.
+    pub async fn set_config_layer(&self, name: &str, value: Value) {
+        let result = {
+            let mut layers = self.layers.lock().expect("layers lock");
+            layers.set(name, value).and_then(|()| layers.resolve())
+        };
+        self.apply_config(result).await;
+    }
+
+    pub async fn apply_config(&self, result: std::result::Result<Config, config::ConfigError>) {
+        match result {
+            Ok(config) => *self.config.write().expect("config lock") = config,
+            Err(e) => {
+                self.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, keeping the previous one: {e}")).await;
+            }
+        }
+    }
+}
+
+/// A progress token unique in this process: `kenning/<kind>/<pid>-<n>`.
+pub(super) fn progress_token(kind: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("kenning/{kind}/{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

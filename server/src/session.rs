@@ -1,0 +1,48 @@
+//! Opening a workspace, the same way for both front-ends (the CLI and the language server): its
+//! name, its index, the embedding model and the generation model. Each is loaded by one function
+//! here; the front-ends decide when (the server lazily, once per folder or configuration) and how
+//! to report a failure.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::assets::Assets;
+use crate::config;
+use crate::embed::{EmbedError, Embedder, FastEmbedder};
+use crate::generate::{self, GenerateError, Generator};
+use crate::paths::Paths;
+use crate::store::{Store, StoreError};
+
+/// The workspace's name, as prompts show it (`<repo_name>`): its folder's name.
+pub fn workspace_name(root: &Path) -> String {
+    root.file_name().map_or_else(|| "workspace".to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Opens (or creates) the index at `dir`, for the embedding model kenning bundles.
+pub async fn open_index(dir: &Path) -> Result<Store, StoreError> {
+    Store::open(dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await
+}
+
+/// Loads the embedding model from the installed assets (`threads` 0: all cores).
+pub fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>, EmbedError> {
+    Ok(Arc::new(FastEmbedder::load(&Assets::new(paths.assets()), threads)?))
+}
+
+/// Loads the configured generation model (`None`: generation is off), off the async runtime.
+pub async fn load_generator(generation: &config::Generation, paths: &Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
+    let (generation, paths) = (generation.clone(), paths.clone());
+    tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths))
+        .await
+        .map_err(|e| GenerateError::Failed(format!("loading the model stopped: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workspace_is_named_by_its_folder() {
+        assert_eq!(workspace_name(Path::new("/home/me/shop")), "shop");
+        assert_eq!(workspace_name(Path::new("/")), "workspace");
+    }
+}
