@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use crate::chunk::{self, Language};
 use crate::prompt::Family;
+use crate::rng::SplitMix64;
 use crate::workspace::{self, SourceFile, WalkItem, WalkOptions};
 
 /// Bytes per token assumed when no tokenizer is at hand (the prompt budget uses the same estimate).
@@ -223,7 +224,7 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
         dataset.files.insert(file.meta.rel_path.clone(), split);
         let language = Language::from_path(&file.meta.rel_path);
         let mut examples = next_token_examples(&file.text, options);
-        let mut rng = Rng::new(options.seed ^ hash64(file.meta.rel_path.as_bytes()));
+        let mut rng = SplitMix64::new(options.seed ^ hash64(file.meta.rel_path.as_bytes()));
         if options.family.has_fim() {
             examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
         }
@@ -294,10 +295,10 @@ pub fn eval_tasks(root: &Path, files: &[String], count: usize, seed: u64) -> Vec
                 !["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c))
             })
             .collect();
-        let mut rng = Rng::new(seed ^ hash64(path.as_bytes()));
+        let mut rng = SplitMix64::new(seed ^ hash64(path.as_bytes()));
         // A shuffled order per file (Fisher–Yates), taken from the front.
         for i in (1..lines.len()).rev() {
-            lines.swap(i, rng.below(i + 1));
+            lines.swap(i, rng.below_by_remainder(i + 1));
         }
         if !lines.is_empty() {
             per_file.push((path.clone(), text, lines));
@@ -476,7 +477,7 @@ fn candidates(language: Language, text: &str) -> [Vec<(usize, usize)>; 4] {
     found
 }
 
-fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOptions, rng: &mut Rng) -> Vec<(Option<SpanKind>, String)> {
+fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOptions, rng: &mut SplitMix64) -> Vec<(Option<SpanKind>, String)> {
     let found = candidates(language, text);
     let wanted = ((text.len() as f64 / 1000.0) * options.fim_per_kb).ceil().max(1.0) as usize;
     let budget = budget(options);
@@ -486,12 +487,12 @@ fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOpt
         if out.len() >= wanted {
             break;
         }
-        let kind = rng.below(4);
+        let kind = rng.below_by_remainder(4);
         let list = &found[kind];
         if list.is_empty() {
             continue;
         }
-        let (s, e) = list[rng.below(list.len())];
+        let (s, e) = list[rng.below_by_remainder(list.len())];
         if !used.insert((s, e)) || e - s > budget / 2 {
             continue;
         }
@@ -533,27 +534,6 @@ fn floor_char(text: &str, mut at: usize) -> usize {
 fn hash64(bytes: &[u8]) -> u64 {
     let h = blake3::hash(bytes);
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-}
-
-/// splitmix64: reproducible choices from the seed and the file path.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod lsp;
 pub mod paths;
 pub mod prompt;
 pub mod retrieve;
+mod rng;
 pub mod secrets;
 pub mod session;
 pub mod store;

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rng::SplitMix64;
+
 /// Bootstrap resamples behind an interval.
 pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
 /// A task counts as helped (hurt) when its edit similarity moved up (down) by more than this.
@@ -113,7 +115,7 @@ fn cluster_bootstrap(clusters: &[(f64, f64, usize)], resamples: usize, seed: u64
         if n == 0 { (0.0, 0.0) } else { (s1 / n as f64, s2 / n as f64) }
     };
     let (mean1, mean2) = total(&mut clusters.iter());
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let (mut first, mut second) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
     for _ in 0..resamples {
         let mut pick = (0..clusters.len()).map(|_| &clusters[rng.below(clusters.len())]);
@@ -172,24 +174,6 @@ pub fn edit_similarity(a: &str, b: &str) -> f64 {
     1.0 - row[b.len()] as f64 / longest as f64
 }
 
-/// A small, seeded generator (SplitMix64): the same seed gives the same intervals.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,7 +201,7 @@ mod tests {
     fn independent_tasks_give_the_normal_interval() {
         // One task per file, differences drawn from a fixed pseudo-random sample: the bootstrap's
         // 95 % interval is the mean ± 1.96 standard errors, within a tenth of its half-width.
-        let mut rng = SplitMix64(7);
+        let mut rng = SplitMix64::new(7);
         let n = 400;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut diffs = Vec::new();
