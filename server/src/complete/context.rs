@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::scope;
+use crate::chunk::Chunk;
 use crate::embed::Embedder;
 use crate::prompt::{Snippet, Source};
 use crate::retrieve::{self, SearchRequest};
@@ -94,27 +95,60 @@ pub fn defined_name(symbol: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// Chunks defining one name read at most (a name defined in more places is ambiguous anyway).
+/// Chunks defining one name read at most. A name defined in this many places or more (`new`,
+/// `fmt`, `run`) is ambiguous: no definition of it is offered (any one would be a guess, and an
+/// unrelated body in the prompt pulls the model off).
 const DEFINITIONS_PER_NAME: usize = 8;
 
-/// Looks each identifier up in the index and keeps the chunks that define it (not in `current`).
+/// Looks each identifier up in the index and keeps the chunks that define it (not in `current`),
+/// the nearest to `current` first ([`nearest_definitions`]).
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
         let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
-        found
+        let found: Vec<Chunk> = found.into_iter().filter(|c| defined_name(&c.symbol) == name.as_str()).collect();
+        nearest_definitions(found, current, per_name)
             .into_iter()
-            .filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str())
-            .take(per_name)
-            .map(|c| Snippet {
-                text: c.text,
-                path: c.path,
-                start_line: c.start_line,
-                end_line: c.end_line,
-                source: Source::Definition,
-            })
+            .map(|c| Snippet { text: c.text, path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Definition })
             .collect::<Vec<_>>()
     });
     futures::future::join_all(lookups).await.into_iter().flatten().collect()
+}
+
+/// Of the chunks defining one name, the `per_name` a file at `current` most likely means: none if
+/// the name is ambiguous (defined in [`DEFINITIONS_PER_NAME`] places or more), none in `current`
+/// itself, none in test code unless `current` is test code (code outside tests cannot call it),
+/// and the rest by how many leading directories their path shares with `current` (a module's
+/// neighbours first: tokio's multi-thread scheduler means its own `Handle`), then in the order given.
+pub fn nearest_definitions(found: Vec<Chunk>, current: &str, per_name: usize) -> Vec<Chunk> {
+    if found.len() >= DEFINITIONS_PER_NAME {
+        return Vec::new();
+    }
+    let in_tests = is_test_path(current);
+    let mut kept: Vec<Chunk> = found.into_iter().filter(|c| c.path != current && (in_tests || !is_test_path(&c.path))).collect();
+    kept.sort_by_key(|c| std::cmp::Reverse(shared_dirs(&c.path, current)));
+    kept.truncate(per_name);
+    kept
+}
+
+/// Leading directories two `/`-separated paths share.
+fn shared_dirs(a: &str, b: &str) -> usize {
+    let (a, b) = (a.rsplit_once('/').map_or("", |(d, _)| d), b.rsplit_once('/').map_or("", |(d, _)| d));
+    a.split('/').zip(b.split('/')).take_while(|(x, y)| !x.is_empty() && x == y).count()
+}
+
+/// Whether a workspace path is test code: under a `tests`, `test`, `testing` or `__tests__`
+/// directory, or named like a test file (`test_*.py`, `*_test.go`, `*.test.ts`, `*_spec.rb`).
+pub fn is_test_path(path: &str) -> bool {
+    let mut parts = path.split('/').rev();
+    let file = parts.next().unwrap_or("");
+    let stem = file.split('.').next().unwrap_or(file);
+    parts.any(|d| matches!(d, "tests" | "test" | "testing" | "__tests__"))
+        || stem.starts_with("test_")
+        || stem.ends_with("_test")
+        || stem.ends_with("_tests")
+        || stem.ends_with("_spec")
+        || file.contains(".test.")
+        || file.contains(".spec.")
 }
 
 /// The signatures of `names` (imported by the file at `current`) from their definitions in the
@@ -224,6 +258,7 @@ pub fn dedupe(snippets: Vec<Snippet>) -> Vec<Snippet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::Language;
 
     #[test]
     fn identifiers_nearest_the_cursor_come_first() {
@@ -254,6 +289,44 @@ mod tests {
         assert_eq!(found[0].path, "src/discount.rs");
         assert!(found[0].text.contains("fn apply_discount"));
         assert!(found[0].end_line >= 61 && found[0].start_line <= 61, "{:?}", (found[0].start_line, found[0].end_line));
+    }
+
+    fn chunk(path: &str) -> Chunk {
+        let text = "pub struct Handle;".to_owned();
+        let (id, content_hash) = (path.to_owned(), String::new());
+        Chunk { id, path: path.into(), language: Language::Rust, start_byte: 0, end_byte: text.len(), start_line: 1, end_line: 1, symbol: "struct Handle".into(), text, content_hash }
+    }
+
+    #[test]
+    fn the_definition_nearest_the_file_is_chosen_and_ambiguous_or_test_ones_are_not() {
+        let current = "src/runtime/scheduler/multi_thread/trace.rs";
+        let found = vec![
+            chunk("src/runtime/handle.rs"),
+            chunk("tests/support/handle.rs"),
+            chunk("src/runtime/scheduler/multi_thread/handle.rs"),
+            chunk("src/runtime/scheduler/current_thread/mod.rs"),
+        ];
+        let paths = |v: Vec<Chunk>| v.into_iter().map(|c| c.path).collect::<Vec<_>>();
+        assert_eq!(paths(nearest_definitions(found.clone(), current, 1)), ["src/runtime/scheduler/multi_thread/handle.rs"]);
+        assert_eq!(
+            paths(nearest_definitions(found.clone(), current, 9)),
+            ["src/runtime/scheduler/multi_thread/handle.rs", "src/runtime/scheduler/current_thread/mod.rs", "src/runtime/handle.rs"],
+            "test code is left out, ties keep their order"
+        );
+        assert_eq!(paths(nearest_definitions(found.clone(), "tests/rt_common.rs", 1)), ["tests/support/handle.rs"]);
+        let everywhere: Vec<Chunk> = (0..DEFINITIONS_PER_NAME).map(|i| chunk(&format!("src/m{i}.rs"))).collect();
+        assert!(nearest_definitions(everywhere, current, 1).is_empty(), "a name defined everywhere is a guess");
+        assert!(nearest_definitions(vec![chunk(current)], current, 1).is_empty());
+    }
+
+    #[test]
+    fn test_paths_are_recognised() {
+        for p in ["tests/rt.rs", "pkg/test/a.py", "test_cli.py", "src/app_test.go", "web/a.test.ts", "spec/x_spec.rb", "src/__tests__/a.js"] {
+            assert!(is_test_path(p), "{p}");
+        }
+        for p in ["src/testing_utils_helper.rs", "src/latest.rs", "contest/a.rs", "src/attest.py"] {
+            assert!(!is_test_path(p), "{p}");
+        }
     }
 
     #[test]

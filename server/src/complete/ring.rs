@@ -3,7 +3,7 @@
 //!
 //! Snippets are gathered on events (a file is completed in for the first time, the cursor moved
 //! far, a file was opened or saved), not per keystroke. New ones are appended; the oldest are
-//! evicted when the ring is over its token budget; a snippet overlapping or nearly repeating one
+//! evicted when the ring is over its token budget; a snippet overlapping or nearly copying one
 //! already there is dropped, and so is one that mostly repeats the code at the cursor (it pulls
 //! the model into copying it). Prompts render the ring in its order, oldest first, so appending
 //! costs only what follows, and an eviction from the front is a deletion the engine shifts over
@@ -19,6 +19,11 @@ use super::context;
 /// snippet already in the ring, or of the code around the cursor (llama.vim drops context chunks
 /// more than half similar to the cursor's text).
 pub const MAX_SIMILARITY: f64 = 0.5;
+/// Snippets more alike than this to one already in the ring are near-copies of it and dropped.
+/// Only near-copies: parallel code (`read_to_end`, `read_to_string`, `read_until` beside the
+/// `read_exact` being written) shares most identifiers and is the example that helps most; at
+/// [`MAX_SIMILARITY`] such siblings were dropped as copies of each other.
+pub const MAX_RING_SIMILARITY: f64 = 0.9;
 /// Lines around the cursor that make "the code at the cursor" for [`MAX_SIMILARITY`].
 const LOCAL_LINES: usize = 20;
 
@@ -38,6 +43,19 @@ impl Ring {
     /// completed is in the prompt already, newer).
     pub fn snippets_for(&self, path: &str) -> Vec<Snippet> {
         self.chunks.iter().filter(|s| s.path != path).cloned().collect()
+    }
+
+    /// Sets the token budget (the room a place's prompt leaves for context), evicting the oldest
+    /// snippets if the ring is over it.
+    pub fn resize(&mut self, budget: usize) {
+        self.budget = budget;
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.tokens() > self.budget && !self.chunks.is_empty() {
+            self.chunks.remove(0);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -66,7 +84,7 @@ impl Ring {
             let repeats_local = jaccard(&ids, &local_ids) > MAX_SIMILARITY;
             let known = self.chunks.iter().chain(&added).any(|c: &Snippet| {
                 (c.path == snippet.path && c.start_line <= snippet.end_line && snippet.start_line <= c.end_line)
-                    || jaccard(&identifiers(&c.text), &ids) > MAX_SIMILARITY
+                    || jaccard(&identifiers(&c.text), &ids) > MAX_RING_SIMILARITY
             });
             if !repeats_local && !known {
                 added.push(snippet);
@@ -78,9 +96,7 @@ impl Ring {
         // Best first among the new ones is written last, nearest the cursor.
         added.reverse();
         self.chunks.extend(added);
-        while self.tokens() > self.budget && !self.chunks.is_empty() {
-            self.chunks.remove(0);
-        }
+        self.evict();
         true
     }
 
@@ -198,6 +214,8 @@ mod tests {
         assert_eq!(paths(&ring), ["cart.rs:1"]);
         let renamed = "pub struct Cart { pub items: Vec<Item>, pub coupon: Option<Coupon>, }";
         assert!(!ring.add(vec![snippet("cart_copy.rs", 1, renamed)], ""), "a near-duplicate of a ring snippet");
+        let sibling = "pub struct Order { pub items: Vec<Item>, pub coupon: Option<Coupon> }";
+        assert!(ring.add(vec![snippet("order.rs", 1, sibling)], ""), "parallel code is an example, not a copy");
     }
 
     #[test]

@@ -34,9 +34,10 @@ const SUFFIX_SHARE: f64 = 0.15;
 /// keystroke; the suffix-first layout that would avoid it ruins Qwen2.5-Coder's completions
 /// (measured: README, "Ghost text while typing").
 pub const MAX_SUFFIX_TOKENS: usize = 80;
-/// Prefix and suffix budgets of a new place's first requests ([`Budget::first_request`]).
-const FIRST_PREFIX_TOKENS: usize = 192;
-const FIRST_SUFFIX_TOKENS: usize = 48;
+/// Shares of a new place's first-request budget (`completion.first_prompt_tokens`) for the prefix
+/// and the suffix ([`Budget::first_request`]); the rest is new context ([`first_context`]).
+const FIRST_PREFIX_SHARE: f64 = 0.375;
+const FIRST_SUFFIX_SHARE: f64 = 0.094;
 /// The prefix is cut at line numbers that are multiples of this (see [`anchored_tail`]).
 pub const PREFIX_ANCHOR_LINES: usize = 16;
 
@@ -151,11 +152,30 @@ impl Budget {
         Self { prefix, suffix, context: total.saturating_sub(prefix + suffix + Self::OVERHEAD) }
     }
 
-    /// The budget of the first requests at a new place, before its full prompt is cached: a short
-    /// prefix window and suffix (what a first ghost text can afford to compute on a CPU).
-    pub fn first_request(self) -> Self {
-        Self { prefix: self.prefix.min(FIRST_PREFIX_TOKENS), suffix: self.suffix.min(FIRST_SUFFIX_TOKENS), context: self.context }
+    /// The context's room at a place: what the prefix and suffix there leave of `total` (a cursor
+    /// near the start of a file, or a short file, leaves more), never less than this budget's
+    /// fixed share. Set once per place, so it does not move with typing.
+    pub fn context_at(self, total: usize, prefix: &str, suffix: &str) -> usize {
+        let local = estimate_tokens(anchored_tail(prefix, self.prefix)) + estimate_tokens(head_lines(suffix, self.suffix));
+        total.saturating_sub(local + Self::OVERHEAD).max(self.context)
     }
+
+    /// The budget of the first requests at a new place, before its full prompt is cached, out of
+    /// `first` tokens (`completion.first_prompt_tokens`): a short prefix window and suffix (what a
+    /// first ghost text can afford to compute on a CPU). The ring keeps its budget: what it held
+    /// before is cached already; what a new place adds is [`first_context`].
+    pub fn first_request(self, first: usize) -> Self {
+        let prefix = (first as f64 * FIRST_PREFIX_SHARE) as usize;
+        let suffix = (first as f64 * FIRST_SUFFIX_SHARE) as usize;
+        Self { prefix: self.prefix.min(prefix), suffix: self.suffix.min(suffix), context: self.context }
+    }
+}
+
+/// The context a new place's first request adds to the ring, out of `first` tokens
+/// (`completion.first_prompt_tokens`): what its prefix and suffix shares and the markers leave.
+pub fn first_context(first: usize) -> usize {
+    let shares = (first as f64 * (FIRST_PREFIX_SHARE + FIRST_SUFFIX_SHARE)) as usize;
+    first.saturating_sub(shares + Budget::OVERHEAD)
 }
 
 /// Builds a fill-in-the-middle prompt whose context is the ring's snippets, all of them, in the

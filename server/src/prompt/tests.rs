@@ -304,3 +304,32 @@ fn a_stable_prompt_keeps_every_ring_snippet_in_order_whatever_the_prefix() {
     }
     assert_eq!(starts.len(), 1, "the context part never changes while typing");
 }
+
+#[test]
+fn a_first_request_budget_shares_its_tokens_and_never_exceeds_the_full_one() {
+    let full = Budget::split(1_536);
+    for first in [64, 256, 512, 1_024, 4_096] {
+        let short = full.first_request(first);
+        assert!(short.prefix <= full.prefix && short.suffix <= full.suffix, "{first}: {short:?}");
+        assert_eq!(short.context, full.context, "the ring keeps its budget");
+        // What a first request computes at most: its prefix, suffix, markers and new context.
+        let computed = short.prefix + short.suffix + first_context(first) + 24;
+        assert!(computed <= first, "{first}: {computed}");
+        assert!(computed + 2 >= first.min(512), "{first}: {computed} (only rounding is lost)");
+    }
+    let default = full.first_request(512);
+    assert_eq!((default.prefix, default.suffix, first_context(512)), (192, 48, 248));
+}
+
+#[test]
+fn the_context_gets_the_room_a_short_prefix_leaves_and_never_less_than_its_share() {
+    let budget = Budget::split(1_536);
+    let short = "fn main() {\n    let x = 1;\n";
+    let room = budget.context_at(1_536, short, "}\n");
+    assert!(room > budget.context + 600, "{room} vs {}", budget.context);
+    let long: String = (0..400).map(|i| format!("let value_{i} = compute({i});\n")).collect();
+    let room = budget.context_at(1_536, &long, &long);
+    // A full prefix and suffix leave the fixed share, and what the prefix window's 16-line anchor
+    // gives back (at most 15 lines of about 9 tokens).
+    assert!(room >= budget.context && room <= budget.context + 15 * 9, "{room} vs {}", budget.context);
+}
