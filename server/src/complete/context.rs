@@ -95,8 +95,8 @@ pub fn defined_name(symbol: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// Chunks defining one name read at most. A name defined in this many places or more (`new`,
-/// `fmt`, `run`) is ambiguous: no definition of it is offered (any one would be a guess, and an
+/// Chunks defining one name read at most. A name with this many defining chunks or more (`new`,
+/// `fmt`, `run`; an `impl` block counts, so a type with many impls counts too) is ambiguous: no definition of it is offered (any one would be a guess, and an
 /// unrelated body in the prompt pulls the model off).
 const DEFINITIONS_PER_NAME: usize = 8;
 
@@ -115,7 +115,7 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
 }
 
 /// Of the chunks defining one name, the `per_name` a file at `current` most likely means: none if
-/// the name is ambiguous (defined in [`DEFINITIONS_PER_NAME`] places or more), none in `current`
+/// the name is ambiguous ([`DEFINITIONS_PER_NAME`] defining chunks or more), none in `current`
 /// itself, none in test code unless `current` is test code (code outside tests cannot call it),
 /// and the rest by how many leading directories their path shares with `current` (a module's
 /// neighbours first: tokio's multi-thread scheduler means its own `Handle`), then in the order given.
@@ -137,12 +137,14 @@ fn shared_dirs(a: &str, b: &str) -> usize {
 }
 
 /// Whether a workspace path is test code: under a `tests`, `test`, `testing` or `__tests__`
-/// directory, or named like a test file (`test_*.py`, `*_test.go`, `*.test.ts`, `*_spec.rb`).
+/// directory, or named like a test file (Rust's `tests.rs`, `test_*.py`, `*_test.go`, `*.test.ts`,
+/// `*_spec.rb`).
 pub fn is_test_path(path: &str) -> bool {
     let mut parts = path.split('/').rev();
     let file = parts.next().unwrap_or("");
     let stem = file.split('.').next().unwrap_or(file);
     parts.any(|d| matches!(d, "tests" | "test" | "testing" | "__tests__"))
+        || matches!(stem, "tests" | "test")
         || stem.starts_with("test_")
         || stem.ends_with("_test")
         || stem.ends_with("_tests")
@@ -321,7 +323,7 @@ mod tests {
 
     #[test]
     fn test_paths_are_recognised() {
-        for p in ["tests/rt.rs", "pkg/test/a.py", "test_cli.py", "src/app_test.go", "web/a.test.ts", "spec/x_spec.rb", "src/__tests__/a.js"] {
+        for p in ["tests/rt.rs", "pkg/test/a.py", "test_cli.py", "src/app_test.go", "web/a.test.ts", "spec/x_spec.rb", "src/__tests__/a.js", "src/prompt/tests.rs"] {
             assert!(is_test_path(p), "{p}");
         }
         for p in ["src/testing_utils_helper.rs", "src/latest.rs", "contest/a.rs", "src/attest.py"] {

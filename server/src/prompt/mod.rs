@@ -154,7 +154,9 @@ impl Budget {
 
     /// The context's room at a place: what the prefix and suffix there leave of `total` (a cursor
     /// near the start of a file, or a short file, leaves more), never less than this budget's
-    /// fixed share. Set once per place, so it does not move with typing.
+    /// fixed share. Set once per place, so it does not move with typing: typing on at that place
+    /// grows the prefix towards its window, so the prompt can outgrow `total` by up to the prefix
+    /// share (the engine's context window still bounds it, keeping the end).
     pub fn context_at(self, total: usize, prefix: &str, suffix: &str) -> usize {
         let local = estimate_tokens(anchored_tail(prefix, self.prefix)) + estimate_tokens(head_lines(suffix, self.suffix));
         total.saturating_sub(local + Self::OVERHEAD).max(self.context)
