@@ -96,8 +96,9 @@ pub fn defined_name(symbol: &str) -> &str {
 }
 
 /// Chunks defining one name read at most. A name with this many defining chunks or more (`new`,
-/// `fmt`, `run`; an `impl` block counts, so a type with many impls counts too) is ambiguous: no definition of it is offered (any one would be a guess, and an
-/// unrelated body in the prompt pulls the model off).
+/// `fmt`, `run`; an `impl` block counts, so a type with many impls counts too) is ambiguous: no
+/// definition of it is offered (any one would be a guess, and an unrelated body in the prompt
+/// pulls the model off).
 const DEFINITIONS_PER_NAME: usize = 8;
 
 /// Looks each identifier up in the index and keeps the chunks that define it (not in `current`),

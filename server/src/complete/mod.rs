@@ -13,9 +13,10 @@
 //!
 //! A new place's prompt grows in two steps, so the first ghost text there does not wait for the
 //! whole prompt: the first requests use a small budget (`completion.first_prompt_tokens`: a short
-//! prefix window and suffix, and only the new context that fits [`prompt::first_context`]); when the user pauses, the rest of the context
-//! joins the ring and the full prompt is put into the engine's cache by a warm-up. Once that has
-//! completed the place is *warm* and requests use the full budget, already cached.
+//! prefix window and suffix, and only the new context that fits [`prompt::first_context`]); when
+//! the user pauses, the rest of the context joins the ring and the full prompt is put into the
+//! engine's cache by a warm-up. Once that has completed the place is *warm* and requests use the
+//! full budget, already cached.
 
 pub mod context;
 pub mod ring;
@@ -192,8 +193,7 @@ pub struct Completer {
 
 impl Completer {
     pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::CompletionSettings) -> Self {
-        let budget = Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens);
-        let context = ContextState { ring: Ring::new(budget.context), ..ContextState::default() };
+        let context = ContextState { ring: Ring::new(full_budget(&settings).context), ..ContextState::default() };
         Self { generator, family, settings, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default() }
     }
 
@@ -234,14 +234,13 @@ impl Completer {
     /// into their file) the fixed share alone (664 tokens) gave 47.9 % edit similarity, this 52.3 %
     /// (README, "Completions").
     fn context_room(&self, request: &Request) -> usize {
-        let budget = Budget::with_suffix(self.settings.prompt_tokens, self.settings.suffix_tokens);
         let (prefix, suffix) = request.text.split_at(request.offset);
-        budget.context_at(self.settings.prompt_tokens, prefix, suffix)
+        full_budget(&self.settings).context_at(self.settings.prompt_tokens, prefix, suffix)
     }
 
     /// How prompts are built: the full budget once the place is warm, else the first-request one.
     fn prompt_shape(&self, warm: bool) -> PromptShape {
-        let budget = Budget::with_suffix(self.settings.prompt_tokens, self.settings.suffix_tokens);
+        let budget = full_budget(&self.settings);
         PromptShape {
             family: self.family,
             layout: self.settings.layout,
@@ -717,6 +716,11 @@ async fn gather(request: &Request, retrieval: &Retrieval, settings: &config::Com
         crate::secrets::redact(&mut s.text);
     }
     context::dedupe(all)
+}
+
+/// The budget of a warm place's prompt under `settings`.
+fn full_budget(settings: &config::CompletionSettings) -> Budget {
+    Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens)
 }
 
 /// How this completer's prompts are built (copied into background tasks).
