@@ -140,46 +140,62 @@ impl LanguageServer for Server {
     }
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
-        let doc = params.text_document;
-        let document = Document::new(&doc.text, doc.version, doc.language_id);
-        self.state.documents.lock().expect("documents lock").insert(doc.uri, document);
+        noted("textDocument/didOpen", &self.state, async {
+            let doc = params.text_document;
+            let document = Document::new(&doc.text, doc.version, doc.language_id);
+            self.state.documents.lock().expect("documents lock").insert(doc.uri, document);
+        })
+        .await;
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
-        // Applied synchronously under the lock, in the order the notifications were dispatched.
-        let encoding = self.state.encoding();
-        let mut documents = self.state.documents.lock().expect("documents lock");
-        let uri = params.text_document.uri;
-        match documents.get_mut(&uri) {
-            Some(doc) => {
-                if let Err(e) = doc.apply(params.text_document.version, &params.content_changes, encoding) {
-                    tracing::warn!("{}: {e}", uri.as_str());
+        // Applied synchronously under the lock (the first poll), in the order the notifications
+        // were dispatched.
+        noted("textDocument/didChange", &self.state, async {
+            let encoding = self.state.encoding();
+            let mut documents = self.state.documents.lock().expect("documents lock");
+            let uri = params.text_document.uri;
+            match documents.get_mut(&uri) {
+                Some(doc) => {
+                    if let Err(e) = doc.apply(params.text_document.version, &params.content_changes, encoding) {
+                        tracing::warn!("{}: {e}", uri.as_str());
+                    }
                 }
+                None => tracing::warn!("change to a document that is not open: {}", uri.as_str()),
             }
-            None => tracing::warn!("change to a document that is not open: {}", uri.as_str()),
-        }
+        })
+        .await;
     }
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
-        self.state.documents.lock().expect("documents lock").remove(&params.text_document.uri);
+        noted("textDocument/didClose", &self.state, async {
+            self.state.documents.lock().expect("documents lock").remove(&params.text_document.uri);
+        })
+        .await;
     }
 
     async fn did_save(&self, params: DidSaveTextDocumentParams) {
-        handlers::saved(&self.state, &params.text_document.uri).await;
-        indexer::changed(&self.state, &[params.text_document.uri]).await;
+        noted("textDocument/didSave", &self.state, async {
+            handlers::saved(&self.state, &params.text_document.uri).await;
+            indexer::changed(&self.state, &[params.text_document.uri]).await;
+        })
+        .await;
     }
 
     async fn did_change_watched_files(&self, params: DidChangeWatchedFilesParams) {
-        let uris: Vec<Uri> = params.changes.into_iter().map(|c| c.uri).collect();
-        indexer::changed(&self.state, &uris).await;
+        noted("workspace/didChangeWatchedFiles", &self.state, async {
+            let uris: Vec<Uri> = params.changes.into_iter().map(|c| c.uri).collect();
+            indexer::changed(&self.state, &uris).await;
+        })
+        .await;
     }
 
     async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
-        self.state.set_config_layer("workspace/didChangeConfiguration", params.settings).await;
+        noted("workspace/didChangeConfiguration", &self.state, self.state.set_config_layer("workspace/didChangeConfiguration", params.settings)).await;
     }
 
     async fn did_change_workspace_folders(&self, params: DidChangeWorkspaceFoldersParams) {
-        indexer::folders_changed(&self.state, params.event).await;
+        noted("workspace/didChangeWorkspaceFolders", &self.state, indexer::folders_changed(&self.state, params.event)).await;
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
@@ -199,19 +215,38 @@ impl LanguageServer for Server {
 /// Runs a request's handler inside a tracing span (the method and how long it took), behind a
 /// panic boundary: a handler that panics answers with an internal error; the server goes on.
 async fn guarded<T>(method: &'static str, handler: impl Future<Output = Result<T>>) -> Result<T> {
-    use futures::FutureExt;
-    use tracing::Instrument;
-    let started = std::time::Instant::now();
-    let outcome = std::panic::AssertUnwindSafe(handler).catch_unwind().instrument(tracing::debug_span!("request", method)).await;
-    tracing::debug!(method, ms = started.elapsed().as_secs_f64() * 1e3, "handled");
-    outcome.unwrap_or_else(|panic| {
-        let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
-        tracing::error!(method, "the handler panicked: {message}");
+    caught(method, handler).await.unwrap_or_else(|message| {
         Err(tower_lsp_server::jsonrpc::Error {
             code: tower_lsp_server::jsonrpc::ErrorCode::InternalError,
             message: format!("kenning: {method} failed inside the server: {message}").into(),
             data: None,
         })
+    })
+}
+
+/// The same boundary for a notification (a panic there would otherwise stop the whole server: the
+/// transport polls every handler on its own task). There is no reply to carry the error: it is
+/// logged, and the open documents' lock, which a panic while editing a document poisons, is
+/// cleared with every document dropped (their text is no longer known; the editor's next change
+/// or open brings them back, until then they get no completions).
+async fn noted(method: &'static str, state: &State, handler: impl Future<Output = ()>) {
+    if caught(method, handler).await.is_err() && state.documents.is_poisoned() {
+        state.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        state.documents.clear_poison();
+    }
+}
+
+/// Runs `handler` in a tracing span, timed; a panic inside becomes `Err(its message)`, logged.
+async fn caught<T>(method: &'static str, handler: impl Future<Output = T>) -> std::result::Result<T, String> {
+    use futures::FutureExt;
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let outcome = std::panic::AssertUnwindSafe(handler).catch_unwind().instrument(tracing::debug_span!("request", method)).await;
+    tracing::debug!(method, ms = started.elapsed().as_secs_f64() * 1e3, "handled");
+    outcome.map_err(|panic| {
+        let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!(method, "the handler panicked: {message}");
+        message
     })
 }
 
@@ -231,5 +266,30 @@ mod tests {
         assert_eq!(error.code, tower_lsp_server::jsonrpc::ErrorCode::InternalError);
         assert!(error.message.contains("test/panic") && error.message.contains("boom at offset 7"), "{}", error.message);
         assert_eq!(guarded("test/ok", async { Ok(3) }).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_notification_is_logged_and_leaves_a_usable_document_table() {
+        let mut captured = None;
+        let (_service, _socket) = tower_lsp_server::LspService::new(|client| {
+            let server = Server::new(client, crate::lsp::Options { paths: crate::paths::Paths::with_root(std::env::temp_dir()) });
+            captured = Some(Arc::clone(&server.state));
+            server
+        });
+        let state = captured.expect("the service built its server");
+        let uri: Uri = "file:///tmp/a.rs".parse().unwrap();
+        state.documents.lock().unwrap().insert(uri.clone(), Document::new("fn a() {}\n", 1, "rust"));
+        // A handler that panics while holding the documents' lock (a bug in applying an edit).
+        noted("textDocument/didChange", &state, async {
+            let _documents = state.documents.lock().expect("documents lock");
+            panic!("boom inside an edit");
+        })
+        .await;
+        // The server goes on: the lock is usable, the document whose text is unknown is gone.
+        assert!(!state.documents.is_poisoned());
+        assert!(state.documents.lock().expect("usable again").is_empty());
+        // A notification that does not panic changes nothing of that.
+        noted("textDocument/didClose", &state, async {}).await;
+        assert!(!state.documents.is_poisoned());
     }
 }
