@@ -91,7 +91,7 @@ async fn openai_backend_streams_from_mlx_lm_server_and_drives_completions() {
     let nowhere = HttpGenerator::new(Api::OpenAi, &format!("http://127.0.0.1:{}", free_port()), "m", None, Family::Plain).unwrap();
     let mut generation = nowhere.generate(Request::new("x")).unwrap();
     match tokio::time::timeout(Duration::from_secs(30), generation.next()).await.unwrap() {
-        Some(Event::Error(e)) => assert!(e.contains("127.0.0.1"), "{e}"),
+        Some(Event::Error(e)) => assert!(e.to_string().contains("127.0.0.1"), "{e}"),
         other => panic!("{other:?}"),
     }
 

@@ -98,7 +98,7 @@ pub async fn ask(
                 on_text(&t);
             }
             Some(Event::Done(_)) => break,
-            Some(Event::Error(e)) => return Err(GenerateError::Failed(e).into()),
+            Some(Event::Error(e)) => return Err(GenerateError::from(e).into()),
             None => return Err(GenerateError::EngineGone.into()),
         }
     }

@@ -33,7 +33,7 @@ pub async fn load_generator(generation: &config::Generation, paths: &Paths) -> R
     let (generation, paths) = (generation.clone(), paths.clone());
     tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths))
         .await
-        .map_err(|e| GenerateError::Failed(format!("loading the model stopped: {e}")))?
+        .map_err(|e| GenerateError::Task(format!("loading the model: {e}")))?
 }
 
 #[cfg(test)]

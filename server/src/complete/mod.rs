@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::chunk::Language;
 use crate::config;
 use crate::embed::Embedder;
-use crate::generate::{Event, GenerateError, Generator, Request as GenRequest, Sampling};
+use crate::generate::{EngineError, Event, GenerateError, Generator, Request as GenRequest, Sampling};
 use crate::prompt::{self, Budget, Family, FimInput, Layout, Snippet};
 use crate::store::Store;
 use ring::Ring;
@@ -130,7 +130,7 @@ pub struct Completion {
 #[derive(Debug, Clone)]
 enum SlotState {
     Running(String),
-    Done(Result<String, String>),
+    Done(Result<String, EngineError>),
 }
 
 struct Slot {
@@ -272,7 +272,7 @@ impl Completer {
             let r = Arc::clone(&request);
             tokio::task::spawn_blocking(move || shape::decide(r.language, &r.text, r.offset))
                 .await
-                .map_err(|e| GenerateError::Failed(e.to_string()))?
+                .map_err(|e| GenerateError::Task(e.to_string()))?
         };
         let Some(mode) = mode else { return Ok(None) };
         let prefix = &request.text[..request.offset];
@@ -602,7 +602,7 @@ fn start_slot(
                     break Ok(shape::cut(mode, &raw, &cursor, limits).0);
                 }
                 Some(Event::Error(e)) => break Err(e),
-                None => break Err("the generation engine stopped".to_owned()),
+                None => break Err(EngineError::Stopped),
             }
         };
         tx.send_replace(SlotState::Done(result));
@@ -650,12 +650,12 @@ async fn wait(slot: &Slot) -> Result<String, CompleteError> {
     let mut state = slot.state.clone();
     loop {
         if let SlotState::Done(result) = &*state.borrow_and_update() {
-            return result.clone().map_err(|e| GenerateError::Failed(e).into());
+            return result.clone().map_err(|e| GenerateError::from(e).into());
         }
         if state.changed().await.is_err() {
             // The task was aborted (a newer request) or panicked.
             return match &*state.borrow() {
-                SlotState::Done(result) => result.clone().map_err(|e| GenerateError::Failed(e).into()),
+                SlotState::Done(result) => result.clone().map_err(|e| GenerateError::from(e).into()),
                 SlotState::Running(_) => Err(CompleteError::Cancelled),
             };
         }

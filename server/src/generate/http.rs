@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher};
 use crate::prompt::{self, Family};
 
 /// Time allowed to connect to the server.
@@ -36,7 +36,7 @@ impl HttpGenerator {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| GenerateError::Failed(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| EngineError::Http { url: url.to_owned(), reason: format!("cannot build an HTTP client: {e}") })?;
         Ok(Self { api, base: url.trim_end_matches('/').to_owned(), model: model.to_owned(), api_key, family, client })
     }
 
@@ -105,7 +105,7 @@ impl Generator for HttpGenerator {
 
     fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
         let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| GenerateError::Failed("HTTP generation needs a Tokio runtime".into()))?;
+            .map_err(|_| GenerateError::NoRuntime)?;
         let (generation, sink) = Generation::channel();
         let (url, body) = self.body(&request);
         let mut http = self.client.post(&url).json(&body);
@@ -115,7 +115,7 @@ impl Generator for HttpGenerator {
         let api = self.api;
         runtime.spawn(async move {
             if let Err(e) = stream(api, http, &request, &sink).await {
-                sink.send(Event::Error(format!("{url}: {e}")));
+                sink.send(Event::Error(EngineError::Http { url, reason: e }));
             }
         });
         Ok(generation)

@@ -27,7 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::model::RopeType;
 
 use super::engine::{EngineThread, Job, Jobs, Ready, delegate_generator};
-use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Utf8Stream, Warmed, reuse};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Utf8Stream, Warmed, reuse};
 
 /// Most tokens llama.cpp takes in one call (the context's batch size).
 const MAX_BATCH: u32 = 512;
@@ -173,7 +173,7 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
             Ok(finish) => sink.send(Event::Done(finish)),
             Err(e) => {
                 session.reset();
-                sink.send(Event::Error(e));
+                sink.send(Event::Error(EngineError::Llama(e)));
             }
         }
     }

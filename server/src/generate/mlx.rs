@@ -10,7 +10,7 @@ use kenning_training::lora::Lora;
 use kenning_training::text::{Sampling as MlxSampling, Session, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
-use super::{Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Warmed};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Warmed};
 use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
@@ -117,6 +117,6 @@ fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink)
                 total: started.elapsed(),
             }));
         }
-        Err(e) => sink.send(Event::Error(e.to_string())),
+        Err(e) => sink.send(Event::Error(EngineError::Mlx(e.to_string()))),
     }
 }

@@ -30,10 +30,38 @@ pub enum GenerateError {
     Load { path: PathBuf, reason: String },
     #[error("unknown model `{0}`: give a path to a GGUF file or one of {names}", names = BundledModel::names())]
     UnknownModel(String),
+    #[error("this build has no MLX engine: build kenning with `--features mlx`")]
+    NoMlx,
+    #[error("LoRA adapter {path}: {reason}")]
+    Adapter { path: PathBuf, reason: String },
+    #[error("HTTP generation needs a Tokio runtime")]
+    NoRuntime,
+    /// The engine failed while generating.
     #[error("generation failed: {0}")]
-    Failed(String),
+    Engine(#[from] EngineError),
+    /// The task running a generation or loading a model died (a panic, or aborted).
+    #[error("the generation task stopped: {0}")]
+    Task(String),
     #[error("the generation engine has stopped")]
     EngineGone,
+}
+
+/// Why a running generation failed, as [`Event::Error`] carries it (cloneable: every request
+/// waiting on one generation gets it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// llama.cpp refused a batch or a cache operation.
+    #[error("llama.cpp: {0}")]
+    Llama(String),
+    /// MLX raised an exception.
+    #[error("MLX: {0}")]
+    Mlx(String),
+    /// An HTTP model server could not be reached, or answered with an error or unreadable text.
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    /// The engine's events ended without a result (its thread or task is gone).
+    #[error("the generation engine stopped")]
+    Stopped,
 }
 
 /// The models `scripts/setup` installs, by the names users type.
@@ -87,11 +115,14 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         #[cfg(feature = "mlx")]
         G::Mlx { model, adapter, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?, adapter.as_deref())?),
         #[cfg(not(feature = "mlx"))]
-        G::Mlx { .. } => return Err(GenerateError::Failed("this build has no MLX engine: build kenning with `--features mlx`".into())),
+        G::Mlx { .. } => return Err(GenerateError::NoMlx),
         G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, .. } => {
             let path = BundledModel::resolve(model, assets)?;
             // An adapter directory (kenning-train, mlx_lm) is converted to llama.cpp's format first.
-            let lora = adapter.as_deref().map(lora_gguf::for_llama).transpose().map_err(|e| GenerateError::Failed(format!("LoRA adapter: {e}")))?;
+            let lora = match adapter.as_deref() {
+                Some(path) => Some(lora_gguf::for_llama(path).map_err(|e| GenerateError::Adapter { path: path.to_owned(), reason: e.to_string() })?),
+                None => None,
+            };
             let mut options = llama::LlamaOptions { context: *context, lora, shift_cache: *shift_cache, ..llama::LlamaOptions::default() };
             if *threads > 0 {
                 options.threads = *threads;
@@ -214,7 +245,7 @@ impl Finish {
 pub enum Event {
     Text(String),
     Done(Finish),
-    Error(String),
+    Error(EngineError),
 }
 
 /// A running generation. Dropping it cancels the work.
@@ -253,7 +284,7 @@ impl Generation {
             match event {
                 Event::Text(t) => text.push_str(&t),
                 Event::Done(finish) => return Ok((text, finish)),
-                Event::Error(e) => return Err(GenerateError::Failed(e)),
+                Event::Error(e) => return Err(e.into()),
             }
         }
         Err(GenerateError::EngineGone)
