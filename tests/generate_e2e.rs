@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
-use kenning::generate::{BundledModel, Event, FinishReason, GenerateError, Generator, Request, SpecialToken};
+use kenning::generate::{BundledModel, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
 use kenning::paths::Paths;
 
 fn load(model: &str) -> LlamaEngine {
@@ -29,7 +29,7 @@ fn fim(engine: &dyn Generator, prefix: &str, suffix: &str) -> String {
 fn greedy_fim_completes_an_obvious_rust_body() {
     let engine = qwen();
     let prompt = fim(engine, "/// Returns the larger of two numbers.\nfn max(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
-    let request = Request { max_tokens: 40, stop: vec!["\n}".into()], ..Request::new(prompt) };
+    let request = GenerationRequest { max_tokens: 40, stop: vec!["\n}".into()], ..GenerationRequest::new(prompt) };
     let (text, finish) = engine.generate(request).unwrap().collect_blocking().unwrap();
     let code: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
@@ -46,7 +46,7 @@ fn healing_makes_the_output_begin_with_the_typed_part_of_a_word_and_leaves_it_ou
     assert!(engine.heals());
     let prompt = fim(engine, "fn main() {\n    let numbers = vec![3, 1, 2];\n    ", "\n}\n");
     let greedy = |heal: &str| {
-        let request = Request { max_tokens: 10, heal: heal.into(), ..Request::new(prompt.clone()) };
+        let request = GenerationRequest { max_tokens: 10, heal: heal.into(), ..GenerationRequest::new(prompt.clone()) };
         engine.generate(request).unwrap().collect_blocking().unwrap().0
     };
     let free = greedy("");
@@ -72,7 +72,7 @@ fn qwen_names_its_fim_and_repo_tokens_and_smollm_has_none() {
     let small = load("smollm2-135m");
     assert_eq!(small.special(SpecialToken::FimPrefix), None);
     let (text, finish) = small
-        .generate(Request { max_tokens: 8, ..Request::new("The capital of France is") })
+        .generate(GenerationRequest { max_tokens: 8, ..GenerationRequest::new("The capital of France is") })
         .unwrap()
         .collect_blocking()
         .unwrap();
@@ -87,7 +87,7 @@ fn a_shared_prefix_is_not_computed_again_and_gives_the_same_tokens() {
     let body: String = (0..40).map(|i| format!("fn helper_{i}(x: u32) -> u32 {{ x + {i} }}\n")).collect();
     let first = fim(&engine, &format!("{body}/// The smaller of two numbers.\nfn min(a: u32, b: u32) -> u32 {{\n    "), "\n}\n");
     let second = fim(&engine, &format!("{body}/// The larger of two numbers.\nfn max(a: u32, b: u32) -> u32 {{\n    "), "\n}\n");
-    let request = |p: &str| Request { max_tokens: 12, ..Request::new(p) };
+    let request = |p: &str| GenerationRequest { max_tokens: 12, ..GenerationRequest::new(p) };
 
     let (_, cold) = engine.generate(request(&first)).unwrap().collect_blocking().unwrap();
     assert_eq!(cold.reused_prompt_tokens, 0);
@@ -109,11 +109,11 @@ fn a_shared_prefix_is_not_computed_again_and_gives_the_same_tokens() {
 #[test]
 fn dropping_a_generation_frees_the_engine() {
     let engine = load("smollm2-135m");
-    let mut endless = engine.generate(Request { max_tokens: 1_000_000, ..Request::new("Count: 1, 2, 3,") }).unwrap();
+    let mut endless = engine.generate(GenerationRequest { max_tokens: 1_000_000, ..GenerationRequest::new("Count: 1, 2, 3,") }).unwrap();
     assert!(matches!(endless.next_blocking(), Some(Event::Text(_))));
     drop(endless);
     // If the first generation went on, this one would wait for a million tokens.
-    let next = engine.generate(Request { max_tokens: 4, ..Request::new("Hello") }).unwrap();
+    let next = engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new("Hello") }).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(next.collect_blocking()));
     let (_, finish) = rx.recv_timeout(Duration::from_secs(120)).expect("the engine is still busy").unwrap();
@@ -155,7 +155,7 @@ fn ring_prompt(engine: &dyn Generator, ring: &[usize]) -> String {
 #[test]
 fn an_evicted_ring_snippet_costs_less_than_the_ring_and_shifted_entries_agree_with_cold() {
     let engine = load("qwen2.5-coder-0.5b");
-    let request = |p: &str| Request { max_tokens: 8, stop: vec!["\n".into()], ..Request::new(p) };
+    let request = |p: &str| GenerationRequest { max_tokens: 8, stop: vec!["\n".into()], ..GenerationRequest::new(p) };
     let full = ring_prompt(&engine, &[1, 2, 3]);
     let evicted = ring_prompt(&engine, &[2, 3]);
     engine.generate(request(&full)).unwrap().collect_blocking().unwrap();
@@ -190,7 +190,7 @@ fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_re
     let warm_time = started.elapsed();
     assert!(warmed.complete && warmed.computed == warmed.cached && warmed.cached > 500, "{warmed:?}");
     // Warmed: the same prompt plus what follows is not computed again.
-    let (_, finish) = engine.generate(Request { max_tokens: 2, ..Request::new(long.clone()) }).unwrap().collect_blocking().unwrap();
+    let (_, finish) = engine.generate(GenerationRequest { max_tokens: 2, ..GenerationRequest::new(long.clone()) }).unwrap().collect_blocking().unwrap();
     assert!(finish.prompt_tokens - finish.reused_prompt_tokens <= 2, "{finish:?}");
 
     // Another warm-up (a different ring: everything computed again), and a generation right behind it.
@@ -198,7 +198,7 @@ fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_re
     let warming = engine.warm(other).unwrap();
     let waiter = std::thread::spawn(move || (warming.done_blocking(), std::time::Instant::now()));
     let sent = std::time::Instant::now();
-    let (_, finish) = engine.generate(Request { max_tokens: 4, ..Request::new(short) }).unwrap().collect_blocking().unwrap();
+    let (_, finish) = engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new(short) }).unwrap().collect_blocking().unwrap();
     let generated_at = std::time::Instant::now();
     let answered = generated_at - sent;
     let (outcome, warm_done_at) = waiter.join().unwrap();
@@ -216,7 +216,7 @@ fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_re
 #[test]
 fn two_places_keep_their_caches_and_a_warm_up_survives_the_requests_between_pauses() {
     let engine = load("qwen2.5-coder-0.5b");
-    let run = |prompt: &str| engine.generate(Request { max_tokens: 2, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap().1;
+    let run = |prompt: &str| engine.generate(GenerationRequest { max_tokens: 2, ..GenerationRequest::new(prompt) }).unwrap().collect_blocking().unwrap().1;
     let computed = |f: &kenning::generate::Finish| f.prompt_tokens - f.reused_prompt_tokens;
     let a = ring_prompt(&engine, &[1, 2]);
     let b = fim(&engine, "/// Adds two numbers.\nfn add(a: i32, b: i32) -> i32 {\n    ", "\n}\n");

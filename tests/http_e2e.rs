@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::lsp::{Client, test_cache};
 use kenning::generate::http::{Api, HttpGenerator};
-use kenning::generate::{Event, FinishReason, Generator, Request};
+use kenning::generate::{Event, FinishReason, Generator, GenerationRequest};
 use kenning::prompt::Family;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +56,7 @@ fn mlx_server() -> MlxServer {
     server
 }
 
-async fn collect(generator: &dyn Generator, request: Request) -> (Vec<String>, FinishReason) {
+async fn collect(generator: &dyn Generator, request: GenerationRequest) -> (Vec<String>, FinishReason) {
     let mut generation = generator.generate(request).unwrap();
     let mut pieces = Vec::new();
     loop {
@@ -74,14 +74,14 @@ async fn openai_backend_streams_from_mlx_lm_server_and_drives_completions() {
     let server = mlx_server();
     let generator = HttpGenerator::new(Api::OpenAi, &server.url, "default_model", None, Family::Plain).unwrap();
 
-    let (pieces, reason) = collect(&generator, Request { max_tokens: 8, ..Request::new("The capital of France is") }).await;
+    let (pieces, reason) = collect(&generator, GenerationRequest { max_tokens: 8, ..GenerationRequest::new("The capital of France is") }).await;
     let text = pieces.concat();
     assert!(text.contains("Paris"), "{text:?}");
     assert!(pieces.len() > 1, "streamed in pieces: {pieces:?}");
     assert_eq!(reason, FinishReason::Length);
 
     // Stop sequences are honoured even when the server does not match them itself.
-    let request = Request { max_tokens: 24, stop: vec!["7".into()], ..Request::new("1, 2, 3, 4, 5,") };
+    let request = GenerationRequest { max_tokens: 24, stop: vec!["7".into()], ..GenerationRequest::new("1, 2, 3, 4, 5,") };
     let (pieces, reason) = collect(&generator, request).await;
     let text = pieces.concat();
     assert!(text.contains('6') && !text.contains('7'), "{text:?}");
@@ -89,7 +89,7 @@ async fn openai_backend_streams_from_mlx_lm_server_and_drives_completions() {
 
     // A bad URL is an error event, not a hang or a panic.
     let nowhere = HttpGenerator::new(Api::OpenAi, &format!("http://127.0.0.1:{}", free_port()), "m", None, Family::Plain).unwrap();
-    let mut generation = nowhere.generate(Request::new("x")).unwrap();
+    let mut generation = nowhere.generate(GenerationRequest::new("x")).unwrap();
     match tokio::time::timeout(Duration::from_secs(30), generation.next()).await.unwrap() {
         Some(Event::Error(e)) => assert!(e.to_string().contains("127.0.0.1"), "{e}"),
         other => panic!("{other:?}"),
@@ -161,10 +161,10 @@ async fn ollama_backend_sends_a_raw_prompt_and_reads_ndjson() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let responder = tokio::spawn(ollama_responder(listener));
     let generator = HttpGenerator::new(Api::Ollama, &url, "qwen2.5-coder:0.5b", None, Family::QwenCoder).unwrap();
-    let request = Request {
+    let request = GenerationRequest {
         max_tokens: 16,
         stop: vec!["\n}".into()],
-        ..Request::new("<|fim_prefix|>fn add(a: i32, b: i32) -> i32 {\n    <|fim_suffix|>\n}<|fim_middle|>")
+        ..GenerationRequest::new("<|fim_prefix|>fn add(a: i32, b: i32) -> i32 {\n    <|fim_suffix|>\n}<|fim_middle|>")
     };
     let (pieces, reason) = collect(&generator, request).await;
     assert_eq!(pieces.concat(), "a + b");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::mlx::{MlxEngine, resolve};
-use kenning::generate::{BundledModel, Event, FinishReason, Generator, Request, fused_gguf, lora_gguf};
+use kenning::generate::{BundledModel, Event, FinishReason, Generator, GenerationRequest, fused_gguf, lora_gguf};
 use kenning::paths::Paths;
 use kenning_training::lora::Target;
 use kenning_training::model::Config;
@@ -26,7 +26,7 @@ fn llama_cpp_and_mlx_agree_on_greedy_tokens() {
     for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
         // The first greedy tokens: later ones may part where two logits are within the engines'
         // numeric differences (llama.cpp's quantized kernels against dequantized f32 weights).
-        let request = Request { max_tokens: 4, ..Request::new(prompt) };
+        let request = GenerationRequest { max_tokens: 4, ..GenerationRequest::new(prompt) };
         let (from_llama, _) = llama.generate(request.clone()).unwrap().collect_blocking().unwrap();
         let (from_mlx, finish) = mlx.generate(request).unwrap().collect_blocking().unwrap();
         assert_eq!(from_mlx, from_llama, "prompt {prompt:?}");
@@ -51,7 +51,7 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
         // Greedy tokens can part where two logits are nearly tied (llama.cpp's quantized kernels
         // against f32 here; Python mlx_lm in f32 parts from llama.cpp at the same places).
         assert_eq!(mlx.count_tokens(prompt).unwrap(), llama.count_tokens(prompt).unwrap(), "the FIM tokens are single tokens in both: {prompt:?}");
-        let request = Request { max_tokens: 6, ..Request::new(prompt) };
+        let request = GenerationRequest { max_tokens: 6, ..GenerationRequest::new(prompt) };
         let (from_llama, _) = llama.generate(request.clone()).unwrap().collect_blocking().unwrap();
         let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
         assert_eq!(from_mlx, from_llama, "prompt {prompt:?}");
@@ -59,7 +59,7 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
     }
     // An obvious body, completed to the end of its line.
     let prompt = "<|fim_prefix|>/// Whether `n` is even.\nfn is_even(n: u32) -> bool {\n    <|fim_suffix|>\n}\n<|fim_middle|>";
-    let (body, _) = mlx.generate(Request { max_tokens: 16, stop: vec!["\n".into()], ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
+    let (body, _) = mlx.generate(GenerationRequest { max_tokens: 16, stop: vec!["\n".into()], ..GenerationRequest::new(prompt) }).unwrap().collect_blocking().unwrap();
     assert_eq!(body.trim(), "n % 2 == 0");
 }
 
@@ -72,7 +72,7 @@ fn mlx_heals_a_partial_word_as_llama_cpp_does() {
     assert!(llama.heals() && mlx.heals());
     let prompt = "<|fim_prefix|>fn main() {\n    let numbers = vec![3, 1, 2];\n    <|fim_suffix|>\n}\n<|fim_middle|>";
     for typed in ["prin", "asse"] {
-        let request = Request { max_tokens: 8, heal: typed.into(), ..Request::new(prompt) };
+        let request = GenerationRequest { max_tokens: 8, heal: typed.into(), ..GenerationRequest::new(prompt) };
         let (from_llama, _) = llama.generate(request.clone()).unwrap().collect_blocking().unwrap();
         let (from_mlx, _) = mlx.generate(request).unwrap().collect_blocking().unwrap();
         assert!(!from_mlx.is_empty() && !from_mlx.starts_with(typed), "{from_mlx:?}");
@@ -85,7 +85,7 @@ fn a_prompt_that_extends_the_last_one_reuses_its_cache_and_writes_the_same() {
     let warm = mlx();
     let first = "fn main() {\n    let numbers = vec![1, 2, 3];\n";
     let second = format!("{first}    let total: i32 = numbers");
-    let request = |p: &str| Request { max_tokens: 6, ..Request::new(p) };
+    let request = |p: &str| GenerationRequest { max_tokens: 6, ..GenerationRequest::new(p) };
     let (_, cold_first) = warm.generate(request(first)).unwrap().collect_blocking().unwrap();
     assert_eq!(cold_first.reused_prompt_tokens, 0);
     let (text, finish) = warm.generate(request(&second)).unwrap().collect_blocking().unwrap();
@@ -103,7 +103,7 @@ fn a_prompt_that_extends_the_last_one_reuses_its_cache_and_writes_the_same() {
 #[test]
 fn mlx_streams_stops_and_cancels() {
     let mlx = mlx();
-    let mut generation = mlx.generate(Request { max_tokens: 12, ..Request::new("1, 2, 3, 4,") }).unwrap();
+    let mut generation = mlx.generate(GenerationRequest { max_tokens: 12, ..GenerationRequest::new("1, 2, 3, 4,") }).unwrap();
     let mut pieces = Vec::new();
     while let Some(event) = generation.next_blocking() {
         match event {
@@ -118,14 +118,14 @@ fn mlx_streams_stops_and_cancels() {
     assert!(pieces.len() > 2, "streamed: {pieces:?}");
     assert!(pieces.concat().contains('5'), "{pieces:?}");
 
-    let (text, finish) = mlx.generate(Request { max_tokens: 24, stop: vec!["7".into()], ..Request::new("1, 2, 3, 4,") }).unwrap().collect_blocking().unwrap();
+    let (text, finish) = mlx.generate(GenerationRequest { max_tokens: 24, stop: vec!["7".into()], ..GenerationRequest::new("1, 2, 3, 4,") }).unwrap().collect_blocking().unwrap();
     assert_eq!(finish.reason, FinishReason::Stop);
     assert!(text.contains('6') && !text.contains('7'), "{text:?}");
 
     // Dropping a generation frees the engine for the next request.
-    drop(mlx.generate(Request { max_tokens: 500, ..Request::new("Once upon a time") }).unwrap());
+    drop(mlx.generate(GenerationRequest { max_tokens: 500, ..GenerationRequest::new("Once upon a time") }).unwrap());
     let started = std::time::Instant::now();
-    let (text, _) = mlx.generate(Request { max_tokens: 3, ..Request::new("The capital of France is") }).unwrap().collect_blocking().unwrap();
+    let (text, _) = mlx.generate(GenerationRequest { max_tokens: 3, ..GenerationRequest::new("The capital of France is") }).unwrap().collect_blocking().unwrap();
     assert!(text.contains("Paris"), "{text:?}");
     assert!(started.elapsed() < Duration::from_secs(60), "the dropped generation did not stop");
 }
@@ -180,7 +180,7 @@ const ADAPTER_PROMPTS: [&str; 2] = ["The capital of France is", "fn main() {\n  
 
 /// The first four greedy tokens' text.
 fn first_tokens(engine: &dyn Generator, prompt: &str) -> String {
-    engine.generate(Request { max_tokens: 4, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap().0
+    engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new(prompt) }).unwrap().collect_blocking().unwrap().0
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
-use kenning::generate::{BundledModel, Generator, Request};
+use kenning::generate::{BundledModel, Generator, GenerationRequest};
 use kenning::paths::Paths;
 
 use common::peak_rss_mb;
@@ -56,7 +56,7 @@ fn prompt_of(engine: &dyn Generator, corpus: &str, tag: &str, tokens: usize) -> 
 }
 
 fn run(engine: &dyn Generator, prompt: &str, max_tokens: usize) -> (Duration, f64, usize) {
-    let (_, finish) = engine.generate(Request { max_tokens, ..Request::new(prompt) }).unwrap().collect_blocking().unwrap();
+    let (_, finish) = engine.generate(GenerationRequest { max_tokens, ..GenerationRequest::new(prompt) }).unwrap().collect_blocking().unwrap();
     (finish.time_to_first_token, finish.decode_tokens_per_second(), finish.reused_prompt_tokens)
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config;
 use crate::embed::Embedder;
-use crate::generate::{Event, GenerateError, Generator, Request, Sampling};
+use crate::generate::{Event, GenerateError, Generator, GenerationRequest, Sampling};
 use crate::prompt::{self, Family};
 use crate::retrieve::{self, Citation, Hit, SearchError, SearchRequest};
 use crate::store::Store;
@@ -82,7 +82,7 @@ pub async fn ask(
     let sources: Vec<(String, &str)> = hits.iter().map(|h| (h.citation.to_string(), h.text.as_str())).collect();
     let (prompt, used) = prompt::ask(family, question, &sources, settings.prompt_tokens);
     let hits = &hits[..used];
-    let request = Request {
+    let request = GenerationRequest {
         prompt,
         max_tokens: settings.max_tokens,
         sampling: Sampling::default(),

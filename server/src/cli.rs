@@ -441,7 +441,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     use std::io::{Read, Write};
 
     use crate::generate::llama::{LlamaEngine, LlamaOptions};
-    use crate::generate::{BundledModel, Event, Generator, Request, Sampling};
+    use crate::generate::{BundledModel, Event, Generator, GenerationRequest, Sampling};
 
     let prompt = if args.prompt == "-" {
         let mut text = String::new();
@@ -474,7 +474,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
         Engine::Mlx => bail!("this build has no MLX engine: build kenning with `--features mlx` (see training/README.md)"),
     };
     let load_time = loading.elapsed();
-    let request = Request {
+    let request = GenerationRequest {
         prompt,
         max_tokens: args.max_tokens,
         sampling: Sampling { temperature: args.temp, top_p: args.top_p, seed: args.seed },

@@ -271,7 +271,7 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
     let generator = load_model(paths, &config).await?.context("no generation model is configured ([generation] backend = \"none\")")?;
     let completer = Completer::new(generator, config.generation.family(), config.completion.one_shot());
     let rel = file.strip_prefix(&root).unwrap_or(&file).to_string_lossy().replace('\\', "/");
-    let request = complete::Request {
+    let request = complete::CompletionRequest {
         repo: session::workspace_name(&root),
         language: Language::from_path(&rel),
         path: rel,

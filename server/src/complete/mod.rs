@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::chunk::Language;
 use crate::config;
 use crate::embed::Embedder;
-use crate::generate::{EngineError, Event, GenerateError, Generator, Request as GenRequest, Sampling};
+use crate::generate::{EngineError, Event, GenerateError, Generator, GenerationRequest as GenRequest, Sampling};
 use crate::prompt::{self, Budget, Family, FimInput, Layout, Snippet};
 use crate::store::Store;
 use ring::Ring;
@@ -69,7 +69,7 @@ pub struct Retrieval {
 
 /// One completion request, in plain terms.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct CompletionRequest {
     /// The workspace's name (the prompt's `<repo_name>`).
     pub repo: String,
     /// Workspace-relative path (`/`-separated) of the document.
@@ -200,7 +200,7 @@ impl Completer {
     /// Gathers context for `request` and puts it in the ring at once (no waiting for a pause):
     /// what an editor's ring would hold after the user had been here a moment. For one-shot
     /// completions (`kenning complete`, `kenning eval`).
-    pub async fn prepare(&self, request: &Request, retrieval: &Retrieval) {
+    pub async fn prepare(&self, request: &CompletionRequest, retrieval: &Retrieval) {
         let snippets = gather(request, retrieval, &self.settings).await;
         let local = self.local_for_filter(&request.text, request.offset);
         let room = self.context_room(request);
@@ -233,7 +233,7 @@ impl Completer {
     /// there ([`Budget::context_at`]). On the tokio API tasks (40, 31 of them less than 768 tokens
     /// into their file) the fixed share alone (664 tokens) gave 47.9 % edit similarity, this 52.3 %
     /// (README, "Completions").
-    fn context_room(&self, request: &Request) -> usize {
+    fn context_room(&self, request: &CompletionRequest) -> usize {
         let (prefix, suffix) = request.text.split_at(request.offset);
         full_budget(&self.settings).context_at(self.settings.prompt_tokens, prefix, suffix)
     }
@@ -262,7 +262,7 @@ impl Completer {
     }
 
     /// Completes at the cursor. `Ok(None)`: nothing to complete here (mid-line) or nothing useful.
-    pub async fn complete(&self, request: Request, retrieval: &Retrieval) -> Result<Option<Completion>, CompleteError> {
+    pub async fn complete(&self, request: CompletionRequest, retrieval: &Retrieval) -> Result<Option<Completion>, CompleteError> {
         if request.offset > request.text.len() || !request.text.is_char_boundary(request.offset) {
             return Err(CompleteError::Position(request.offset));
         }
@@ -328,7 +328,7 @@ impl Completer {
 
     /// Whether the cursor is somewhere context was not gathered for (another file, or more than
     /// [`FAR_LINES`] lines away); if so, the place is remembered, not yet warm.
-    fn new_place(&self, request: &Request) -> bool {
+    fn new_place(&self, request: &CompletionRequest) -> bool {
         let line = line_of(&request.text, request.offset);
         let mut state = self.context.lock().expect("context lock");
         let far = match &state.gathered_at {
@@ -346,7 +346,7 @@ impl Completer {
     /// Gathers context for a new place: what fits in [`prompt::first_context`] (best first) joins
     /// the ring at once, the rest waits as pending for the next pause. Every token of it is
     /// computed before the first ghost text there.
-    async fn gather_for_place(&self, request: &Request, retrieval: &Retrieval) {
+    async fn gather_for_place(&self, request: &CompletionRequest, retrieval: &Retrieval) {
         let found = gather(request, retrieval, &self.settings).await;
         let local = self.local_for_filter(&request.text, request.offset);
         let (now, later) = ring::split_allowance(found, prompt::first_context(self.settings.first_prompt_tokens));
@@ -371,7 +371,7 @@ impl Completer {
     /// into the engine's cache; when that completes, the pending context joins the ring and the
     /// place is warm (requests use the full budget). Until then requests keep the short prompt and
     /// the ring they had, so a warm-up cut short by a keystroke costs the next request nothing.
-    fn after_request(&self, request: &Arc<Request>) {
+    fn after_request(&self, request: &Arc<CompletionRequest>) {
         let requests = {
             let state = self.context.lock().expect("context lock");
             if state.place_warm {
@@ -421,7 +421,7 @@ impl Completer {
     /// background as if the user accepted `shown` and pressed Enter (`completion.speculate`). It is
     /// an ordinary slot: the request at the new line (or one typing on from there) is answered from
     /// it, and any other request cancels it as it cancels every running slot of the file.
-    fn speculate(&self, request: &Arc<Request>, shown: &str) {
+    fn speculate(&self, request: &Arc<CompletionRequest>, shown: &str) {
         if !self.settings.speculate {
             return;
         }
@@ -440,7 +440,7 @@ impl Completer {
         }
         let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
         // Open buffers are not in a prompt (the ring is): the copy leaves them out.
-        let next = Request { text, offset, buffers: Vec::new(), repo: request.repo.clone(), path: request.path.clone(), language: request.language };
+        let next = CompletionRequest { text, offset, buffers: Vec::new(), repo: request.repo.clone(), path: request.path.clone(), language: request.language };
         let (generator, slots, context, current) =
             (Arc::clone(&self.generator), Arc::clone(&self.slots), Arc::clone(&self.context), Arc::clone(&self.epoch));
         let settings = self.settings.clone();
@@ -545,7 +545,7 @@ impl Completer {
     }
 
     /// Starts a generation in a slot task (see [`start_slot`]).
-    fn start(&self, request: &Request, mode: Mode, gen_request: GenRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
+    fn start(&self, request: &CompletionRequest, mode: Mode, gen_request: GenRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
         start_slot(&self.generator, &self.slots, Limits { max_lines: self.settings.max_lines }, request, mode, gen_request, snippets, false)
     }
 }
@@ -557,7 +557,7 @@ fn start_slot(
     generator: &Arc<dyn Generator>,
     slots: &Mutex<Vec<Arc<Slot>>>,
     limits: Limits,
-    request: &Request,
+    request: &CompletionRequest,
     mode: Mode,
     gen_request: GenRequest,
     snippets: Vec<Snippet>,
@@ -665,7 +665,7 @@ async fn wait(slot: &Slot) -> Result<String, CompleteError> {
 /// Definitions of names near the cursor first, then the signatures of what the file imports
 /// (`settings.imports`), open buffers, search hits (unless `settings.similar_code` is off);
 /// overlaps removed.
-async fn gather(request: &Request, retrieval: &Retrieval, settings: &config::CompletionSettings) -> Vec<Snippet> {
+async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &config::CompletionSettings) -> Vec<Snippet> {
     let prefix = &request.text[..request.offset];
     let suffix = &request.text[request.offset..];
     let query_start = nth_line_from_end(prefix, QUERY_PREFIX_LINES);
@@ -743,7 +743,7 @@ struct Local {
 }
 
 impl Local {
-    fn new(request: &Request, shape: &PromptShape) -> Self {
+    fn new(request: &CompletionRequest, shape: &PromptShape) -> Self {
         let heals = shape.heals;
         // Only the text near the cursor can reach the prompt: that region is cut first (twice the
         // budget, and a margin so that a secret spanning the cut is still seen whole), then
@@ -801,7 +801,7 @@ fn suffix_region(suffix: &str, bytes: usize) -> &str {
 
 impl PromptShape {
     /// The prompt for `request` with the ring's `snippets` (pure).
-    fn build(&self, request: &Request, local: &Local, snippets: &[Snippet]) -> prompt::Prompt {
+    fn build(&self, request: &CompletionRequest, local: &Local, snippets: &[Snippet]) -> prompt::Prompt {
         let input = FimInput { repo: &request.repo, path: &request.path, prefix: &local.kept, suffix: &local.suffix, snippets };
         prompt::fim_stable(self.family, self.layout, &input, self.budget)
     }

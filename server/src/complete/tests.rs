@@ -100,8 +100,8 @@ impl Generator for Scripted {
     }
 }
 
-fn request(text: &str) -> Request {
-    Request { repo: "r".into(), path: "a.rs".into(), language: Language::Rust, text: text.into(), offset: text.len(), buffers: Vec::new() }
+fn request(text: &str) -> CompletionRequest {
+    CompletionRequest { repo: "r".into(), path: "a.rs".into(), language: Language::Rust, text: text.into(), offset: text.len(), buffers: Vec::new() }
 }
 
 /// A completer that does not speculate (these tests count generations; speculation has its own).
@@ -165,7 +165,7 @@ async fn any_fresh_request_cancels_a_speculation_and_off_means_off() {
     c.complete(request("    let x = "), &Retrieval::default()).await.unwrap().unwrap();
     until_started(&g, 2).await;
     // A request elsewhere (another file): the engine is needed there, the speculation stops.
-    let elsewhere = Request { path: "b.rs".into(), ..request("    let y = ") };
+    let elsewhere = CompletionRequest { path: "b.rs".into(), ..request("    let y = ") };
     let other = c.complete(elsewhere, &Retrieval::default()).await.unwrap().unwrap();
     assert_eq!(other.reuse, Reuse::Fresh);
     assert!(g.cancelled.load(Ordering::SeqCst) >= 1, "the speculation was stopped");
@@ -259,12 +259,12 @@ async fn mid_line_and_bad_offsets_give_nothing_or_an_error() {
 }
 
 /// A request in `src/cart.rs` with an open buffer whose code the cursor's code uses.
-fn request_with_buffer(text: &str) -> Request {
+fn request_with_buffer(text: &str) -> CompletionRequest {
     let buffer = Buffer {
         path: "src/price.rs".into(),
         text: "pub fn discounted_price(item: &Item, coupon: &Coupon) -> u64 {\n    item.cents - coupon.cents\n}\n".into(),
     };
-    Request { path: "src/cart.rs".into(), buffers: vec![buffer], ..request(text) }
+    CompletionRequest { path: "src/cart.rs".into(), buffers: vec![buffer], ..request(text) }
 }
 
 /// The part of a Qwen prompt before the current file.
@@ -401,7 +401,7 @@ async fn context_repeating_the_code_at_the_cursor_is_left_out_when_asked() {
         text: "fn total(order: &Order, coupon: &Coupon) -> u64 {\n    let sum = order.items.iter().map(|item| item.cents).sum();\n    sum - coupon.cents\n}\n".into(),
     };
     let text = "fn total(cart: &Cart, coupon: &Coupon) -> u64 {\n    let sum = cart.items.iter().map(|item| item.cents).sum();\n    ";
-    let request = Request { path: "src/cart.rs".into(), buffers: vec![copy], ..request(text) };
+    let request = CompletionRequest { path: "src/cart.rs".into(), buffers: vec![copy], ..request(text) };
     for (drop_local_repeats, kept) in [(false, 1), (true, 0)] {
         let settings = config::CompletionSettings { drop_local_repeats, ..config::CompletionSettings::default() };
         let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings);
@@ -434,7 +434,7 @@ async fn imported_definitions_reach_the_ring_as_signatures_only_when_asked() {
     // The imports are further up than the identifiers looked up as definitions.
     let notes = "// (a note)\n".repeat(14);
     let text = format!("use crate::price::apply_loyalty_discount_cents;\nuse crate::cart::Cart;\n{notes}\npub fn checkout(cart: &Cart, percent: u8) -> u64 {{\n    ");
-    let request = Request { path: "src/checkout.rs".into(), ..request(&text) };
+    let request = CompletionRequest { path: "src/checkout.rs".into(), ..request(&text) };
     let settings = |imports| config::CompletionSettings { imports, similar_code: false, ..config::CompletionSettings::default() };
 
     let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings(true));

@@ -151,7 +151,7 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
     let mut timings = Timings::default();
     for task in tasks {
         let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
-        let request = complete::Request {
+        let request = complete::CompletionRequest {
             repo: setup.repo.to_owned(),
             language: Language::from_path(&task.path),
             path: task.path.clone(),

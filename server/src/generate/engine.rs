@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
-use super::{GenerateError, Generation, Generator, Request, Sink, SpecialToken, Warmed, Warming};
+use super::{GenerateError, Generation, Generator, GenerationRequest, Sink, SpecialToken, Warmed, Warming};
 
 /// What an engine thread is asked to do.
 pub(super) enum Job {
-    Generate(Request, Sink),
+    Generate(GenerationRequest, Sink),
     /// Prefill only: the prompt's keys and values go into the cache, so that a request starting
     /// with it computes only the rest. Gives way to any generation that arrives meanwhile.
     Warm(String, tokio::sync::oneshot::Sender<Warmed>),
@@ -127,7 +127,7 @@ impl Generator for EngineThread {
         rx.recv().map_err(|_| GenerateError::EngineGone)
     }
 
-    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
+    fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError> {
         let (generation, sink) = Generation::channel();
         self.waiting.fetch_add(1, Ordering::SeqCst);
         if self.queue()?.send(Job::Generate(request, sink)).is_err() {
@@ -166,7 +166,7 @@ macro_rules! delegate_generator {
             fn count_tokens(&self, text: &str) -> Result<usize, $crate::generate::GenerateError> {
                 self.0.count_tokens(text)
             }
-            fn generate(&self, request: $crate::generate::Request) -> Result<$crate::generate::Generation, $crate::generate::GenerateError> {
+            fn generate(&self, request: $crate::generate::GenerationRequest) -> Result<$crate::generate::Generation, $crate::generate::GenerateError> {
                 self.0.generate(request)
             }
             fn warm(&self, prompt: String) -> Result<$crate::generate::Warming, $crate::generate::GenerateError> {

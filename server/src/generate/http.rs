@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{EngineError, Event, Finish, FinishReason, GenerateError, Generation, Generator, Request, Sink, SpecialToken, StopMatcher};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, Generation, Generator, GenerationRequest, Sink, SpecialToken, StopMatcher};
 use crate::prompt::{self, Family};
 
 /// Time allowed to connect to the server.
@@ -40,7 +40,7 @@ impl HttpGenerator {
         Ok(Self { api, base: url.trim_end_matches('/').to_owned(), model: model.to_owned(), api_key, family, client })
     }
 
-    fn body(&self, request: &Request) -> (String, Value) {
+    fn body(&self, request: &GenerationRequest) -> (String, Value) {
         let stop: Vec<&str> = request.stop.iter().map(String::as_str).collect();
         match self.api {
             Api::Ollama => (
@@ -103,7 +103,7 @@ impl Generator for HttpGenerator {
         Ok(prompt::estimate_tokens(text))
     }
 
-    fn generate(&self, request: Request) -> Result<Generation, GenerateError> {
+    fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| GenerateError::NoRuntime)?;
         let (generation, sink) = Generation::channel();
@@ -122,7 +122,7 @@ impl Generator for HttpGenerator {
     }
 }
 
-async fn stream(api: Api, http: reqwest::RequestBuilder, request: &Request, sink: &Sink) -> Result<(), String> {
+async fn stream(api: Api, http: reqwest::RequestBuilder, request: &GenerationRequest, sink: &Sink) -> Result<(), String> {
     let started = Instant::now();
     let response = http.send().await.map_err(|e| e.to_string())?;
     let status = response.status();

@@ -27,7 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::model::RopeType;
 
 use super::engine::{EngineThread, Job, Jobs, Ready, delegate_generator};
-use super::{EngineError, Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Utf8Stream, Warmed, reuse};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationRequest, Sink, SpecialToken, StopMatcher, Utf8Stream, Warmed, reuse};
 
 /// Most tokens llama.cpp takes in one call (the context's batch size).
 const MAX_BATCH: u32 = 512;
@@ -336,7 +336,7 @@ impl Session<'_> {
         Ok(Warmed { cached, computed: cached - done.kept, complete: done.complete })
     }
 
-    fn run(&mut self, request: &Request, sink: &Sink) -> Result<Finish, String> {
+    fn run(&mut self, request: &GenerationRequest, sink: &Sink) -> Result<Finish, String> {
         let started = Instant::now();
         let model = self.model;
         let vocab = model.vocab();

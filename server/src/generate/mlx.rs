@@ -10,7 +10,7 @@ use kenning_training::lora::Lora;
 use kenning_training::text::{Sampling as MlxSampling, Session, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
-use super::{EngineError, Event, Finish, FinishReason, GenerateError, Request, Sink, SpecialToken, StopMatcher, Warmed};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationRequest, Sink, SpecialToken, StopMatcher, Warmed};
 use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
@@ -79,7 +79,7 @@ impl MlxEngine {
 
 delegate_generator!(MlxEngine, true, 1);
 
-fn run(model: &TextModel, session: &mut Session, request: &Request, sink: &Sink) {
+fn run(model: &TextModel, session: &mut Session, request: &GenerationRequest, sink: &Sink) {
     let started = Instant::now();
     let mut stops = StopMatcher::new(&request.stop);
     let mut reason = FinishReason::Length;

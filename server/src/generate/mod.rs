@@ -173,7 +173,7 @@ impl Default for Sampling {
 
 /// One generation.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct GenerationRequest {
     /// The prompt, with special tokens written by name.
     pub prompt: String,
     pub max_tokens: usize,
@@ -187,7 +187,7 @@ pub struct Request {
     pub heal: String,
 }
 
-impl Request {
+impl GenerationRequest {
     pub fn new(prompt: impl Into<String>) -> Self {
         Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new(), heal: String::new() }
     }
@@ -334,8 +334,8 @@ pub trait Generator: Send + Sync {
     /// How many tokens `text` is to this model (special tokens written by name count as one).
     fn count_tokens(&self, text: &str) -> Result<usize, GenerateError>;
     /// Starts a generation; events stream on the returned handle.
-    fn generate(&self, request: Request) -> Result<Generation, GenerateError>;
-    /// Whether [`Request::heal`] is honoured (the engine sees the logits).
+    fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError>;
+    /// Whether [`GenerationRequest::heal`] is honoured (the engine sees the logits).
     fn heals(&self) -> bool {
         false
     }

@@ -95,7 +95,7 @@ async fn run_completion(
     };
     let buffers = other_buffers(state, uri, root.as_ref());
     let retrieval = if config.completion.retrieval { state.retrieval(root.as_ref()).await } else { complete::Retrieval::default() };
-    let request = complete::Request {
+    let request = complete::CompletionRequest {
         repo: root.as_ref().map_or_else(|| "workspace".to_owned(), |r| r.name.clone()),
         path: rel,
         language,
