@@ -531,7 +531,7 @@ fn floor_char(text: &str, mut at: usize) -> usize {
     at
 }
 
-fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let h = blake3::hash(bytes);
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }

@@ -102,7 +102,17 @@ pub struct EvalArgs {
     /// The same as --mode none (kept for scripts).
     #[arg(long, hide = true)]
     no_retrieval: bool,
-    /// Only the first N tasks (default for held-out tasks: 40).
+    /// Where tasks come from when --tasks is not given: `files`, lines of held-out files (the
+    /// split `kenning train` trained without); `time`, lines added to the git history after a
+    /// commit, with retrieval from the repository as it was at that commit (nothing a task asks for
+    /// can be in the index).
+    #[arg(long, value_enum, default_value = "files")]
+    split: SplitKind,
+    /// With --split time: the commit to split at (default: where the last 10 % of the history's
+    /// added lines begin).
+    #[arg(long, value_name = "REV")]
+    split_at: Option<String>,
+    /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
     /// Print one JSON object with the figures.
@@ -118,6 +128,58 @@ pub struct EvalArgs {
     /// edit similarity and exact match with 95 % intervals (bootstrap over files), helped / hurt.
     #[arg(long, value_name = "FILE")]
     baseline: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitKind {
+    Files,
+    Time,
+}
+
+/// The time split's tasks and the snapshot of the repository at the split that retrieval reads.
+struct TimeSplit {
+    tasks: Vec<EvalTask>,
+    snapshot: PathBuf,
+    commit: eval::history::Commit,
+}
+
+/// `--split time`: the split commit, its snapshot (extracted once, indexed once), and the tasks
+/// from the lines added after it.
+fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> Result<TimeSplit> {
+    use eval::history;
+    if mode.adapter() || args.all {
+        bail!("--split time runs none and rag for now: an adapter for ft and hybrid would have to be trained at the split commit, which `kenning train` does not do yet (give --mode none or --mode rag)");
+    }
+    let commit = history::split_commit(root, args.split_at.as_deref())?;
+    // Named like the repository, so that prompts carry the same repository name.
+    let snapshot = paths.cache().join("snapshots").join(commit.short()).join(session::workspace_name(root));
+    history::snapshot(root, &commit, &snapshot)?;
+    let added = history::added_lines(root, &commit)?;
+    let files = history::head_files(root, added.keys().cloned())?;
+    let before = history::lines_under(&snapshot);
+    let wanted = args.limit.unwrap_or(500);
+    let set = history::tasks(&files, &added, &before, wanted, 0);
+    if !args.json {
+        eprintln!(
+            "{} tasks from lines added after {} in {} files ({} candidates; {} refused: the line existed at the split){}",
+            set.tasks.len(),
+            commit.short(),
+            added.len(),
+            set.candidates,
+            set.leaked,
+            if set.tasks.len() < wanted { format!("; fewer than the {wanted} asked for") } else { String::new() },
+        );
+        eprintln!("retrieval reads the repository as it was at {}: {}", commit.short(), snapshot.display());
+    }
+    if mode.retrieval() && !index_dir(paths, &args.target, &snapshot).exists() {
+        let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+        eprintln!("indexing the snapshot first (once)…");
+        let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(&snapshot).stdout(std::process::Stdio::null()).status()?;
+        if !status.success() {
+            bail!("indexing {} failed ({status})", snapshot.display());
+        }
+    }
+    Ok(TimeSplit { tasks: set.tasks, snapshot, commit })
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -361,7 +423,14 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
     let mode = if args.no_retrieval { Condition::None } else { args.mode };
-    let tasks = eval_tasks(paths, &root, &args)?;
+    let split = if args.split == SplitKind::Time && args.tasks.is_none() { Some(time_split(paths, &root, &args, mode)?) } else { None };
+    let tasks = match &split {
+        Some(s) if s.tasks.is_empty() => bail!("no lines added after {} qualify as tasks", s.commit.short()),
+        Some(s) => s.tasks.clone(),
+        None => eval_tasks(paths, &root, &args)?,
+    };
+    // Retrieval reads the snapshot at the split (the configuration stays the repository's own).
+    let searched = split.as_ref().map_or_else(|| root.clone(), |s| s.snapshot.clone());
     let mut config = config_for(&root, &args.model)?;
     let adapter = eval_adapter(paths, &root, &config, &args);
     if args.all {
@@ -377,7 +446,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         _ if mode.adapter() => bail!("ft and hybrid need an in-process engine (llama or mlx) to apply the adapter"),
         _ => {}
     }
-    let retrieval = retrieval_for(paths, &args.target, &root, &config, mode.retrieval()).await?;
+    let retrieval = retrieval_for(paths, &args.target, &searched, &config, mode.retrieval()).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = session::workspace_name(&root);
     let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo };

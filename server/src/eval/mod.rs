@@ -3,6 +3,7 @@
 //! one-shot requests, and the figures (exact match, edit similarity, latency, peak memory). The
 //! statistics, pure, are in [`stats`]; the CLI parses arguments and prints.
 
+pub mod history;
 pub mod stats;
 
 pub use stats::*;

@@ -1,0 +1,396 @@
+//! A time split from git history (issue: fine-tuning that proves itself): the repository as it was
+//! at a commit T is what retrieval (and, later, training) may see; the tasks are lines added after
+//! T. Unlike held-out files, nothing a task asks for can have been indexed or trained on: a task
+//! whose line exists anywhere in the repository at T is refused.
+//!
+//! Git is run as a command (`git` on the PATH), read-only: the snapshot of T is extracted with
+//! `git archive`, the user's repository and its worktrees are never touched.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::chunk::Language;
+use crate::dataset::EvalTask;
+use crate::rng::SplitMix64;
+
+/// Why a time split cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("cannot run git: {0} (the time split needs git on the PATH)")]
+    NoGit(std::io::Error),
+    #[error("{0} is not a git repository: use held-out files (`kenning eval` without --split time)")]
+    NotARepository(PathBuf),
+    #[error("{0} is a shallow clone: its history is cut short (run `git fetch --unshallow`, or use held-out files)")]
+    Shallow(PathBuf),
+    #[error("too little history for a time split: {0}")]
+    TooLittle(String),
+    #[error("git {args}: {message}")]
+    Git { args: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Share of the history's added lines that come after the default split commit.
+pub const TAIL_SHARE: f64 = 0.10;
+/// Lines shorter than this (after indentation) are not tasks: `}`, `Ok(())`, `else {`.
+const MIN_LINE_CHARS: usize = 10;
+/// Tasks taken from one file at most, so that one big new file does not make the whole set.
+const MAX_PER_FILE: usize = 8;
+
+/// A commit, full hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit(pub String);
+
+impl Commit {
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
+    let output = Command::new("git").arg("-C").arg(root).args(args).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
+    if !output.status.success() {
+        return Err(HistoryError::Git { args: args.join(" "), message: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Checks that `root` is a whole git repository (not shallow) and resolves `rev` (default: the
+/// commit where the last [`TAIL_SHARE`] of the history's added lines begin).
+pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryError> {
+    match git(root, &["rev-parse", "--is-inside-work-tree"]) {
+        Ok(out) if out.trim() == "true" => {}
+        Ok(_) | Err(HistoryError::Git { .. }) => return Err(HistoryError::NotARepository(root.to_owned())),
+        Err(e) => return Err(e),
+    }
+    if git(root, &["rev-parse", "--is-shallow-repository"])?.trim() == "true" {
+        return Err(HistoryError::Shallow(root.to_owned()));
+    }
+    if let Some(rev) = rev {
+        let hash = git(root, &["rev-parse", "--verify", "--end-of-options", &format!("{rev}^{{commit}}")])?;
+        let commit = Commit(hash.trim().to_owned());
+        if git(root, &["merge-base", "--is-ancestor", &commit.0, "HEAD"]).is_err() {
+            return Err(HistoryError::TooLittle(format!("{rev} is not an ancestor of HEAD")));
+        }
+        return Ok(commit);
+    }
+    // Oldest first: each commit and the lines it added (first parent only: a merged branch's
+    // lines count once, at the merge).
+    let log = git(root, &["log", "--first-parent", "--reverse", "--format=@%H", "--numstat", "HEAD"])?;
+    let mut commits: Vec<(String, u64)> = Vec::new();
+    for line in log.lines() {
+        if let Some(hash) = line.strip_prefix('@') {
+            commits.push((hash.to_owned(), 0));
+        } else if let (Some(last), Some(added)) = (commits.last_mut(), line.split('\t').next().and_then(|n| n.parse::<u64>().ok())) {
+            last.1 += added;
+        }
+    }
+    pick_split(&commits).map(|h| Commit(h.to_owned())).ok_or_else(|| {
+        HistoryError::TooLittle(format!("{} commit(s); a split needs at least two with lines added after the first", commits.len()))
+    })
+}
+
+/// The newest commit with at least [`TAIL_SHARE`] of all added lines after it (pure; `commits`
+/// oldest first with the lines each added). `None` if no commit but the last adds anything.
+fn pick_split(commits: &[(String, u64)]) -> Option<&str> {
+    let total: u64 = commits.iter().map(|c| c.1).sum();
+    let mut after = 0u64;
+    for i in (0..commits.len().saturating_sub(1)).rev() {
+        after += commits[i + 1].1;
+        if after > 0 && after as f64 >= total as f64 * TAIL_SHARE {
+            return Some(&commits[i].0);
+        }
+    }
+    None
+}
+
+/// The repository as it was at `commit`, extracted to `dir` (once: an existing snapshot is
+/// reused; a half-extracted one never is, it is written beside and renamed into place).
+pub fn snapshot(root: &Path, commit: &Commit, dir: &Path) -> Result<(), HistoryError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> HistoryError + '_ {
+        move |source| HistoryError::Io { path: path.to_owned(), source }
+    }
+    let partial = dir.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["archive", "--format=tar", &commit.0])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(HistoryError::NoGit)?;
+    let mut archive = archive;
+    let stdout = archive.stdout.take().expect("piped");
+    let untar = Command::new("tar").arg("-x").arg("-C").arg(&partial).stdin(stdout).output().map_err(io(Path::new("tar")))?;
+    let archived = archive.wait_with_output().map_err(HistoryError::NoGit)?;
+    if !archived.status.success() || !untar.status.success() {
+        let message = format!("{}{}", String::from_utf8_lossy(&archived.stderr), String::from_utf8_lossy(&untar.stderr));
+        return Err(HistoryError::Git { args: format!("archive {}", commit.short()), message: message.trim().to_owned() });
+    }
+    std::fs::rename(&partial, dir).map_err(io(dir))
+}
+
+/// Lines added between `commit` and HEAD, by file (HEAD's path → HEAD's 1-based line numbers), in
+/// files kenning has a language for.
+pub fn added_lines(root: &Path, commit: &Commit) -> Result<BTreeMap<String, Vec<usize>>, HistoryError> {
+    let diff = git(root, &["diff", "--unified=0", "--no-color", "--no-ext-diff", "--diff-filter=AM", &commit.0, "HEAD"])?;
+    Ok(parse_added(&diff))
+}
+
+/// `git diff --unified=0` → added line numbers per new path (pure).
+fn parse_added(diff: &str) -> BTreeMap<String, Vec<usize>> {
+    let mut added: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut path: Option<String> = None;
+    for line in diff.lines() {
+        if let Some(p) = line.strip_prefix("+++ ") {
+            path = p.strip_prefix("b/").map(str::to_owned).filter(|p| Language::from_path(p).grammar().is_some());
+        } else if let (Some(p), Some(hunk)) = (&path, line.strip_prefix("@@ ")) {
+            // "@@ -a,b +c,d @@": d lines added from line c (d omitted = 1).
+            let Some(new) = hunk.split(' ').find_map(|f| f.strip_prefix('+')) else { continue };
+            let (start, count) = match new.split_once(',') {
+                Some((s, c)) => (s.parse::<usize>().ok(), c.parse::<usize>().ok()),
+                None => (new.parse::<usize>().ok(), Some(1)),
+            };
+            if let (Some(start), Some(count)) = (start, count) {
+                added.entry(p.clone()).or_default().extend(start..start + count);
+            }
+        }
+    }
+    added.retain(|_, lines| !lines.is_empty());
+    added
+}
+
+/// Every line of the code files under `dir` (trimmed): what existed at the split.
+pub fn lines_under(dir: &Path) -> HashSet<String> {
+    let mut lines = HashSet::new();
+    let walker = ignore::WalkBuilder::new(dir).hidden(false).git_ignore(false).build();
+    for entry in walker.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_some_and(|t| t.is_file())
+            && Language::from_path(&path.to_string_lossy()).grammar().is_some()
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            lines.extend(text.lines().map(|l| l.trim().to_owned()));
+        }
+    }
+    lines
+}
+
+/// What [`tasks`] made, and what it refused.
+#[derive(Debug, Default)]
+pub struct TaskSet {
+    pub tasks: Vec<EvalTask>,
+    /// Added lines that existed verbatim somewhere at the split (moved or copied code).
+    pub leaked: usize,
+    /// Added lines that qualified (before the count cut them).
+    pub candidates: usize,
+}
+
+/// Up to `count` line tasks (the cursor after the indentation, the rest of the line expected)
+/// from the lines added after the split, read from HEAD's files in `files` (path → text). A line
+/// that exists anywhere in `before` (the code at the split, trimmed) is refused; comments and
+/// short lines are not tasks. At most [`MAX_PER_FILE`] per file, chosen by `seed`.
+pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usize>>, before: &HashSet<String>, count: usize, seed: u64) -> TaskSet {
+    let mut set = TaskSet::default();
+    let mut per_file: Vec<Vec<EvalTask>> = Vec::new();
+    for (path, numbers) in added {
+        let Some(text) = files.get(path) else { continue };
+        let starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let mut found = Vec::new();
+        for &n in numbers {
+            let Some(&start) = starts.get(n - 1) else { continue };
+            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+            let line = &text[start..end];
+            let code = line.trim();
+            if code.chars().count() < MIN_LINE_CHARS || ["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c) && !code.starts_with("#[")) {
+                continue;
+            }
+            if before.contains(code) {
+                set.leaked += 1;
+                continue;
+            }
+            let cursor = start + (line.len() - line.trim_start().len());
+            let expected_end = start + line.trim_end().len();
+            found.push(EvalTask {
+                id: format!("{path}:{n}"),
+                path: path.clone(),
+                prefix: text[..cursor].to_owned(),
+                suffix: text[expected_end..].to_owned(),
+                expected: text[cursor..expected_end].to_owned(),
+            });
+        }
+        set.candidates += found.len();
+        let mut rng = SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes()));
+        for i in (1..found.len()).rev() {
+            found.swap(i, rng.below(i + 1));
+        }
+        found.truncate(MAX_PER_FILE);
+        per_file.push(found);
+    }
+    // In turn from each file, so that a small count still spreads over files.
+    let mut round = 0;
+    while set.tasks.len() < count && per_file.iter().any(|f| round < f.len()) {
+        for file in &per_file {
+            if let Some(task) = file.get(round)
+                && set.tasks.len() < count
+            {
+                set.tasks.push(task.clone());
+            }
+        }
+        round += 1;
+    }
+    set
+}
+
+/// HEAD's text of each path (files not readable as UTF-8 are left out).
+pub fn head_files(root: &Path, paths: impl IntoIterator<Item = String>) -> Result<BTreeMap<String, String>, HistoryError> {
+    let mut files = BTreeMap::new();
+    for path in paths {
+        if let Ok(text) = git(root, &["show", &format!("HEAD:{path}")]) {
+            files.insert(path, text);
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_is_the_newest_commit_with_a_tenth_of_the_lines_after_it() {
+        let commits: Vec<(String, u64)> = [("a", 500), ("b", 300), ("c", 150), ("d", 40), ("e", 10)].iter().map(|(h, n)| ((*h).to_owned(), *n)).collect();
+        // 1000 lines: after c come 50 (5 %), after b 200 (20 %).
+        assert_eq!(pick_split(&commits), Some("b"));
+        assert_eq!(pick_split(&commits[..1]), None, "one commit cannot be split");
+        let nothing_later: Vec<(String, u64)> = vec![("a".into(), 10), ("b".into(), 0)];
+        assert_eq!(pick_split(&nothing_later), None);
+    }
+
+    #[test]
+    fn added_lines_are_read_from_a_zero_context_diff() {
+        let diff = "diff --git a/src/a.rs b/src/a.rs\n--- a/src/a.rs\n+++ b/src/a.rs\n@@ -3,0 +4,2 @@ fn x\n+let a = 1;\n+let b = 2;\n@@ -9 +11 @@\n-old\n+new\ndiff --git a/notes.txt b/notes.txt\n--- /dev/null\n+++ b/notes.txt\n@@ -0,0 +1,3 @@\n+x\n+y\n+z\n@@ -5,2 +7,0 @@\n";
+        let added = parse_added(diff);
+        assert_eq!(added.get("src/a.rs"), Some(&vec![4, 5, 11]));
+        assert!(!added.contains_key("notes.txt"), "no language for a .txt file");
+    }
+
+    /// Runs git in `dir` with a fixed identity and dates (the tests make their own history).
+    fn run(dir: &Path, args: &[&str]) {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=kenning", "-c", "user.email=kenning@example.invalid", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    }
+
+    fn commit(dir: &Path, files: &[(&str, &str)], message: &str) {
+        for (path, text) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        }
+        run(dir, &["add", "-A"]);
+        run(dir, &["commit", "-q", "-m", message]);
+    }
+
+    /// A real repository: three commits; the split falls before the third, whose new lines are the
+    /// tasks, except one copied from a line that existed before.
+    #[test]
+    fn a_real_history_splits_snapshots_and_never_leaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("shop");
+        std::fs::create_dir_all(&repo).unwrap();
+        run(&repo, &["init", "-q"]);
+        let base: String = (0..40).map(|i| format!("pub fn price_{i}(cents: u64) -> u64 {{ cents * {i} }}\n")).collect();
+        commit(&repo, &[("src/price.rs", &base)], "prices");
+        commit(&repo, &[("src/cart.rs", "pub struct Cart { items: Vec<u64> }\n")], "cart");
+        let cart = "pub struct Cart { items: Vec<u64> }\n\nimpl Cart {\n    pub fn total(&self) -> u64 {\n        let sum: u64 = self.items.iter().sum();\n        crate::price::price_3(sum)\n    }\n    pub fn double(cents: u64) -> u64 { cents * 2 }\n}\n";
+        commit(&repo, &[("src/cart.rs", cart), ("README.md", "# shop\nA shop that sells things to people.\n")], "total");
+
+        let split = split_commit(&repo, None).unwrap();
+        let second = git(&repo, &["rev-parse", "HEAD~1"]).unwrap();
+        assert_eq!(split.0, second.trim(), "the last commit adds the last 10 % of the lines");
+
+        let snap = dir.path().join("snap").join("shop");
+        snapshot(&repo, &split, &snap).unwrap();
+        let old = std::fs::read_to_string(snap.join("src/cart.rs")).unwrap();
+        assert_eq!(old, "pub struct Cart { items: Vec<u64> }\n", "the snapshot is the repository at the split");
+        assert!(!snap.join("README.md").exists() && !snap.with_extension("partial").exists());
+
+        let added = added_lines(&repo, &split).unwrap();
+        assert_eq!(added.keys().collect::<Vec<_>>(), ["src/cart.rs"], "the README has no language");
+        let files = head_files(&repo, added.keys().cloned()).unwrap();
+        let before = lines_under(&snap);
+        assert!(before.contains("pub fn price_3(cents: u64) -> u64 { cents * 3 }"));
+        // A line copied from the split's code: refused.
+        std::fs::write(snap.join("src/extra.rs"), "        crate::price::price_3(sum)\n").unwrap();
+        let set = tasks(&files, &added, &lines_under(&snap), 500, 0);
+        std::fs::remove_file(snap.join("src/extra.rs")).unwrap();
+        let expected: HashSet<&str> = set.tasks.iter().map(|t| t.expected.as_str()).collect();
+        assert_eq!(set.leaked, 1);
+        assert!(!expected.contains("crate::price::price_3(sum)"), "{expected:?}");
+        assert!(expected.contains("let sum: u64 = self.items.iter().sum();"), "{expected:?}");
+        for task in &set.tasks {
+            assert!(!before.contains(task.expected.trim()), "{} leaked", task.id);
+            assert_eq!(format!("{}{}{}", task.prefix, task.expected, task.suffix), files["src/cart.rs"]);
+        }
+        // An explicit split: HEAD itself leaves nothing to ask; a non-commit is an error.
+        let at_head = split_commit(&repo, Some("HEAD")).unwrap();
+        assert!(added_lines(&repo, &at_head).unwrap().is_empty());
+        assert!(matches!(split_commit(&repo, Some("no-such-branch")), Err(HistoryError::Git { .. })));
+    }
+
+    #[test]
+    fn no_repository_a_shallow_clone_and_a_single_commit_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let error = split_commit(&plain, None).unwrap_err();
+        assert!(matches!(error, HistoryError::NotARepository(_)), "{error}");
+
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        run(&repo, &["init", "-q"]);
+        commit(&repo, &[("a.rs", "fn a() {}\n")], "one");
+        let error = split_commit(&repo, None).unwrap_err();
+        assert!(matches!(error, HistoryError::TooLittle(_)), "{error}");
+        commit(&repo, &[("a.rs", "fn a() {}\nfn b() {}\n")], "two");
+        assert!(split_commit(&repo, None).is_ok());
+
+        let url = format!("file://{}", repo.display());
+        run(dir.path(), &["clone", "-q", "--depth", "1", &url, "shallow"]);
+        let error = split_commit(&dir.path().join("shallow"), None).unwrap_err();
+        assert!(error.to_string().contains("shallow clone"), "{error}");
+    }
+
+    #[test]
+    fn a_task_whose_line_existed_at_the_split_is_refused() {
+        let text = "fn main() {\n    let total = compute_total(&items);\n    println!(\"{total}\");\n    // a comment that is long enough\n}\n";
+        let files = BTreeMap::from([("src/main.rs".to_owned(), text.to_owned())]);
+        let added = BTreeMap::from([("src/main.rs".to_owned(), vec![2, 3, 4, 5, 99])]);
+        let before: HashSet<String> = HashSet::from(["println!(\"{total}\");".to_owned()]);
+        let set = tasks(&files, &added, &before, 10, 0);
+        assert_eq!(set.leaked, 1);
+        assert_eq!(set.tasks.len(), 1, "{:?}", set.tasks);
+        let task = &set.tasks[0];
+        assert_eq!((task.id.as_str(), task.expected.as_str()), ("src/main.rs:2", "let total = compute_total(&items);"));
+        assert_eq!(format!("{}{}{}", task.prefix, task.expected, task.suffix), text);
+        assert!(task.prefix.ends_with("{\n    "));
+    }
+}
