@@ -417,3 +417,60 @@ fn a_damaged_index_is_reported_and_rebuilt() {
         assert_eq!((rebuilt["index"]["files"].as_u64(), rebuilt["index"]["chunks"].as_u64()), (clean["index"]["files"].as_u64(), clean["index"]["chunks"].as_u64()), "{what}");
     }
 }
+
+/// Issue 14: `kenning eval --split time` on a real git history. The tasks are lines added after the
+/// split commit (none of them existing at it); ft without an adapter trained on the split's
+/// snapshot is refused, naming the command that trains one; a directory without git is a clear
+/// error.
+#[test]
+fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters() {
+    let git = |dir: &Path, args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=kenning", "-c", "user.email=kenning@example.invalid", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("shop");
+    let prices: String = (0..5).map(|i| format!("pub fn price_{i}(cents: u64) -> u64 {{\n    cents * {i}\n}}\n\n")).collect();
+    write(&repo, "src/price.rs", &prices);
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "prices"]);
+    let cart = "use crate::price::price_3;\n\npub fn total(items: &[u64]) -> u64 {\n    let subtotal: u64 = items.iter().sum();\n    let discounted = price_3(subtotal) / 4;\n    discounted.saturating_sub(items.len() as u64)\n}\n";
+    write(&repo, "src/cart.rs", cart);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "cart"]);
+
+    // A cache of its own (the snapshot and its training go there), with the installed models.
+    let cache = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(Paths::from_env().assets(), cache.path().join("assets")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_kenning");
+    let eval = |args: &[&str], dir: &Path| Command::new(bin).arg("--cache-dir").arg(cache.path()).args(["eval", "--split", "time", "-w"]).arg(dir).args(args).output().unwrap();
+
+    let out = eval(&["--mode", "ft"], &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("kenning train") && stderr.contains("snapshots"), "{stderr}");
+
+    let out = eval(&["--mode", "none", "--model", "smollm2-135m", "--threads", "1", "--json", "--verbose"], &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<&str> = figures["scores"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    ids.sort();
+    // The new file's lines of code: not the blank one, not the closing brace (too short).
+    assert_eq!(ids, ["src/cart.rs:1", "src/cart.rs:3", "src/cart.rs:4", "src/cart.rs:5", "src/cart.rs:6"]);
+    let snapshot = fs::read_dir(cache.path().join("snapshots")).unwrap().next().unwrap().unwrap().path().join("shop");
+    assert!(snapshot.join("src/price.rs").is_file() && !snapshot.join("src/cart.rs").exists(), "the snapshot is the split commit");
+
+    let plain = work.path().join("plain");
+    write(&plain, "src/a.rs", "fn a() {}\n");
+    let out = eval(&["--mode", "none"], &plain);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a git repository"), "{}", String::from_utf8_lossy(&out.stderr));
+}

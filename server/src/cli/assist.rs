@@ -141,19 +141,28 @@ struct TimeSplit {
     tasks: Vec<EvalTask>,
     snapshot: PathBuf,
     commit: eval::history::Commit,
+    /// The adapter `kenning train SNAPSHOT` wrote, if it has been run.
+    adapter: Option<PathBuf>,
 }
 
 /// `--split time`: the split commit, its snapshot (extracted once, indexed once), and the tasks
 /// from the lines added after it.
 fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> Result<TimeSplit> {
     use eval::history;
-    if mode.adapter() || args.all {
-        bail!("--split time runs none and rag for now: an adapter for ft and hybrid would have to be trained at the split commit, which `kenning train` does not do yet (give --mode none or --mode rag)");
-    }
     let commit = history::split_commit(root, args.split_at.as_deref())?;
     // Named like the repository, so that prompts carry the same repository name.
     let snapshot = paths.cache().join("snapshots").join(commit.short()).join(session::workspace_name(root));
     history::snapshot(root, &commit, &snapshot)?;
+    // Only an adapter trained at the split is fair: one trained on today's code has seen the tasks.
+    let trained = paths.training_for(&snapshot).join("adapters");
+    let adapter = trained.join("adapters.safetensors").is_file().then_some(trained);
+    if mode.adapter() && adapter.is_none() && args.adapter.is_none() {
+        bail!(
+            "ft and hybrid with --split time need an adapter trained at the split: run `kenning train {}` first (or give --adapter DIR, trained without the lines added after {})",
+            snapshot.display(),
+            commit.short()
+        );
+    }
     let added = history::added_lines(root, &commit)?;
     let files = history::head_files(root, added.keys().cloned())?;
     let before = history::lines_under(&snapshot);
@@ -171,7 +180,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
         );
         eprintln!("retrieval reads the repository as it was at {}: {}", commit.short(), snapshot.display());
     }
-    if mode.retrieval() && !index_dir(paths, &args.target, &snapshot).exists() {
+    if (mode.retrieval() || args.all) && !index_dir(paths, &args.target, &snapshot).exists() {
         let exe = std::env::current_exe().context("cannot find this kenning binary")?;
         eprintln!("indexing the snapshot first (once)…");
         let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(&snapshot).stdout(std::process::Stdio::null()).status()?;
@@ -179,7 +188,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
             bail!("indexing {} failed ({status})", snapshot.display());
         }
     }
-    Ok(TimeSplit { tasks: set.tasks, snapshot, commit })
+    Ok(TimeSplit { tasks: set.tasks, snapshot, commit, adapter })
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -432,9 +441,13 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     // Retrieval reads the snapshot at the split (the configuration stays the repository's own).
     let searched = split.as_ref().map_or_else(|| root.clone(), |s| s.snapshot.clone());
     let mut config = config_for(&root, &args.model)?;
-    let adapter = eval_adapter(paths, &root, &config, &args);
+    let adapter = match &split {
+        // Never the configured adapter: it may have been trained on the lines the tasks ask for.
+        Some(s) => args.adapter.clone().or_else(|| s.adapter.clone()),
+        None => eval_adapter(paths, &root, &config, &args),
+    };
     if args.all {
-        return eval_all(paths, &root, &args, &tasks, adapter.as_deref());
+        return eval_all(paths, &searched, &args, &tasks, adapter.as_deref());
     }
     let wanted = if mode.adapter() {
         Some(adapter.clone().context("ft and hybrid need an adapter: run `kenning train`, or give --adapter DIR")?)
@@ -509,7 +522,7 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
     let mut rows = Vec::new();
     for mode in Condition::ALL {
         if mode.adapter() && adapter.is_none() {
-            rows.push(Err(format!("{}: no adapter (run `kenning train`, or give --adapter DIR)", mode.name())));
+            rows.push(Err(format!("{}: no adapter (run `kenning train {}`, or give --adapter DIR)", mode.name(), root.display())));
             continue;
         }
         let mut command = std::process::Command::new(&exe);
