@@ -469,6 +469,18 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     let snapshot = fs::read_dir(cache.path().join("snapshots")).unwrap().next().unwrap().unwrap().path().join("shop");
     assert!(snapshot.join("src/price.rs").is_file() && !snapshot.join("src/cart.rs").exists(), "the snapshot is the split commit");
 
+    // rag: retrieval searches an index of the snapshot, built for it; the live repository is never indexed.
+    let out = eval(&["--mode", "rag", "--model", "smollm2-135m", "--threads", "1", "--limit", "2", "--json"], &repo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cache_paths = Paths::with_root(cache.path());
+    assert!(cache_paths.index_for(&snapshot).is_dir(), "the snapshot is indexed");
+    assert!(!cache_paths.index_for(&repo).exists(), "today's code is never indexed for the time split");
+    // What would let today's code in is refused.
+    for extra in [&["--index-dir", "/tmp/anywhere"][..], &["--tasks", "/tmp/tasks.jsonl"][..]] {
+        let out = eval(&[&["--mode", "none"][..], extra].concat(), &repo);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+    }
+
     let plain = work.path().join("plain");
     write(&plain, "src/a.rs", "fn a() {}\n");
     let out = eval(&["--mode", "none"], &plain);

@@ -96,7 +96,8 @@ pub struct EvalArgs {
     /// Run the four modes, each in a process of its own, and print them side by side.
     #[arg(long)]
     all: bool,
-    /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote).
+    /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote;
+    /// with --split time, only the one `kenning train SNAPSHOT` wrote).
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// The same as --mode none (kept for scripts).
@@ -140,7 +141,6 @@ pub enum SplitKind {
 struct TimeSplit {
     tasks: Vec<EvalTask>,
     snapshot: PathBuf,
-    commit: eval::history::Commit,
     /// The adapter `kenning train SNAPSHOT` wrote, if it has been run.
     adapter: Option<PathBuf>,
 }
@@ -149,6 +149,12 @@ struct TimeSplit {
 /// from the lines added after it.
 fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> Result<TimeSplit> {
     use eval::history;
+    if args.tasks.is_some() {
+        bail!("--split time makes its own tasks: give either --tasks or --split time");
+    }
+    if args.target.index_dir.is_some() {
+        bail!("--split time searches an index of the split commit, which it builds itself: leave out --index-dir");
+    }
     let commit = history::split_commit(root, args.split_at.as_deref())?;
     // Named like the repository, so that prompts carry the same repository name.
     let snapshot = paths.cache().join("snapshots").join(commit.short()).join(session::workspace_name(root));
@@ -168,6 +174,9 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     let before = history::lines_under(&snapshot);
     let wanted = args.limit.unwrap_or(500);
     let set = history::tasks(&files, &added, &before, wanted, 0);
+    if set.tasks.is_empty() {
+        bail!("no lines added after {} qualify as tasks ({} files changed; {} lines refused: they existed at the split)", commit.short(), added.len(), set.leaked);
+    }
     if !args.json {
         eprintln!(
             "{} tasks from lines added after {} in {} files ({} candidates; {} refused: the line existed at the split){}",
@@ -180,15 +189,18 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
         );
         eprintln!("retrieval reads the repository as it was at {}: {}", commit.short(), snapshot.display());
     }
-    if (mode.retrieval() || args.all) && !index_dir(paths, &args.target, &snapshot).exists() {
+    if mode.retrieval() || args.all {
+        // Incremental: a finished index is checked and kept, an interrupted one completed.
         let exe = std::env::current_exe().context("cannot find this kenning binary")?;
-        eprintln!("indexing the snapshot first (once)…");
+        if !args.json {
+            eprintln!("indexing the snapshot (once; later runs only check it)…");
+        }
         let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(&snapshot).stdout(std::process::Stdio::null()).status()?;
         if !status.success() {
             bail!("indexing {} failed ({status})", snapshot.display());
         }
     }
-    Ok(TimeSplit { tasks: set.tasks, snapshot, commit, adapter })
+    Ok(TimeSplit { tasks: set.tasks, snapshot, adapter })
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -432,14 +444,17 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
     let mode = if args.no_retrieval { Condition::None } else { args.mode };
-    let split = if args.split == SplitKind::Time && args.tasks.is_none() { Some(time_split(paths, &root, &args, mode)?) } else { None };
+    if args.split_at.is_some() && args.split != SplitKind::Time {
+        bail!("--split-at is for --split time");
+    }
+    let split = if args.split == SplitKind::Time { Some(time_split(paths, &root, &args, mode)?) } else { None };
     let tasks = match &split {
-        Some(s) if s.tasks.is_empty() => bail!("no lines added after {} qualify as tasks", s.commit.short()),
         Some(s) => s.tasks.clone(),
         None => eval_tasks(paths, &root, &args)?,
     };
     // Retrieval reads the snapshot at the split (the configuration stays the repository's own).
     let searched = split.as_ref().map_or_else(|| root.clone(), |s| s.snapshot.clone());
+    let searched_index = split.as_ref().map(|s| paths.index_for(&s.snapshot));
     let mut config = config_for(&root, &args.model)?;
     let adapter = match &split {
         // Never the configured adapter: it may have been trained on the lines the tasks ask for.
@@ -447,7 +462,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         None => eval_adapter(paths, &root, &config, &args),
     };
     if args.all {
-        return eval_all(paths, &searched, &args, &tasks, adapter.as_deref());
+        return eval_all(paths, &root, searched_index.as_deref(), &args, &tasks, adapter.as_deref());
     }
     let wanted = if mode.adapter() {
         Some(adapter.clone().context("ft and hybrid need an adapter: run `kenning train`, or give --adapter DIR")?)
@@ -509,7 +524,9 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
 }
 
 /// `--all`: each mode in a process of its own (so peak memory is each mode's), on the same tasks.
-fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], adapter: Option<&Path>) -> Result<()> {
+/// `index`: the index retrieval reads (the time split's snapshot), else `--index-dir` or the
+/// workspace's own.
+fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, tasks: &[EvalTask], adapter: Option<&Path>) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let tasks_file = dir.path().join("tasks.jsonl");
     let mut lines = String::new();
@@ -522,13 +539,14 @@ fn eval_all(paths: &Paths, root: &Path, args: &EvalArgs, tasks: &[EvalTask], ada
     let mut rows = Vec::new();
     for mode in Condition::ALL {
         if mode.adapter() && adapter.is_none() {
-            rows.push(Err(format!("{}: no adapter (run `kenning train {}`, or give --adapter DIR)", mode.name(), root.display())));
+            let train = if index.is_some() { "`kenning train` on the snapshot named above".to_owned() } else { format!("`kenning train {}`", root.display()) };
+            rows.push(Err(format!("{}: no adapter (run {train}, or give --adapter DIR)", mode.name())));
             continue;
         }
         let mut command = std::process::Command::new(&exe);
         command.arg("--cache-dir").arg(paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
         command.arg("--tasks").arg(&tasks_file).arg("--workspace").arg(root);
-        if let Some(d) = &args.target.index_dir {
+        if let Some(d) = index.or(args.target.index_dir.as_deref()) {
             command.arg("--index-dir").arg(d);
         }
         if let Some(m) = &args.model.model {

@@ -21,6 +21,8 @@ pub enum HistoryError {
     NoGit(std::io::Error),
     #[error("{0} is not a git repository: use held-out files (`kenning eval` without --split time)")]
     NotARepository(PathBuf),
+    #[error("{root} is inside the git repository at {top}: give the repository's top directory (-w {top})")]
+    NotTheTop { root: PathBuf, top: PathBuf },
     #[error("{0} is a shallow clone: its history is cut short (run `git fetch --unshallow`, or use held-out files)")]
     Shallow(PathBuf),
     #[error("too little history for a time split: {0}")]
@@ -49,7 +51,15 @@ impl Commit {
 }
 
 fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
-    let output = Command::new("git").arg("-C").arg(root).args(args).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
+    // Paths unquoted, and none of the user's diff settings that change what is printed.
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "core.quotePath=false", "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(HistoryError::NoGit)?;
     if !output.status.success() {
         return Err(HistoryError::Git { args: args.join(" "), message: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
     }
@@ -59,16 +69,25 @@ fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
 /// Checks that `root` is a whole git repository (not shallow) and resolves `rev` (default: the
 /// commit where the last [`TAIL_SHARE`] of the history's added lines begin).
 pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryError> {
-    match git(root, &["rev-parse", "--is-inside-work-tree"]) {
-        Ok(out) if out.trim() == "true" => {}
-        Ok(_) | Err(HistoryError::Git { .. }) => return Err(HistoryError::NotARepository(root.to_owned())),
+    let top = match git(root, &["rev-parse", "--show-toplevel"]) {
+        Ok(out) => PathBuf::from(out.trim()),
+        Err(HistoryError::Git { message, .. }) if message.contains("not a git repository") => return Err(HistoryError::NotARepository(root.to_owned())),
         Err(e) => return Err(e),
+    };
+    // Paths in the diff and the archive are the repository's: the workspace must be its top.
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+    if !same(&top, root) {
+        return Err(HistoryError::NotTheTop { root: root.to_owned(), top });
     }
     if git(root, &["rev-parse", "--is-shallow-repository"])?.trim() == "true" {
         return Err(HistoryError::Shallow(root.to_owned()));
     }
+    if git(root, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).is_err() {
+        return Err(HistoryError::TooLittle("no commits yet".into()));
+    }
     if let Some(rev) = rev {
-        let hash = git(root, &["rev-parse", "--verify", "--end-of-options", &format!("{rev}^{{commit}}")])?;
+        let hash = git(root, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{rev}^{{commit}}")])
+            .map_err(|_| HistoryError::TooLittle(format!("{rev} is not a commit of this repository")))?;
         let commit = Commit(hash.trim().to_owned());
         if git(root, &["merge-base", "--is-ancestor", &commit.0, "HEAD"]).is_err() {
             return Err(HistoryError::TooLittle(format!("{rev} is not an ancestor of HEAD")));
@@ -77,7 +96,7 @@ pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryErr
     }
     // Oldest first: each commit and the lines it added (first parent only: a merged branch's
     // lines count once, at the merge).
-    let log = git(root, &["log", "--first-parent", "--reverse", "--format=@%H", "--numstat", "HEAD"])?;
+    let log = git(root, &["log", "--first-parent", "--diff-merges=first-parent", "--no-renames", "--reverse", "--format=@%H", "--numstat", "HEAD"])?;
     let mut commits: Vec<(String, u64)> = Vec::new();
     for line in log.lines() {
         if let Some(hash) = line.strip_prefix('@') {
@@ -141,18 +160,31 @@ pub fn snapshot(root: &Path, commit: &Commit, dir: &Path) -> Result<(), HistoryE
 /// Lines added between `commit` and HEAD, by file (HEAD's path → HEAD's 1-based line numbers), in
 /// files kenning has a language for.
 pub fn added_lines(root: &Path, commit: &Commit) -> Result<BTreeMap<String, Vec<usize>>, HistoryError> {
-    let diff = git(root, &["diff", "--unified=0", "--no-color", "--no-ext-diff", "--diff-filter=AM", &commit.0, "HEAD"])?;
+    // A renamed file counts as deleted and added: its lines that existed at the split are refused
+    // as tasks by the leak check, not here.
+    let diff = git(
+        root,
+        &["diff", "--unified=0", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--src-prefix=a/", "--dst-prefix=b/", "--diff-filter=AM", &commit.0, "HEAD"],
+    )?;
     Ok(parse_added(&diff))
 }
 
-/// `git diff --unified=0` → added line numbers per new path (pure).
+/// `git diff --unified=0` → added line numbers per new path (pure). A file's header is read only
+/// between its `diff --git` line and its first hunk (an added line can begin with `++ `).
 fn parse_added(diff: &str) -> BTreeMap<String, Vec<usize>> {
     let mut added: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut path: Option<String> = None;
+    let mut in_header = false;
     for line in diff.lines() {
-        if let Some(p) = line.strip_prefix("+++ ") {
+        if line.starts_with("diff --git ") {
+            in_header = true;
+            path = None;
+        } else if let (true, Some(p)) = (in_header, line.strip_prefix("+++ ")) {
+            // Git ends a path holding a space with a tab.
+            let p = p.strip_suffix('\t').unwrap_or(p);
             path = p.strip_prefix("b/").map(str::to_owned).filter(|p| Language::from_path(p).grammar().is_some());
         } else if let (Some(p), Some(hunk)) = (&path, line.strip_prefix("@@ ")) {
+            in_header = false;
             // "@@ -a,b +c,d @@": d lines added from line c (d omitted = 1).
             let Some(new) = hunk.split(' ').find_map(|f| f.strip_prefix('+')) else { continue };
             let (start, count) = match new.split_once(',') {
@@ -168,18 +200,20 @@ fn parse_added(diff: &str) -> BTreeMap<String, Vec<usize>> {
     added
 }
 
-/// Every line of the code files under `dir` (trimmed): what existed at the split.
+/// Every line of every text file under `dir` (trimmed, read as the indexer reads them: invalid
+/// UTF-8 replaced), whatever its language: what retrieval could show from the split.
 pub fn lines_under(dir: &Path) -> HashSet<String> {
     let mut lines = HashSet::new();
-    let walker = ignore::WalkBuilder::new(dir).hidden(false).git_ignore(false).build();
+    let walker = ignore::WalkBuilder::new(dir).hidden(false).git_ignore(false).ignore(false).parents(false).build();
     for entry in walker.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_some_and(|t| t.is_file())
-            && Language::from_path(&path.to_string_lossy()).grammar().is_some()
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
-            lines.extend(text.lines().map(|l| l.trim().to_owned()));
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
         }
+        let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+        if bytes[..bytes.len().min(8192)].contains(&0) {
+            continue;
+        }
+        lines.extend(String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_owned()));
     }
     lines
 }
@@ -235,7 +269,12 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
         found.truncate(MAX_PER_FILE);
         per_file.push(found);
     }
-    // In turn from each file, so that a small count still spreads over files.
+    // In turn from each file (in a seeded order: not the first paths alphabetically), so that a
+    // small count still spreads over files.
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..per_file.len()).rev() {
+        per_file.swap(i, rng.below(i + 1));
+    }
     let mut round = 0;
     while set.tasks.len() < count && per_file.iter().any(|f| round < f.len()) {
         for file in &per_file {
@@ -250,11 +289,28 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
     set
 }
 
-/// HEAD's text of each path (files not readable as UTF-8 are left out).
+/// HEAD's text of each path that the indexer would take (the workspace walk's ignore rules, size
+/// limit and secret names; not binary, minified or holding a key block) and that holds no secret
+/// the redactor finds: task text reaches task files and logs.
 pub fn head_files(root: &Path, paths: impl IntoIterator<Item = String>) -> Result<BTreeMap<String, String>, HistoryError> {
+    let walked = std::sync::Mutex::new(HashSet::new());
+    crate::workspace::walk(root, &crate::workspace::WalkOptions::default(), |item| {
+        if let crate::workspace::WalkItem::File(meta) = item {
+            walked.lock().expect("walk lock").insert(meta.rel_path);
+        }
+    });
+    let walked = walked.into_inner().expect("walk lock");
     let mut files = BTreeMap::new();
-    for path in paths {
-        if let Ok(text) = git(root, &["show", &format!("HEAD:{path}")]) {
+    for path in paths.into_iter().filter(|p| walked.contains(p)) {
+        let output = Command::new("git").arg("-C").arg(root).args(["show", &format!("HEAD:{path}")]).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
+        if !output.status.success()
+            || output.stdout.len() as u64 > crate::workspace::DEFAULT_MAX_FILE_BYTES
+            || crate::workspace::classify_bytes(&output.stdout).is_err()
+        {
+            continue;
+        }
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if crate::secrets::redact(&mut text).is_empty() {
             files.insert(path, text);
         }
     }
@@ -277,10 +333,12 @@ mod tests {
 
     #[test]
     fn added_lines_are_read_from_a_zero_context_diff() {
-        let diff = "diff --git a/src/a.rs b/src/a.rs\n--- a/src/a.rs\n+++ b/src/a.rs\n@@ -3,0 +4,2 @@ fn x\n+let a = 1;\n+let b = 2;\n@@ -9 +11 @@\n-old\n+new\ndiff --git a/notes.txt b/notes.txt\n--- /dev/null\n+++ b/notes.txt\n@@ -0,0 +1,3 @@\n+x\n+y\n+z\n@@ -5,2 +7,0 @@\n";
+        let diff = "diff --git a/src/a.rs b/src/a.rs\n--- a/src/a.rs\n+++ b/src/a.rs\n@@ -3,0 +4,2 @@ fn x\n+let a = 1;\n+++ b/src/fake.rs\n@@ -9 +11 @@\n-old\n+new\ndiff --git a/notes.txt b/notes.txt\n--- /dev/null\n+++ b/notes.txt\n@@ -0,0 +1,3 @@\n+x\n+y\n+z\n@@ -5,2 +7,0 @@\ndiff --git a/my file.rs b/my file.rs\n--- /dev/null\n+++ b/my file.rs\t\n@@ -0,0 +1 @@\n+fn spaced() {}\n";
         let added = parse_added(diff);
-        assert_eq!(added.get("src/a.rs"), Some(&vec![4, 5, 11]));
+        assert_eq!(added.get("src/a.rs"), Some(&vec![4, 5, 11]), "an added line that looks like a header is a line");
+        assert!(!added.contains_key("src/fake.rs"));
         assert!(!added.contains_key("notes.txt"), "no language for a .txt file");
+        assert_eq!(added.get("my file.rs"), Some(&vec![1]), "a path with a space (git ends it with a tab)");
     }
 
     /// Runs git in `dir` with a fixed identity and dates (the tests make their own history).
@@ -353,7 +411,11 @@ mod tests {
         // An explicit split: HEAD itself leaves nothing to ask; a non-commit is an error.
         let at_head = split_commit(&repo, Some("HEAD")).unwrap();
         assert!(added_lines(&repo, &at_head).unwrap().is_empty());
-        assert!(matches!(split_commit(&repo, Some("no-such-branch")), Err(HistoryError::Git { .. })));
+        let error = split_commit(&repo, Some("no-such-branch")).unwrap_err();
+        assert!(error.to_string().contains("no-such-branch is not a commit"), "{error}");
+        // A directory inside the repository is not its top: its paths would not match the diff's.
+        let error = split_commit(&repo.join("src"), None).unwrap_err();
+        assert!(matches!(error, HistoryError::NotTheTop { .. }), "{error}");
     }
 
     #[test]

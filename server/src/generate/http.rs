@@ -36,7 +36,7 @@ impl HttpGenerator {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| EngineError::Http { url: url.to_owned(), reason: format!("cannot build an HTTP client: {e}") })?;
+            .map_err(|e| GenerateError::HttpClient(e.to_string()))?;
         Ok(Self { api, base: url.trim_end_matches('/').to_owned(), model: model.to_owned(), api_key, family, client })
     }
 

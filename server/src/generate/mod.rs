@@ -36,11 +36,14 @@ pub enum GenerateError {
     Adapter { path: PathBuf, reason: String },
     #[error("HTTP generation needs a Tokio runtime")]
     NoRuntime,
+    #[error("cannot build an HTTP client: {0}")]
+    HttpClient(String),
     /// The engine failed while generating.
     #[error("generation failed: {0}")]
     Engine(#[from] EngineError),
-    /// The task running a generation or loading a model died (a panic, or aborted).
-    #[error("the generation task stopped: {0}")]
+    /// A background task of a generation (loading a model, preparing a completion) died: a panic,
+    /// or aborted.
+    #[error("a background task stopped: {0}")]
     Task(String),
     #[error("the generation engine has stopped")]
     EngineGone,

@@ -31,7 +31,7 @@ impl Server {
 
     /// `textDocument/inlineCompletion` (LSP 3.18), registered as a custom method.
     pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
-        guarded("textDocument/inlineCompletion", handlers::inline_completion(&self.state, params)).await
+        guarded("textDocument/inlineCompletion", &self.state, handlers::inline_completion(&self.state, params)).await
     }
 
     /// What a request that was not a valid JSON-RPC request became (see `transport`): answered
@@ -199,23 +199,23 @@ impl LanguageServer for Server {
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
-        guarded("textDocument/completion", handlers::completion(&self.state, params)).await
+        guarded("textDocument/completion", &self.state, handlers::completion(&self.state, params)).await
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
-        guarded("textDocument/codeAction", async { Ok(handlers::code_actions(&self.state, params)) }).await
+        guarded("textDocument/codeAction", &self.state, async { Ok(handlers::code_actions(&self.state, params)) }).await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
         let method = if params.command == commands::ASK { "kenning.ask" } else { "workspace/executeCommand" };
-        guarded(method, handlers::execute_command(&self.state, params)).await
+        guarded(method, &self.state, handlers::execute_command(&self.state, params)).await
     }
 }
 
 /// Runs a request's handler inside a tracing span (the method and how long it took), behind a
 /// panic boundary: a handler that panics answers with an internal error; the server goes on.
-async fn guarded<T>(method: &'static str, handler: impl Future<Output = Result<T>>) -> Result<T> {
-    caught(method, handler).await.unwrap_or_else(|message| {
+async fn guarded<T>(method: &'static str, state: &State, handler: impl Future<Output = Result<T>>) -> Result<T> {
+    caught(method, state, handler).await.unwrap_or_else(|message| {
         Err(tower_lsp_server::jsonrpc::Error {
             code: tower_lsp_server::jsonrpc::ErrorCode::InternalError,
             message: format!("kenning: {method} failed inside the server: {message}").into(),
@@ -226,18 +226,16 @@ async fn guarded<T>(method: &'static str, handler: impl Future<Output = Result<T
 
 /// The same boundary for a notification (a panic there would otherwise stop the whole server: the
 /// transport polls every handler on its own task). There is no reply to carry the error: it is
-/// logged, and the open documents' lock, which a panic while editing a document poisons, is
-/// cleared with every document dropped (their text is no longer known; the editor's next change
-/// or open brings them back, until then they get no completions).
+/// logged.
 async fn noted(method: &'static str, state: &State, handler: impl Future<Output = ()>) {
-    if caught(method, handler).await.is_err() && state.documents.is_poisoned() {
-        state.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-        state.documents.clear_poison();
-    }
+    let _ = caught(method, state, handler).await;
 }
 
 /// Runs `handler` in a tracing span, timed; a panic inside becomes `Err(its message)`, logged.
-async fn caught<T>(method: &'static str, handler: impl Future<Output = T>) -> std::result::Result<T, String> {
+/// A panic that poisoned the open documents' lock (while editing or reading a document) drops
+/// every open document, whose text is no longer known, and clears the lock: until the editor opens
+/// them again they get no completions (a change to a document that is not open is ignored).
+async fn caught<T>(method: &'static str, state: &State, handler: impl Future<Output = T>) -> std::result::Result<T, String> {
     use futures::FutureExt;
     use tracing::Instrument;
     let started = std::time::Instant::now();
@@ -246,6 +244,11 @@ async fn caught<T>(method: &'static str, handler: impl Future<Output = T>) -> st
     outcome.map_err(|panic| {
         let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
         tracing::error!(method, "the handler panicked: {message}");
+        if state.documents.is_poisoned() {
+            state.documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+            state.documents.clear_poison();
+            tracing::error!("the open documents were dropped: reopen them for completions");
+        }
         message
     })
 }
@@ -254,29 +257,35 @@ async fn caught<T>(method: &'static str, handler: impl Future<Output = T>) -> st
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_panicking_handler_becomes_an_error_reply() {
-        let handler = async {
-            let offset: Option<u32> = None;
-            offset.expect("boom at offset 7");
-            Ok(())
-        };
-        let failed: Result<()> = guarded("test/panic", handler).await;
-        let error = failed.unwrap_err();
-        assert_eq!(error.code, tower_lsp_server::jsonrpc::ErrorCode::InternalError);
-        assert!(error.message.contains("test/panic") && error.message.contains("boom at offset 7"), "{}", error.message);
-        assert_eq!(guarded("test/ok", async { Ok(3) }).await.unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_notification_is_logged_and_leaves_a_usable_document_table() {
+    /// The state of a server built as the transport builds it (no client connected).
+    fn test_state() -> Arc<State> {
         let mut captured = None;
         let (_service, _socket) = tower_lsp_server::LspService::new(|client| {
             let server = Server::new(client, crate::lsp::Options { paths: crate::paths::Paths::with_root(std::env::temp_dir()) });
             captured = Some(Arc::clone(&server.state));
             server
         });
-        let state = captured.expect("the service built its server");
+        captured.expect("the service built its server")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_error_reply() {
+        let state = test_state();
+        let handler = async {
+            let offset: Option<u32> = None;
+            offset.expect("boom at offset 7");
+            Ok(())
+        };
+        let failed: Result<()> = guarded("test/panic", &state, handler).await;
+        let error = failed.unwrap_err();
+        assert_eq!(error.code, tower_lsp_server::jsonrpc::ErrorCode::InternalError);
+        assert!(error.message.contains("test/panic") && error.message.contains("boom at offset 7"), "{}", error.message);
+        assert_eq!(guarded("test/ok", &state, async { Ok(3) }).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_notification_is_logged_and_leaves_a_usable_document_table() {
+        let state = test_state();
         let uri: Uri = "file:///tmp/a.rs".parse().unwrap();
         state.documents.lock().unwrap().insert(uri.clone(), Document::new("fn a() {}\n", 1, "rust"));
         // A handler that panics while holding the documents' lock (a bug in applying an edit).
@@ -291,5 +300,14 @@ mod tests {
         // A notification that does not panic changes nothing of that.
         noted("textDocument/didClose", &state, async {}).await;
         assert!(!state.documents.is_poisoned());
+        // Nor does a request that panics while holding it stop the documents from being usable.
+        state.documents.lock().unwrap().insert(uri.clone(), Document::new("fn a() {}\n", 1, "rust"));
+        let failed: Result<()> = guarded("textDocument/completion", &state, async {
+            let _documents = state.documents.lock().expect("documents lock");
+            panic!("boom inside a completion");
+        })
+        .await;
+        assert!(failed.is_err());
+        assert!(!state.documents.is_poisoned() && state.documents.lock().unwrap().is_empty());
     }
 }
