@@ -95,18 +95,17 @@ pub fn defined_name(symbol: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// A name defined in this many files or more (`new`, `fmt`, `run`) is ambiguous: no definition of it
-/// is offered (any one would be a guess, and an unrelated body in the prompt pulls the model off).
-/// Files, not chunks: a type with its `impl` blocks in one file is defined in one place.
-const AMBIGUOUS_FILES: usize = 8;
-/// Chunks defining one name read at most; a name with that many is ambiguous too.
-const DEFINITIONS_READ: usize = 32;
+/// Chunks defining one name read at most. A name with this many defining chunks or more (`new`,
+/// `fmt`, `run`; an `impl` block counts, so a type with many impls counts too) is ambiguous: no
+/// definition of it is offered (any one would be a guess, and an unrelated body in the prompt
+/// pulls the model off).
+const DEFINITIONS_PER_NAME: usize = 8;
 
 /// Looks each identifier up in the index and keeps the chunks that define it (not in `current`),
 /// the nearest to `current` first ([`nearest_definitions`]).
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
-        let found = store.definitions_named(name, DEFINITIONS_READ).await.unwrap_or_default();
+        let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
         let found: Vec<Chunk> = found.into_iter().filter(|c| defined_name(&c.symbol) == name.as_str()).collect();
         nearest_definitions(found, current, per_name)
             .into_iter()
@@ -117,14 +116,12 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
 }
 
 /// Of the chunks defining one name, the `per_name` a file at `current` most likely means: none if
-/// the name is ambiguous (defined in [`AMBIGUOUS_FILES`] files or more, or in [`DEFINITIONS_READ`]
-/// chunks), none in `current`
+/// the name is ambiguous ([`DEFINITIONS_PER_NAME`] defining chunks or more), none in `current`
 /// itself, none in test code unless `current` is test code (code outside tests cannot call it),
 /// and the rest by how many leading directories their path shares with `current` (a module's
 /// neighbours first: tokio's multi-thread scheduler means its own `Handle`), then in the order given.
 pub fn nearest_definitions(found: Vec<Chunk>, current: &str, per_name: usize) -> Vec<Chunk> {
-    let files: HashSet<&str> = found.iter().map(|c| c.path.as_str()).collect();
-    if files.len() >= AMBIGUOUS_FILES || found.len() >= DEFINITIONS_READ {
+    if found.len() >= DEFINITIONS_PER_NAME {
         return Vec::new();
     }
     let in_tests = is_test_path(current);
@@ -158,13 +155,11 @@ pub fn is_test_path(path: &str) -> bool {
 }
 
 /// The signatures of `names` (imported by the file at `current`) from their definitions in the
-/// index ([`scope::signature`]), one per name, in the order given: of the definitions
-/// [`nearest_definitions`] keeps, the first that has one.
+/// index ([`scope::signature`]), one per name, in the order given.
 pub async fn signatures(store: &Store, names: &[String], current: &str) -> Vec<Snippet> {
     let lookups = names.iter().map(|name| async move {
-        let found = store.definitions_named(name, DEFINITIONS_READ).await.unwrap_or_default();
-        let found: Vec<Chunk> = found.into_iter().filter(|c| defined_name(&c.symbol) == name.as_str()).collect();
-        nearest_definitions(found, current, DEFINITIONS_READ).into_iter().find_map(|c| {
+        let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
+        found.into_iter().filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str()).find_map(|c| {
             let text = scope::signature(c.language, &c.text, name)?;
             Some(Snippet { text: text + "\n", path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Signature })
         })
@@ -322,13 +317,8 @@ mod tests {
             "test code is left out, ties keep their order"
         );
         assert_eq!(paths(nearest_definitions(found.clone(), "tests/rt_common.rs", 1)), ["tests/support/handle.rs"]);
-        let everywhere: Vec<Chunk> = (0..AMBIGUOUS_FILES).map(|i| chunk(&format!("src/m{i}.rs"))).collect();
+        let everywhere: Vec<Chunk> = (0..DEFINITIONS_PER_NAME).map(|i| chunk(&format!("src/m{i}.rs"))).collect();
         assert!(nearest_definitions(everywhere, current, 1).is_empty(), "a name defined everywhere is a guess");
-        // A type and its impl blocks in two files is defined in two places, not ambiguous.
-        let impls: Vec<Chunk> = (0..AMBIGUOUS_FILES * 2).map(|i| chunk(&format!("src/runtime/h{}.rs", i % 2))).collect();
-        assert_eq!(nearest_definitions(impls, current, 1).len(), 1);
-        let read_cap: Vec<Chunk> = (0..DEFINITIONS_READ).map(|i| chunk(&format!("src/h{}.rs", i % 3))).collect();
-        assert!(nearest_definitions(read_cap, current, 1).is_empty(), "as many as were read: there may be more");
         assert!(nearest_definitions(vec![chunk(current)], current, 1).is_empty());
     }
 
