@@ -139,6 +139,23 @@ fn main() {
             cold.as_secs_f64(),
             cold.as_secs_f64() / warm.as_secs_f64()
         );
+        if !mlx {
+            // How a generation reads its prompt: tokens per decode call. 64 was the only size
+            // before; each size on its own engine, the same prompts (best of two runs).
+            let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
+            let mut line = String::from("  prompt read in chunks of");
+            for chunk in [64, 128, 256, 512] {
+                let engine = LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, prompt_chunk: chunk, ..LlamaOptions::default() }).unwrap();
+                let mut cells = Vec::new();
+                for (tag, target) in [("Echo", 512), ("Foxtrot", 1024)] {
+                    // A different first line each run: nothing is reused from the cache.
+                    let best = (0..2).map(|i| run(&engine, &prompt_of(&engine, &corpus, &format!("{tag} {chunk} {i}"), target).0, 1).0).min().unwrap();
+                    cells.push(format!("{:.3} s at {target}", best.as_secs_f64()));
+                }
+                line.push_str(&format!(" {chunk}: {};", cells.join(", ")));
+            }
+            println!("{line} (time to first token)");
+        }
         println!("  peak RSS so far {:.0} MB", peak_rss_mb());
     }
 }

@@ -31,9 +31,9 @@ use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationR
 
 /// Most tokens llama.cpp takes in one call (the context's batch size).
 const MAX_BATCH: u32 = 512;
-/// Tokens decoded per call while reading a prompt: between calls a cancelled request stops and a
-/// warm-up gives way to a generation, so this bounds how long either waits.
-const PROMPT_CHUNK: usize = 64;
+/// Tokens decoded per call while a warm-up reads a prompt: between calls it gives way to a
+/// generation, so this bounds how long a request waits behind one.
+const WARM_CHUNK: usize = 64;
 /// KV-cache sequences kept (each the full context window): the place being typed at and the
 /// prompt being warmed for it, or two files worked in by turns.
 pub const SLOTS: usize = 2;
@@ -55,6 +55,9 @@ pub struct LlamaOptions {
     /// Keep cached runs the new prompt repeats after a deletion, shifted into place (approximate:
     /// see [`super::reuse`]); off = only the common prefix is kept.
     pub shift_cache: bool,
+    /// Tokens decoded per call while a generation reads its prompt. Bigger batches read faster;
+    /// between calls a cancelled request stops (what it read stays cached for the next one).
+    pub prompt_chunk: usize,
 }
 
 impl Default for LlamaOptions {
@@ -62,7 +65,7 @@ impl Default for LlamaOptions {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Reading a prompt scales with cores (99 → 188 tok/s from one thread to two, measured);
         // generating a token at a time stops scaling early.
-        Self { context: 4096, threads: cores.min(4), prefill_threads: cores, lora: None, lora_scale: 1.0, shift_cache: true }
+        Self { context: 4096, threads: cores.min(4), prefill_threads: cores, lora: None, lora_scale: 1.0, shift_cache: true, prompt_chunk: 64 }
     }
 }
 
@@ -149,7 +152,8 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
     let shift = options.shift_cache && matches!(model.rope_type(), Some(RopeType::Norm | RopeType::NeoX));
     let window = (ctx.n_ctx() as usize / SLOTS).min(options.context as usize);
     let slots = (0..SLOTS).map(|_| Slot::default()).collect();
-    let mut session = Session { model: &model, ctx, slots, clock: 0, last_generation: None, window, pieces: Vec::new(), shift };
+    let prompt_chunk = options.prompt_chunk.max(1);
+    let mut session = Session { model: &model, ctx, slots, clock: 0, last_generation: None, window, pieces: Vec::new(), shift, prompt_chunk };
     while let Some(job) = jobs.recv() {
         let (request, sink) = match job {
             Job::CountTokens(text, reply) => {
@@ -231,6 +235,8 @@ struct Session<'m> {
     pieces: Vec<Vec<u8>>,
     /// Whether cached runs may be shifted into place ([`reuse::plan`]).
     shift: bool,
+    /// Tokens per decode call while a generation reads its prompt ([`LlamaOptions::prompt_chunk`]).
+    prompt_chunk: usize,
 }
 
 /// How a prompt went into the cache.
@@ -286,7 +292,7 @@ impl Session<'_> {
 
     /// Brings sequence `seq` to hold `prompt`: keeps what [`reuse::plan`] allows, computes the rest
     /// in chunks, asking `stop` between them. With `logits`, the last token's logits are computed.
-    fn prefill(&mut self, seq: usize, prompt: &[LlamaToken], logits: bool, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
+    fn prefill(&mut self, seq: usize, prompt: &[LlamaToken], logits: bool, chunk: usize, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
         let id = i32::try_from(seq).map_err(|e| e.to_string())?;
         let runs = reuse::plan(&self.slots[seq].cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN);
         // Runs are contiguous from 0 in the new prompt and only move towards the start: drop the
@@ -306,7 +312,7 @@ impl Session<'_> {
         cached.extend_from_slice(&prompt[..filled]);
 
         let kept = filled;
-        let chunk_size = PROMPT_CHUNK.min(self.ctx.n_batch() as usize).max(1);
+        let chunk_size = chunk.min(self.ctx.n_batch() as usize).max(1);
         let mut batch = LlamaBatch::new(chunk_size, 1);
         let mut last_index = 0;
         while filled < prompt.len() {
@@ -331,7 +337,7 @@ impl Session<'_> {
     fn warm(&mut self, prompt: &str, give_way: impl Fn() -> bool) -> Result<Warmed, String> {
         let tokens = self.tokenize(prompt, 0);
         let seq = self.choose(&tokens, Purpose::Warm);
-        let done = self.prefill(seq, &tokens, false, give_way)?;
+        let done = self.prefill(seq, &tokens, false, WARM_CHUNK, give_way)?;
         let cached = self.slots[seq].cached.len();
         Ok(Warmed { cached, computed: cached - done.kept, complete: done.complete })
     }
@@ -343,7 +349,7 @@ impl Session<'_> {
         let prompt = self.tokenize(&request.prompt, request.max_tokens);
         let seq = self.choose(&prompt, Purpose::Generate);
         let id = i32::try_from(seq).map_err(|e| e.to_string())?;
-        let prefilled = self.prefill(seq, &prompt, true, || sink.is_cancelled())?;
+        let prefilled = self.prefill(seq, &prompt, true, self.prompt_chunk, || sink.is_cancelled())?;
         let common = prefilled.kept;
         if !prefilled.complete {
             return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO));
