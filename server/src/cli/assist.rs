@@ -113,6 +113,10 @@ pub struct EvalArgs {
     /// added lines begin).
     #[arg(long, value_name = "REV")]
     split_at: Option<String>,
+    /// With --split time: the commit whose added lines are the tasks (default HEAD). Pin it (and
+    /// --split-at) to ask the same tasks in a later run.
+    #[arg(long, value_name = "REV")]
+    until: Option<String>,
     /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
@@ -155,10 +159,11 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     if args.target.index_dir.is_some() {
         bail!("--split time searches an index of the split commit, which it builds itself: leave out --index-dir");
     }
-    let commit = history::split_commit(root, args.split_at.as_deref())?;
+    let split = history::split_commit(root, args.split_at.as_deref(), args.until.as_deref())?;
+    let commit = &split.at;
     // Named like the repository, so that prompts carry the same repository name.
     let snapshot = paths.cache().join("snapshots").join(commit.short()).join(session::workspace_name(root));
-    history::snapshot(root, &commit, &snapshot)?;
+    history::snapshot(root, commit, &snapshot)?;
     // Only an adapter trained at the split is fair: one trained on today's code has seen the tasks.
     let trained = paths.training_for(&snapshot).join("adapters");
     let adapter = trained.join("adapters.safetensors").is_file().then_some(trained);
@@ -169,8 +174,8 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
             commit.short()
         );
     }
-    let added = history::added_lines(root, &commit)?;
-    let files = history::head_files(root, added.keys().cloned())?;
+    let added = history::added_lines(root, &split)?;
+    let files = history::files_at(root, &split.until, added.keys().cloned())?;
     let before = history::lines_under(&snapshot);
     let wanted = args.limit.unwrap_or(500);
     let set = history::tasks(&files, &added, &before, wanted, 0);
@@ -179,9 +184,10 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     }
     if !args.json {
         eprintln!(
-            "{} tasks from lines added after {} in {} files ({} candidates; {} refused: the line existed at the split){}",
+            "{} tasks from lines added after {} up to {} in {} files ({} candidates; {} refused: the line existed at the split){}",
             set.tasks.len(),
             commit.short(),
+            split.until.short(),
             added.len(),
             set.candidates,
             set.leaked,
@@ -444,8 +450,8 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
     let mode = if args.no_retrieval { Condition::None } else { args.mode };
-    if args.split_at.is_some() && args.split != SplitKind::Time {
-        bail!("--split-at is for --split time");
+    if (args.split_at.is_some() || args.until.is_some()) && args.split != SplitKind::Time {
+        bail!("--split-at and --until are for --split time");
     }
     let split = if args.split == SplitKind::Time { Some(time_split(paths, &root, &args, mode)?) } else { None };
     let tasks = match &split {

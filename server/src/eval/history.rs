@@ -66,9 +66,24 @@ fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Checks that `root` is a whole git repository (not shallow) and resolves `rev` (default: the
-/// commit where the last [`TAIL_SHARE`] of the history's added lines begin).
-pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryError> {
+/// The split: the commit retrieval and training see (`at`), and the commit whose lines are asked
+/// for (`until`: HEAD unless pinned, so that a later run can ask the same tasks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub at: Commit,
+    pub until: Commit,
+}
+
+fn resolve(root: &Path, rev: &str) -> Result<Commit, HistoryError> {
+    git(root, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{rev}^{{commit}}")])
+        .map(|hash| Commit(hash.trim().to_owned()))
+        .map_err(|_| HistoryError::TooLittle(format!("{rev} is not a commit of this repository")))
+}
+
+/// Checks that `root` is a whole git repository (not shallow) and resolves `until` (default HEAD)
+/// and `rev` (default: the commit where the last [`TAIL_SHARE`] of the lines added up to `until`
+/// begin).
+pub fn split_commit(root: &Path, rev: Option<&str>, until: Option<&str>) -> Result<Split, HistoryError> {
     let top = match git(root, &["rev-parse", "--show-toplevel"]) {
         Ok(out) => PathBuf::from(out.trim()),
         Err(HistoryError::Git { message, .. }) if message.contains("not a git repository") => return Err(HistoryError::NotARepository(root.to_owned())),
@@ -85,18 +100,18 @@ pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryErr
     if git(root, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).is_err() {
         return Err(HistoryError::TooLittle("no commits yet".into()));
     }
+    let until_name = until.unwrap_or("HEAD");
+    let end = resolve(root, until_name)?;
     if let Some(rev) = rev {
-        let hash = git(root, &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{rev}^{{commit}}")])
-            .map_err(|_| HistoryError::TooLittle(format!("{rev} is not a commit of this repository")))?;
-        let commit = Commit(hash.trim().to_owned());
-        if git(root, &["merge-base", "--is-ancestor", &commit.0, "HEAD"]).is_err() {
-            return Err(HistoryError::TooLittle(format!("{rev} is not an ancestor of HEAD")));
+        let commit = resolve(root, rev)?;
+        if git(root, &["merge-base", "--is-ancestor", &commit.0, &end.0]).is_err() {
+            return Err(HistoryError::TooLittle(format!("{rev} is not an ancestor of {until_name}")));
         }
-        return Ok(commit);
+        return Ok(Split { at: commit, until: end });
     }
     // Oldest first: each commit and the lines it added (first parent only: a merged branch's
     // lines count once, at the merge).
-    let log = git(root, &["log", "--first-parent", "--diff-merges=first-parent", "--no-renames", "--reverse", "--format=@%H", "--numstat", "HEAD"])?;
+    let log = git(root, &["log", "--first-parent", "--diff-merges=first-parent", "--no-renames", "--reverse", "--format=@%H", "--numstat", &end.0])?;
     let mut commits: Vec<(String, u64)> = Vec::new();
     for line in log.lines() {
         if let Some(hash) = line.strip_prefix('@') {
@@ -105,7 +120,7 @@ pub fn split_commit(root: &Path, rev: Option<&str>) -> Result<Commit, HistoryErr
             last.1 += added;
         }
     }
-    pick_split(&commits).map(|h| Commit(h.to_owned())).ok_or_else(|| {
+    pick_split(&commits).map(|h| Split { at: Commit(h.to_owned()), until: end.clone() }).ok_or_else(|| {
         HistoryError::TooLittle(format!("{} commit(s); a split needs at least two with lines added after the first", commits.len()))
     })
 }
@@ -157,14 +172,14 @@ pub fn snapshot(root: &Path, commit: &Commit, dir: &Path) -> Result<(), HistoryE
     std::fs::rename(&partial, dir).map_err(io(dir))
 }
 
-/// Lines added between `commit` and HEAD, by file (HEAD's path → HEAD's 1-based line numbers), in
-/// files kenning has a language for.
-pub fn added_lines(root: &Path, commit: &Commit) -> Result<BTreeMap<String, Vec<usize>>, HistoryError> {
+/// Lines added between the split and its end, by file (the end's path → its 1-based line numbers),
+/// in files kenning has a language for.
+pub fn added_lines(root: &Path, split: &Split) -> Result<BTreeMap<String, Vec<usize>>, HistoryError> {
     // A renamed file counts as deleted and added: its lines that existed at the split are refused
     // as tasks by the leak check, not here.
     let diff = git(
         root,
-        &["diff", "--unified=0", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--src-prefix=a/", "--dst-prefix=b/", "--diff-filter=AM", &commit.0, "HEAD"],
+        &["diff", "--unified=0", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--src-prefix=a/", "--dst-prefix=b/", "--diff-filter=AM", &split.at.0, &split.until.0],
     )?;
     Ok(parse_added(&diff))
 }
@@ -229,7 +244,7 @@ pub struct TaskSet {
 }
 
 /// Up to `count` line tasks (the cursor after the indentation, the rest of the line expected)
-/// from the lines added after the split, read from HEAD's files in `files` (path → text). A line
+/// from the lines added after the split, read from the end's files in `files` (path → text). A line
 /// that exists anywhere in `before` (the code at the split, trimmed) is refused; comments and
 /// short lines are not tasks. At most [`MAX_PER_FILE`] per file, chosen by `seed`.
 pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usize>>, before: &HashSet<String>, count: usize, seed: u64) -> TaskSet {
@@ -289,10 +304,10 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
     set
 }
 
-/// HEAD's text of each path that the indexer would take (the workspace walk's ignore rules, size
+/// The text at `commit` (the split's end) of each path that the indexer would take (the workspace walk's ignore rules, size
 /// limit and secret names; not binary, minified or holding a key block) and that holds no secret
 /// the redactor finds: task text reaches task files and logs.
-pub fn head_files(root: &Path, paths: impl IntoIterator<Item = String>) -> Result<BTreeMap<String, String>, HistoryError> {
+pub fn files_at(root: &Path, commit: &Commit, paths: impl IntoIterator<Item = String>) -> Result<BTreeMap<String, String>, HistoryError> {
     let walked = std::sync::Mutex::new(HashSet::new());
     crate::workspace::walk(root, &crate::workspace::WalkOptions::default(), |item| {
         if let crate::workspace::WalkItem::File(meta) = item {
@@ -302,7 +317,7 @@ pub fn head_files(root: &Path, paths: impl IntoIterator<Item = String>) -> Resul
     let walked = walked.into_inner().expect("walk lock");
     let mut files = BTreeMap::new();
     for path in paths.into_iter().filter(|p| walked.contains(p)) {
-        let output = Command::new("git").arg("-C").arg(root).args(["show", &format!("HEAD:{path}")]).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
+        let output = Command::new("git").arg("-C").arg(root).args(["show", &format!("{}:{path}", commit.0)]).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
         if !output.status.success()
             || output.stdout.len() as u64 > crate::workspace::DEFAULT_MAX_FILE_BYTES
             || crate::workspace::classify_bytes(&output.stdout).is_err()
@@ -381,19 +396,19 @@ mod tests {
         let cart = "pub struct Cart { items: Vec<u64> }\n\nimpl Cart {\n    pub fn total(&self) -> u64 {\n        let sum: u64 = self.items.iter().sum();\n        crate::price::price_3(sum)\n    }\n    pub fn double(cents: u64) -> u64 { cents * 2 }\n}\n";
         commit(&repo, &[("src/cart.rs", cart), ("README.md", "# shop\nA shop that sells things to people.\n")], "total");
 
-        let split = split_commit(&repo, None).unwrap();
+        let split = split_commit(&repo, None, None).unwrap();
         let second = git(&repo, &["rev-parse", "HEAD~1"]).unwrap();
-        assert_eq!(split.0, second.trim(), "the last commit adds the last 10 % of the lines");
+        assert_eq!(split.at.0, second.trim(), "the last commit adds the last 10 % of the lines");
 
         let snap = dir.path().join("snap").join("shop");
-        snapshot(&repo, &split, &snap).unwrap();
+        snapshot(&repo, &split.at, &snap).unwrap();
         let old = std::fs::read_to_string(snap.join("src/cart.rs")).unwrap();
         assert_eq!(old, "pub struct Cart { items: Vec<u64> }\n", "the snapshot is the repository at the split");
         assert!(!snap.join("README.md").exists() && !snap.with_extension("partial").exists());
 
         let added = added_lines(&repo, &split).unwrap();
         assert_eq!(added.keys().collect::<Vec<_>>(), ["src/cart.rs"], "the README has no language");
-        let files = head_files(&repo, added.keys().cloned()).unwrap();
+        let files = files_at(&repo, &split.until, added.keys().cloned()).unwrap();
         let before = lines_under(&snap);
         assert!(before.contains("pub fn price_3(cents: u64) -> u64 { cents * 3 }"));
         // A line copied from the split's code: refused.
@@ -408,13 +423,22 @@ mod tests {
             assert!(!before.contains(task.expected.trim()), "{} leaked", task.id);
             assert_eq!(format!("{}{}{}", task.prefix, task.expected, task.suffix), files["src/cart.rs"]);
         }
-        // An explicit split: HEAD itself leaves nothing to ask; a non-commit is an error.
-        let at_head = split_commit(&repo, Some("HEAD")).unwrap();
+        // Pinned to its end: commits made after it change nothing of the tasks.
+        let pinned = split_commit(&repo, None, Some("HEAD")).unwrap();
+        commit(&repo, &[("src/later.rs", "pub fn later_addition(x: u64) -> u64 { x + 1 }\n")], "later");
+        let again = split_commit(&repo, Some(&pinned.at.0), Some(&pinned.until.0)).unwrap();
+        assert_eq!(again, pinned);
+        assert_eq!(added_lines(&repo, &again).unwrap(), added);
+        assert!(added_lines(&repo, &split_commit(&repo, Some(&pinned.at.0), None).unwrap()).unwrap().contains_key("src/later.rs"));
+        // An explicit split: the end itself leaves nothing to ask; a non-commit is an error.
+        let at_head = split_commit(&repo, Some("HEAD"), None).unwrap();
         assert!(added_lines(&repo, &at_head).unwrap().is_empty());
-        let error = split_commit(&repo, Some("no-such-branch")).unwrap_err();
+        let error = split_commit(&repo, Some("HEAD"), Some("HEAD~1")).unwrap_err();
+        assert!(error.to_string().contains("not an ancestor of HEAD~1"), "{error}");
+        let error = split_commit(&repo, Some("no-such-branch"), None).unwrap_err();
         assert!(error.to_string().contains("no-such-branch is not a commit"), "{error}");
         // A directory inside the repository is not its top: its paths would not match the diff's.
-        let error = split_commit(&repo.join("src"), None).unwrap_err();
+        let error = split_commit(&repo.join("src"), None, None).unwrap_err();
         assert!(matches!(error, HistoryError::NotTheTop { .. }), "{error}");
     }
 
@@ -423,21 +447,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("plain");
         std::fs::create_dir_all(&plain).unwrap();
-        let error = split_commit(&plain, None).unwrap_err();
+        let error = split_commit(&plain, None, None).unwrap_err();
         assert!(matches!(error, HistoryError::NotARepository(_)), "{error}");
 
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
         run(&repo, &["init", "-q"]);
         commit(&repo, &[("a.rs", "fn a() {}\n")], "one");
-        let error = split_commit(&repo, None).unwrap_err();
+        let error = split_commit(&repo, None, None).unwrap_err();
         assert!(matches!(error, HistoryError::TooLittle(_)), "{error}");
         commit(&repo, &[("a.rs", "fn a() {}\nfn b() {}\n")], "two");
-        assert!(split_commit(&repo, None).is_ok());
+        assert!(split_commit(&repo, None, None).is_ok());
 
         let url = format!("file://{}", repo.display());
         run(dir.path(), &["clone", "-q", "--depth", "1", &url, "shallow"]);
-        let error = split_commit(&dir.path().join("shallow"), None).unwrap_err();
+        let error = split_commit(&dir.path().join("shallow"), None, None).unwrap_err();
         assert!(error.to_string().contains("shallow clone"), "{error}");
     }
 
