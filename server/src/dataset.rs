@@ -276,6 +276,12 @@ pub struct EvalTask {
     pub expected: String,
 }
 
+/// Whether a line's code (indentation taken off) begins like a comment or a docstring in one of the
+/// languages kenning reads (`#` includes Rust attributes: callers that want them say so).
+pub(crate) fn starts_as_comment(code: &str) -> bool {
+    ["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c))
+}
+
 /// Up to `count` completion tasks from `files` (paths relative to `root`; the held-out test files):
 /// lines of code (not comments), cut where the training data cuts "the rest of a line", taken in
 /// turn from each file. Deterministic for the same files, count and seed.
@@ -292,7 +298,7 @@ pub fn eval_tasks(root: &Path, files: &[String], count: usize, seed: u64) -> Vec
             .filter(|&(s, _)| {
                 let line = text[..s].rfind('\n').map_or(0, |i| i + 1);
                 let code = text[line..].trim_start();
-                !["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c))
+                !starts_as_comment(code)
             })
             .collect();
         let mut rng = SplitMix64::new(seed ^ hash64(path.as_bytes()));

@@ -16,6 +16,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Shuffles `items` in place (Fisher–Yates, with [`Self::below`]).
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+
     /// Uniform in `0..n` (n > 0), by multiply-shift.
     pub(crate) fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next()) * n as u128) >> 64) as usize

@@ -260,9 +260,14 @@ pub fn read_source(meta: FileMeta, max_file_bytes: u64) -> Result<SourceFile, Sk
     Ok(SourceFile { meta, text, lossy, hash, redactions })
 }
 
+/// Whether a file's bytes look binary (a NUL among the first [`BINARY_SNIFF_BYTES`]).
+pub fn is_binary(bytes: &[u8]) -> bool {
+    bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0)
+}
+
 /// The content filters alone: binary, private-key material, minified.
 pub fn classify_bytes(bytes: &[u8]) -> Result<(), SkipReason> {
-    if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
+    if is_binary(bytes) {
         return Err(SkipReason::Binary);
     }
     if SECRET_MARKERS.iter().any(|m| holds_key_block(bytes, m)) {

@@ -51,6 +51,11 @@ impl Commit {
 }
 
 fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
+    git_bytes(root, args).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// [`git`]'s output as bytes.
+fn git_bytes(root: &Path, args: &[&str]) -> Result<Vec<u8>, HistoryError> {
     // Paths unquoted, and none of the user's diff settings that change what is printed.
     let output = Command::new("git")
         .arg("-C")
@@ -63,7 +68,7 @@ fn git(root: &Path, args: &[&str]) -> Result<String, HistoryError> {
     if !output.status.success() {
         return Err(HistoryError::Git { args: args.join(" "), message: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(output.stdout)
 }
 
 /// The split: the commit retrieval and training see (`at`), and the commit whose lines are asked
@@ -225,7 +230,7 @@ pub fn lines_under(dir: &Path) -> HashSet<String> {
             continue;
         }
         let Ok(bytes) = std::fs::read(entry.path()) else { continue };
-        if bytes[..bytes.len().min(8192)].contains(&0) {
+        if crate::workspace::is_binary(&bytes) {
             continue;
         }
         lines.extend(String::from_utf8_lossy(&bytes).lines().map(|l| l.trim().to_owned()));
@@ -259,7 +264,7 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
             let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
             let line = &text[start..end];
             let code = line.trim();
-            if code.chars().count() < MIN_LINE_CHARS || ["//", "#", "/*", "*", "--", "\"\"\"", "'''"].iter().any(|c| code.starts_with(c) && !code.starts_with("#[")) {
+            if code.chars().count() < MIN_LINE_CHARS || (crate::dataset::starts_as_comment(code) && !code.starts_with("#[")) {
                 continue;
             }
             if before.contains(code) {
@@ -277,19 +282,13 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
             });
         }
         set.candidates += found.len();
-        let mut rng = SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes()));
-        for i in (1..found.len()).rev() {
-            found.swap(i, rng.below(i + 1));
-        }
+        SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes())).shuffle(&mut found);
         found.truncate(MAX_PER_FILE);
         per_file.push(found);
     }
     // In turn from each file (in a seeded order: not the first paths alphabetically), so that a
     // small count still spreads over files.
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..per_file.len()).rev() {
-        per_file.swap(i, rng.below(i + 1));
-    }
+    SplitMix64::new(seed).shuffle(&mut per_file);
     let mut round = 0;
     while set.tasks.len() < count && per_file.iter().any(|f| round < f.len()) {
         for file in &per_file {
@@ -304,9 +303,9 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
     set
 }
 
-/// The text at `commit` (the split's end) of each path that the indexer would take (the workspace walk's ignore rules, size
-/// limit and secret names; not binary, minified or holding a key block) and that holds no secret
-/// the redactor finds: task text reaches task files and logs.
+/// The text at `commit` (the split's end) of each path that the indexer would take (the
+/// workspace walk's ignore rules, size limit and secret names; not binary, minified or holding a
+/// key block) and that holds no secret the redactor finds: task text reaches task files and logs.
 pub fn files_at(root: &Path, commit: &Commit, paths: impl IntoIterator<Item = String>) -> Result<BTreeMap<String, String>, HistoryError> {
     let walked = std::sync::Mutex::new(HashSet::new());
     crate::workspace::walk(root, &crate::workspace::WalkOptions::default(), |item| {
@@ -317,14 +316,15 @@ pub fn files_at(root: &Path, commit: &Commit, paths: impl IntoIterator<Item = St
     let walked = walked.into_inner().expect("walk lock");
     let mut files = BTreeMap::new();
     for path in paths.into_iter().filter(|p| walked.contains(p)) {
-        let output = Command::new("git").arg("-C").arg(root).args(["show", &format!("{}:{path}", commit.0)]).stdin(Stdio::null()).output().map_err(HistoryError::NoGit)?;
-        if !output.status.success()
-            || output.stdout.len() as u64 > crate::workspace::DEFAULT_MAX_FILE_BYTES
-            || crate::workspace::classify_bytes(&output.stdout).is_err()
-        {
+        let bytes = match git_bytes(root, &["show", &format!("{}:{path}", commit.0)]) {
+            Ok(bytes) => bytes,
+            Err(HistoryError::Git { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if bytes.len() as u64 > crate::workspace::DEFAULT_MAX_FILE_BYTES || crate::workspace::classify_bytes(&bytes).is_err() {
             continue;
         }
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if crate::secrets::redact(&mut text).is_empty() {
             files.insert(path, text);
         }
