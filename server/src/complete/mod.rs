@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::chunk::Language;
 use crate::config;
 use crate::embed::Embedder;
-use crate::generate::{EngineError, Event, GenerateError, Generator, GenerationRequest as GenRequest, Sampling};
+use crate::generate::{EngineError, Event, GenerateError, Generator, GenerationRequest, Sampling};
 use crate::prompt::{self, Budget, Family, FimInput, Layout, Snippet};
 use crate::store::Store;
 use ring::Ring;
@@ -309,7 +309,7 @@ impl Completer {
             Mode::SingleLine => self.settings.max_tokens,
             Mode::MultiLine => self.settings.max_tokens_multiline,
         };
-        let gen_request = GenRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
+        let gen_request = GenerationRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
         let raw = wait(&slot).await;
@@ -461,7 +461,7 @@ impl Completer {
             let built = shape.build(&next, &local, &snippets);
             // One line, whatever the place would get: it is what the user is likely to take next, and
             // a block would keep the engine busy for text nobody may want.
-            let gen_request = GenRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal };
+            let gen_request = GenerationRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal };
             let limits = Limits { max_lines: settings.max_lines };
             match start_slot(&generator, &slots, limits, &next, Mode::SingleLine, gen_request, snippets, true) {
                 // A request that came while this started may have missed it: it is stopped then.
@@ -545,7 +545,7 @@ impl Completer {
     }
 
     /// Starts a generation in a slot task (see [`start_slot`]).
-    fn start(&self, request: &CompletionRequest, mode: Mode, gen_request: GenRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
+    fn start(&self, request: &CompletionRequest, mode: Mode, gen_request: GenerationRequest, snippets: Vec<Snippet>) -> Result<Arc<Slot>, GenerateError> {
         start_slot(&self.generator, &self.slots, Limits { max_lines: self.settings.max_lines }, request, mode, gen_request, snippets, false)
     }
 }
@@ -559,7 +559,7 @@ fn start_slot(
     limits: Limits,
     request: &CompletionRequest,
     mode: Mode,
-    gen_request: GenRequest,
+    gen_request: GenerationRequest,
     snippets: Vec<Snippet>,
     speculative: bool,
 ) -> Result<Arc<Slot>, GenerateError> {

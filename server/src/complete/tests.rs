@@ -16,7 +16,7 @@ struct Scripted {
     /// Whether it claims to honour token healing.
     heals: bool,
     /// The requests it was given.
-    seen: std::sync::Mutex<Vec<GenRequest>>,
+    seen: std::sync::Mutex<Vec<GenerationRequest>>,
     /// Prompts the cache keeps (`Generator::cache_slots`); 0: it does not warm at all.
     slots: usize,
     /// Whether a warm-up reports it got the whole prompt in.
@@ -71,7 +71,7 @@ impl Generator for Scripted {
         let _ = tx.send(crate::generate::Warmed { cached: 100, computed: 40, complete });
         Ok(crate::generate::Warming(Some(rx)))
     }
-    fn generate(&self, request: GenRequest) -> Result<Generation, GenerateError> {
+    fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError> {
         self.seen.lock().unwrap().push(request);
         self.started.fetch_add(1, Ordering::SeqCst);
         let (generation, sink) = Generation::channel();
