@@ -8,9 +8,10 @@ use std::time::Duration;
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::mlx::{MlxEngine, resolve};
-use kenning::generate::{BundledModel, Event, FinishReason, Generator, GenerationRequest, fused_gguf, lora_gguf};
+use kenning::formats::{fused_gguf, lora_gguf};
+use kenning::generate::{BundledModel, Event, FinishReason, Generator, GenerationRequest};
 use kenning::paths::Paths;
-use kenning_training::lora::Target;
+use kenning_training::model::Projection as Target;
 use kenning_training::model::Config;
 
 fn mlx() -> MlxEngine {
@@ -145,7 +146,7 @@ fn random_adapter(model: &std::path::Path, out: &std::path::Path, layers: usize)
     let (mut header, mut data) = (serde_json::Map::new(), Vec::<u8>::new());
     for layer in config.num_hidden_layers - layers..config.num_hidden_layers {
         for target in Target::ALL {
-            let (inputs, outputs) = target.dims(&config);
+            let (inputs, outputs) = config.projection_dims(target);
             let (inputs, outputs) = (inputs as usize, outputs as usize);
             let bound_a = 1.0 / (inputs as f32).sqrt();
             for (ab, shape, bound) in [("a", [inputs, rank], bound_a), ("b", [rank, outputs], 0.1)] {
@@ -215,7 +216,7 @@ fn a_fused_model_written_as_gguf_writes_what_the_base_with_the_adapter_writes() 
     // `kenning-train fuse`: the adapter merged on MLX, written as a Hugging Face directory (f16).
     let mut text = kenning_training::text::TextModel::load(&model).unwrap();
     let (lora, weights) = kenning_training::lora::Lora::load(&adapter, &text.model.config).unwrap();
-    lora.fuse_into(&weights, &mut text.model).unwrap();
+    kenning_training::export::fuse(&lora, &weights, &mut text.model).unwrap();
     let fused_dir = dir.path().join("fused");
     kenning_training::export::write_model_dir(&text.model, &model, &fused_dir).unwrap();
     drop(text);

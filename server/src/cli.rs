@@ -233,20 +233,6 @@ fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>> {
     crate::session::load_embedder(paths, threads).context("cannot load the embedding model (use --no-embed for keyword search only)")
 }
 
-/// Removes everything in an index directory but its writer lock (held by the caller).
-fn clear_index_dir(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        if entry.file_name() == index::LOCK_FILE {
-            continue;
-        }
-        let path = entry.path();
-        if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
-            .with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
-}
-
 async fn open_store(dir: &Path) -> Result<Store> {
     crate::session::open_index(dir).await.with_context(|| format!("cannot open the index at {}", dir.display()))
 }
@@ -255,21 +241,12 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     let root = workspace_root(&args.path)?;
     let dir = index_dir(paths, &args.target, &root);
     let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
-    // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong. Judged under
-    // the writer lock: another process creating or writing the index is not damage.
-    {
-        let _lock = index::WriterLock::acquire(&dir, |holder| eprintln!("kenning: {holder} is writing this index: waiting for it to finish")).await?;
-        let problems = match crate::session::open_index(&dir).await {
-            Ok(_) if args.rebuild => vec!["--rebuild was given".to_owned()],
-            Ok(store) => store.verify().await,
-            Err(e) => vec![e.to_string()],
-        };
-        if !problems.is_empty() {
-            eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
-            clear_index_dir(&dir)?;
-        }
+    // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong.
+    let waiting = |holder: &str| eprintln!("kenning: {holder} is writing this index: waiting for it to finish");
+    let (store, problems) = crate::session::open_index_repaired(&dir, args.rebuild, waiting).await.with_context(|| format!("cannot open the index at {}", dir.display()))?;
+    if !problems.is_empty() {
+        eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
     }
-    let store = open_store(&dir).await?;
     let bars = Arc::new(Bars::new(!args.json));
     let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() }, ..IndexOptions::default() };
     let summary = index::index_workspace(&root, &store, embedder, &options, bars.clone()).await?;
@@ -454,7 +431,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     let engine: Box<dyn Generator> = match args.engine {
         Engine::Llama => {
             let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
-            let lora = args.adapter_path.as_deref().map(crate::generate::lora_gguf::for_llama).transpose()?;
+            let lora = args.adapter_path.as_deref().map(crate::formats::lora_gguf::for_llama).transpose()?;
             let mut options = LlamaOptions { context: args.context, lora, ..LlamaOptions::default() };
             if let Some(threads) = args.threads {
                 options.threads = threads;

@@ -41,6 +41,25 @@ pub enum IndexError {
     NotADirectory(PathBuf),
     #[error("cannot lock the index at {path} for writing: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
+    #[error("cannot clear {path}: {source}")]
+    Clear { path: PathBuf, source: std::io::Error },
+}
+
+/// Removes everything in an index directory but its writer lock (held by the caller).
+pub fn clear(dir: &Path) -> Result<(), IndexError> {
+    fn err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+        move |source| IndexError::Clear { path: path.to_owned(), source }
+    }
+    for entry in std::fs::read_dir(dir).map_err(err(dir))? {
+        let entry = entry.map_err(err(dir))?;
+        if entry.file_name() == LOCK_FILE {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(err(&path))?.is_dir();
+        if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.map_err(err(&path))?;
+    }
+    Ok(())
 }
 
 /// The file whose advisory lock gives one writer at a time the right to change an index.

@@ -13,6 +13,8 @@ pub mod config;
 pub mod dataset;
 pub mod embed;
 pub mod eval;
+pub mod finetune;
+pub mod formats;
 pub mod generate;
 pub mod index;
 pub mod lsp;

@@ -10,6 +10,7 @@ use crate::assets::Assets;
 use crate::config;
 use crate::embed::{EmbedError, Embedder, FastEmbedder};
 use crate::generate::{self, GenerateError, Generator};
+use crate::index::{self, IndexError, WriterLock};
 use crate::paths::Paths;
 use crate::store::{Store, StoreError};
 
@@ -21,6 +22,26 @@ pub fn workspace_name(root: &Path) -> String {
 /// Opens (or creates) the index at `dir`, for the embedding model kenning bundles.
 pub async fn open_index(dir: &Path) -> Result<Store, StoreError> {
     Store::open(dir, FastEmbedder::MODEL_ID, FastEmbedder::DIM).await
+}
+
+/// Opens the index at `dir` for a full indexing run, rebuilt from scratch when it is damaged or
+/// `rebuild` is asked: returns why it was rebuilt (empty: it was kept as it is). Judged under the
+/// writer lock (`waiting` hears who holds it), so that another process creating or writing the
+/// index is not taken for damage. The lock is released before returning.
+pub async fn open_index_repaired(dir: &Path, rebuild: bool, waiting: impl FnOnce(&str)) -> Result<(Store, Vec<String>), IndexError> {
+    let problems = {
+        let _lock = WriterLock::acquire(dir, waiting).await?;
+        let problems = match open_index(dir).await {
+            Ok(_) if rebuild => vec!["--rebuild was given".to_owned()],
+            Ok(store) => store.verify().await,
+            Err(e) => vec![e.to_string()],
+        };
+        if !problems.is_empty() {
+            index::clear(dir)?;
+        }
+        problems
+    };
+    Ok((open_index(dir).await?, problems))
 }
 
 /// Loads the embedding model from the installed assets (`threads` 0: all cores).

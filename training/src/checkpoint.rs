@@ -4,7 +4,7 @@
 //! pass to the backward pass, at the price of a second forward pass of the layer.
 //!
 //! Everything the function's gradient should reach must be among its inputs (a captured array is a
-//! constant to MLX): [`Llama::logits`](crate::model::Llama::logits) passes a layer's input and the
+//! constant to MLX): `Llama::logits` passes a layer's input and the
 //! layer's adapter weights.
 
 #![allow(unsafe_code)]

@@ -9,7 +9,16 @@ use std::path::Path;
 use mlx_rs::{Array, Dtype};
 use serde_json::Value;
 
+use crate::lora::Lora;
 use crate::model::{Llama, ModelError};
+
+/// Merges an adapter into `model`'s weights (after which the model no longer needs it).
+pub fn fuse(lora: &Lora, params: &[Array], model: &mut Llama) -> Result<(), mlx_rs::error::Exception> {
+    for (layer, projection, delta) in lora.deltas(params)? {
+        model.add_to_projection(layer, projection, &delta)?;
+    }
+    Ok(())
+}
 
 /// Rows of a q/k projection (`[heads·head_dim, in]`) from llama.cpp's rotary layout back to
 /// Hugging Face's: the inverse of the permutation `convert_hf_to_gguf.py` applies.

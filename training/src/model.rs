@@ -12,7 +12,7 @@ use mlx_rs::ops;
 use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
 
-use crate::lora::{Adapter, Lora, Target};
+pub use kenning_formats::adapter::Projection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -70,6 +70,46 @@ fn default_true() -> bool {
 impl Config {
     pub fn head_dim(&self) -> i32 {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// `(in, out)` features of a projection.
+    pub fn projection_dims(&self, projection: Projection) -> (i32, i32) {
+        let (hidden, inter, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
+        match projection {
+            Projection::Q => (hidden, self.num_attention_heads * hd),
+            Projection::K | Projection::V => (hidden, self.num_key_value_heads * hd),
+            Projection::O => (self.num_attention_heads * hd, hidden),
+            Projection::Gate | Projection::Up => (hidden, inter),
+            Projection::Down => (inter, hidden),
+        }
+    }
+}
+
+/// What a forward pass asks of an adapter, which changes the output of some projections (LoRA
+/// implements it, in `lora`): the model knows this interface, not the adapters.
+pub trait Hook {
+    /// Indices into the adapter's weights of those layer `layer` uses (empty when it adapts none
+    /// of the layer's projections).
+    fn layer_params(&self, layer: usize) -> Vec<usize>;
+
+    /// `y`, the output of `projection` of layer `layer` for the input `x`, as the adapter with
+    /// weights `params` changes it (`dropout`: training's random masks on).
+    fn apply(&self, params: &[Array], layer: usize, projection: Projection, x: &Array, y: Array, dropout: bool) -> Result<Array, Exception>;
+}
+
+/// An adapter in use by a forward pass: what it is, its weights, whether dropout is on (training)
+/// and whether adapted layers are checkpointed (training: recomputed in the backward pass).
+#[derive(Clone, Copy)]
+pub struct Adapter<'a> {
+    pub hook: &'a dyn Hook,
+    pub params: &'a [Array],
+    pub dropout: bool,
+    pub checkpoint: bool,
+}
+
+impl Adapter<'_> {
+    fn apply(&self, layer: usize, projection: Projection, x: &Array, y: Array) -> Result<Array, Exception> {
+        self.hook.apply(self.params, layer, projection, x, y, self.dropout)
     }
 }
 
@@ -129,8 +169,8 @@ pub struct Llama {
     head: Array,
     norm: Array,
     layers: Vec<Layer>,
-    /// LoRA weights applied by `forward` (inference with an adapter, unfused).
-    adapter: Option<(Lora, Vec<Array>)>,
+    /// The adapter `forward` applies, with its weights (inference with an adapter, unfused).
+    adapter: Option<(Box<dyn Hook>, Vec<Array>)>,
 }
 
 impl Llama {
@@ -200,7 +240,7 @@ impl Llama {
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Array, ModelError> {
         let n = tokens.len() as i32;
         let ids = Array::from_slice(tokens, &[1, n]);
-        let adapter = self.adapter.as_ref().map(|(lora, params)| Adapter { lora, params, dropout: false, checkpoint: false });
+        let adapter = self.adapter.as_ref().map(|(hook, params)| Adapter { hook: hook.as_ref(), params, dropout: false, checkpoint: false });
         Ok(self.run(&ids, Some(cache), adapter)?.reshape(&[n, self.config.vocab_size])?)
     }
 
@@ -223,22 +263,22 @@ impl Llama {
         n
     }
 
-    /// Attaches LoRA weights used by [`forward`](Self::forward) from now on.
-    pub fn set_adapter(&mut self, lora: Lora, params: Vec<Array>) {
-        self.adapter = Some((lora, params));
+    /// Attaches an adapter and its weights, applied by [`forward`](Self::forward) from now on.
+    pub fn set_adapter(&mut self, hook: impl Hook + 'static, params: Vec<Array>) {
+        self.adapter = Some((Box::new(hook), params));
     }
 
-    /// The projection weight of `target` in layer `layer`, as stored (`[in, out]`).
-    pub fn projection(&self, layer: usize, target: Target) -> &Array {
+    /// The projection weight of `projection` in layer `layer`, as stored (`[in, out]`).
+    pub fn projection(&self, layer: usize, projection: Projection) -> &Array {
         let l = &self.layers[layer];
-        match target {
-            Target::Q => &l.q,
-            Target::K => &l.k,
-            Target::V => &l.v,
-            Target::O => &l.o,
-            Target::Gate => &l.gate,
-            Target::Up => &l.up,
-            Target::Down => &l.down,
+        match projection {
+            Projection::Q => &l.q,
+            Projection::K => &l.k,
+            Projection::V => &l.v,
+            Projection::O => &l.o,
+            Projection::Gate => &l.gate,
+            Projection::Up => &l.up,
+            Projection::Down => &l.down,
         }
     }
 
@@ -254,8 +294,8 @@ impl Llama {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
             out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone()));
-            for target in Target::ALL {
-                out.push((format!("{p}.{}.weight", target.name()), t(self.projection(i, target))?));
+            for projection in Projection::ALL {
+                out.push((format!("{p}.{}.weight", projection.name()), t(self.projection(i, projection))?));
             }
             for (name, bias) in [("q_proj", &l.q_bias), ("k_proj", &l.k_bias), ("v_proj", &l.v_bias)] {
                 if let Some(b) = bias {
@@ -267,16 +307,16 @@ impl Llama {
     }
 
     /// Adds `delta` (`[in, out]`) to a projection: fusing an adapter into the base weights.
-    pub fn add_to_projection(&mut self, layer: usize, target: Target, delta: &Array) -> Result<(), Exception> {
+    pub fn add_to_projection(&mut self, layer: usize, projection: Projection, delta: &Array) -> Result<(), Exception> {
         let l = &mut self.layers[layer];
-        let w = match target {
-            Target::Q => &mut l.q,
-            Target::K => &mut l.k,
-            Target::V => &mut l.v,
-            Target::O => &mut l.o,
-            Target::Gate => &mut l.gate,
-            Target::Up => &mut l.up,
-            Target::Down => &mut l.down,
+        let w = match projection {
+            Projection::Q => &mut l.q,
+            Projection::K => &mut l.k,
+            Projection::V => &mut l.v,
+            Projection::O => &mut l.o,
+            Projection::Gate => &mut l.gate,
+            Projection::Up => &mut l.up,
+            Projection::Down => &mut l.down,
         };
         *w = w.add(delta)?;
         w.eval()
@@ -291,19 +331,19 @@ impl Llama {
             x = match &adapter {
                 // Training with checkpoints: the layer's input and adapter weights go in, the layer
                 // is computed again in the backward pass.
-                Some(a) if a.checkpoint && cache.is_none() && !a.lora.layer_params(i).is_empty() => {
-                    let slots = a.lora.layer_params(i);
+                Some(a) if a.checkpoint && cache.is_none() && !a.hook.layer_params(i).is_empty() => {
+                    let slots = a.hook.layer_params(i);
                     let mut inputs = vec![x];
                     inputs.extend(slots.iter().map(|&p| a.params[p].clone()));
                     // Owned: the weights the transform passes in live only for the forward pass.
                     let params = a.params.to_vec();
-                    let (lora, dropout) = (a.lora, a.dropout);
+                    let (hook, dropout) = (a.hook, a.dropout);
                     let body = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
                         let mut params = params.clone();
                         for (&p, weight) in slots.iter().zip(&inputs[1..]) {
                             params[p] = weight.clone();
                         }
-                        let adapter = Adapter { lora, params: &params, dropout, checkpoint: false };
+                        let adapter = Adapter { hook, params: &params, dropout, checkpoint: false };
                         Ok(vec![self.layer(i, &inputs[0], None, Some(&adapter), 0)?])
                     };
                     // SAFETY: the body owns its arrays and borrows only the model and the adapter's
@@ -331,21 +371,21 @@ impl Llama {
         let (heads, kv_heads, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let scale = 1.0 / (head_dim as f32).sqrt();
         // x · W (+ bias) (+ scale · (x · A) · B when the adapter covers this projection).
-        let project = |x: &Array, target: Target, bias: Option<&Array>| -> Result<Array, Exception> {
-            let mut y = x.matmul(self.projection(i, target))?;
+        let project = |x: &Array, projection: Projection, bias: Option<&Array>| -> Result<Array, Exception> {
+            let mut y = x.matmul(self.projection(i, projection))?;
             if let Some(b) = bias {
                 y = y.add(b)?;
             }
             if let Some(adapter) = adapter {
-                y = adapter.apply(i, target, x, y)?;
+                y = adapter.apply(i, projection, x, y)?;
             }
             Ok(y)
         };
         let h = fast::rms_norm(x, Some(&layer.input_norm), c.rms_norm_eps)?;
         let split = |a: Array, heads: i32| a.reshape(&[batch, n, heads, head_dim])?.transpose_axes(&[0, 2, 1, 3]);
-        let q = split(project(&h, Target::Q, layer.q_bias.as_ref())?, heads)?;
-        let k = split(project(&h, Target::K, layer.k_bias.as_ref())?, kv_heads)?;
-        let v = split(project(&h, Target::V, layer.v_bias.as_ref())?, kv_heads)?;
+        let q = split(project(&h, Projection::Q, layer.q_bias.as_ref())?, heads)?;
+        let k = split(project(&h, Projection::K, layer.k_bias.as_ref())?, kv_heads)?;
+        let v = split(project(&h, Projection::V, layer.v_bias.as_ref())?, kv_heads)?;
         let q = fast::rope(&q, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
         let k = fast::rope(&k, head_dim, c.rope_traditional, c.rope_theta, 1.0, offset, None)?;
         let (k, v) = match cache.as_ref().and_then(|c| c.layers.get(i)) {
@@ -362,11 +402,11 @@ impl Llama {
             }
         }
         let attended = attended.transpose_axes(&[0, 2, 1, 3])?.reshape(&[batch, n, heads * head_dim])?;
-        let x = x.add(project(&attended, Target::O, None)?)?;
+        let x = x.add(project(&attended, Projection::O, None)?)?;
         let h = fast::rms_norm(&x, Some(&layer.post_norm), c.rms_norm_eps)?;
-        let gate = project(&h, Target::Gate, None)?;
-        let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(project(&h, Target::Up, None)?)?;
-        x.add(project(&activated, Target::Down, None)?)
+        let gate = project(&h, Projection::Gate, None)?;
+        let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(project(&h, Projection::Up, None)?)?;
+        x.add(project(&activated, Projection::Down, None)?)
     }
 
     /// Greedy continuation of `prompt`: up to `max_tokens` ids, stopping after any of `stop_ids`.

@@ -8,13 +8,7 @@ use mlx_rs::ops::indexing::IndexOp;
 
 use crate::model::{Cache, Llama, ModelError};
 
-/// How to pick the next token (temperature 0 = greedy).
-#[derive(Debug, Clone, Copy)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u64,
-}
+pub use kenning_formats::Sampling;
 
 /// What a generation did.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +117,7 @@ impl TextModel {
         if ids.is_empty() || max_tokens == 0 {
             return Ok(stats);
         }
-        let mut rng = sampling.seed.max(1);
+        let mut rng = u64::from(sampling.seed).max(1);
         // At least the last prompt token is computed again: its logits pick the first new token.
         let shared = session.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         session.cache.truncate(shared as i32);

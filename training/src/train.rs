@@ -11,8 +11,8 @@ use mlx_rs::error::Exception;
 use mlx_rs::{Array, transforms};
 
 use crate::data::{Batch, Example, batches};
-use crate::lora::{Adapter, Lora};
-use crate::model::{Llama, ModelError};
+use crate::lora::Lora;
+use crate::model::{Adapter, Llama, ModelError};
 
 /// How the learning rate moves over the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub fn evaluate(model: &Llama, lora: &Lora, params: &[Array], batches: &[Batch],
     let (mut sum, mut count) = (0.0f64, 0usize);
     for b in &batches[..take] {
         let arrays = BatchArrays::from(b);
-        let (l, _) = loss(model, Adapter { lora, params, dropout: false, checkpoint: false }, &arrays)?;
+        let (l, _) = loss(model, Adapter { hook: lora, params, dropout: false, checkpoint: false }, &arrays)?;
         l.eval()?;
         sum += f64::from(scalar(&l)?) * b.tokens as f64;
         count += b.tokens;
@@ -244,7 +244,7 @@ pub fn train(
         let arrays = BatchArrays::from(batch);
         let (value, grads) = {
             let step = |p: &[Array]| -> Result<Vec<Array>, Exception> {
-                let (l, n) = loss(model, Adapter { lora, params: p, dropout: true, checkpoint: options.grad_checkpoint }, &arrays)?;
+                let (l, n) = loss(model, Adapter { hook: lora, params: p, dropout: true, checkpoint: options.grad_checkpoint }, &arrays)?;
                 Ok(vec![l, n])
             };
             let argnums: Vec<i32> = (0..params.len() as i32).collect();

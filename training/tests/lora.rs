@@ -135,7 +135,7 @@ fn a_fresh_adapter_changes_nothing_and_fusing_equals_the_unfused_forward() {
     let adapted = last_logits(&model, &ids);
     assert!(max_diff(&adapted, &base) > 0.5, "the adapter should change the logits");
     let mut fused = Llama::load(&model_dir()).unwrap();
-    lora.fuse_into(&weights, &mut fused).unwrap();
+    kenning_training::export::fuse(&lora, &weights, &mut fused).unwrap();
     let merged = last_logits(&fused, &ids);
     assert!(max_diff(&merged, &adapted) < 1e-3, "fused vs unfused: {}", max_diff(&merged, &adapted));
 
@@ -229,7 +229,7 @@ fn loss_and_gradients(model: &TextModel, lora: &Lora, weights: &[Array], checkpo
     let batch = data::batches(&tokenized(model, &code_windows()[..4]), 4).remove(0);
     let arrays = train::BatchArrays::from(&batch);
     let step = |p: &[Array]| -> Result<Vec<Array>, mlx_rs::error::Exception> {
-        let adapter = kenning_training::lora::Adapter { lora, params: p, dropout: false, checkpoint };
+        let adapter = kenning_training::model::Adapter { hook: lora, params: p, dropout: false, checkpoint };
         let (loss, _) = train::loss(&model.model, adapter, &arrays)?;
         Ok(vec![loss])
     };

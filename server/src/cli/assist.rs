@@ -14,6 +14,7 @@ use crate::chunk::Language;
 use crate::complete::{self, Completer, Retrieval};
 use crate::config::{self, Config, Layers};
 use crate::dataset::{self, EvalTask};
+use crate::eval::history;
 use crate::eval::{self, Figures, Condition, first_line, percentile};
 use crate::generate::Generator;
 use crate::paths::Paths;
@@ -141,54 +142,32 @@ pub enum SplitKind {
     Time,
 }
 
-/// The time split's tasks and the snapshot of the repository at the split that retrieval reads.
-struct TimeSplit {
-    tasks: Vec<EvalTask>,
-    snapshot: PathBuf,
-    /// The adapter `kenning train SNAPSHOT` wrote, if it has been run.
-    adapter: Option<PathBuf>,
-}
-
 /// `--split time`: the split commit, its snapshot (extracted once, indexed once), and the tasks
 /// from the lines added after it.
-fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> Result<TimeSplit> {
-    use eval::history;
+fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> Result<history::TimeSplit> {
     if args.tasks.is_some() {
         bail!("--split time makes its own tasks: give either --tasks or --split time");
     }
     if args.target.index_dir.is_some() {
         bail!("--split time searches an index of the split commit, which it builds itself: leave out --index-dir");
     }
-    let split = history::split_commit(root, args.split_at.as_deref(), args.until.as_deref())?;
-    let commit = &split.at;
-    // Named like the repository, so that prompts carry the same repository name.
-    let snapshot = paths.cache().join("snapshots").join(commit.short()).join(session::workspace_name(root));
-    history::snapshot(root, commit, &snapshot)?;
-    // Only an adapter trained at the split is fair: one trained on today's code has seen the tasks.
-    let trained = paths.training_for(&snapshot).join("adapters");
-    let adapter = trained.join("adapters.safetensors").is_file().then_some(trained);
-    if mode.adapter() && adapter.is_none() && args.adapter.is_none() {
+    let wanted = args.limit.unwrap_or(500);
+    let prepared = history::prepare(paths, root, args.split_at.as_deref(), args.until.as_deref(), wanted)?;
+    let (commit, snapshot, set) = (&prepared.split.at, &prepared.snapshot, &prepared.tasks);
+    if mode.adapter() && prepared.adapter.is_none() && args.adapter.is_none() {
         bail!(
             "ft and hybrid with --split time need an adapter trained at the split: run `kenning train {}` first (or give --adapter DIR, trained without the lines added after {})",
             snapshot.display(),
             commit.short()
         );
     }
-    let added = history::added_lines(root, &split)?;
-    let files = history::files_at(root, &split.until, added.keys().cloned())?;
-    let before = history::lines_under(&snapshot);
-    let wanted = args.limit.unwrap_or(500);
-    let set = history::tasks(&files, &added, &before, wanted, 0);
-    if set.tasks.is_empty() {
-        bail!("no lines added after {} qualify as tasks ({} files changed; {} lines refused: they existed at the split)", commit.short(), added.len(), set.leaked);
-    }
     if !args.json {
         eprintln!(
             "{} tasks from lines added after {} up to {} in {} files ({} candidates; {} refused: the line existed at the split){}",
             set.tasks.len(),
             commit.short(),
-            split.until.short(),
-            added.len(),
+            prepared.split.until.short(),
+            prepared.files_changed,
             set.candidates,
             set.leaked,
             if set.tasks.len() < wanted { format!("; fewer than the {wanted} asked for") } else { String::new() },
@@ -201,12 +180,12 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
         if !args.json {
             eprintln!("indexing the snapshot (once; later runs only check it)…");
         }
-        let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(&snapshot).stdout(std::process::Stdio::null()).status()?;
+        let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(snapshot).stdout(std::process::Stdio::null()).status()?;
         if !status.success() {
             bail!("indexing {} failed ({status})", snapshot.display());
         }
     }
-    Ok(TimeSplit { tasks: set.tasks, snapshot, adapter })
+    Ok(prepared)
 }
 
 /// The workspace's configuration with the command-line overrides applied.
@@ -455,7 +434,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     }
     let split = if args.split == SplitKind::Time { Some(time_split(paths, &root, &args, mode)?) } else { None };
     let tasks = match &split {
-        Some(s) => s.tasks.clone(),
+        Some(s) => s.tasks.tasks.clone(),
         None => eval_tasks(paths, &root, &args)?,
     };
     // Retrieval reads the snapshot at the split (the configuration stays the repository's own).

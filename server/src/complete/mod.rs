@@ -648,18 +648,19 @@ fn slot_predicts(slot: &Slot, typed: &str) -> bool {
 /// Waits for a slot's final text.
 async fn wait(slot: &Slot) -> Result<String, CompleteError> {
     let mut state = slot.state.clone();
-    loop {
+    let finished = loop {
         if let SlotState::Done(result) = &*state.borrow_and_update() {
-            return result.clone().map_err(|e| GenerateError::from(e).into());
+            break result.clone();
         }
         if state.changed().await.is_err() {
             // The task was aborted (a newer request) or panicked.
-            return match &*state.borrow() {
-                SlotState::Done(result) => result.clone().map_err(|e| GenerateError::from(e).into()),
-                SlotState::Running(_) => Err(CompleteError::Cancelled),
-            };
+            match &*state.borrow() {
+                SlotState::Done(result) => break result.clone(),
+                SlotState::Running(_) => return Err(CompleteError::Cancelled),
+            }
         }
-    }
+    };
+    finished.map_err(|e| GenerateError::from(e).into())
 }
 
 /// Definitions of names near the cursor first, then the signatures of what the file imports

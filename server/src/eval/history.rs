@@ -31,6 +31,40 @@ pub enum HistoryError {
     Git { args: String, message: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("no lines added after {split} qualify as tasks ({files} files changed; {leaked} lines refused: they existed at the split)")]
+    NoTasks { split: String, files: usize, leaked: usize },
+}
+
+/// A time split ready to evaluate: the split, its tasks, the snapshot retrieval reads, and the
+/// adapter trained on that snapshot, if `kenning train SNAPSHOT` has been run.
+#[derive(Debug)]
+pub struct TimeSplit {
+    pub split: Split,
+    pub tasks: TaskSet,
+    /// Files with lines added after the split.
+    pub files_changed: usize,
+    pub snapshot: PathBuf,
+    pub adapter: Option<PathBuf>,
+}
+
+/// The time split of `root`: the split commit (`at`, default where the last [`TAIL_SHARE`] of the
+/// added lines begin) up to `until` (default HEAD), its snapshot (extracted once, under the cache,
+/// named like the repository so that prompts carry the same name), and up to `count` tasks from
+/// the lines added after it. Indexing the snapshot is the caller's (a process of its own).
+pub fn prepare(paths: &crate::paths::Paths, root: &Path, at: Option<&str>, until: Option<&str>, count: usize) -> Result<TimeSplit, HistoryError> {
+    let split = split_commit(root, at, until)?;
+    let snapshot = paths.cache().join("snapshots").join(split.at.short()).join(crate::session::workspace_name(root));
+    self::snapshot(root, &split.at, &snapshot)?;
+    // Only an adapter trained at the split is fair: one trained on today's code has seen the tasks.
+    let trained = paths.training_for(&snapshot).join("adapters");
+    let adapter = trained.join(kenning_formats::adapter::WEIGHTS_FILE).is_file().then_some(trained);
+    let added = added_lines(root, &split)?;
+    let files = files_at(root, &split.until, added.keys().cloned())?;
+    let set = tasks(&files, &added, &lines_under(&snapshot), count, 0);
+    if set.tasks.is_empty() {
+        return Err(HistoryError::NoTasks { split: split.at.short().to_owned(), files: added.len(), leaked: set.leaked });
+    }
+    Ok(TimeSplit { split, tasks: set, files_changed: added.len(), snapshot, adapter })
 }
 
 /// Share of the history's added lines that come after the default split commit.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kenning_training::lora::Lora;
-use kenning_training::text::{Sampling as MlxSampling, Session, TextModel};
+use kenning_training::text::{Session, TextModel};
 
 use super::engine::{EngineThread, Job, delegate_generator};
-use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationRequest, Sink, SpecialToken, StopMatcher, Warmed};
+use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationRequest, Sampling, Sink, SpecialToken, StopMatcher, Warmed};
 use crate::paths::Paths;
 
 /// The directory of a bundled model's MLX conversion, or `model` itself when it is a directory.
@@ -60,7 +60,7 @@ impl MlxEngine {
                     Job::Generate(request, sink) => run(&model, &mut session, &request, &sink),
                     // MLX computes a prompt in one forward pass: a warm-up cannot stop half-way.
                     Job::Warm(prompt, reply) => {
-                        let warmed = model.generate_in(&mut session, &prompt, "", 1, MlxSampling { temperature: 0.0, top_p: 1.0, seed: 0 }, |_| false).map(|stats| Warmed {
+                        let warmed = model.generate_in(&mut session, &prompt, "", 1, Sampling::default(), |_| false).map(|stats| Warmed {
                             cached: stats.prompt_tokens,
                             computed: stats.prompt_tokens - stats.reused_prompt_tokens,
                             complete: true,
@@ -83,12 +83,7 @@ fn run(model: &TextModel, session: &mut Session, request: &GenerationRequest, si
     let started = Instant::now();
     let mut stops = StopMatcher::new(&request.stop);
     let mut reason = FinishReason::Length;
-    let sampling = MlxSampling {
-        temperature: request.sampling.temperature,
-        top_p: request.sampling.top_p,
-        seed: u64::from(request.sampling.seed),
-    };
-    let result = model.generate_in(session, &request.prompt, &request.heal, request.max_tokens, sampling, |piece| {
+    let result = model.generate_in(session, &request.prompt, &request.heal, request.max_tokens, request.sampling, |piece| {
         if sink.is_cancelled() {
             reason = FinishReason::Cancelled;
             return false;

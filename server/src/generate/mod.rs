@@ -8,9 +8,6 @@
 mod engine;
 pub mod http;
 pub mod llama;
-pub mod fused_gguf;
-pub mod gguf;
-pub mod lora_gguf;
 #[cfg(feature = "mlx")]
 pub mod mlx;
 pub mod reuse;
@@ -21,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::assets::{AssetError, Assets};
+use crate::formats::lora_gguf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -159,20 +157,7 @@ pub enum SpecialToken {
     Eos,
 }
 
-/// How to pick each next token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// 0 = greedy.
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u32,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, seed: 0 }
-    }
-}
+pub use kenning_formats::Sampling;
 
 /// One generation.
 #[derive(Debug, Clone)]

@@ -237,7 +237,7 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
         None => state.roots().into_iter().next(),
     }
     .ok_or_else(|| Error::invalid_params("kenning.ask: no workspace folder to search"))?;
-    let store = indexer::store(state, &root).await.map_err(internal)?;
+    let store = indexer::store(state, &root).await.map_err(|e| internal(e.to_string()))?;
     let retrieval = state.retrieval(Some(&root)).await;
     let (model, _) = state.model().await;
     let config = state.config();

@@ -3,18 +3,20 @@
 //! coalesced (a change during a run marks the folder dirty and the run repeats); compaction when
 //! idle, never on the request path.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
+use tracing::Instrument;
 use tower_lsp_server::ls_types::*;
 
 use super::state::{self, Root, State};
 use crate::session;
 use crate::config::FILE_NAME;
-use crate::index::{self, IndexOptions, Progress};
-use crate::store::Store;
+use crate::index::{self, IndexError, IndexOptions, Progress};
+use crate::store::{Store, StoreError};
 use crate::workspace::WalkOptions;
 
 /// Quiet time after a re-index before compaction runs.
@@ -22,14 +24,27 @@ const IDLE_OPTIMIZE_AFTER: Duration = Duration::from_secs(5);
 /// At most one progress report per this interval.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
+/// Why an index run did not finish. Its text is what `kenning.status` reports and the user is shown.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    #[error("cannot open the index of {}: {error}", path.display())]
+    Open { path: PathBuf, error: Box<StoreError> },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("internal error: {0}")]
+    Panicked(String),
+    #[error("the index run was cancelled: {0}")]
+    Cancelled(String),
+}
+
 /// Opens (once) the folder's index.
-pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, String> {
+pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, RunError> {
     root.store
         .get_or_try_init(|| async {
             let dir = state.paths.index_for(&root.path);
             let store = session::open_index(&dir)
                 .await
-                .map_err(|e| format!("cannot open the index of {}: {e}", root.path.display()))?;
+                .map_err(|error| RunError::Open { path: root.path.clone(), error: Box::new(error) })?;
             // An index completed by an earlier session is searchable by vector at once.
             if let Ok((chunks, vectors)) = store.counts().await
                 && chunks > 0
@@ -115,10 +130,11 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
         // On its own task, so that a panic deep in a dependency is reported, not a silent stop.
         let task = tokio::spawn({
             let (state, root) = (Arc::clone(&state), Arc::clone(&root));
-            async move { run_once(&state, &root, report).await }
+            let span = tracing::info_span!("index", root = %root.path.display());
+            async move { run_once(&state, &root, report).await }.instrument(span)
         });
-        let result = task.await.unwrap_or_else(|e| Err(panic_message(e)));
-        *root.error.lock().expect("error lock") = result.as_ref().err().cloned();
+        let result = task.await.unwrap_or_else(|e| Err(panic_error(e)));
+        *root.error.lock().expect("error lock") = result.as_ref().err().map(RunError::to_string);
         if let Err(e) = result {
             tracing::error!("indexing {} failed: {e}", root.path.display());
             // Not indexing any more by the time the client reads the message (and asks for status).
@@ -136,17 +152,17 @@ pub(super) async fn run(state: Arc<State>, root: Arc<Root>, report: bool) {
     }
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
+fn panic_error(e: tokio::task::JoinError) -> RunError {
     match e.try_into_panic() {
         Ok(payload) => {
             let text = payload.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| payload.downcast_ref::<String>().cloned());
-            format!("internal error: {}", text.unwrap_or_else(|| "a panic without a message".into()))
+            RunError::Panicked(text.unwrap_or_else(|| "a panic without a message".into()))
         }
-        Err(e) => format!("the index run was cancelled: {e}"),
+        Err(e) => RunError::Cancelled(e.to_string()),
     }
 }
 
-async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<(), String> {
+async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<(), RunError> {
     tracing::info!("indexing {}", root.path.display());
     let store = store(state, root).await?;
     let embedder = state.embedder().await;
@@ -166,7 +182,7 @@ async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<
         // The sender was moved into the bridge, dropped with the run: the reporter ends.
         let _ = reporter.await;
     }
-    let summary = result.map_err(|e| e.to_string())?;
+    let summary = result?;
     if embedder.is_some() {
         root.embedded.store(true, Ordering::Relaxed);
     }

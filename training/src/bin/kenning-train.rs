@@ -57,7 +57,7 @@ struct TrainArgs {
     #[arg(long, alias = "lora-layers", default_value_t = 16)]
     num_layers: usize,
     #[arg(long, default_value_t = 8)]
-    rank: i32,
+    rank: u32,
     #[arg(long, default_value_t = 20.0)]
     scale: f32,
     #[arg(long, default_value_t = 0.0)]
@@ -298,7 +298,7 @@ fn run(args: &TrainArgs) -> Result<()> {
 fn fuse(args: &FuseArgs) -> Result<()> {
     let (model_dir, mut model) = load_model(&args.model)?;
     let (lora, weights) = Lora::load(&args.adapter_path, &model.model.config)?;
-    lora.fuse_into(&weights, &mut model.model)?;
+    kenning_training::export::fuse(&lora, &weights, &mut model.model)?;
     kenning_training::export::write_model_dir(&model.model, &model_dir, &args.save_path)?;
     say(&format!("Fused {} into {} (with an Ollama Modelfile)", args.adapter_path.display(), args.save_path.display()));
     if args.export_gguf {

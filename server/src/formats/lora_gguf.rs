@@ -17,8 +17,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kenning_formats::adapter::{AdapterConfig, CONFIG_FILE, Factor, FormatError, Projection, WEIGHTS_FILE, parse_tensor_name, tensor_name};
+use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::gguf;
 
@@ -33,6 +34,8 @@ pub enum LoraError {
     File { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Format(#[from] FormatError),
 }
 
 pub(super) fn file_error(path: &Path, message: impl std::fmt::Display) -> LoraError {
@@ -58,29 +61,13 @@ pub fn for_llama(adapter: &Path) -> Result<PathBuf, LoraError> {
     }
     let out = adapter.join(EXPORT_NAME);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest_input = [adapter.join("adapters.safetensors"), adapter.join("adapter_config.json")].iter().filter_map(|p| modified(p)).max();
+    let newest_input = [adapter.join(WEIGHTS_FILE), adapter.join(CONFIG_FILE)].iter().filter_map(|p| modified(p)).max();
     if let (Some(exported), Some(input)) = (modified(&out), newest_input)
         && exported >= input
     {
         return Ok(out);
     }
     export(adapter, None, &out).map(|e| e.path)
-}
-
-#[derive(Deserialize)]
-struct AdapterConfig {
-    #[serde(default)]
-    fine_tune_type: Option<String>,
-    lora_parameters: LoraParameters,
-    /// The base model the adapter was trained on (mlx_lm and kenning-train record its path).
-    #[serde(default)]
-    model: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct LoraParameters {
-    rank: usize,
-    scale: f32,
 }
 
 /// The parts of the base model's `config.json` that decide names and row order.
@@ -97,13 +84,13 @@ pub(super) struct BaseConfig {
 impl BaseConfig {
     /// The heads whose rows of `projection` go into llama.cpp's rotary order: q and k of a Llama
     /// model in Hugging Face order; `None` when its rows stay as they are.
-    pub(super) fn rotary_heads(&self, projection: &str) -> Option<usize> {
+    pub(super) fn rotary_heads(&self, projection: Projection) -> Option<usize> {
         if self.model_type != "llama" || self.rope_traditional {
             return None;
         }
         match projection {
-            "q_proj" => Some(self.num_attention_heads),
-            "k_proj" => Some(self.num_key_value_heads.unwrap_or(self.num_attention_heads)),
+            Projection::Q => Some(self.num_attention_heads),
+            Projection::K => Some(self.num_key_value_heads.unwrap_or(self.num_attention_heads)),
             _ => None,
         }
     }
@@ -112,14 +99,8 @@ impl BaseConfig {
 /// Writes the adapter in `dir` as a GGUF LoRA file at `out`. `base` is the base model's directory
 /// (its `config.json`); by default the `model` that `adapter_config.json` records.
 pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, LoraError> {
-    let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
-    if let Some(kind) = config.fine_tune_type.as_deref()
-        && kind != "lora"
-    {
-        return Err(file_error(&config_path, format!("a {kind} adapter: only LoRA adapters convert for llama.cpp")));
-    }
+    let config = AdapterConfig::read(dir)?;
+    let config_path = dir.join(CONFIG_FILE);
     let base_dir = match (base, &config.model) {
         (Some(b), _) => b.to_owned(),
         (None, Some(m)) => PathBuf::from(m),
@@ -135,37 +116,43 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
         return Err(LoraError::Invalid(format!("a {} base model: llama.cpp adapters are written for llama and qwen2", base.model_type)));
     }
 
-    let weights_path = dir.join("adapters.safetensors");
+    let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
     let tensors = read_safetensors(&bytes, |_| true).map_err(|e| file_error(&weights_path, e))?;
-    let rank = config.lora_parameters.rank;
+    let rank = config.lora_parameters.rank as usize;
     let alpha = config.lora_parameters.scale * rank as f32;
 
-    let mut pairs: Vec<(usize, &str, &Tensor, &Tensor)> = Vec::new();
+    let mut pairs: Vec<(usize, Projection, &Tensor, &Tensor)> = Vec::new();
     for (name, a) in &tensors {
-        let Some(stem) = name.strip_suffix(".lora_a") else { continue };
-        let b = tensors.get(&format!("{stem}.lora_b")).ok_or_else(|| file_error(&weights_path, format!("{stem}.lora_b is missing")))?;
-        let (layer, projection) = parse_stem(stem).ok_or_else(|| file_error(&weights_path, format!("{name}: not a projection of a layer")))?;
+        let Some((layer, projection, Factor::A)) = parse_tensor_name(name) else {
+            if name.ends_with(".lora_a") {
+                return Err(file_error(&weights_path, format!("{name}: not a projection of a layer")));
+            }
+            continue;
+        };
+        let b_name = tensor_name(layer, projection, Factor::B);
+        let b = tensors.get(&b_name).ok_or_else(|| file_error(&weights_path, format!("{b_name} is missing")))?;
         pairs.push((layer, projection, a, b));
     }
     if pairs.is_empty() {
         return Err(file_error(&weights_path, "holds no LoRA weights (…lora_a / …lora_b)"));
     }
-    pairs.sort_by_key(|(layer, projection, ..)| (*layer, *projection));
+    pairs.sort_by_key(|(layer, projection, ..)| (*layer, projection.short_name()));
 
     let mut out_tensors = Vec::with_capacity(pairs.len() * 2);
     for (layer, projection, a, b) in pairs {
-        let gguf = gguf_projection(projection).expect("parse_stem accepts only known projections");
+        let gguf = gguf_projection(projection);
         let ([inputs, a_rank], [b_rank, outputs]) = (shape2(a, "lora_a")?, shape2(b, "lora_b")?);
+        let projection_name = projection.short_name();
         if a_rank != rank || b_rank != rank {
-            return Err(file_error(&weights_path, format!("layer {layer} {projection}: rank {a_rank}/{b_rank}, the config says {rank}")));
+            return Err(file_error(&weights_path, format!("layer {layer} {projection_name}: rank {a_rank}/{b_rank}, the config says {rank}")));
         }
         // Row-major [rank, inputs] and [outputs, rank]: ggml's [inputs, rank] and [rank, outputs].
         let a_t = transpose(&a.data, inputs, rank);
         let mut b_t = transpose(&b.data, rank, outputs);
         if let Some(heads) = base.rotary_heads(projection) {
             b_t = permute_rows(&b_t, outputs, rank, heads).ok_or_else(|| {
-                LoraError::Invalid(format!("layer {layer} {projection}: {outputs} rows do not split into {heads} heads of even size"))
+                LoraError::Invalid(format!("layer {layer} {projection_name}: {outputs} rows do not split into {heads} heads of even size"))
             })?;
         }
         out_tensors.push((format!("blk.{layer}.{gguf}.weight.lora_a"), [inputs as u64, rank as u64], a_t));
@@ -184,26 +171,17 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
     Ok(Exported { path: out.to_owned(), architecture: base.model_type, tensors: out_tensors.len(), rank, alpha })
 }
 
-/// `model.layers.{n}.{self_attn|mlp}.{projection}` → `(n, projection)`.
-pub(super) fn parse_stem(stem: &str) -> Option<(usize, &str)> {
-    let rest = stem.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let projection = rest.strip_prefix("self_attn.").or_else(|| rest.strip_prefix("mlp."))?;
-    gguf_projection(projection)?;
-    Some((layer.parse().ok()?, projection))
-}
-
-pub(super) fn gguf_projection(projection: &str) -> Option<&'static str> {
-    Some(match projection {
-        "q_proj" => "attn_q",
-        "k_proj" => "attn_k",
-        "v_proj" => "attn_v",
-        "o_proj" => "attn_output",
-        "gate_proj" => "ffn_gate",
-        "up_proj" => "ffn_up",
-        "down_proj" => "ffn_down",
-        _ => return None,
-    })
+/// llama.cpp's name of a projection (`blk.{layer}.{name}.weight`).
+pub(super) fn gguf_projection(projection: Projection) -> &'static str {
+    match projection {
+        Projection::Q => "attn_q",
+        Projection::K => "attn_k",
+        Projection::V => "attn_v",
+        Projection::O => "attn_output",
+        Projection::Gate => "ffn_gate",
+        Projection::Up => "ffn_up",
+        Projection::Down => "ffn_down",
+    }
 }
 
 pub(super) fn shape2(t: &Tensor, what: &str) -> Result<[usize; 2], LoraError> {
@@ -252,33 +230,20 @@ pub(super) struct Tensor {
 
 /// The tensors of a safetensors file that `keep` names, as f32 (F32, F16 and BF16 are read).
 pub(super) fn read_safetensors(bytes: &[u8], keep: impl Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, String> {
-    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or("not a safetensors file")?;
-    let header_end = usize::try_from(header_len).ok().and_then(|n| n.checked_add(8)).filter(|&end| end <= bytes.len()).ok_or("not a safetensors file")?;
-    let header: HashMap<String, Value> = serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("a bad safetensors header: {e}"))?;
-    let data = &bytes[header_end..];
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let mut out = HashMap::new();
-    for (name, info) in header {
-        if name == "__metadata__" || !keep(&name) {
+    for (name, view) in file.iter() {
+        if !keep(name) {
             continue;
         }
-        let dtype = info["dtype"].as_str().unwrap_or_default();
-        let shape: Vec<usize> = info["shape"].as_array().map(|s| s.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect()).unwrap_or_default();
-        let offsets = info["data_offsets"].as_array().and_then(|o| Some((o.first()?.as_u64()? as usize, o.get(1)?.as_u64()? as usize)));
-        let Some((start, end)) = offsets.filter(|&(s, e)| s <= e && e <= data.len()) else {
-            return Err(format!("{name}: bad data offsets"));
-        };
-        let raw = &data[start..end];
-        let count: usize = shape.iter().product();
-        let values: Vec<f32> = match dtype {
-            "F32" => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
-            "F16" => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            "BF16" => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => return Err(format!("{name}: dtype {other} (F32, F16 or BF16 expected)")),
         };
-        if values.len() != count {
-            return Err(format!("{name}: {} values for shape {shape:?}", values.len()));
-        }
-        out.insert(name, Tensor { shape, data: values });
+        out.insert(name.to_owned(), Tensor { shape: view.shape().to_vec(), data });
     }
     Ok(out)
 }

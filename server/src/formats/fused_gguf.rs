@@ -10,8 +10,10 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use kenning_formats::adapter::{Factor, WEIGHTS_FILE, parse_tensor_name, weight_stem};
+
 use super::gguf::{self, Gguf, OutTensor};
-use super::lora_gguf::{BaseConfig, LoraError, file_error, gguf_projection, parse_stem, permute_rows, read_safetensors, shape2};
+use super::lora_gguf::{BaseConfig, LoraError, file_error, gguf_projection, permute_rows, read_safetensors, shape2};
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +32,17 @@ pub fn write(base: &Path, fused: &Path, adapter: &Path, out: &Path) -> Result<Fu
     let config_path = fused.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
     let config: BaseConfig = serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
-    let adapter_path = adapter.join("adapters.safetensors");
+    let adapter_path = adapter.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&adapter_path).map_err(|e| file_error(&adapter_path, e))?;
     let lora = read_safetensors(&bytes, |n| n.ends_with(".lora_a")).map_err(|e| file_error(&adapter_path, e))?;
     // GGUF name → (the fused weight's name, the heads its rows are permuted by, if any).
     let mut wanted: HashMap<String, (String, Option<usize>)> = HashMap::new();
     for name in lora.keys() {
-        let stem = name.strip_suffix(".lora_a").expect("kept only lora_a");
-        let (layer, projection) = parse_stem(stem).ok_or_else(|| file_error(&adapter_path, format!("{name}: not a projection of a layer")))?;
-        let gguf_name = gguf_projection(projection).expect("parse_stem accepts only known projections");
-        wanted.insert(format!("blk.{layer}.{gguf_name}.weight"), (format!("{stem}.weight"), config.rotary_heads(projection)));
+        let Some((layer, projection, Factor::A)) = parse_tensor_name(name) else {
+            return Err(file_error(&adapter_path, format!("{name}: not a projection of a layer")));
+        };
+        let gguf_name = gguf_projection(projection);
+        wanted.insert(format!("blk.{layer}.{gguf_name}.weight"), (format!("{}.weight", weight_stem(layer, projection)), config.rotary_heads(projection)));
     }
     if wanted.is_empty() {
         return Err(file_error(&adapter_path, "holds no LoRA weights (…lora_a / …lora_b)"));

@@ -12,6 +12,33 @@ use std::path::Path;
 
 pub const DEFAULT_ALIGNMENT: usize = 32;
 
+/// Why a GGUF header could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GgufError {
+    #[error("not a GGUF file")]
+    NotGguf,
+    #[error("GGUF version {0} (2 or 3 expected)")]
+    Version(u32),
+    #[error("truncated")]
+    Truncated,
+    #[error("a length of {0} past the end")]
+    Length(u64),
+    #[error("a string that is not UTF-8")]
+    NotUtf8,
+    #[error("metadata of unknown type {0}")]
+    UnknownType(u32),
+    #[error("{key}: {error}")]
+    Metadata { key: String, error: Box<GgufError> },
+    #[error("{name}: {dims} dimensions")]
+    Dimensions { name: String, dims: u32 },
+    #[error("alignment {0}")]
+    Alignment(usize),
+    #[error("{0}: data past the end of the file")]
+    DataPastEnd(String),
+    #[error("{0}: too large")]
+    TooLarge(String),
+}
+
 /// ggml tensor types kenning writes.
 pub const F32: u32 = 0;
 pub const F16: u32 = 1;
@@ -170,36 +197,36 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("truncated")?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(GgufError::Truncated)?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, GgufError> {
         self.array().map(u32::from_le_bytes)
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, GgufError> {
         self.array().map(u64::from_le_bytes)
     }
 
-    fn len(&mut self) -> Result<usize, String> {
+    fn len(&mut self) -> Result<usize, GgufError> {
         let n = self.u64()?;
-        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len() - self.at).ok_or_else(|| format!("a length of {n} past the end"))
+        usize::try_from(n).ok().filter(|&n| n <= self.bytes.len() - self.at).ok_or(GgufError::Length(n))
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, GgufError> {
         let n = self.len()?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a string that is not UTF-8".to_owned())
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| GgufError::NotUtf8)
     }
 
-    fn value(&mut self, type_id: u32, depth: usize) -> Result<Value, String> {
+    fn value(&mut self, type_id: u32, depth: usize) -> Result<Value, GgufError> {
         Ok(match type_id {
             0 => Value::U8(self.array::<1>()?[0]),
             1 => Value::I8(i8::from_le_bytes(self.array()?)),
@@ -219,28 +246,28 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(format!("metadata of unknown type {other}")),
+            other => return Err(GgufError::UnknownType(other)),
         })
     }
 }
 
 impl Gguf {
     /// Parses the header of a GGUF file held in `bytes`, checking that every tensor lies inside it.
-    pub fn read(bytes: &[u8]) -> Result<Self, String> {
+    pub fn read(bytes: &[u8]) -> Result<Self, GgufError> {
         let mut r = Reader { bytes, at: 0 };
         if r.take(4).ok() != Some(b"GGUF".as_slice()) {
-            return Err("not a GGUF file".into());
+            return Err(GgufError::NotGguf);
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(format!("GGUF version {version} (2 or 3 expected)"));
+            return Err(GgufError::Version(version));
         }
         let (n_tensors, n_metadata) = (r.len()?, r.len()?);
         let mut metadata = Vec::with_capacity(n_metadata);
         for _ in 0..n_metadata {
             let key = r.string()?;
             let type_id = r.u32()?;
-            let value = r.value(type_id, 0).map_err(|e| format!("{key}: {e}"))?;
+            let value = r.value(type_id, 0).map_err(|e| GgufError::Metadata { key: key.clone(), error: Box::new(e) })?;
             metadata.push((key, value));
         }
         let mut tensors = Vec::with_capacity(n_tensors);
@@ -248,7 +275,7 @@ impl Gguf {
             let name = r.string()?;
             let n_dims = r.u32()?;
             if n_dims > 4 {
-                return Err(format!("{name}: {n_dims} dimensions"));
+                return Err(GgufError::Dimensions { name, dims: n_dims });
             }
             let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<_, _>>()?;
             let (ggml_type, offset) = (r.u32()?, r.u64()?);
@@ -260,7 +287,7 @@ impl Gguf {
             .and_then(|(_, v)| v.as_u64())
             .map_or(DEFAULT_ALIGNMENT, |a| a as usize);
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(format!("alignment {alignment}"));
+            return Err(GgufError::Alignment(alignment));
         }
         let gguf = Self { metadata, tensors, alignment, data_start: r.at.div_ceil(alignment) * alignment };
         for i in 0..gguf.tensors.len() {
@@ -275,18 +302,18 @@ impl Gguf {
 
     /// The bytes of tensor `index`: sized by its type, or for a type without a fixed block layout,
     /// up to the next tensor (or the end of the file).
-    pub fn tensor_data<'a>(&self, bytes: &'a [u8], index: usize) -> Result<&'a [u8], String> {
+    pub fn tensor_data<'a>(&self, bytes: &'a [u8], index: usize) -> Result<&'a [u8], GgufError> {
         let t = &self.tensors[index];
         let start = usize::try_from(t.offset).ok().and_then(|o| o.checked_add(self.data_start)).filter(|&s| s <= bytes.len());
-        let start = start.ok_or_else(|| format!("{}: data past the end of the file", t.name))?;
+        let start = start.ok_or_else(|| GgufError::DataPastEnd(t.name.clone()))?;
         let size = match tensor_size(t.ggml_type, &t.dims) {
-            Some(size) => usize::try_from(size).map_err(|_| format!("{}: too large", t.name))?,
+            Some(size) => usize::try_from(size).map_err(|_| GgufError::TooLarge(t.name.clone()))?,
             None => {
                 let next = self.tensors.iter().map(|o| o.offset).filter(|&o| o > t.offset).min();
                 next.map_or(bytes.len() - start, |n| (n - t.offset) as usize)
             }
         };
-        bytes.get(start..start.saturating_add(size)).ok_or_else(|| format!("{}: data past the end of the file", t.name))
+        bytes.get(start..start.saturating_add(size)).ok_or_else(|| GgufError::DataPastEnd(t.name.clone()))
     }
 }
 

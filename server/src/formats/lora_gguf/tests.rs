@@ -1,7 +1,7 @@
 use super::*;
 
 /// A safetensors file of F32 tensors.
-pub(in crate::generate) fn safetensors(tensors: &[(&str, [usize; 2], Vec<f32>)]) -> Vec<u8> {
+pub(in crate::formats) fn safetensors(tensors: &[(&str, [usize; 2], Vec<f32>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, shape, values) in tensors {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::generate::lora_gguf::tests::safetensors;
+use crate::formats::lora_gguf::tests::safetensors;
 
 /// A base GGUF: an embedding and a down projection in Q4_0, layer 0's q projection (2 heads of 4
 /// rows, 32 inputs) in Q8_0, a norm in F32.
