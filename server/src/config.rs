@@ -170,6 +170,10 @@ pub struct CompletionSettings {
     /// After a one-line suggestion, compute the next line's in the background, as if the user
     /// accepted it and pressed Enter: the request there is then answered at once when they do.
     pub speculate: bool,
+    /// When an edit arrives somewhere new (another file, or more than 32 lines away), gather
+    /// context there and put the first prompt into the engine's cache at once, before the first
+    /// request comes.
+    pub prepare_on_edit: bool,
     /// Where the suffix goes in the prompt: `psm` (prefix, suffix, middle) or `spm` (suffix first:
     /// typing reuses the cached suffix).
     pub layout: Layout,
@@ -200,6 +204,7 @@ impl Default for CompletionSettings {
             imports: false,
             drop_local_repeats: false,
             speculate: true,
+            prepare_on_edit: true,
             layout: Layout::default(),
         }
     }

@@ -189,12 +189,15 @@ pub struct Completer {
     /// Counts completion requests as they arrive (before anything else): a speculation started
     /// for an older one stops itself.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while context for a new place is gathered: a request there waits for it rather than
+    /// build its prompt from a ring about to change.
+    gathering: tokio::sync::Mutex<()>,
 }
 
 impl Completer {
     pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::CompletionSettings) -> Self {
         let context = ContextState { ring: Ring::new(full_budget(&settings).context), ..ContextState::default() };
-        Self { generator, family, settings, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default() }
+        Self { generator, family, settings, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default(), gathering: tokio::sync::Mutex::new(()) }
     }
 
     /// Gathers context for `request` and puts it in the ring at once (no waiting for a pause):
@@ -289,9 +292,13 @@ impl Completer {
 
         let started = Instant::now();
         // At a new place the local part of the prompt is computed afresh anyway: context for it is
-        // gathered now and joins the ring in the same prompt.
-        if self.new_place(&request) && (retrieval.store.is_some() || !request.buffers.is_empty()) {
-            self.gather_for_place(&request, retrieval).await;
+        // gathered now (unless the edit that brought the cursor here did) and joins the ring in
+        // the same prompt.
+        {
+            let _gathering = self.gathering.lock().await;
+            if self.new_place(&request) && (retrieval.store.is_some() || !request.buffers.is_empty()) {
+                self.gather_for_place(&request, retrieval).await;
+            }
         }
         let (snippets, warm) = self.ring_for(&request.path);
         let shape = self.prompt_shape(warm);
@@ -324,6 +331,42 @@ impl Completer {
         self.speculate(&request, &text);
         let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
+    }
+
+    /// Whether line `line` of `path` is somewhere context was not gathered for (see
+    /// [`new_place`](Self::new_place)), without remembering it.
+    pub fn is_new_place(&self, path: &str, line: usize) -> bool {
+        let state = self.context.lock().expect("context lock");
+        state.gathered_at.as_ref().is_none_or(|(p, at)| p != path || at.abs_diff(line) > FAR_LINES)
+    }
+
+    /// An edit that ends at `request`'s cursor. At a new place the user is about to be asked for
+    /// ghost text, typically within a word: its context is gathered now and the first-request
+    /// prompt there goes into the engine's cache (a warm-up, which gives way to any request), so
+    /// that the first request pays only for what was typed meanwhile. Elsewhere nothing happens.
+    pub async fn edited(&self, request: CompletionRequest, retrieval: &Retrieval) {
+        if !self.settings.prepare_on_edit || request.offset > request.text.len() || !request.text.is_char_boundary(request.offset) {
+            return;
+        }
+        let prompt = {
+            let _gathering = self.gathering.lock().await;
+            if !self.new_place(&request) {
+                return;
+            }
+            if retrieval.store.is_some() || !request.buffers.is_empty() {
+                self.gather_for_place(&request, retrieval).await;
+            }
+            let snippets = self.context.lock().expect("context lock").ring.snippets_for(&request.path);
+            let shape = self.prompt_shape(false);
+            shape.build(&request, &Local::new(&request, &shape), &snippets).text
+        };
+        match self.generator.warm(prompt) {
+            Ok(warming) => {
+                tracing::debug!(path = request.path, line = line_of(&request.text, request.offset), "warming the first prompt of a new place");
+                drop(warming); // the engine goes on: its outcome is not needed
+            }
+            Err(e) => tracing::debug!("no warm-up at a new place: {e}"),
+        }
     }
 
     /// Whether the cursor is somewhere context was not gathered for (another file, or more than

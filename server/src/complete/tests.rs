@@ -313,6 +313,33 @@ async fn the_first_request_at_a_new_place_carries_its_context_and_later_ones_kee
 }
 
 #[tokio::test]
+async fn an_edit_at_a_new_place_warms_the_prompt_its_first_request_begins_with() {
+    let mut g = Scripted::unshared(vec!["x"], 1);
+    g.slots = 2;
+    let g = Arc::new(g);
+    let c = completer(Arc::clone(&g));
+    let start = "fn total(item: &Item, coupon: &Coupon) -> u64 {\n    let price = ";
+    c.edited(request_with_buffer(&format!("{start}d")), &Retrieval::default()).await;
+    let warmed = g.warmed.lock().unwrap().clone();
+    assert_eq!(warmed.len(), 1, "the first edit at a new place warms");
+    assert!(warmed[0].contains("<|file_sep|>src/price.rs\npub fn discounted_price"), "with the context gathered there: {}", warmed[0]);
+    // Typing on at that place warms nothing more.
+    c.edited(request_with_buffer(&format!("{start}di")), &Retrieval::default()).await;
+    assert_eq!(g.warmed.lock().unwrap().len(), 1);
+    // The request that follows carries the same context and extends what was warmed up to the edit.
+    c.complete(request_with_buffer(&format!("{start}dis")), &Retrieval::default()).await.unwrap();
+    let prompt = g.seen.lock().unwrap()[0].prompt.clone();
+    assert_eq!(context_part(&prompt), context_part(&warmed[0]));
+    let shared = prompt.bytes().zip(warmed[0].bytes()).take_while(|(a, b)| a == b).count();
+    assert!(shared >= warmed[0].find("let price = ").unwrap(), "the warm-up is the request's prompt up to the typing: {shared} bytes shared");
+    // An edit far away is a new place again.
+    let far: String = (0..40).map(|i| format!("    let filler_{i} = {i};\n")).collect();
+    c.edited(request_with_buffer(&format!("{start}dis;\n{far}    let t")), &Retrieval::default()).await;
+    assert_eq!(g.warmed.lock().unwrap().len(), 2);
+    assert!(c.is_new_place("src/other.rs", 0) && !c.is_new_place("src/cart.rs", 42));
+}
+
+#[tokio::test]
 async fn hostile_documents_get_a_bounded_prompt_or_nothing() {
     let g = Scripted::new(vec!["x"], 1);
     let c = completer(Arc::clone(&g));

@@ -21,11 +21,14 @@ pub struct Document {
     rope: Rope,
     pub version: i32,
     pub language_id: String,
+    /// Byte offset of the end of the last edit's new text: where the cursor is after typing (or
+    /// pasting) it. `None` until the first edit.
+    pub edited_at: Option<usize>,
 }
 
 impl Document {
     pub fn new(text: &str, version: i32, language_id: impl Into<String>) -> Self {
-        Self { rope: Rope::from_str(text), version, language_id: language_id.into() }
+        Self { rope: Rope::from_str(text), version, language_id: language_id.into(), edited_at: None }
     }
 
     pub fn text(&self) -> String {
@@ -50,10 +53,15 @@ impl Document {
         }
         for change in changes {
             match change.range {
-                None => self.rope = Rope::from_str(&change.text),
+                None => {
+                    let new = Rope::from_str(&change.text);
+                    self.edited_at = Some(end_of_difference(&self.rope, &new));
+                    self.rope = new;
+                }
                 Some(range) => {
                     let start = self.offset(range.start, encoding);
                     let end = self.offset(range.end, encoding).max(start);
+                    self.edited_at = Some(start + change.text.len());
                     let (start, end) = (self.rope.byte_to_char(start), self.rope.byte_to_char(end));
                     self.rope.remove(start..end);
                     self.rope.insert(start, &change.text);
@@ -62,6 +70,11 @@ impl Document {
         }
         self.version = version;
         Ok(())
+    }
+
+    /// The line (from 0) of a byte offset (clamped to the document).
+    pub fn line_of(&self, byte: usize) -> usize {
+        self.rope.byte_to_line(byte.min(self.rope.len_bytes()))
     }
 
     /// Byte offset of a position (clamped to the line's end and the document's end).
@@ -120,6 +133,17 @@ fn line_content_len(rope: &Rope, line: usize) -> usize {
         len -= 1;
     }
     len
+}
+
+/// Where the new text stops differing from the old one, from the end: the byte offset in `new`
+/// after the replaced part, as a whole-document change (no range) hides it. Typing `x` before
+/// `rest` gives the offset after the `x`. Rounded down to a character boundary.
+fn end_of_difference(old: &Rope, new: &Rope) -> usize {
+    let common_prefix = old.bytes().zip(new.bytes()).take_while(|(a, b)| a == b).count();
+    let most = old.len_bytes().min(new.len_bytes()) - common_prefix;
+    let common_suffix = old.bytes_at(old.len_bytes()).reversed().zip(new.bytes_at(new.len_bytes()).reversed()).take(most).take_while(|(a, b)| a == b).count();
+    let end = new.len_bytes() - common_suffix;
+    new.char_to_byte(new.byte_to_char(end))
 }
 
 #[cfg(test)]
@@ -185,5 +209,25 @@ mod tests {
         let mut doc = Document::new("abc", 1, "text");
         doc.apply(2, &[edit(0, 2, 0, 1, "X")], Encoding::Utf8).unwrap();
         assert_eq!(doc.text(), "abXc");
+    }
+
+    #[test]
+    fn the_last_edit_is_where_its_new_text_ends() {
+        let change = |range: Option<Range>, text: &str| TextDocumentContentChangeEvent { range, range_length: None, text: text.into() };
+        let mut doc = Document::new("fn a() {\n    \n}\n", 1, "rust");
+        assert_eq!(doc.edited_at, None);
+        // A whole-document change (no range): found by comparing the texts.
+        doc.apply(2, &[change(None, "fn a() {\n    le\n}\n")], Encoding::Utf8).unwrap();
+        assert_eq!(doc.edited_at, Some("fn a() {\n    le".len()));
+        // Typing the letter the cursor is after again.
+        doc.apply(3, &[change(None, "fn a() {\n    lee\n}\n")], Encoding::Utf8).unwrap();
+        assert_eq!(doc.edited_at, Some("fn a() {\n    lee".len()));
+        // A ranged change: its start plus its text.
+        doc.apply(4, &[change(Some(Range::new(Position::new(1, 7), Position::new(1, 7))), "t é")], Encoding::Utf8).unwrap();
+        assert_eq!(doc.text(), "fn a() {\n    leet é\n}\n");
+        assert_eq!(doc.edited_at, Some("fn a() {\n    leet é".len()));
+        // Deleting: the cursor is where the deleted text was.
+        doc.apply(5, &[change(None, "fn a() {\n    l\n}\n")], Encoding::Utf8).unwrap();
+        assert_eq!(doc.edited_at, Some("fn a() {\n    l".len()));
     }
 }

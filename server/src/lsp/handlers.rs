@@ -86,23 +86,7 @@ async fn run_completion(
         range = selected.range;
         lead = selected.text.clone();
     }
-    let path = file_path(uri);
-    let root = path.as_deref().and_then(|p| state.root_of(p));
-    let rel = path.as_deref().map_or_else(|| uri.as_str().to_owned(), |p| relative(root.as_ref(), p));
-    let language = match Language::from_path(&rel) {
-        Language::Text => Language::from_name(&doc.language_id).unwrap_or(Language::Text),
-        l => l,
-    };
-    let buffers = other_buffers(state, uri, root.as_ref());
-    let retrieval = if config.completion.retrieval { state.retrieval(root.as_ref()).await } else { complete::Retrieval::default() };
-    let request = complete::CompletionRequest {
-        repo: root.as_ref().map_or_else(|| "workspace".to_owned(), |r| r.name.clone()),
-        path: rel,
-        language,
-        text,
-        offset,
-        buffers,
-    };
+    let (request, retrieval) = completion_request(state, uri, &doc, text, offset).await;
     match completer.complete(request, &retrieval).await {
         Ok(Some(completion)) => Some(Placed { range, text: lead + &completion.text, doc }),
         Ok(None) => None,
@@ -112,6 +96,52 @@ async fn run_completion(
             None
         }
     }
+}
+
+/// What the completer is asked at `offset` of `text` (the document `doc` at `uri`, maybe with a
+/// selected item applied), and the index it may search.
+async fn completion_request(state: &Arc<State>, uri: &Uri, doc: &Document, text: String, offset: usize) -> (complete::CompletionRequest, complete::Retrieval) {
+    let path = file_path(uri);
+    let root = path.as_deref().and_then(|p| state.root_of(p));
+    let rel = path.as_deref().map_or_else(|| uri.as_str().to_owned(), |p| relative(root.as_ref(), p));
+    let language = match Language::from_path(&rel) {
+        Language::Text => Language::from_name(&doc.language_id).unwrap_or(Language::Text),
+        l => l,
+    };
+    let buffers = other_buffers(state, uri, root.as_ref());
+    let retrieval = if state.config().completion.retrieval { state.retrieval(root.as_ref()).await } else { complete::Retrieval::default() };
+    let request = complete::CompletionRequest {
+        repo: root.as_ref().map_or_else(|| "workspace".to_owned(), |r| r.name.clone()),
+        path: rel,
+        language,
+        text,
+        offset,
+        buffers,
+    };
+    (request, retrieval)
+}
+
+/// A document was edited: where the edit ends is where the user is, and at a new place the
+/// completer prepares the first prompt there before the first request comes
+/// ([`complete::Completer::edited`], `completion.prepare_on_edit`). Nothing while completion is
+/// off or its model is not loaded.
+pub(super) async fn edited(state: Arc<State>, uri: Uri) {
+    let config = state.config();
+    if !config.completion.enabled || !config.completion.prepare_on_edit {
+        return;
+    }
+    let Some(completer) = state.loaded_completer().await else { return };
+    let Some(doc) = state.documents.lock().expect("documents lock").get(&uri).cloned() else { return };
+    let Some(offset) = doc.edited_at else { return };
+    // Most edits are at the place of the last one: that is known before anything is copied.
+    let path = file_path(&uri);
+    let root = path.as_deref().and_then(|p| state.root_of(p));
+    let rel = path.as_deref().map_or_else(|| uri.as_str().to_owned(), |p| relative(root.as_ref(), p));
+    if !completer.is_new_place(&rel, doc.line_of(offset)) {
+        return;
+    }
+    let (request, retrieval) = completion_request(&state, &uri, &doc, doc.text(), offset).await;
+    completer.edited(request, &retrieval).await;
 }
 
 /// A document was saved: context-ring snippets of it that no longer match its text are dropped

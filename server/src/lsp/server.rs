@@ -156,11 +156,11 @@ impl LanguageServer for Server {
             let mut documents = self.state.documents.lock().expect("documents lock");
             let uri = params.text_document.uri;
             match documents.get_mut(&uri) {
-                Some(doc) => {
-                    if let Err(e) = doc.apply(params.text_document.version, &params.content_changes, encoding) {
-                        tracing::warn!("{}: {e}", uri.as_str());
-                    }
-                }
+                Some(doc) => match doc.apply(params.text_document.version, &params.content_changes, encoding) {
+                    // Off the notification path: it may gather context and warm the engine.
+                    Ok(()) => drop(tokio::spawn(handlers::edited(Arc::clone(&self.state), uri))),
+                    Err(e) => tracing::warn!("{}: {e}", uri.as_str()),
+                },
                 None => tracing::warn!("change to a document that is not open: {}", uri.as_str()),
             }
         })
