@@ -343,7 +343,7 @@ async fn status(state: &Arc<State>) -> Status {
     let model = state.model.lock().await;
     let model = model.as_ref().map(|m| match &m.result {
         Ok(generator) => ModelStatus::Loaded { loaded: generator.as_ref().map(|g| g.model_name().to_owned()) },
-        Err(e) => ModelStatus::Error { error: e.clone() },
+        Err(e) => ModelStatus::Error { error: e.to_string() },
     });
     Status { roots, model, encoding: if state.encoding() == Encoding::Utf8 { "utf-8" } else { "utf-16" } }
 }

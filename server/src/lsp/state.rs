@@ -15,7 +15,7 @@ use super::document::{Document, Encoding};
 use crate::complete::{Completer, Retrieval};
 use crate::config::{self, Config, Layers};
 use crate::embed::Embedder;
-use crate::generate::Generator;
+use crate::generate::{GenerateError, Generator};
 use crate::paths::Paths;
 use crate::session;
 use crate::store::Store;
@@ -56,7 +56,8 @@ impl Root {
 /// The loaded model, for the configuration it was loaded with.
 pub(super) struct Model {
     pub config: config::Generation,
-    pub result: std::result::Result<Option<Arc<dyn Generator>>, String>,
+    /// A load error is kept whole (shared with every caller); it becomes text only in `kenning.status`.
+    pub result: std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>,
     pub completer: Option<Arc<Completer>>,
 }
 
@@ -115,7 +116,7 @@ impl State {
     }
 
     /// The model of the current configuration, loading it (once) if needed, and its completer.
-    pub async fn model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, String>, Option<Arc<Completer>>) {
+    pub async fn model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, Option<Arc<Completer>>) {
         let config = self.config();
         let mut slot = self.model.lock().await;
         let stale = slot.as_ref().is_none_or(|m| m.config != config.generation);
@@ -124,7 +125,7 @@ impl State {
             // dropping an engine waits for its thread.
             let old = slot.take();
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            let result = session::load_generator(&config.generation, &self.paths).await.map_err(|e| e.to_string());
+            let result = session::load_generator(&config.generation, &self.paths).await.map_err(Arc::new);
             if let Err(e) = &result {
                 self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model: {e}")).await;
             }
