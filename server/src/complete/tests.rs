@@ -317,7 +317,8 @@ async fn an_edit_at_a_new_place_warms_the_prompt_its_first_request_begins_with()
     let mut g = Scripted::unshared(vec!["x"], 1);
     g.slots = 2;
     let g = Arc::new(g);
-    let c = completer(Arc::clone(&g));
+    let settings = config::CompletionSettings { speculate: false, prepare_on_edit: true, ..config::CompletionSettings::default() };
+    let c = Completer::new(Arc::clone(&g) as Arc<dyn Generator>, Family::QwenCoder, settings);
     let start = "fn total(item: &Item, coupon: &Coupon) -> u64 {\n    let price = ";
     c.edited(request_with_buffer(&format!("{start}d")), &Retrieval::default()).await;
     let warmed = g.warmed.lock().unwrap().clone();
