@@ -123,13 +123,9 @@ async fn completion_request(state: &Arc<State>, uri: &Uri, doc: &Document, text:
 
 /// A document was edited: where the edit ends is where the user is, and at a new place the
 /// completer prepares the first prompt there before the first request comes
-/// ([`complete::Completer::edited`], `completion.prepare_on_edit`). Nothing while completion is
-/// off or its model is not loaded.
+/// ([`complete::Completer::edited`], `completion.prepare_on_edit`, checked by the caller:
+/// [`State::prepares_on_edit`]). Nothing while its model is not loaded.
 pub(super) async fn edited(state: Arc<State>, uri: Uri) {
-    let config = state.config();
-    if !config.completion.enabled || !config.completion.prepare_on_edit {
-        return;
-    }
     let Some(completer) = state.loaded_completer().await else { return };
     let Some(doc) = state.documents.lock().expect("documents lock").get(&uri).cloned() else { return };
     let Some(offset) = doc.edited_at else { return };

@@ -158,7 +158,8 @@ impl LanguageServer for Server {
             match documents.get_mut(&uri) {
                 Some(doc) => match doc.apply(params.text_document.version, &params.content_changes, encoding) {
                     // Off the notification path: it may gather context and warm the engine.
-                    Ok(()) => drop(tokio::spawn(handlers::edited(Arc::clone(&self.state), uri))),
+                    Ok(()) if self.state.prepares_on_edit() => drop(tokio::spawn(handlers::edited(Arc::clone(&self.state), uri))),
+                    Ok(()) => {}
                     Err(e) => tracing::warn!("{}: {e}", uri.as_str()),
                 },
                 None => tracing::warn!("change to a document that is not open: {}", uri.as_str()),

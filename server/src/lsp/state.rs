@@ -101,6 +101,13 @@ impl State {
         self.config.read().expect("config lock").clone()
     }
 
+    /// Whether an edit should prepare the completion at its place (`completion.enabled` and
+    /// `completion.prepare_on_edit`): read on every keystroke, so without copying the configuration.
+    pub fn prepares_on_edit(&self) -> bool {
+        let config = self.config.read().expect("config lock");
+        config.completion.enabled && config.completion.prepare_on_edit
+    }
+
     pub fn encoding(&self) -> Encoding {
         *self.encoding.read().expect("encoding lock")
     }
