@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
-use kenning::generate::{BundledModel, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
+use kenning::generate::{reuse, BundledModel, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
 use kenning::paths::Paths;
 
 fn load(model: &str) -> LlamaEngine {
@@ -174,6 +174,57 @@ fn an_evicted_ring_snippet_costs_less_than_the_ring_and_shifted_entries_agree_wi
     assert_eq!(cold_finish.reused_prompt_tokens, 0);
     eprintln!("shifted: {shifted_text:?}\ncold:    {cold_text:?}");
     assert_eq!(shifted_text, cold_text, "the completion on shifted cache entries differs from the cold one");
+}
+
+/// Issue 12: text typed before the suffix (the prefix-suffix-middle layout puts the suffix after
+/// the cursor) costs only the typed tokens: the suffix's cache entries are moved past them, not
+/// computed again. Those entries have not seen the typed text, so the completion is reported next
+/// to the cold one; on this prompt they agree.
+#[test]
+fn text_typed_before_the_suffix_costs_only_the_typed_tokens() {
+    let engine = load("qwen2.5-coder-0.5b");
+    let request = |p: &str| GenerationRequest { max_tokens: 8, stop: vec!["\n".into()], ..GenerationRequest::new(p) };
+    let prefix = "/// Sums the readings of every channel.\nfn total(readings: &[Reading]) -> u64 {\n    let mut sum = 0;\n    for reading in readings {\n        ";
+    let suffix = "\n    }\n    sum\n}\n\n/// The mean reading, or zero for none.\nfn mean(readings: &[Reading]) -> u64 {\n    if readings.is_empty() {\n        return 0;\n    }\n    total(readings) / readings.len() as u64\n}\n";
+    let before = fim(&engine, prefix, suffix);
+    let typed = fim(&engine, &format!("{prefix}sum += "), suffix);
+    engine.generate(request(&before)).unwrap().collect_blocking().unwrap();
+    let (moved_text, moved) = engine.generate(request(&typed)).unwrap().collect_blocking().unwrap();
+    let suffix_tokens = engine.count_tokens(suffix).unwrap();
+    let computed = moved.prompt_tokens - moved.reused_prompt_tokens;
+    eprintln!("typing `sum += ` before a {suffix_tokens}-token suffix: {computed} of {} prompt tokens computed", moved.prompt_tokens);
+    assert!(suffix_tokens > 40, "the suffix is long enough to be moved ({suffix_tokens} tokens)");
+    // The typed tokens, the suffix's first few (computed again next to the new text) and the last.
+    assert!(computed <= reuse::FRESH_AFTER_INSERT + 6, "computed {computed} tokens: the suffix was computed again");
+
+    let cold = LlamaEngine::load(
+        &BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap(),
+        LlamaOptions { context: 2048, threads: 1, shift_cache: false, ..LlamaOptions::default() },
+    )
+    .unwrap();
+    let (cold_text, cold_finish) = cold.generate(request(&typed)).unwrap().collect_blocking().unwrap();
+    assert_eq!(cold_finish.reused_prompt_tokens, 0);
+    eprintln!("moved: {moved_text:?}\ncold:  {cold_text:?}");
+    assert_eq!(moved_text, cold_text, "the completion on moved cache entries differs from the cold one");
+    // The sequence stays consistent: more typing, then the original prompt again (a deletion).
+    let more = fim(&engine, &format!("{prefix}sum += reading"), suffix);
+    let (_, again) = engine.generate(request(&more)).unwrap().collect_blocking().unwrap();
+    assert!(again.prompt_tokens - again.reused_prompt_tokens <= reuse::FRESH_AFTER_INSERT + 4, "{again:?}");
+    // Typing on: once more than reuse::MAX_INSERTED tokens were typed before the moved suffix, it
+    // is computed again (once), and then moved again.
+    let mut typed = String::from("sum += reading");
+    let mut costs = Vec::new();
+    for word in [".value", " * 2", " + offset", " - bias", " / scale", " % modulus", " + carry", " * gain", " + 1", " - delta", " * weight", " + extra", " / divisor", " - 3"] {
+        typed.push_str(word);
+        let (_, f) = engine.generate(request(&fim(&engine, &format!("{prefix}{typed}"), suffix))).unwrap().collect_blocking().unwrap();
+        costs.push(f.prompt_tokens - f.reused_prompt_tokens);
+    }
+    eprintln!("tokens computed per word typed: {costs:?}");
+    let recomputed = costs.iter().position(|&c| c >= suffix_tokens).expect("the suffix is computed again after enough typing");
+    assert!(recomputed > 0 && costs[..recomputed].iter().all(|&c| c < suffix_tokens / 2), "{costs:?}");
+    assert!(costs.get(recomputed + 1).is_none_or(|&c| c < suffix_tokens / 2), "moved again after the recompute: {costs:?}");
+    let (back_text, _) = engine.generate(request(&before)).unwrap().collect_blocking().unwrap();
+    assert!(!back_text.is_empty());
 }
 
 /// Issue 12: a warm-up fills the cache with no generation, and gives way at once to a

@@ -55,8 +55,9 @@ pub enum Generation {
         /// CPU threads while reading a prompt; 0 = all the cores.
         #[serde(default)]
         prefill_threads: usize,
-        /// Keep cached tokens a new prompt repeats after a deletion, shifted into place (context
-        /// evicted from the ring, the prefix window moving on); false = only the common prefix.
+        /// Keep cached tokens a new prompt repeats elsewhere, moved into place: after a deletion
+        /// (context evicted from the ring, the prefix window moving on) and after text typed before
+        /// them (the suffix); false = only the common prefix.
         #[serde(default = "yes")]
         shift_cache: bool,
         /// Context window in tokens.

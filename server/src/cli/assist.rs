@@ -121,6 +121,11 @@ pub struct EvalArgs {
     /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
+    /// Ask each task first with its last N characters not typed yet (the engine's cache then
+    /// holds that prompt, as while typing), then as written: compare with
+    /// `--set generation.shift_cache=false` to measure the cache entries moved past typed text.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    typed_before: usize,
     /// Print one JSON object with the figures.
     #[arg(long)]
     json: bool,
@@ -462,7 +467,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     let retrieval = retrieval_for(paths, &args.target, &searched, &config, mode.retrieval()).await?;
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = session::workspace_name(&root);
-    let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo };
+    let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo, typed_before: args.typed_before };
     let verbose = args.verbose;
     let (figures, timings) = eval::run(mode, &setup, &tasks, |task, score, predicted| {
         if verbose {
@@ -542,6 +547,9 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
         }
         for setting in &args.model.set {
             command.arg("--set").arg(setting);
+        }
+        if args.typed_before > 0 {
+            command.arg("--typed-before").arg(args.typed_before.to_string());
         }
         if let Some(a) = adapter {
             command.arg("--adapter").arg(a);

@@ -215,6 +215,11 @@ impl Completer {
         state.pending.clear();
     }
 
+    /// Forgets the suggestions made so far (none is continued as the user types into it).
+    pub fn forget_suggestions(&self) {
+        self.slots.lock().expect("slots lock").clear();
+    }
+
     /// The ring's snippets, oldest first (for status and tests).
     pub fn ring_snippets(&self) -> Vec<Snippet> {
         self.context.lock().expect("context lock").ring.snippets_for("")

@@ -142,6 +142,10 @@ pub struct Setup<'a> {
     pub retrieval: &'a Retrieval,
     /// The workspace's name (the prompt's `<repo_name>`).
     pub repo: &'a str,
+    /// Ask each task first with its last this many characters not typed yet, then as written: the
+    /// engine's cache holds the earlier prompt, as it does while a user types (what
+    /// `generation.shift_cache` reuses of it is then measured). 0: every task cold.
+    pub typed_before: usize,
 }
 
 /// Completes every task as a one-shot request (a fresh completer per task, its context gathered
@@ -163,8 +167,19 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
         let started = Instant::now();
         completer.prepare(&request, setup.retrieval).await;
         let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
+        if setup.typed_before > 0 {
+            let mut cut = task.prefix.len().saturating_sub(setup.typed_before);
+            while !task.prefix.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let before = complete::CompletionRequest { text: format!("{}{}", &task.prefix[..cut], task.suffix), offset: cut, ..request.clone() };
+            completer.complete(before, setup.retrieval).await?;
+            // The answer is not reused as a suggestion being typed into: only the engine's cache is.
+            completer.forget_suggestions();
+        }
+        let started = Instant::now();
         let completion = completer.complete(request, setup.retrieval).await?;
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let latency_ms = gathered_ms + started.elapsed().as_secs_f64() * 1e3;
         if let Some(c) = &completion {
             timings.building.push(gathered_ms + c.context_ms + c.prompt_ms);
             timings.first_token.push(c.first_token_ms);

@@ -4,7 +4,9 @@
 //! context keeps [`SLOTS`] KV-cache sequences, each with the tokens it holds remembered: a request
 //! goes to the sequence it shares the most with (successive completions in one file compute only
 //! the new tail; two files worked in by turns keep a sequence each), and runs of cached tokens
-//! that the new prompt repeats after a deletion are shifted into place ([`super::reuse`]). A
+//! that the new prompt repeats elsewhere are moved into place ([`super::reuse`]): after a deletion
+//! (context evicted, the prefix window slid) and after an insertion (text typed before the suffix),
+//! through a scratch sequence that holds them while the text before them is computed. A
 //! warm-up ([`Job::Warm`]) fills a sequence with no generation, in small batches, and stops as
 //! soon as a generation is queued, and never takes the sequence the last generation used: warming a
 //! long prompt across several pauses never undoes the short prompt the requests in between are
@@ -37,6 +39,9 @@ const WARM_CHUNK: usize = 64;
 /// KV-cache sequences kept (each the full context window): the place being typed at and the
 /// prompt being warmed for it, or two files worked in by turns.
 pub const SLOTS: usize = 2;
+/// The sequence id that holds moved runs while the tokens inserted before them are computed
+/// (llama.cpp decodes a sequence's tokens only right after its last cached position).
+const SCRATCH: usize = SLOTS;
 
 /// Options of the llama.cpp engine.
 #[derive(Debug, Clone)]
@@ -52,8 +57,9 @@ pub struct LlamaOptions {
     /// A LoRA adapter in llama.cpp's GGUF format, applied at `lora_scale`.
     pub lora: Option<PathBuf>,
     pub lora_scale: f32,
-    /// Keep cached runs the new prompt repeats after a deletion, shifted into place (approximate:
-    /// see [`super::reuse`]); off = only the common prefix is kept.
+    /// Keep cached runs the new prompt repeats elsewhere (after a deletion, or after text typed
+    /// before them), moved into place (approximate: see [`super::reuse`]); off = only the common
+    /// prefix is kept.
     pub shift_cache: bool,
     /// Tokens decoded per call while a generation reads its prompt. Bigger batches read faster;
     /// between calls a cancelled request stops (what it read stays cached for the next one).
@@ -124,12 +130,13 @@ fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs
     };
     let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
     let prefill_threads = i32::try_from(options.prefill_threads.max(1)).unwrap_or(1);
-    // One stream per sequence (not unified): each gets the whole configured window and attends
-    // only to itself.
+    // One cache for every sequence (unified): a run can move from a slot's sequence to the scratch
+    // one and back without copying (only its cells' sequence ids change). Room for a full window
+    // per slot; each sequence attends only to its own cells.
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(options.context.saturating_mul(SLOTS as u32)))
-        .with_n_seq_max(SLOTS as u32)
-        .with_kv_unified(false)
+        .with_n_seq_max(SLOTS as u32 + 1)
+        .with_kv_unified(true)
         .with_n_batch(MAX_BATCH.min(options.context))
         .with_n_threads(threads)
         .with_n_threads_batch(prefill_threads);
@@ -211,6 +218,9 @@ struct Slot {
     cached: Vec<LlamaToken>,
     /// When it was last used (the session's clock).
     used: u64,
+    /// For each cached token, how many tokens were inserted before it since it was computed
+    /// (text it has not seen; bounded by [`reuse::MAX_INSERTED`]).
+    unseen: Vec<usize>,
 }
 
 /// What a sequence is chosen for.
@@ -255,6 +265,7 @@ impl Session<'_> {
         self.ctx.clear_kv_cache();
         for slot in &mut self.slots {
             slot.cached.clear();
+            slot.unseen.clear();
         }
         self.last_generation = None;
     }
@@ -263,8 +274,7 @@ impl Session<'_> {
     /// recently used), except that a warm-up never takes the last generation's sequence: that one
     /// holds the prompt the user is being answered from while the warm-up prepares the next.
     fn choose(&mut self, prompt: &[LlamaToken], purpose: Purpose) -> usize {
-        let kept: Vec<usize> =
-            self.slots.iter().map(|s| reuse::kept(&reuse::plan(&s.cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN))).collect();
+        let kept: Vec<usize> = (0..self.slots.len()).map(|seq| reuse::kept(&self.plan(seq, prompt))).collect();
         let chosen = choose_slot(&kept, &self.slots.iter().map(|s| s.used).collect::<Vec<_>>(), self.last_generation, purpose == Purpose::Warm);
         self.clock += 1;
         self.slots[chosen].used = self.clock;
@@ -290,47 +300,87 @@ impl Session<'_> {
         tokens
     }
 
+    /// What sequence `seq` keeps of `prompt` ([`reuse::plan`]).
+    fn plan(&self, seq: usize, prompt: &[LlamaToken]) -> Vec<reuse::Run> {
+        let slot = &self.slots[seq];
+        reuse::plan(&slot.cached, &slot.unseen, prompt, self.shift, reuse::MIN_SHIFTED_RUN, reuse::MAX_INSERTED)
+    }
+
     /// Brings sequence `seq` to hold `prompt`: keeps what [`reuse::plan`] allows, computes the rest
     /// in chunks, asking `stop` between them. With `logits`, the last token's logits are computed.
     fn prefill(&mut self, seq: usize, prompt: &[LlamaToken], logits: bool, chunk: usize, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
-        let id = i32::try_from(seq).map_err(|e| e.to_string())?;
-        let runs = reuse::plan(&self.slots[seq].cached, prompt, self.shift, reuse::MIN_SHIFTED_RUN);
-        // Runs are contiguous from 0 in the new prompt and only move towards the start: drop the
-        // gap before each, shift it down, then drop whatever is left after the last.
-        let mut filled = 0usize;
-        for run in &runs {
-            if run.from != run.to {
-                self.ctx.kv_cache_seq_rm(id, Some(to_u32(filled)?), Some(to_u32(run.from)?)).map_err(|e| e.to_string())?;
-                let delta = i32::try_from(run.shift()).map_err(|e| e.to_string())?;
-                self.ctx.kv_cache_seq_add(id, Some(to_u32(run.from)?), Some(to_u32(run.from + run.len)?), delta).map_err(|e| e.to_string())?;
-            }
-            filled = run.to + run.len;
+        let id = seq_id(seq)?;
+        let scratch = seq_id(SCRATCH)?;
+        let runs = self.plan(seq, prompt);
+        let common = runs.first().filter(|r| !r.moved()).map_or(0, |r| r.len);
+        let moved = &runs[usize::from(common > 0)..];
+        // Moved runs wait in the scratch sequence, parked past every position the prompt or the
+        // cache uses (so that, moved one at a time, one never lands on another); then the
+        // sequence is cut after the common prefix.
+        let park = self.window.max(self.slots[seq].cached.len());
+        for run in moved {
+            let (from, end) = (to_u32(run.from)?, to_u32(run.from + run.len)?);
+            self.ctx.kv_cache_seq_cp(id, scratch, Some(from), Some(end)).map_err(|e| e.to_string())?;
+            self.ctx.kv_cache_seq_add(scratch, Some(from), Some(end), to_i32(park)?).map_err(|e| e.to_string())?;
         }
-        self.ctx.kv_cache_seq_rm(id, Some(to_u32(filled)?), None).map_err(|e| e.to_string())?;
-        let cached = &mut self.slots[seq].cached;
-        cached.clear();
-        cached.extend_from_slice(&prompt[..filled]);
+        self.ctx.kv_cache_seq_rm(id, Some(to_u32(common)?), None).map_err(|e| e.to_string())?;
+        let slot = &mut self.slots[seq];
+        let unseen: Vec<Vec<usize>> = moved.iter().map(|r| (r.from..r.from + r.len).map(|i| slot.unseen.get(i).copied().unwrap_or(0) + r.unseen).collect()).collect();
+        slot.cached.truncate(common);
+        slot.unseen.truncate(common);
 
-        let kept = filled;
+        // In prompt order: the tokens before each moved run are computed, then the run is moved to
+        // its place, back in the sequence; then the tokens after the last.
         let chunk_size = chunk.min(self.ctx.n_batch() as usize).max(1);
         let mut batch = LlamaBatch::new(chunk_size, 1);
-        let mut last_index = 0;
-        while filled < prompt.len() {
-            if stop() {
-                return Ok(Prefilled { kept, complete: false, last_index });
+        let (mut filled, mut kept) = (common, common);
+        for (run, unseen) in moved.iter().zip(unseen) {
+            if self.decode(seq, &prompt[..run.to], filled, false, (&mut batch, chunk_size), &stop)?.is_none() {
+                self.ctx.kv_cache_seq_rm(scratch, None, None).map_err(|e| e.to_string())?;
+                return Ok(Prefilled { kept, complete: false, last_index: 0 });
             }
-            let chunk = &prompt[filled..(filled + chunk_size).min(prompt.len())];
+            let (parked, to, end) = (to_u32(run.from + park)?, to_u32(run.to)?, to_u32(run.to + run.len)?);
+            let delta = to_i32(run.to)? - to_i32(run.from + park)?;
+            self.ctx.kv_cache_seq_add(scratch, Some(parked), Some(parked + to_u32(run.len)?), delta).map_err(|e| e.to_string())?;
+            self.ctx.kv_cache_seq_cp(scratch, id, Some(to), Some(end)).map_err(|e| e.to_string())?;
+            self.ctx.kv_cache_seq_rm(scratch, Some(to), Some(end)).map_err(|e| e.to_string())?;
+            self.slots[seq].cached.extend_from_slice(&prompt[run.to..run.to + run.len]);
+            self.slots[seq].unseen.extend(unseen);
+            filled = run.to + run.len;
+            kept += run.len;
+        }
+        self.ctx.kv_cache_seq_rm(scratch, None, None).map_err(|e| e.to_string())?;
+        match self.decode(seq, prompt, filled, logits, (&mut batch, chunk_size), &stop)? {
+            Some(last_index) => Ok(Prefilled { kept, complete: true, last_index }),
+            None => Ok(Prefilled { kept, complete: false, last_index: 0 }),
+        }
+    }
+
+    /// Computes `tokens[from..]` into sequence `seq` (which holds `tokens[..from]`) in batches,
+    /// asking `stop` before each; with `logits`, the last token's. `None`: stopped (what was
+    /// computed stays cached). Otherwise the index of the last token in its batch.
+    fn decode(&mut self, seq: usize, tokens: &[LlamaToken], from: usize, logits: bool, (batch, chunk_size): (&mut LlamaBatch, usize), stop: impl Fn() -> bool) -> Result<Option<i32>, String> {
+        let id = seq_id(seq)?;
+        let mut filled = from;
+        let mut last_index = 0;
+        while filled < tokens.len() {
+            if stop() {
+                return Ok(None);
+            }
+            let chunk = &tokens[filled..(filled + chunk_size).min(tokens.len())];
             batch.clear();
             for (i, &token) in chunk.iter().enumerate() {
                 let pos = filled + i;
-                batch.add(token, pos as i32, &[id], logits && pos == prompt.len() - 1).map_err(|e| e.to_string())?;
+                batch.add(token, to_i32(pos)?, &[id], logits && pos == tokens.len() - 1).map_err(|e| e.to_string())?;
             }
-            self.ctx.decode(&mut batch).map_err(|e| format!("decoding the prompt: {e}"))?;
-            self.slots[seq].cached.extend_from_slice(chunk);
+            self.ctx.decode(batch).map_err(|e| format!("decoding the prompt: {e}"))?;
+            let slot = &mut self.slots[seq];
+            slot.cached.extend_from_slice(chunk);
+            slot.unseen.resize(slot.cached.len(), 0);
             filled += chunk.len();
             last_index = batch.n_tokens() - 1;
         }
-        Ok(Prefilled { kept, complete: true, last_index })
+        Ok(Some(last_index))
     }
 
     /// Prefills `prompt` with no generation, stopping early when `give_way` says so.
@@ -414,6 +464,7 @@ impl Session<'_> {
             batch.add(token, self.slots[seq].cached.len() as i32, &[id], true).map_err(|e| e.to_string())?;
             self.ctx.decode(&mut batch).map_err(|e| format!("decoding: {e}"))?;
             self.slots[seq].cached.push(token);
+            self.slots[seq].unseen.push(0);
             last_index = 0;
         };
         sink.flush_held(&mut stops, reason);
@@ -443,6 +494,14 @@ fn choose_slot(kept: &[usize], used: &[u64], last_generation: Option<usize>, war
 
 fn to_u32(n: usize) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| format!("position {n} out of range"))
+}
+
+fn to_i32(n: usize) -> Result<i32, String> {
+    i32::try_from(n).map_err(|_| format!("position {n} out of range"))
+}
+
+fn seq_id(seq: usize) -> Result<i32, String> {
+    i32::try_from(seq).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
