@@ -144,8 +144,8 @@ pub struct CompletionSettings {
     /// Token budget of the whole prompt (context + prefix + suffix).
     pub prompt_tokens: usize,
     /// Tokens of the text after the cursor the prompt carries at most (also at most 15 % of
-    /// `prompt_tokens`). The prefix-suffix-middle layout computes the suffix again on every
-    /// keystroke, so this is paid per keystroke.
+    /// `prompt_tokens`). The llama engine moves the suffix's cache entries past typed text, so a
+    /// keystroke does not compute it again (other engines do).
     pub suffix_tokens: usize,
     /// Token budget of the first requests at a new place (another file, or far from the last
     /// one), before its whole prompt is cached: every token is computed before the first ghost

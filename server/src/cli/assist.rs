@@ -121,9 +121,9 @@ pub struct EvalArgs {
     /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
-    /// Ask each task first with its last N characters not typed yet (the engine's cache then
-    /// holds that prompt, as while typing), then as written: compare with
-    /// `--set generation.shift_cache=false` to measure the cache entries moved past typed text.
+    /// Ask each task first with its last N bytes not typed yet (the engine's cache then holds that
+    /// prompt, as while typing), then as written: compare with `--set generation.shift_cache=false`
+    /// to measure the cache entries moved past typed text (at most 24 tokens typed are moved).
     #[arg(long, value_name = "N", default_value_t = 0)]
     typed_before: usize,
     /// Print one JSON object with the figures.

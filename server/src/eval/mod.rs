@@ -142,9 +142,10 @@ pub struct Setup<'a> {
     pub retrieval: &'a Retrieval,
     /// The workspace's name (the prompt's `<repo_name>`).
     pub repo: &'a str,
-    /// Ask each task first with its last this many characters not typed yet, then as written: the
-    /// engine's cache holds the earlier prompt, as it does while a user types (what
-    /// `generation.shift_cache` reuses of it is then measured). 0: every task cold.
+    /// Ask each task first with its last this many bytes not typed yet (back to a character
+    /// boundary), then as written: the engine's cache holds the earlier prompt, as it does while a
+    /// user types (what `generation.shift_cache` reuses of it is then measured). A task whose
+    /// earlier cursor has nothing to complete runs cold. 0: every task cold.
     pub typed_before: usize,
 }
 

@@ -312,16 +312,23 @@ impl Session<'_> {
         let id = seq_id(seq)?;
         let scratch = seq_id(SCRATCH)?;
         let runs = self.plan(seq, prompt);
-        let common = runs.first().filter(|r| !r.moved()).map_or(0, |r| r.len);
+        // The common prefix is the run at 0 that did not move (another unmoved run can be found
+        // further on, after as many tokens replaced as were there).
+        let common = runs.first().filter(|r| r.from == 0 && r.to == 0).map_or(0, |r| r.len);
         let moved = &runs[usize::from(common > 0)..];
-        // Moved runs wait in the scratch sequence, parked past every position the prompt or the
-        // cache uses (so that, moved one at a time, one never lands on another); then the
+        // Left over only by an error, after which the caller resets the cache; cheap to be sure.
+        self.ctx.kv_cache_seq_rm(scratch, None, None).map_err(|e| e.to_string())?;
+        // Moved runs wait in the scratch sequence; several are parked past every position the
+        // prompt or the cache uses (so that, moved one at a time, one never lands on another). One
+        // alone stays where it is: each shift costs a pass over the whole cache's keys. Then the
         // sequence is cut after the common prefix.
-        let park = self.window.max(self.slots[seq].cached.len());
+        let park = if moved.len() > 1 { self.window.max(self.slots[seq].cached.len()) } else { 0 };
         for run in moved {
             let (from, end) = (to_u32(run.from)?, to_u32(run.from + run.len)?);
             self.ctx.kv_cache_seq_cp(id, scratch, Some(from), Some(end)).map_err(|e| e.to_string())?;
-            self.ctx.kv_cache_seq_add(scratch, Some(from), Some(end), to_i32(park)?).map_err(|e| e.to_string())?;
+            if park > 0 {
+                self.ctx.kv_cache_seq_add(scratch, Some(from), Some(end), to_i32(park)?).map_err(|e| e.to_string())?;
+            }
         }
         self.ctx.kv_cache_seq_rm(id, Some(to_u32(common)?), None).map_err(|e| e.to_string())?;
         let slot = &mut self.slots[seq];

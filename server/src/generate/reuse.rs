@@ -40,10 +40,6 @@ impl Run {
     pub fn shift(&self) -> isize {
         self.to as isize - self.from as isize
     }
-
-    pub fn moved(&self) -> bool {
-        self.from != self.to
-    }
 }
 
 /// The runs to keep, in prompt order: the common prefix (`from == to`), then, when `shift` is
@@ -218,6 +214,18 @@ mod tests {
         let prompt = toks("HEAD[two]!");
         assert_eq!(plan(&cached, &[], &prompt, false, 3, 4), vec![Run { from: 0, to: 0, len: 5, unseen: 0 }]);
         assert_eq!(plan(&cached, &[], &prompt, true, 3, 0).len(), 2);
+    }
+
+    #[test]
+    fn tokens_replaced_at_the_start_keep_what_follows_where_it_was() {
+        // No common prefix, and what follows the replaced token is at the same place: a run that
+        // does not move, but is not the common prefix (the engine must move it like any other).
+        let cached = toks("X|the-rest-of-the-cached-prompt");
+        let prompt = toks("Y|the-rest-of-the-cached-prompt!");
+        let runs = plan(&cached, &[], &prompt, true, 8, 4);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0].from == runs[0].to && runs[0].from > 0, "{runs:?}");
+        assert_runs_match(&cached, &prompt, &runs);
     }
 
     #[test]
