@@ -15,6 +15,11 @@
 /// a pass over the cache.
 pub const MIN_SHIFTED_RUN: usize = 32;
 
+/// A run that reaches the prompt's end (all of it but the last token) is kept from this length on:
+/// the first prompt at a new place has a short suffix (at most 9.4 % of 512 tokens), which would
+/// otherwise be computed again on every keystroke there.
+pub const MIN_TAIL_RUN: usize = 16;
+
 /// Tokens that may be inserted before a kept run, in all, before it is computed again (a run moved
 /// past inserted text has not seen it). About a line of typing.
 pub const MAX_INSERTED: usize = 24;
@@ -75,7 +80,10 @@ pub fn plan<T: PartialEq>(cached: &[T], unseen: &[usize], prompt: &[T], shift: b
                     .count();
                 // After an insertion, the run's first tokens are computed again.
                 let fresh = if p > head_p { FRESH_AFTER_INSERT.min(n) } else { 0 };
-                (n - fresh >= min_run).then_some(Run { from: c + fresh, to: p + fresh, len: n - fresh, unseen: before })
+                // A run that is the whole rest of the prompt (the suffix after typed text) may be
+                // shorter: it is no coincidence, and without it that rest is computed anyway.
+                let enough = n - fresh >= min_run || (p + n == limit && n - fresh >= min_run.min(MIN_TAIL_RUN));
+                enough.then_some(Run { from: c + fresh, to: p + fresh, len: n - fresh, unseen: before })
             })
         })
     };
@@ -226,6 +234,24 @@ mod tests {
         assert_eq!(runs.len(), 1, "{runs:?}");
         assert!(runs[0].from == runs[0].to && runs[0].from > 0, "{runs:?}");
         assert_runs_match(&cached, &prompt, &runs);
+    }
+
+    #[test]
+    fn a_short_run_is_kept_only_when_it_is_the_rest_of_the_prompt() {
+        // Eleven tokens after the eight computed again: under the tail minimum.
+        let cached = toks("HEAD|0123456789abcdefgh!");
+        let prompt = toks("HEADxy|0123456789abcdefgh!");
+        let runs = plan(&cached, &[], &prompt, true, 32, 4);
+        assert_eq!(runs.len(), 1, "under MIN_TAIL_RUN: {runs:?}");
+        let cached = toks("HEAD|0123456789abcdefghijklmnopq!");
+        let prompt = toks("HEADxy|0123456789abcdefghijklmnopq!");
+        let runs = plan(&cached, &[], &prompt, true, 32, 4);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[1].len, "|0123456789abcdefghijklmnopq".len() - FRESH_AFTER_INSERT);
+        assert!(runs[1].len >= MIN_TAIL_RUN && runs[1].len < 32);
+        // The same run followed by more prompt is not the end: not kept.
+        let prompt = toks("HEADxy|0123456789abcdefghijklmnopqRS!");
+        assert_eq!(plan(&cached, &[], &prompt, true, 32, 4).len(), 1);
     }
 
     #[test]
