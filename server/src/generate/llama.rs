@@ -273,15 +273,17 @@ impl Session<'_> {
     /// The sequence `prompt` goes to: the one that keeps the most of it (on a tie the least
     /// recently used), except that a warm-up never takes the last generation's sequence: that one
     /// holds the prompt the user is being answered from while the warm-up prepares the next.
-    fn choose(&mut self, prompt: &[LlamaToken], purpose: Purpose) -> usize {
-        let kept: Vec<usize> = (0..self.slots.len()).map(|seq| reuse::kept(&self.plan(seq, prompt))).collect();
+    /// Returns the sequence and its plan ([`reuse::plan`]), for [`Session::prefill`].
+    fn choose(&mut self, prompt: &[LlamaToken], purpose: Purpose) -> (usize, Vec<reuse::Run>) {
+        let mut plans: Vec<Vec<reuse::Run>> = (0..self.slots.len()).map(|seq| self.plan(seq, prompt)).collect();
+        let kept: Vec<usize> = plans.iter().map(|runs| reuse::kept(runs)).collect();
         let chosen = choose_slot(&kept, &self.slots.iter().map(|s| s.used).collect::<Vec<_>>(), self.last_generation, purpose == Purpose::Warm);
         self.clock += 1;
         self.slots[chosen].used = self.clock;
         if purpose == Purpose::Generate {
             self.last_generation = Some(chosen);
         }
-        chosen
+        (chosen, plans.swap_remove(chosen))
     }
 
     /// The prompt's tokens, cut to leave `reserve` tokens of the window free (keeping the end: for
@@ -306,12 +308,12 @@ impl Session<'_> {
         reuse::plan(&slot.cached, &slot.unseen, prompt, self.shift, reuse::MIN_SHIFTED_RUN, reuse::MAX_INSERTED)
     }
 
-    /// Brings sequence `seq` to hold `prompt`: keeps what [`reuse::plan`] allows, computes the rest
-    /// in chunks, asking `stop` between them. With `logits`, the last token's logits are computed.
-    fn prefill(&mut self, seq: usize, prompt: &[LlamaToken], logits: bool, chunk: usize, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
+    /// Brings sequence `seq` to hold `prompt`: keeps the `runs` [`Session::choose`] planned for it,
+    /// computes the rest in chunks, asking `stop` between them. With `logits`, the last token's
+    /// logits are computed.
+    fn prefill(&mut self, seq: usize, runs: &[reuse::Run], prompt: &[LlamaToken], logits: bool, chunk: usize, stop: impl Fn() -> bool) -> Result<Prefilled, String> {
         let id = seq_id(seq)?;
         let scratch = seq_id(SCRATCH)?;
-        let runs = self.plan(seq, prompt);
         // The common prefix is the run at 0 that did not move (another unmoved run can be found
         // further on, after as many tokens replaced as were there).
         let common = runs.first().filter(|r| r.from == 0 && r.to == 0).map_or(0, |r| r.len);
@@ -393,8 +395,8 @@ impl Session<'_> {
     /// Prefills `prompt` with no generation, stopping early when `give_way` says so.
     fn warm(&mut self, prompt: &str, give_way: impl Fn() -> bool) -> Result<Warmed, String> {
         let tokens = self.tokenize(prompt, 0);
-        let seq = self.choose(&tokens, Purpose::Warm);
-        let done = self.prefill(seq, &tokens, false, WARM_CHUNK, give_way)?;
+        let (seq, runs) = self.choose(&tokens, Purpose::Warm);
+        let done = self.prefill(seq, &runs, &tokens, false, WARM_CHUNK, give_way)?;
         let cached = self.slots[seq].cached.len();
         Ok(Warmed { cached, computed: cached - done.kept, complete: done.complete })
     }
@@ -404,9 +406,9 @@ impl Session<'_> {
         let model = self.model;
         let vocab = model.vocab();
         let prompt = self.tokenize(&request.prompt, request.max_tokens);
-        let seq = self.choose(&prompt, Purpose::Generate);
+        let (seq, runs) = self.choose(&prompt, Purpose::Generate);
         let id = i32::try_from(seq).map_err(|e| e.to_string())?;
-        let prefilled = self.prefill(seq, &prompt, true, self.prompt_chunk, || sink.is_cancelled())?;
+        let prefilled = self.prefill(seq, &runs, &prompt, true, self.prompt_chunk, || sink.is_cancelled())?;
         let common = prefilled.kept;
         if !prefilled.complete {
             return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO));
