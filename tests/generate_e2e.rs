@@ -10,8 +10,17 @@ use kenning::generate::{reuse, BundledModel, Event, FinishReason, GenerateError,
 use kenning::paths::Paths;
 
 fn load(model: &str) -> LlamaEngine {
+    load_with(model, LlamaOptions { context: 2048, threads: 1, ..LlamaOptions::default() })
+}
+
+fn load_with(model: &str, options: LlamaOptions) -> LlamaEngine {
     let path = BundledModel::resolve(model, &Assets::new(Paths::from_env().assets())).unwrap_or_else(|e| panic!("{e}"));
-    LlamaEngine::load(&path, LlamaOptions { context: 2048, threads: 1, ..LlamaOptions::default() }).unwrap()
+    LlamaEngine::load(&path, options).unwrap()
+}
+
+/// Qwen keeping only common prefixes: what a prompt gives computed from scratch.
+fn cold_qwen() -> LlamaEngine {
+    load_with("qwen2.5-coder-0.5b", LlamaOptions { context: 2048, threads: 1, shift_cache: false, ..LlamaOptions::default() })
 }
 
 /// One Qwen engine for the tests that only read from it (loading takes a second).
@@ -165,11 +174,7 @@ fn an_evicted_ring_snippet_costs_less_than_the_ring_and_shifted_entries_agree_wi
     eprintln!("evicting one of three snippets: {computed} of {} prompt tokens computed (ring: {ring_tokens})", shifted.prompt_tokens);
     assert!(computed < ring_tokens / 4, "computed {computed} tokens; the ring alone is {ring_tokens}");
 
-    let cold = LlamaEngine::load(
-        &BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap(),
-        LlamaOptions { context: 2048, threads: 1, shift_cache: false, ..LlamaOptions::default() },
-    )
-    .unwrap();
+    let cold = cold_qwen();
     let (cold_text, cold_finish) = cold.generate(request(&evicted)).unwrap().collect_blocking().unwrap();
     assert_eq!(cold_finish.reused_prompt_tokens, 0);
     eprintln!("shifted: {shifted_text:?}\ncold:    {cold_text:?}");
@@ -197,11 +202,7 @@ fn text_typed_before_the_suffix_costs_only_the_typed_tokens() {
     // The typed tokens, the suffix's first few (computed again next to the new text) and the last.
     assert!(computed <= reuse::FRESH_AFTER_INSERT + 6, "computed {computed} tokens: the suffix was computed again");
 
-    let cold = LlamaEngine::load(
-        &BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap(),
-        LlamaOptions { context: 2048, threads: 1, shift_cache: false, ..LlamaOptions::default() },
-    )
-    .unwrap();
+    let cold = cold_qwen();
     let (cold_text, cold_finish) = cold.generate(request(&typed)).unwrap().collect_blocking().unwrap();
     assert_eq!(cold_finish.reused_prompt_tokens, 0);
     eprintln!("moved: {moved_text:?}\ncold:  {cold_text:?}");
