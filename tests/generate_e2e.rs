@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use kenning::assets::Assets;
-use kenning::generate::llama::{LlamaEngine, LlamaOptions};
+use kenning::generate::llama::{requantized_q8, LlamaEngine, LlamaOptions};
 use kenning::generate::{reuse, BundledModel, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
 use kenning::paths::Paths;
 
@@ -140,6 +140,47 @@ fn a_missing_or_broken_model_is_an_error() {
     assert!(err.to_string().contains("junk.gguf"), "{err}");
 }
 
+#[test]
+fn the_8_bit_copy_is_made_once_per_version_and_completes_like_the_bundled_weights() {
+    // The bundled Qwen's copy, in the cache the servers of the other tests share.
+    let source = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap();
+    let shared = Paths::from_env().cache().join("weights");
+    let q8 = requantized_q8(&source, &shared).unwrap();
+    let made = std::fs::metadata(&q8).unwrap().modified().unwrap();
+    assert_eq!(requantized_q8(&source, &shared).unwrap(), q8);
+    assert_eq!(std::fs::metadata(&q8).unwrap().modified().unwrap(), made, "the copy is not written again");
+    let engine = load_with(q8.to_str().unwrap(), LlamaOptions { context: 2048, threads: 1, ..LlamaOptions::default() });
+    let prompt = fim(&engine, "/// Returns the larger of two numbers.\nfn max(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
+    let complete = |engine: &LlamaEngine| {
+        let request = GenerationRequest { max_tokens: 24, stop: vec!["\n}".into()], ..GenerationRequest::new(prompt.clone()) };
+        engine.generate(request).unwrap().collect_blocking().unwrap().0
+    };
+    assert_eq!(complete(&engine), complete(qwen()), "8 bits hold the 4-bit K-quants' values: the same greedy completion");
+
+    // A new version of a model file (here the small one, copied) gets a new copy; the old goes.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("small.gguf");
+    std::fs::copy(BundledModel::resolve("smollm2-135m", &Assets::new(Paths::from_env().assets())).unwrap(), &model).unwrap();
+    let copies = dir.path().join("weights");
+    let first = requantized_q8(&model, &copies).unwrap();
+    std::fs::File::options().append(true).open(&model).unwrap().set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+    let second = requantized_q8(&model, &copies).unwrap();
+    assert_ne!(first, second);
+    let left: Vec<_> = std::fs::read_dir(&copies).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left, vec![second], "only the current version's copy is kept, no partial file");
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_not_requantized_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF but not really").unwrap();
+    let copies = dir.path().join("weights");
+    let err = requantized_q8(&junk, &copies).unwrap_err();
+    assert!(err.to_string().contains("junk.gguf") && err.to_string().contains("re-quantize"), "{err}");
+    assert_eq!(std::fs::read_dir(&copies).unwrap().count(), 0, "no partial file is left");
+}
+
 /// Three "context ring" snippets of real-looking code, the local file's prefix, and a prompt
 /// rendered the way completions render it (ring first, the file last).
 fn ring_prompt(engine: &dyn Generator, ring: &[usize]) -> String {
@@ -260,6 +301,20 @@ fn a_request_arriving_during_warm_up_is_answered_first_and_a_warmed_prompt_is_re
     // Either the warm-up had started and stopped part-way, or it had not and ran after.
     assert_eq!(outcome.complete, warm_done_at > generated_at, "{outcome:?}");
     assert!(answered < warm_time / 2, "answered in {answered:?}; a whole warm-up takes {warm_time:?}");
+}
+
+#[test]
+fn a_warm_up_gives_way_to_a_request_announced_before_its_generation_is_queued() {
+    let engine = load("qwen2.5-coder-0.5b");
+    let prompt = fim(&engine, "/// Returns the larger of two numbers.\nfn max(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
+    // While a request gathers its context, a warm-up computes nothing (it stops before a batch).
+    let ahead = engine.request_ahead();
+    let warmed = engine.warm(prompt.clone()).unwrap().done_blocking().expect("the llama engine warms");
+    assert!(!warmed.complete && warmed.computed == 0, "{warmed:?}");
+    // Once the announcement ends, warm-ups run again.
+    drop(ahead);
+    let warmed = engine.warm(prompt).unwrap().done_blocking().expect("the llama engine warms");
+    assert!(warmed.complete && warmed.computed > 10, "{warmed:?}");
 }
 
 /// Issue 12: the engine keeps two KV sequences. Two files completed in by turns keep a cache each,

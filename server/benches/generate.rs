@@ -5,7 +5,10 @@
 //! prompts on the same model directory in the same run (`MLX_PYTHON`, the mlx venv's python; `OPENBLAS`,
 //! preloaded into it as kenning links it), and the ratios are printed.
 //!
-//! `cargo bench -p kenning --bench generate -- [--engine llama|mlx] [--threads N] [--models a,b]`
+//! With `--new-place` (llama.cpp only), instead: the first prompt at a new place, with the model's
+//! weights as they are beside their 8-bit copy (`generation.weights`).
+//!
+//! `cargo bench -p kenning --bench generate -- [--engine llama|mlx] [--threads N] [--models a,b] [--new-place]`
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -97,6 +100,10 @@ fn main() {
         println!("kenning generation benchmark (llama.cpp engine, {threads} thread(s), greedy)");
     }
     for name in models.split(',') {
+        if args.iter().any(|a| a == "--new-place") {
+            new_place(name, &paths, threads, &corpus);
+            continue;
+        }
         let t = Instant::now();
         let (engine, model_dir): (Box<dyn Generator>, Option<std::path::PathBuf>) = if mlx {
             load_mlx(name, &paths)
@@ -157,6 +164,46 @@ fn main() {
             println!("{line} (time to first token)");
         }
         println!("  peak RSS so far {:.0} MB", peak_rss_mb());
+    }
+}
+
+/// The first prompt at a new place (nothing of it cached), with the model's weights as they are
+/// and re-quantized to 8 bits (`generation.weights`), on an engine whose sequences are empty and
+/// on one where both already hold long prompts of other places; each on a fresh engine, best of
+/// three prompts, with the decode speed of 32 tokens after it.
+fn new_place(name: &str, paths: &Paths, threads: usize, corpus: &str) {
+    let source = BundledModel::resolve(name, &Assets::new(paths.assets())).unwrap_or_else(|e| panic!("{e}"));
+    let q8 = kenning::generate::llama::requantized_q8(&source, &paths.cache().join("weights")).unwrap();
+    // Each prompt from its own part of the corpus: nothing of it is cached anywhere.
+    let part = |k: usize| {
+        let mut start = (k * 7919) % (corpus.len() / 2);
+        while !corpus.is_char_boundary(start) {
+            start += 1;
+        }
+        &corpus[start..]
+    };
+    println!("\n{name}: the first prompt at a new place (400 tokens)");
+    for (weights, path) in [("as they are", &source), ("8-bit (q8_0)", &q8)] {
+        for held in [0usize, 1500] {
+            let engine = LlamaEngine::load(path, LlamaOptions { threads, ..LlamaOptions::default() }).unwrap();
+            let (mut best, mut rates) = (Duration::MAX, Vec::new());
+            for i in 0..3 {
+                if held > 0 {
+                    for k in 0..2 {
+                        run(&engine, &prompt_of(&engine, part(10 * i + k + 1), "Held", held).0, 1);
+                    }
+                }
+                let (prompt, _) = prompt_of(&engine, part(10 * i + 5), "New place", 400);
+                let (ttft, rate, _) = run(&engine, &prompt, 32);
+                best = best.min(ttft);
+                rates.push(rate);
+            }
+            println!(
+                "  weights {weights:<12}, other sequences holding {held:>4} tokens: first token {:.3} s, decode {:.1} tok/s",
+                best.as_secs_f64(),
+                rates.iter().sum::<f64>() / rates.len() as f64
+            );
+        }
     }
 }
 

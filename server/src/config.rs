@@ -60,6 +60,10 @@ pub enum Generation {
         /// them (the suffix); false = only the common prefix.
         #[serde(default = "yes")]
         shift_cache: bool,
+        /// How the weights are held: `auto` (a bundled model re-quantized once to 8 bits, except
+        /// on Apple Silicon's GPU; a file given by path as it is), `as-is`, or `q8_0` (any model).
+        #[serde(default)]
+        weights: Weights,
         /// Context window in tokens.
         #[serde(default = "default_context")]
         context: u32,
@@ -109,8 +113,35 @@ impl Default for Generation {
             threads: 0,
             prefill_threads: 0,
             shift_cache: true,
+            weights: Weights::Auto,
             context: default_context(),
             family: None,
+        }
+    }
+}
+
+/// The weights a llama.cpp model runs with (`generation.weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weights {
+    /// Bundled models as [`Weights::Q8_0`] where llama.cpp runs on the CPU, anything else as is.
+    #[default]
+    Auto,
+    /// The model file as it is.
+    AsIs,
+    /// Re-quantized once to 8 bits (Q8_0) and cached: on a CPU prompts are read ~25 % faster than
+    /// with the bundled 4-bit K-quants, and tokens decoded no slower.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl Weights {
+    /// Whether a model (bundled or not) is re-quantized to 8 bits.
+    pub fn q8_0(self, bundled: bool) -> bool {
+        match self {
+            Weights::Auto => bundled && !cfg!(all(target_os = "macos", target_arch = "aarch64")),
+            Weights::AsIs => false,
+            Weights::Q8_0 => true,
         }
     }
 }

@@ -215,6 +215,7 @@ fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
             threads: model.threads.unwrap_or(0),
             prefill_threads: 0,
             shift_cache: true,
+            weights: config::Weights::Auto,
             context: 4096,
             family: None,
         };

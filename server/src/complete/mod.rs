@@ -294,6 +294,9 @@ impl Completer {
             return Ok(Some(found).filter(|c| !c.text.is_empty()));
         }
         self.cancel_running(&request.repo, &request.path);
+        // A warm-up under way gives way now, not once this request's generation is queued after
+        // its context is gathered (up to a batch of the warm-up saved at a new place).
+        let ahead = self.generator.request_ahead();
 
         let started = Instant::now();
         // At a new place the local part of the prompt is computed afresh anyway: context for it is
@@ -309,6 +312,7 @@ impl Completer {
         let shape = self.prompt_shape(warm);
         let local = Local::new(&request, &shape);
         let context_ms = ms(started.elapsed());
+        tracing::debug!(context_ms, warm, snippets = snippets.len(), "context for a completion");
 
         let started = Instant::now();
         let built = shape.build(&request, &local, &snippets);
@@ -324,6 +328,7 @@ impl Completer {
         let gen_request = GenerationRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
+        drop(ahead);
         let raw = wait(&slot).await;
         self.after_request(&request);
         let raw = raw?;
@@ -580,7 +585,6 @@ impl Completer {
         }))
     }
 
-    /// Cancels the running generations of `path` (a newer, different request arrived).
     /// Cancels the running generations of `path` (a newer, different request arrived), and every
     /// running speculation (in any file: the engine is needed for this request).
     fn cancel_running(&self, repo: &str, path: &str) {
@@ -627,6 +631,9 @@ fn start_slot(
                 computed = finish.prompt_tokens - finish.reused_prompt_tokens,
                 generated = finish.generated_tokens,
                 first_token_ms = ms(finish.time_to_first_token),
+                // From the request to its first text: the engine's first token, and before it
+                // the wait for the engine (a warm-up or speculation giving way).
+                first_text_ms = first.get().map(|d| ms(*d)),
                 decode_ms = ms(finish.total.saturating_sub(finish.time_to_first_token)),
                 reason = ?finish.reason,
                 "generation finished"

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
-use super::{GenerateError, Generation, Generator, GenerationRequest, Sink, SpecialToken, Warmed, Warming};
+use super::{Ahead, GenerateError, Generation, Generator, GenerationRequest, Sink, SpecialToken, Warmed, Warming};
 
 /// What an engine thread is asked to do.
 pub(super) enum Job {
@@ -26,7 +26,8 @@ pub(super) enum Job {
 /// queued, only the newest is done.
 pub(super) struct Jobs {
     rx: Receiver<Job>,
-    /// Generations sent and not yet received (a warm-up checks it between batches).
+    /// Generations sent and not yet received, and requests announced ([`Generator::request_ahead`]):
+    /// a warm-up checks it between batches.
     waiting: Arc<AtomicUsize>,
     /// A warm-up put aside for a generation that arrived behind it.
     held: Cell<Option<Job>>,
@@ -56,7 +57,7 @@ impl Jobs {
         Some(job)
     }
 
-    /// Whether a generation is queued (a warm-up in progress stops for it).
+    /// Whether a generation is queued or a request announced (a warm-up in progress stops for it).
     pub(super) fn generation_waiting(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
     }
@@ -137,6 +138,14 @@ impl Generator for EngineThread {
         Ok(generation)
     }
 
+    fn request_ahead(&self) -> Ahead {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Arc::clone(&self.waiting);
+        Ahead(Some(Box::new(move || {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        })))
+    }
+
     fn warm(&self, prompt: String) -> Result<Warming, GenerateError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue()?.send(Job::Warm(prompt, tx)).map_err(|_| GenerateError::EngineGone)?;
@@ -171,6 +180,9 @@ macro_rules! delegate_generator {
             }
             fn warm(&self, prompt: String) -> Result<$crate::generate::Warming, $crate::generate::GenerateError> {
                 self.0.warm(prompt)
+            }
+            fn request_ahead(&self) -> $crate::generate::Ahead {
+                self.0.request_ahead()
             }
         }
     };

@@ -93,6 +93,11 @@ impl BundledModel {
         Self::ALL.map(Self::name).join(", ")
     }
 
+    /// Whether `model` names a bundled model (not a path).
+    pub fn is_bundled(model: &str) -> bool {
+        Self::ALL.into_iter().any(|m| m.name() == model)
+    }
+
     /// A bundled model's file, or `model` itself when it is a path.
     pub fn resolve(model: &str, assets: &Assets) -> Result<PathBuf, GenerateError> {
         if let Some(bundled) = Self::ALL.into_iter().find(|m| m.name() == model) {
@@ -117,8 +122,16 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         G::Mlx { model, adapter, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?, adapter.as_deref())?),
         #[cfg(not(feature = "mlx"))]
         G::Mlx { .. } => return Err(GenerateError::NoMlx),
-        G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, .. } => {
-            let path = BundledModel::resolve(model, assets)?;
+        G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, weights, .. } => {
+            let mut path = BundledModel::resolve(model, assets)?;
+            if weights.q8_0(BundledModel::is_bundled(model)) {
+                match llama::requantized_q8(&path, &paths.cache().join("weights")) {
+                    Ok(q8) => path = q8,
+                    // Chosen by default: the weights as they are still work.
+                    Err(e) if *weights == crate::config::Weights::Auto => tracing::warn!("{e}; using the weights as they are"),
+                    Err(e) => return Err(e),
+                }
+            }
             // An adapter directory (kenning-train, mlx_lm) is converted to llama.cpp's format first.
             let lora = match adapter.as_deref() {
                 Some(path) => Some(lora_gguf::for_llama(path).map_err(|e| GenerateError::Adapter { path: path.to_owned(), reason: e.to_string() })?),
@@ -333,6 +346,13 @@ pub trait Generator: Send + Sync {
     fn warm(&self, _prompt: String) -> Result<Warming, GenerateError> {
         Ok(Warming(None))
     }
+    /// Announces a request being prepared (its context gathered, its prompt built): until the
+    /// returned guard is dropped, a warm-up in progress gives way at its next batch, as it does
+    /// for a queued generation, so that it does not hold the engine when the request's generation
+    /// arrives. Engines that do not warm return a guard that does nothing.
+    fn request_ahead(&self) -> Ahead {
+        Ahead(None)
+    }
     /// Prompts the engine's cache keeps at once. With more than one, a warm-up cut short by a
     /// generation keeps its progress for the next one (the generation runs beside it); with one,
     /// the generation replaces it.
@@ -350,6 +370,19 @@ pub struct Warmed {
     pub computed: usize,
     /// Whether the whole prompt is in the cache (false: a generation came first).
     pub complete: bool,
+}
+
+/// A request being prepared for an engine (see [`Generator::request_ahead`]); dropping it ends
+/// the announcement.
+#[must_use = "the announcement ends when the guard is dropped"]
+pub struct Ahead(pub(crate) Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end();
+        }
+    }
 }
 
 /// A warm-up under way; `None` inside for engines that do not warm.
