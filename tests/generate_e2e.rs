@@ -141,7 +141,7 @@ fn a_missing_or_broken_model_is_an_error() {
 }
 
 #[test]
-fn the_8_bit_copy_is_made_once_per_version_and_completes_like_the_bundled_weights() {
+fn the_8_bit_copy_is_made_once_per_version_and_completes_an_obvious_body() {
     // The bundled Qwen's copy, in the cache the servers of the other tests share.
     let source = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap();
     let shared = Paths::from_env().cache().join("weights");
@@ -155,7 +155,11 @@ fn the_8_bit_copy_is_made_once_per_version_and_completes_like_the_bundled_weight
         let request = GenerationRequest { max_tokens: 24, stop: vec!["\n}".into()], ..GenerationRequest::new(prompt.clone()) };
         engine.generate(request).unwrap().collect_blocking().unwrap().0
     };
-    assert_eq!(complete(&engine), complete(qwen()), "8 bits hold the 4-bit K-quants' values: the same greedy completion");
+    // The 8-bit values hold the 4-bit ones almost exactly, so the obvious body is written; the
+    // tokens may still differ from the 4-bit file's (one of 40 eval tasks did).
+    let text = complete(&engine);
+    let code: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(code.starts_with("if a > b { a } else { b }") || code.starts_with("a.max(b)") || code.contains("std::cmp::max(a, b)"), "{text:?}");
 
     // A new version of a model file (here the small one, copied) gets a new copy; the old goes.
     let dir = tempfile::tempdir().unwrap();

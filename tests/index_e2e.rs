@@ -450,6 +450,10 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     // A cache of its own (the snapshot and its training go there), with the installed models.
     let cache = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(Paths::from_env().assets(), cache.path().join("assets")).unwrap();
+    // The bundled model's 8-bit copy is made once per machine, shared like the assets.
+    let weights = Paths::from_env().cache().join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    std::os::unix::fs::symlink(&weights, cache.path().join("weights")).unwrap();
     let bin = env!("CARGO_BIN_EXE_kenning");
     let eval = |args: &[&str], dir: &Path| Command::new(bin).arg("--cache-dir").arg(cache.path()).args(["eval", "--split", "time", "-w"]).arg(dir).args(args).output().unwrap();
 

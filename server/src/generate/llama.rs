@@ -35,8 +35,8 @@ use super::{EngineError, Event, Finish, FinishReason, GenerateError, GenerationR
 const MAX_BATCH: u32 = 512;
 /// Tokens decoded per call while a warm-up reads a prompt: between calls it gives way to a
 /// generation, so this bounds how long a request waits behind one (32 tokens ≈ 0.2 s on 2 cores;
-/// at 64 the first completion at a new place waited up to 0.4 s behind a warm-up's batch:
-/// 2.98 s against 2.79 s at the median on the typing benchmark, README).
+/// at 64 the server's log showed first completions at a new place waiting up to 0.4 s behind a
+/// warm-up's batch; README, "8-bit weights").
 const WARM_CHUNK: usize = 32;
 /// KV-cache sequences kept (each the full context window): the place being typed at and the
 /// prompt being warmed for it, or two files worked in by turns.
@@ -92,24 +92,21 @@ fn backend() -> Result<&'static LlamaBackend, String> {
 /// reused while `source` is unchanged (the name carries a hash of its path, size and modification
 /// time; older copies of the same model are removed). On a CPU, llama.cpp reads prompts in 8-bit
 /// weights through its matrix-multiplication kernels (llamafile's), which K-quants (the bundled
-/// Q4_K_M) do not use: prompts are read ~25 % faster there and tokens decoded no slower
+/// Q4_K_M) do not use: a prompt takes ~22 % less time there and tokens decoded no slower
 /// (`scripts/bench-generate --new-place`). Q4_K_M's values fit 8 bits almost exactly.
 pub fn requantized_q8(source: &Path, dir: &Path) -> Result<PathBuf, GenerateError> {
-    use std::hash::{Hash, Hasher};
+    use sha2::{Digest, Sha256};
     let fail = |reason: String| GenerateError::Load { path: source.to_owned(), reason };
     let meta = std::fs::metadata(source).map_err(|e| fail(e.to_string()))?;
     let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_owned();
-    let hash = |value: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        value(&mut h);
-        h.finish()
+    // Which file, and which version of it (a hash that is the same in every build).
+    let hash = |text: String| -> u64 {
+        let digest = Sha256::digest(text.as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
     };
-    // Which file, and which version of it.
-    let file = hash(&|h| std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()).hash(h));
-    let version = hash(&|h| {
-        meta.len().hash(h);
-        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).hash(h);
-    });
+    let file = hash(std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()).display().to_string());
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let version = hash(format!("{} {mtime}", meta.len()));
     let family = format!("{stem}.q8_0.{file:016x}.");
     let target = dir.join(format!("{family}{version:016x}.gguf"));
     if target.is_file() {
@@ -128,11 +125,15 @@ pub fn requantized_q8(source: &Path, dir: &Path) -> Result<PathBuf, GenerateErro
         return Err(fail(format!("cannot re-quantize it to 8 bits: {e}")));
     }
     tracing::info!(from = %source.display(), to = %target.display(), seconds = started.elapsed().as_secs_f64(), "re-quantized the model's weights to 8 bits");
-    // Copies of earlier versions of the same file.
+    // Copies of earlier versions of the same file, and partial files a killed process left (an
+    // hour old: one being written now takes seconds).
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&family) && name.ends_with(".gguf") && entry.path() != target {
+            let stale_copy = name.starts_with(&family) && name.ends_with(".gguf") && entry.path() != target;
+            let old_partial = name.ends_with(".partial")
+                && entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(3600));
+            if stale_copy || old_partial {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -470,6 +471,11 @@ impl Session<'_> {
 
     /// Prefills `prompt` with no generation, stopping early when `give_way` says so.
     fn warm(&mut self, prompt: &str, give_way: impl Fn() -> bool) -> Result<Warmed, String> {
+        // A request is already waiting or announced: the cache is left as it is (choosing a
+        // sequence would mark it used and cut it to what the warm-up keeps).
+        if give_way() {
+            return Ok(Warmed::default());
+        }
         let tokens = self.tokenize(prompt, 0);
         let (seq, runs) = self.choose(&tokens, Purpose::Warm);
         let done = self.prefill(seq, &runs, &tokens, false, WARM_CHUNK, give_way)?;

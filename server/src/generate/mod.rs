@@ -123,15 +123,20 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         #[cfg(not(feature = "mlx"))]
         G::Mlx { .. } => return Err(GenerateError::NoMlx),
         G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, weights, .. } => {
-            let mut path = BundledModel::resolve(model, assets)?;
-            if weights.q8_0(BundledModel::is_bundled(model)) {
-                match llama::requantized_q8(&path, &paths.cache().join("weights")) {
-                    Ok(q8) => path = q8,
+            let source = BundledModel::resolve(model, assets)?;
+            let copy = if weights.q8_0(BundledModel::is_bundled(model)) {
+                match llama::requantized_q8(&source, &paths.cache().join("weights")) {
+                    Ok(q8) => Some(q8),
                     // Chosen by default: the weights as they are still work.
-                    Err(e) if *weights == crate::config::Weights::Auto => tracing::warn!("{e}; using the weights as they are"),
+                    Err(e) if *weights == crate::config::Weights::Auto => {
+                        tracing::warn!("{e}; using the weights as they are");
+                        None
+                    }
                     Err(e) => return Err(e),
                 }
-            }
+            } else {
+                None
+            };
             // An adapter directory (kenning-train, mlx_lm) is converted to llama.cpp's format first.
             let lora = match adapter.as_deref() {
                 Some(path) => Some(lora_gguf::for_llama(path).map_err(|e| GenerateError::Adapter { path: path.to_owned(), reason: e.to_string() })?),
@@ -144,7 +149,19 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
             if *prefill_threads > 0 {
                 options.prefill_threads = *prefill_threads;
             }
-            Arc::new(llama::LlamaEngine::load(&path, options)?)
+            match copy {
+                None => Arc::new(llama::LlamaEngine::load(&source, options)?),
+                Some(q8) => match llama::LlamaEngine::load(&q8, options.clone()) {
+                    Ok(engine) => Arc::new(engine),
+                    // A cached copy that does not load (damaged on disk) is made again next time.
+                    Err(e) if *weights == crate::config::Weights::Auto => {
+                        tracing::warn!("{e}; removed, using the weights as they are");
+                        let _ = std::fs::remove_file(&q8);
+                        Arc::new(llama::LlamaEngine::load(&source, options)?)
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
         }
         G::Ollama { url, model, .. } => Arc::new(http::HttpGenerator::new(http::Api::Ollama, url, model, None, config.family())?),
         G::Openai { url, model, api_key_env, .. } => {
