@@ -71,13 +71,22 @@ impl Ring {
         self.chunks.iter().map(cost).sum()
     }
 
-    /// Adds `candidates` (best first) gathered for the cursor in `local` (the lines around it).
+    /// Adds `candidates` (best first) gathered for the cursor in `local` (the lines around it):
+    /// each that fits in the budget beside the better ones taken before it (one that does not is
+    /// skipped, and a smaller one after it may still fit); older snippets are evicted for them.
     /// Returns whether the ring changed.
+    ///
+    /// Taking every candidate and evicting down to the budget instead dropped the last ones
+    /// whole, the code found by search (gathered after the definitions), when one long
+    /// definition did not fit: on the tokio API tasks that code held the expected line in three
+    /// of the tasks lost against the pipeline before the ring (README, "Completions").
     pub fn add(&mut self, candidates: Vec<Snippet>, local: &str) -> bool {
         let local_ids = identifiers(local);
         let mut added = Vec::new();
+        let mut room = self.budget;
         for snippet in candidates {
-            if cost(&snippet) > self.budget {
+            let c = cost(&snippet);
+            if c > room {
                 continue;
             }
             let ids = identifiers(&snippet.text);
@@ -87,6 +96,7 @@ impl Ring {
                     || jaccard(&identifiers(&c.text), &ids) > MAX_RING_SIMILARITY
             });
             if !repeats_local && !known {
+                room -= c;
                 added.push(snippet);
             }
         }
@@ -202,6 +212,18 @@ mod tests {
         ring.add(vec![snippet("c.rs", 1, "fn third_one() { let cheese = age(milk); }")], "");
         assert!(ring.tokens() <= 40, "{}", ring.tokens());
         assert_eq!(paths(&ring), ["b.rs:1", "c.rs:1"]);
+    }
+
+    #[test]
+    fn a_candidate_that_does_not_fit_beside_better_ones_is_skipped_not_the_rest() {
+        // About 18 estimated tokens each, the long one about 35: the first and the third fit in 40.
+        let mut ring = Ring::new(40);
+        let best = snippet("a.rs", 1, "fn first_one() { let apple = pick(tree); }");
+        let long = snippet("b.rs", 1, "fn second_one() { let bread = bake(flour); let jam = boil(fruit, sugar); }");
+        let found = snippet("c.rs", 1, "fn third_one() { let cheese = age(milk); }");
+        assert!(ring.add(vec![best, long, found], ""));
+        assert_eq!(paths(&ring), ["c.rs:1", "a.rs:1"], "the best nearest the cursor, the long one left out");
+        assert!(ring.tokens() <= 40, "{}", ring.tokens());
     }
 
     #[test]
