@@ -730,7 +730,11 @@ async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &c
     let buffers = context::similar_windows(&query, &request.buffers, BUFFER_SNIPPETS);
     let (definitions, retrieved) = match &retrieval.store {
         Some(store) => {
-            let identifiers = context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS);
+            // A name the file takes from the standard library is not looked up: the workspace's
+            // chunk of the same name is another item (tokio's `Context` for `cx: &mut Context`).
+            let external = scope::standard_library_names(request.language, &request.text[..request.offset]);
+            let identifiers: Vec<String> =
+                context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS + external.len()).into_iter().filter(|n| !external.contains(n)).take(DEFINITION_LOOKUPS).collect();
             let similar = async {
                 if settings.similar_code {
                     context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS).await

@@ -73,6 +73,24 @@ fn statements<'a>(text: &'a str, starts: &[&str], end: impl Fn(&str) -> bool) ->
     (found, body)
 }
 
+/// Names a Rust file imports from the standard library (`use std::…`, `core::…`, `alloc::…`):
+/// a chunk of the workspace that defines the same name (tokio's own `Context` beside
+/// `std::task::Context`) is another item, not the definition the code at the cursor uses. Other
+/// languages: none.
+pub fn standard_library_names(language: Language, text: &str) -> HashSet<String> {
+    if language != Language::Rust {
+        return HashSet::new();
+    }
+    let (uses, _) = statements(text, &["use ", "pub use ", "pub(crate) use ", "pub(super) use "], |s| s.contains(';'));
+    uses.iter()
+        .filter(|statement| {
+            let tree = statement.split_once("use ").map_or("", |(_, t)| t).trim_start_matches("::");
+            matches!(tree.split("::").next().map(str::trim), Some("std" | "core" | "alloc"))
+        })
+        .flat_map(|statement| rust_uses(statement).0)
+        .collect()
+}
+
 fn rust_uses(text: &str) -> (Vec<String>, String) {
     let (uses, body) = statements(text, &["use ", "pub use ", "pub(crate) use ", "pub(super) use "], |s| s.contains(';'));
     let mut names = Vec::new();
@@ -272,6 +290,16 @@ fn defines(line: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_imported_from_the_standard_library_are_told_apart() {
+        let text = "use std::task::{Context, Poll};\nuse core::pin::Pin;\nuse crate::runtime::Handle;\nuse tokio_util::sync::CancellationToken;\n\nfn f() {}\n";
+        let names = super::standard_library_names(Language::Rust, text);
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["Context", "Pin", "Poll"]);
+        assert!(super::standard_library_names(Language::Python, "from os import path\n").is_empty());
+    }
+
     use super::*;
 
     fn check_imports(language: Language, text: &str, expect: &[&str]) {
