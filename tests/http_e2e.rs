@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lsp::{Client, test_cache};
+use common::lsp::Client;
+use common::test_cache;
 use kenning::generate::http::{Api, HttpGenerator};
 use kenning::generate::{Event, FinishReason, Generator, GenerationRequest};
 use kenning::prompt::Family;

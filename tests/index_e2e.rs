@@ -2,6 +2,8 @@
 //! dataset in a temp dir, the real `kenning` binary. They need the assets that `scripts/setup`
 //! installs and fail with its error message when they are missing.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -449,11 +451,7 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
 
     // A cache of its own (the snapshot and its training go there), with the installed models.
     let cache = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(Paths::from_env().assets(), cache.path().join("assets")).unwrap();
-    // The bundled model's 8-bit copy is made once per machine, shared like the assets.
-    let weights = Paths::from_env().cache().join("weights");
-    std::fs::create_dir_all(&weights).unwrap();
-    std::os::unix::fs::symlink(&weights, cache.path().join("weights")).unwrap();
+    let cache_paths = common::test_cache(cache.path());
     let bin = env!("CARGO_BIN_EXE_kenning");
     let eval = |args: &[&str], dir: &Path| Command::new(bin).arg("--cache-dir").arg(cache.path()).args(["eval", "--split", "time", "-w"]).arg(dir).args(args).output().unwrap();
 
@@ -476,7 +474,6 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     // rag: retrieval searches an index of the snapshot, built for it; the live repository is never indexed.
     let out = eval(&["--mode", "rag", "--model", "smollm2-135m", "--threads", "1", "--limit", "2", "--json"], &repo);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cache_paths = Paths::with_root(cache.path());
     assert!(cache_paths.index_for(&snapshot).is_dir(), "the snapshot is indexed");
     assert!(!cache_paths.index_for(&repo).exists(), "today's code is never indexed for the time split");
     // What would let today's code in is refused.

@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::lsp::{Client, test_cache, uri};
+use common::lsp::{Client, uri};
+use common::test_cache;
 use serde_json::{Value, json};
 
 fn write(root: &Path, rel: &str, text: &str) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lsp::test_cache;
+use common::test_cache;
 
 fn nvim() -> PathBuf {
     if let Some(path) = std::env::var_os("KENNING_NVIM") {

@@ -81,34 +81,37 @@ pub fn standard_library_names(language: Language, text: &str) -> HashSet<String>
     if language != Language::Rust {
         return HashSet::new();
     }
-    let (uses, _) = statements(text, &["use ", "pub use ", "pub(crate) use ", "pub(super) use "], |s| s.contains(';'));
+    let (uses, _) = statements(text, RUST_USE, |s| s.contains(';'));
     uses.iter()
         .filter(|statement| {
             let tree = statement.split_once("use ").map_or("", |(_, t)| t).trim_start_matches("::");
             matches!(tree.split("::").next().map(str::trim), Some("std" | "core" | "alloc"))
         })
-        .flat_map(|statement| rust_uses(statement).0)
+        .flat_map(|statement| use_leaves(statement))
         .collect()
 }
 
+/// How a Rust `use` statement starts.
+const RUST_USE: &[&str] = &["use ", "pub use ", "pub(crate) use ", "pub(super) use "];
+
 fn rust_uses(text: &str) -> (Vec<String>, String) {
-    let (uses, body) = statements(text, &["use ", "pub use ", "pub(crate) use ", "pub(super) use "], |s| s.contains(';'));
-    let mut names = Vec::new();
-    for statement in uses {
-        let tree = statement.split_once("use ").map_or("", |(_, t)| t);
-        let tree = tree.split(';').next().unwrap_or("");
-        // Leaves: split on braces and commas; each leaf is a path whose last segment is the name
-        // (`a::b as c` imports b under the name c: the definition is b's).
-        for leaf in tree.split(['{', '}', ',']) {
-            let leaf = leaf.trim();
-            let path = leaf.split(" as ").next().unwrap_or("").trim();
+    let (uses, body) = statements(text, RUST_USE, |s| s.contains(';'));
+    (uses.iter().flat_map(|statement| use_leaves(statement)).collect(), body)
+}
+
+/// The names one `use` statement imports: the leaves of its tree (`self` and globs skipped).
+fn use_leaves(statement: &str) -> Vec<String> {
+    let tree = statement.split_once("use ").map_or("", |(_, t)| t);
+    let tree = tree.split(';').next().unwrap_or("");
+    // Leaves: split on braces and commas; each leaf is a path whose last segment is the name
+    // (`a::b as c` imports b under the name c: the definition is b's).
+    tree.split(['{', '}', ','])
+        .filter_map(|leaf| {
+            let path = leaf.trim().split(" as ").next().unwrap_or("").trim();
             let last = path.rsplit("::").next().unwrap_or("").trim();
-            if !last.is_empty() && last != "self" && last != "*" && last != "super" && last != "crate" && is_identifier(last) {
-                names.push(last.to_owned());
-            }
-        }
-    }
-    (names, body)
+            (!last.is_empty() && last != "self" && last != "*" && last != "super" && last != "crate" && is_identifier(last)).then(|| last.to_owned())
+        })
+        .collect()
 }
 
 fn python_imports(text: &str) -> (Vec<String>, String) {
