@@ -4,9 +4,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kenning::assets::Assets;
 use kenning::generate::llama::{requantized_q8, LlamaEngine, LlamaOptions};
-use kenning::generate::{reuse, BundledModel, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
+use kenning::generate::{reuse, Event, FinishReason, GenerateError, Generator, GenerationRequest, SpecialToken};
 use kenning::paths::Paths;
 
 fn load(model: &str) -> LlamaEngine {
@@ -14,7 +13,7 @@ fn load(model: &str) -> LlamaEngine {
 }
 
 fn load_with(model: &str, options: LlamaOptions) -> LlamaEngine {
-    let path = BundledModel::resolve(model, &Assets::new(Paths::from_env().assets())).unwrap_or_else(|e| panic!("{e}"));
+    let path = kenning::models::resolve(model, &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
     LlamaEngine::load(&path, options).unwrap()
 }
 
@@ -143,7 +142,7 @@ fn a_missing_or_broken_model_is_an_error() {
 #[test]
 fn the_8_bit_copy_is_made_once_per_version_and_completes_an_obvious_body() {
     // The bundled Qwen's copy, in the cache the servers of the other tests share.
-    let source = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(Paths::from_env().assets())).unwrap();
+    let source = kenning::models::resolve("qwen2.5-coder-0.5b", &Paths::from_env()).unwrap();
     let shared = Paths::from_env().cache().join("weights");
     let q8 = requantized_q8(&source, &shared).unwrap();
     let made = std::fs::metadata(&q8).unwrap().modified().unwrap();
@@ -164,7 +163,7 @@ fn the_8_bit_copy_is_made_once_per_version_and_completes_an_obvious_body() {
     // A new version of a model file (here the small one, copied) gets a new copy; the old goes.
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("small.gguf");
-    std::fs::copy(BundledModel::resolve("smollm2-135m", &Assets::new(Paths::from_env().assets())).unwrap(), &model).unwrap();
+    std::fs::copy(kenning::models::resolve("smollm2-135m", &Paths::from_env()).unwrap(), &model).unwrap();
     let copies = dir.path().join("weights");
     let first = requantized_q8(&model, &copies).unwrap();
     std::fs::File::options().append(true).open(&model).unwrap().set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();

@@ -329,6 +329,33 @@ async fn ask_with_the_model_answers_with_numbered_citations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn questions_are_answered_by_their_own_model_and_completions_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({
+        "generation": {"threads": 1, "context": 2048},
+        "ask": {"max_tokens": 24, "sources": 2, "generation": {"backend": "llama", "model": "smollm2-135m", "threads": 1, "context": 2048}},
+    });
+    let mut client = started(dir.path(), json!({}), options).await;
+    client.wait_indexed().await;
+    let response = client
+        .request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": ["Which function applies the loyalty discount?"]}))
+        .await;
+    let result = &response["result"];
+    assert_eq!(result["extractive"], false, "{response}");
+    let model = result["model"].as_str().unwrap_or_else(|| panic!("{response}")).to_ascii_lowercase();
+    assert!(model.contains("smollm2"), "{response}");
+
+    let uri = client.open("src/checkout.rs", "rust", &format!("{CHECKOUT}\n}}\n")).await;
+    let response = client
+        .request("textDocument/inlineCompletion", json!({"textDocument": {"uri": uri}, "position": {"line": 5, "character": 4}, "context": {"triggerKind": 1}}))
+        .await;
+    assert!(response["result"].is_array(), "{response}");
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    let loaded = status["result"]["model"].to_string().to_ascii_lowercase();
+    assert!(loaded.contains("qwen") && !loaded.contains("smollm"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_messages_do_not_kill_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut client = started(dir.path(), json!({}), json!({"generation": {"backend": "none"}})).await;

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
 use kenning::generate::mlx::{MlxEngine, resolve};
 use kenning::formats::{fused_gguf, lora_gguf};
-use kenning::generate::{BundledModel, Event, FinishReason, Generator, GenerationRequest};
+use kenning::generate::{Event, FinishReason, Generator, GenerationRequest};
 use kenning::paths::Paths;
 use kenning_training::model::Projection as Target;
 use kenning_training::model::Config;
@@ -21,7 +20,7 @@ fn mlx() -> MlxEngine {
 
 #[test]
 fn llama_cpp_and_mlx_agree_on_greedy_tokens() {
-    let gguf = BundledModel::resolve("smollm2-135m", &Assets::new(Paths::from_env().assets())).unwrap();
+    let gguf = kenning::models::resolve("smollm2-135m", &Paths::from_env()).unwrap();
     let llama = LlamaEngine::load(&gguf, LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() }).unwrap();
     let mlx = mlx();
     for prompt in ["The capital of France is", "fn main() {\n    let numbers = vec![1, 2, 3];\n"] {
@@ -41,7 +40,7 @@ fn llama_cpp_and_mlx_agree_on_greedy_tokens() {
 fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_does() {
     let paths = Paths::from_env();
     let dir = resolve("qwen2.5-coder-0.5b", &paths).unwrap_or_else(|e| panic!("{e}"));
-    let gguf = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(paths.assets())).unwrap();
+    let gguf = kenning::models::resolve("qwen2.5-coder-0.5b", &paths).unwrap();
     let llama = LlamaEngine::load(&gguf, LlamaOptions { context: 1024, threads: 2, ..LlamaOptions::default() }).unwrap();
     let mlx = MlxEngine::load(&dir, None).unwrap();
     for prompt in [
@@ -67,7 +66,7 @@ fn qwen_coder_converted_from_its_k_quant_gguf_fills_in_the_middle_as_llama_cpp_d
 #[test]
 fn mlx_heals_a_partial_word_as_llama_cpp_does() {
     let paths = Paths::from_env();
-    let gguf = BundledModel::resolve("qwen2.5-coder-0.5b", &Assets::new(paths.assets())).unwrap();
+    let gguf = kenning::models::resolve("qwen2.5-coder-0.5b", &paths).unwrap();
     let llama = LlamaEngine::load(&gguf, LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() }).unwrap();
     let mlx = MlxEngine::load(&resolve("qwen2.5-coder-0.5b", &paths).unwrap_or_else(|e| panic!("{e}")), None).unwrap();
     assert!(llama.heals() && mlx.heals());
@@ -192,7 +191,7 @@ fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
     let adapter = dir.path().join("adapter");
     random_adapter(&model, &adapter, 4);
 
-    let gguf = BundledModel::resolve("smollm2-135m", &Assets::new(paths.assets())).unwrap();
+    let gguf = kenning::models::resolve("smollm2-135m", &paths).unwrap();
     let options = LlamaOptions { context: 1024, threads: 1, ..LlamaOptions::default() };
     let base = LlamaEngine::load(&gguf, options.clone()).unwrap();
     let lora = lora_gguf::for_llama(&adapter).unwrap();
@@ -221,7 +220,7 @@ fn a_fused_model_written_as_gguf_writes_what_the_base_with_the_adapter_writes() 
     kenning_training::export::write_model_dir(&text.model, &model, &fused_dir).unwrap();
     drop(text);
 
-    let gguf = BundledModel::resolve("smollm2-135m", &Assets::new(paths.assets())).unwrap();
+    let gguf = kenning::models::resolve("smollm2-135m", &paths).unwrap();
     let written = fused_gguf::write(&gguf, &fused_dir, &adapter, &fused_dir.join("model.gguf")).unwrap();
     assert_eq!(written.replaced, 4 * 7, "q, k, v, o, gate, up, down of the last 4 layers");
     assert!(std::fs::metadata(&written.path).unwrap().len() < 2 * std::fs::metadata(&gguf).unwrap().len(), "the rest stays quantized");

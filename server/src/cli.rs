@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod assist;
+mod models;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ enum Command {
     Search(SearchArgs),
     /// Show what the index holds and whether the assets are in place.
     Status(StatusArgs),
+    /// The models usable by name here, and pulling one from the Hugging Face hub.
+    Models(models::ModelsArgs),
     /// Generate text with a local model, streamed to stdout (like `mlx_lm.generate`).
     Generate(GenerateArgs),
     /// Mine fill-in-the-middle and next-token training data from the repository (mlx_lm's layout).
@@ -76,7 +79,8 @@ struct GenerateArgs {
     /// Inference engine.
     #[arg(long, value_enum, default_value = "llama")]
     engine: Engine,
-    /// A bundled model (qwen2.5-coder-0.5b, smollm2-135m) or a path to a GGUF file.
+    /// A bundled model (qwen2.5-coder-0.5b, smollm2-135m), a path to a GGUF file,
+    /// hf:OWNER/REPO/FILE.gguf[@REVISION] (downloaded into the Hugging Face cache) or ollama:NAME[:TAG].
     #[arg(long, default_value = "qwen2.5-coder-0.5b")]
     model: String,
     /// The prompt, or `-` to read it from stdin. Special tokens are written by name (`<|fim_prefix|>`).
@@ -202,6 +206,7 @@ pub async fn run() -> Result<()> {
         Command::Index(args) => index_cmd(&paths, args).await,
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,
+        Command::Models(args) => tokio::task::spawn_blocking(move || models::models_cmd(&paths, args)).await?,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate_cmd(&paths, args)).await?,
         Command::Dataset(args) => tokio::task::spawn_blocking(move || train::dataset_cmd(&paths, args)).await?,
         Command::Train(args) => tokio::task::spawn_blocking(move || train::train_cmd(&paths, args)).await?,
@@ -411,6 +416,25 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     for (name, _, state) in asset_state {
         println!("  {name:<24} {state}");
     }
+    match crate::generate::llama::devices() {
+        Ok((devices, gpu)) => {
+            let offload = if gpu { "all layers offloaded to the GPU" } else { "CPU only (a GPU build: --features cuda or vulkan; Metal on Apple Silicon)" };
+            println!("llama.cpp: {offload}");
+            for device in devices {
+                println!("  {device}");
+            }
+        }
+        Err(e) => println!("llama.cpp: {e}"),
+    }
+    use crate::models::catalogue::{self, Role};
+    let machine = catalogue::Machine::here();
+    println!("models:    for this machine ({:.0} GB, {} cores{}), from `kenning models list`:", machine.ram_gb, machine.cores, if machine.gpu { ", GPU" } else { "" });
+    for (role, key) in [(Role::Completion, "[generation] model"), (Role::Ask, "[ask.generation] model")] {
+        match catalogue::recommend(role, machine) {
+            Some(e) => println!("  {key:<24} {} ({:.1} GB; {})", e.name, e.size_gb, e.suits),
+            None => println!("  {key:<24} none fits; the bundled qwen2.5-coder-0.5b is the smallest"),
+        }
+    }
     Ok(())
 }
 
@@ -418,7 +442,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     use std::io::{Read, Write};
 
     use crate::generate::llama::{LlamaEngine, LlamaOptions};
-    use crate::generate::{BundledModel, Event, Generator, GenerationRequest, Sampling};
+    use crate::generate::{Event, Generator, GenerationRequest, Sampling};
 
     let prompt = if args.prompt == "-" {
         let mut text = String::new();
@@ -430,7 +454,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
     let loading = std::time::Instant::now();
     let engine: Box<dyn Generator> = match args.engine {
         Engine::Llama => {
-            let model = BundledModel::resolve(&args.model, &Assets::new(paths.assets()))?;
+            let model = crate::models::resolve(&args.model, paths)?;
             let lora = args.adapter_path.as_deref().map(crate::formats::lora_gguf::for_llama).transpose()?;
             let mut options = LlamaOptions { context: args.context, lora, ..LlamaOptions::default() };
             if let Some(threads) = args.threads {

@@ -250,11 +250,22 @@ pub struct Ask {
     pub sources: usize,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// The model that answers, with its own backend (the same keys as `[generation]`): a larger
+    /// instruct model for answers beside a small one for fill-in-the-middle. Absent: the
+    /// completion model answers too.
+    pub generation: Option<Generation>,
 }
 
 impl Default for Ask {
     fn default() -> Self {
-        Self { sources: 6, prompt_tokens: 2_048, max_tokens: 320 }
+        Self { sources: 6, prompt_tokens: 2_048, max_tokens: 320, generation: None }
+    }
+}
+
+impl Ask {
+    /// The generation settings questions are answered with.
+    pub fn generation<'a>(&'a self, completion: &'a Generation) -> &'a Generation {
+        self.generation.as_ref().unwrap_or(completion)
     }
 }
 
@@ -341,13 +352,28 @@ impl Layers {
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let mut merged = Value::Object(Default::default());
         for (name, layer) in &self.layers {
+            let mut layer = layer.clone();
+            fill_backends(&mut layer, &merged);
             // Check each layer alone first so the error names the source at fault.
             let mut alone = Value::Object(Default::default());
             merge(&mut alone, layer.clone());
             parse(name, alone)?;
-            merge(&mut merged, layer.clone());
+            merge(&mut merged, layer);
         }
         parse("configuration", merged)
+    }
+}
+
+/// A generation table (`generation`, `ask.generation`) that names no `backend` keeps the one the
+/// layers below it chose, else llama: `[generation] threads = 2` alone is a llama setting.
+fn fill_backends(layer: &mut Value, below: &Value) {
+    for pointer in ["/generation", "/ask/generation"] {
+        if let Some(Value::Object(table)) = layer.pointer_mut(pointer)
+            && !table.contains_key("backend")
+        {
+            let inherited = below.pointer(pointer).and_then(|t| t.get("backend")).cloned();
+            table.insert("backend".into(), inherited.unwrap_or_else(|| Value::String("llama".into())));
+        }
     }
 }
 
@@ -378,10 +404,16 @@ impl Config {
         fn within<T: PartialOrd + std::fmt::Display>(key: &'static str, value: T, min: T, max: T) -> Result<(), (&'static str, String)> {
             if value < min || value > max { Err((key, format!("{value} is out of range: between {min} and {max}"))) } else { Ok(()) }
         }
-        if let Generation::Llama { threads, prefill_threads, context, .. } = &self.generation {
-            within("generation.context", *context, MIN_CONTEXT, MAX_CONTEXT)?;
-            within("generation.threads", *threads, 0, max_threads())?;
-            within("generation.prefill_threads", *prefill_threads, 0, max_threads())?;
+        let generations = [
+            (Some(&self.generation), ["generation.context", "generation.threads", "generation.prefill_threads"]),
+            (self.ask.generation.as_ref(), ["ask.generation.context", "ask.generation.threads", "ask.generation.prefill_threads"]),
+        ];
+        for (generation, [context_key, threads_key, prefill_key]) in generations {
+            if let Some(Generation::Llama { threads, prefill_threads, context, .. }) = generation {
+                within(context_key, *context, MIN_CONTEXT, MAX_CONTEXT)?;
+                within(threads_key, *threads, 0, max_threads())?;
+                within(prefill_key, *prefill_threads, 0, max_threads())?;
+            }
         }
         let c = &self.completion;
         within("completion.debounce_ms", c.debounce_ms, 0, 10_000)?;
@@ -486,6 +518,34 @@ mod tests {
     }
 
     #[test]
+    fn questions_may_have_their_own_model_and_backend() {
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[ask.generation]\nbackend = \"ollama\"\nmodel = \"qwen2.5-coder:7b-instruct\"\n").unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!(config.generation, Generation::default(), "completions keep their model");
+        assert!(matches!(config.ask.generation(&config.generation), Generation::Ollama { model, .. } if model == "qwen2.5-coder:7b-instruct"));
+        assert_eq!(Config::default().ask.generation(&Config::default().generation), &Generation::default());
+        let mut layers = Layers::default();
+        let options = serde_json::json!({"generation": {"threads": 1, "context": 2048}, "ask": {"max_tokens": 24, "sources": 2, "generation": {"backend": "llama", "model": "smollm2-135m", "threads": 1, "context": 2048}}});
+        layers.set("initializationOptions", options).unwrap();
+        assert!(matches!(layers.resolve().unwrap().ask.generation, Some(Generation::Llama { model, .. }) if model == "smollm2-135m"));
+    }
+
+    #[test]
+    fn a_generation_table_without_a_backend_keeps_the_one_below() {
+        let mut layers = Layers::default();
+        layers.set("initializationOptions", serde_json::json!({"generation": {"threads": 1}})).unwrap();
+        assert!(matches!(layers.resolve().unwrap().generation, Generation::Llama { threads: 1, .. }));
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[generation]\nbackend = \"ollama\"\nmodel = \"a\"\n").unwrap();
+        layers.set("workspace/didChangeConfiguration", serde_json::json!({"generation": {"model": "b"}})).unwrap();
+        assert!(matches!(layers.resolve().unwrap().generation, Generation::Ollama { model, .. } if model == "b"));
+        // An Ollama key under the default llama backend is still an error, named.
+        let err = Layers::default().set("x", serde_json::json!({"generation": {"url": "http://h"}})).unwrap_err();
+        assert!(err.key == "generation" && err.to_string().contains("unknown field `url`"), "{err}");
+    }
+
+    #[test]
     fn a_missing_required_key_is_named() {
         let e = Layers::default().set("x", serde_json::json!({"generation": {"backend": "openai", "url": "http://h"}})).unwrap_err();
         assert!(e.to_string().contains("missing field `model`"), "{e}");
@@ -499,6 +559,7 @@ mod tests {
             ("[completion]\nmax_lines = 0\n", "completion.max_lines"),
             ("[completion]\nprompt_tokens = 10\n", "completion.prompt_tokens"),
             ("[ask]\nsources = 0\n", "ask.sources"),
+            ("[ask.generation]\nbackend = \"llama\"\ncontext = 128\n", "ask.generation.context"),
         ] {
             let mut layers = Layers::default();
             let err = layers.set_toml(FILE_NAME, toml).unwrap_err();

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use crate::assets::Assets;
 use crate::formats::lora_gguf;
 use crate::generate::llama::{LlamaEngine, LlamaOptions};
 use crate::generate::{BundledModel, GenerateError, Generator};
@@ -44,7 +43,7 @@ pub fn tokenizer(paths: &Paths, model: &str) -> Result<(Counter, String), Finetu
         let counter = move |text: &str| tokenizer.encode(text, false).ok().map(|e| e.len());
         return Ok((Box::new(counter), file.display().to_string()));
     }
-    let path = BundledModel::resolve(model, &Assets::new(paths.assets()))?;
+    let path = crate::models::resolve(model, paths).map_err(GenerateError::from)?;
     let engine = LlamaEngine::load(&path, LlamaOptions { context: 256, threads: 1, ..LlamaOptions::default() })?;
     let counter = move |text: &str| engine.count_tokens(text).ok();
     Ok((Box::new(counter), path.display().to_string()))

@@ -18,6 +18,7 @@ pub mod formats;
 pub mod generate;
 pub mod index;
 pub mod lsp;
+pub mod models;
 pub mod paths;
 pub mod prompt;
 pub mod retrieve;

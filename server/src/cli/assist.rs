@@ -23,8 +23,9 @@ use crate::session;
 /// Model selection shared by the commands.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A bundled model (qwen2.5-coder-0.5b, smollm2-135m) or a GGUF path, run with llama.cpp;
-    /// default: kenning.toml's `[generation]`, else qwen2.5-coder-0.5b.
+    /// A bundled model (qwen2.5-coder-0.5b, smollm2-135m), a GGUF path, hf:OWNER/REPO/FILE.gguf[@REVISION]
+    /// or ollama:NAME[:TAG], run with llama.cpp; default: kenning.toml's `[generation]` (for `ask`,
+    /// `[ask.generation]` first), else qwen2.5-coder-0.5b.
     #[arg(long)]
     model: Option<String>,
     /// CPU threads for the model while generating (default: the cores, at most 4).
@@ -241,8 +242,10 @@ pub async fn ask_cmd(paths: &Paths, args: AskArgs) -> Result<()> {
     let generator = if args.no_model {
         None
     } else {
-        let model = load_model(paths, &config).await.context("cannot load the model (use --no-model for an extractive answer)")?;
-        model.map(|g| (g, config.generation.family()))
+        // `--model` answers; else `[ask.generation]`, else the completion model.
+        let generation = if args.model.model.is_some() { &config.generation } else { config.ask.generation(&config.generation) };
+        let model = session::load_generator(generation, paths).await.context("cannot load the model (use --no-model for an extractive answer)")?;
+        model.map(|g| (g, generation.family()))
     };
     let stream = !args.json;
     let answer = ask::ask(&args.question, &store, embedder, generator, &config.ask, |t| {

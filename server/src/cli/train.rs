@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::assets::Assets;
 use crate::dataset::{self, DatasetOptions, Split};
 use crate::finetune::{self, Backend, Registered, TrainRun};
 use crate::formats::{fused_gguf, lora_gguf};
-use crate::generate::BundledModel;
 use crate::paths::Paths;
 use crate::prompt::Family;
 
@@ -209,7 +207,7 @@ pub struct ExportGgufArgs {
 }
 
 pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
-    let base = BundledModel::resolve(&args.base, &Assets::new(paths.assets()))?;
+    let base = crate::models::resolve(&args.base, paths)?;
     let path = args.out.unwrap_or_else(|| args.fused.join("model.gguf"));
     let written = fused_gguf::write(&base, &args.fused, &args.adapter, &path)?;
     out(&format!("{} ({}: {} fused projections in F16, {} tensors as in {})", written.path.display(), written.architecture, written.replaced, written.copied, base.display()));

@@ -88,6 +88,17 @@ fn backend() -> Result<&'static LlamaBackend, String> {
         .map_err(Clone::clone)
 }
 
+/// The devices llama.cpp can run on in this build (`Vulkan0: AMD Radeon …`, `CPU: …`), and
+/// whether it offloads layers to a GPU (then it offloads all of them: llama.cpp's default).
+pub fn devices() -> Result<(Vec<String>, bool), String> {
+    let backend = backend()?;
+    let devices = llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| format!("{} ({}): {}, {} MB", d.name, d.backend, d.description, d.memory_total >> 20))
+        .collect();
+    Ok((devices, backend.supports_gpu_offload()))
+}
+
 /// `source`'s weights re-quantized to 8 bits (Q8_0) by llama.cpp, written once into `dir` and
 /// reused while `source` is unchanged (the name carries a hash of its path, size and modification
 /// time; older copies of the same model are removed). On a CPU, llama.cpp reads prompts in 8-bit

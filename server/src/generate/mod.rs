@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::assets::{AssetError, Assets};
+use crate::assets::AssetError;
 use crate::formats::lora_gguf;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,8 @@ pub enum GenerateError {
     Asset(#[from] AssetError),
     #[error("cannot load model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
-    #[error("unknown model `{0}`: give a path to a GGUF file or one of {names}", names = BundledModel::names())]
-    UnknownModel(String),
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
     #[error("this build has no MLX engine: build kenning with `--features mlx`")]
     NoMlx,
     #[error("LoRA adapter {path}: {reason}")]
@@ -85,11 +85,11 @@ impl BundledModel {
     }
 
     /// The asset name in `assets.toml`.
-    fn asset(self) -> &'static str {
+    pub(crate) fn asset(self) -> &'static str {
         self.name()
     }
 
-    fn names() -> String {
+    pub(crate) fn names() -> String {
         Self::ALL.map(Self::name).join(", ")
     }
 
@@ -97,34 +97,21 @@ impl BundledModel {
     pub fn is_bundled(model: &str) -> bool {
         Self::ALL.into_iter().any(|m| m.name() == model)
     }
-
-    /// A bundled model's file, or `model` itself when it is a path.
-    pub fn resolve(model: &str, assets: &Assets) -> Result<PathBuf, GenerateError> {
-        if let Some(bundled) = Self::ALL.into_iter().find(|m| m.name() == model) {
-            return Ok(assets.path(bundled.asset())?);
-        }
-        let path = PathBuf::from(model);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(GenerateError::UnknownModel(model.to_owned()))
-        }
-    }
 }
 
 /// The generator a configuration asks for; `None` when it asks for no model. Loading a local model
 /// takes a while: call this off the async runtime.
 pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
     use crate::config::Generation as G;
-    let assets = &Assets::new(paths.assets());
     Ok(Some(match config {
         #[cfg(feature = "mlx")]
         G::Mlx { model, adapter, .. } => Arc::new(mlx::MlxEngine::load(&mlx::resolve(model, paths)?, adapter.as_deref())?),
         #[cfg(not(feature = "mlx"))]
         G::Mlx { .. } => return Err(GenerateError::NoMlx),
         G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, weights, .. } => {
-            let source = BundledModel::resolve(model, assets)?;
-            let copy = if weights.q8_0(BundledModel::is_bundled(model)) {
+            let reference = crate::models::ModelRef::parse(model)?;
+            let source = reference.file(paths, &mut crate::models::log_progress(model))?;
+            let copy = if weights.q8_0(reference.is_bundled()) {
                 match llama::requantized_q8(&source, &paths.cache().join("weights")) {
                     Ok(q8) => Some(q8),
                     // Chosen by default: the weights as they are still work.
@@ -545,9 +532,10 @@ mod tests {
 
     #[test]
     fn unknown_models_name_the_bundled_ones() {
-        let err = BundledModel::resolve("gpt-17", &Assets::new("/nonexistent")).unwrap_err();
+        let paths = crate::paths::Paths::with_root("/nonexistent");
+        let err = crate::models::resolve("gpt-17", &paths).unwrap_err();
         assert!(err.to_string().contains("qwen2.5-coder-0.5b, smollm2-135m"), "{err}");
-        let err = BundledModel::resolve("smollm2-135m", &Assets::new("/nonexistent")).unwrap_err();
+        let err = crate::models::resolve("smollm2-135m", &paths).unwrap_err();
         assert!(err.to_string().contains("scripts/setup"), "{err}");
     }
 }

@@ -265,9 +265,9 @@ async fn ask_command(state: &Arc<State>, args: AskArgs, token: Option<ProgressTo
     .ok_or_else(|| Error::invalid_params("kenning.ask: no workspace folder to search"))?;
     let store = indexer::store(state, &root).await.map_err(|e| internal(e.to_string()))?;
     let retrieval = state.retrieval(Some(&root)).await;
-    let (model, _) = state.model().await;
+    let (model, family) = state.ask_model().await;
     let config = state.config();
-    let generator = model.ok().flatten().map(|g| (g, config.generation.family()));
+    let generator = model.ok().flatten().map(|g| (g, family));
 
     let token = match token {
         Some(t) => Some(t),

@@ -74,6 +74,8 @@ pub(super) struct State {
     /// An error found while reading the configuration before `initialized`.
     pub config_error: Mutex<Option<String>>,
     pub model: tokio::sync::Mutex<Option<Model>>,
+    /// The model questions are answered with when `[ask.generation]` names one of its own.
+    pub ask_model: tokio::sync::Mutex<Option<Model>>,
     pub embedder: tokio::sync::OnceCell<Option<Arc<dyn Embedder>>>,
     pub shutting_down: AtomicBool,
 }
@@ -92,6 +94,7 @@ impl State {
             config: RwLock::new(Config::default()),
             config_error: Mutex::new(None),
             model: tokio::sync::Mutex::new(None),
+            ask_model: tokio::sync::Mutex::new(None),
             embedder: tokio::sync::OnceCell::new(),
             shutting_down: AtomicBool::new(false),
         }
@@ -151,6 +154,27 @@ impl State {
             _ => None,
         };
         (model.result.clone(), completer)
+    }
+
+    /// The model that answers questions and its prompt family: `[ask.generation]`'s, loaded once
+    /// per configuration, else the completion model.
+    pub async fn ask_model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, crate::prompt::Family) {
+        let config = self.config();
+        let Some(generation) = config.ask.generation.clone() else {
+            return (self.model().await.0, config.generation.family());
+        };
+        let family = generation.family();
+        let mut slot = self.ask_model.lock().await;
+        if slot.as_ref().is_none_or(|m| m.config != generation) {
+            let old = slot.take();
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            let result = session::load_generator(&generation, &self.paths).await.map_err(Arc::new);
+            if let Err(e) = &result {
+                self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model for questions: {e}")).await;
+            }
+            *slot = Some(Model { config: generation, result, completer: None });
+        }
+        (slot.as_ref().expect("just set").result.clone(), family)
     }
 
     /// The completer, if the model is loaded already (never loads it).

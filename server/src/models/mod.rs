@@ -1,0 +1,121 @@
+//! Where a llama.cpp model comes from, by the name a user gives it (`--model`, `generation.model`,
+//! `ask.model`):
+//!
+//! - a bundled name (`qwen2.5-coder-0.5b`, `smollm2-135m`): the pinned file `scripts/setup` installed;
+//! - a name from the catalogue of recommended models ([`catalogue`]): a hub file pinned by sha256;
+//! - a path to a GGUF file;
+//! - `hf:OWNER/REPO/FILE.gguf[@REVISION]`: a file of a Hugging Face model repository, from the hub's
+//!   cache, downloaded into it the first time ([`hub`]);
+//! - `ollama:NAME[:TAG]`: a model already pulled into Ollama, loaded from Ollama's store ([`ollama`]).
+
+pub mod catalogue;
+pub mod hub;
+pub mod ollama;
+
+use std::path::PathBuf;
+
+use crate::assets::{AssetError, Assets};
+use crate::generate::BundledModel;
+use crate::paths::Paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model `{0}`: give one of {names}, a name `kenning models list` shows, a path to a GGUF file, hf:OWNER/REPO/FILE.gguf[@REVISION] or ollama:NAME[:TAG]", names = BundledModel::names())]
+    Unknown(String),
+    #[error("model `{text}`: {reason}")]
+    Syntax { text: String, reason: String },
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
+    #[error(transparent)]
+    Ollama(#[from] ollama::OllamaError),
+}
+
+/// A model, by where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    Bundled(BundledModel),
+    Path(PathBuf),
+    /// A hub file, and the sha256 it is pinned to (a catalogue name's).
+    Hub(hub::HubFile, Option<String>),
+    Ollama(ollama::OllamaName),
+}
+
+impl ModelRef {
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
+        let syntax = |reason: String| ModelError::Syntax { text: text.to_owned(), reason };
+        if let Some(rest) = text.strip_prefix("hf:") {
+            let file = hub::HubFile::parse(rest).map_err(syntax)?;
+            if !file.file.to_ascii_lowercase().ends_with(".gguf") {
+                return Err(syntax("llama.cpp loads GGUF files: name a `.gguf` file of the repository".into()));
+            }
+            return Ok(ModelRef::Hub(file, None));
+        }
+        if let Some(rest) = text.strip_prefix("ollama:") {
+            return ollama::OllamaName::parse(rest).map(ModelRef::Ollama).map_err(syntax);
+        }
+        if let Some(bundled) = BundledModel::ALL.into_iter().find(|m| m.name() == text) {
+            return Ok(ModelRef::Bundled(bundled));
+        }
+        if let Some(entry) = catalogue::find(text) {
+            return Ok(ModelRef::Hub(entry.hub_file(), Some(entry.sha256)));
+        }
+        let path = PathBuf::from(text);
+        if path.is_file() { Ok(ModelRef::Path(path)) } else { Err(ModelError::Unknown(text.to_owned())) }
+    }
+
+    pub fn is_bundled(&self) -> bool {
+        matches!(self, ModelRef::Bundled(_))
+    }
+
+    /// The GGUF file, downloading a hub file the cache lacks (blocking; `progress` hears about a
+    /// download).
+    pub fn file(&self, paths: &Paths, progress: hub::Progress) -> Result<PathBuf, ModelError> {
+        Ok(match self {
+            ModelRef::Bundled(bundled) => Assets::new(paths.assets()).path(bundled.asset())?,
+            ModelRef::Path(path) => path.clone(),
+            ModelRef::Hub(file, sha256) => hub::Hub::from_env().get(file, sha256.as_deref(), progress)?,
+            ModelRef::Ollama(name) => ollama::model_file(&ollama::store_from_env(), name)?,
+        })
+    }
+}
+
+/// The GGUF file a model name stands for (see the module's documentation); a hub download's
+/// progress goes to the log.
+pub fn resolve(text: &str, paths: &Paths) -> Result<PathBuf, ModelError> {
+    ModelRef::parse(text)?.file(paths, &mut log_progress(text))
+}
+
+/// A progress callback that logs a download every 10 %.
+pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) + Send + '_ {
+    let mut last_tenth = None;
+    move |have, total| {
+        let Some(total) = total.filter(|t| *t > 0) else { return };
+        let tenth = have * 10 / total;
+        if last_tenth != Some(tenth) {
+            last_tenth = Some(tenth);
+            tracing::info!("downloading {name}: {} of {} MB", have >> 20, total >> 20);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_parse_by_their_prefix() {
+        assert_eq!(ModelRef::parse("qwen2.5-coder-0.5b").unwrap(), ModelRef::Bundled(BundledModel::QwenCoder05b));
+        assert!(matches!(ModelRef::parse("hf:Qwen/Qwen2.5-Coder-1.5B-GGUF/qwen2.5-coder-1.5b-q8_0.gguf@abc").unwrap(), ModelRef::Hub(f, None) if f.revision.as_deref() == Some("abc")));
+        let pinned = ModelRef::parse("qwen2.5-coder-1.5b-base").unwrap();
+        assert!(matches!(&pinned, ModelRef::Hub(f, Some(sha)) if f.repo == "ikw/Qwen2.5-Coder-1.5B-GGUF" && sha.len() == 64), "{pinned:?}");
+        assert!(matches!(ModelRef::parse("ollama:qwen2.5-coder:1.5b-base").unwrap(), ModelRef::Ollama(n) if n.tag == "1.5b-base"));
+        let err = ModelRef::parse("hf:o/r/model.safetensors").unwrap_err().to_string();
+        assert!(err.contains("GGUF"), "{err}");
+        let err = ModelRef::parse("gpt-17").unwrap_err().to_string();
+        assert!(err.contains("qwen2.5-coder-0.5b") && err.contains("hf:OWNER/REPO") && err.contains("ollama:NAME"), "{err}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(ModelRef::parse(file.path().to_str().unwrap()).unwrap(), ModelRef::Path(file.path().to_owned()));
+    }
+}

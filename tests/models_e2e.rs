@@ -1,0 +1,313 @@
+//! Models by name, as a user gives them: `hf:` files pulled from a hub on loopback
+//! (`tests/hub_server.py`: the hub's URL layout, redirect and headers, with faults on demand) into a
+//! Hugging Face cache, and `ollama:` models read from an Ollama store built here. The model is the
+//! bundled SmolLM2-135M GGUF; what it generates through each name is compared with the bundled name.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const REPO: &str = "test-owner/SmolLM2-135M-GGUF";
+const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const COMMIT: &str = "3f1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d";
+
+fn bundled_model() -> PathBuf {
+    kenning::models::resolve("smollm2-135m", &kenning::paths::Paths::from_env()).expect("the bundled SmolLM2 model: run scripts/setup")
+}
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hub on loopback, stopped when dropped.
+struct HubServer {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HubServer {
+    /// Serves the bundled model as `REPO/FILE`.
+    fn start(faults: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("root").join(REPO);
+        std::fs::create_dir_all(&repo).unwrap();
+        std::os::unix::fs::symlink(bundled_model(), repo.join(FILE)).unwrap();
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("requests.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hub_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .args(faults)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 runs the hub server");
+        let start = Instant::now();
+        let port = loop {
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                break port;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the hub server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        HubServer { child, url: format!("http://127.0.0.1:{port}"), log, _dir: dir }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+/// A user's machine: a kenning cache with the assets, a Hugging Face home and an Ollama store.
+struct Machine {
+    dir: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        common::test_cache(&dir.path().join("kenning"));
+        Machine { dir }
+    }
+
+    fn hf_home(&self) -> PathBuf {
+        self.dir.path().join("huggingface")
+    }
+
+    fn ollama(&self) -> PathBuf {
+        self.dir.path().join("ollama")
+    }
+
+    fn kenning(&self, hub: Option<&HubServer>, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
+        command
+            .args(args)
+            .env("KENNING_CACHE_DIR", self.dir.path().join("kenning"))
+            .env("HF_HOME", self.hf_home())
+            .env("OLLAMA_MODELS", self.ollama())
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            // Nothing listens on port 9 (discard): a hub that cannot be reached.
+            .env("HF_ENDPOINT", hub.map_or("http://127.0.0.1:9".to_owned(), |h| h.url.clone()));
+        command.output().unwrap()
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.hf_home().join("hub").join(format!("models--{}", REPO.replace('/', "--"))).join("blobs")
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!("status {}\nstdout: {}\nstderr: {}", output.status, String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn generate(machine: &Machine, hub: Option<&HubServer>, model: &str, extra_env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
+    command
+        .args(["generate", "--model", model, "--max-tokens", "12", "--threads", "2", "-p", "The capital of France is"])
+        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+        .env("HF_HOME", machine.hf_home())
+        .env("OLLAMA_MODELS", machine.ollama())
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", hub.map_or("http://127.0.0.1:9".to_owned(), |h| h.url.clone()));
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
+    let hub = HubServer::start(&[]);
+    let machine = Machine::new();
+    let name = format!("hf:{REPO}/{FILE}");
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+
+    // The hub's cache layout: the blob named by its sha256, the snapshot linking to it, the ref.
+    let sha = sha256(&bundled_model());
+    let repo = machine.hf_home().join("hub").join(format!("models--{}", REPO.replace('/', "--")));
+    assert_eq!(sha256(&repo.join("blobs").join(&sha)), sha);
+    let snapshot = repo.join("snapshots").join(COMMIT).join(FILE);
+    assert_eq!(std::fs::read_link(&snapshot).unwrap(), Path::new("../../blobs").join(&sha));
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), COMMIT);
+    assert!(String::from_utf8_lossy(&pulled.stdout).contains(&snapshot.display().to_string()), "{}", text(&pulled));
+    let downloads = |hub: &HubServer| hub.requests().iter().filter(|r| r.starts_with("GET /lfs/")).count();
+    assert_eq!(downloads(&hub), 1, "{:?}", hub.requests());
+
+    // A second pull asks the hub what `main` is, and downloads nothing.
+    let again = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(downloads(&hub), 1, "{:?}", hub.requests());
+
+    // Generation through the hub name, offline, matches the bundled name (greedy, same file).
+    let asked_before = hub.requests().len();
+    let by_hub = generate(&machine, Some(&hub), &name, &[("HF_HUB_OFFLINE", "1")]);
+    assert!(by_hub.status.success(), "{}", text(&by_hub));
+    let by_commit = generate(&machine, None, &format!("{name}@{COMMIT}"), &[]);
+    assert!(by_commit.status.success(), "{}", text(&by_commit));
+    let bundled = generate(&machine, None, "smollm2-135m", &[]);
+    assert!(bundled.status.success(), "{}", text(&bundled));
+    assert!(!bundled.stdout.is_empty());
+    assert_eq!(by_hub.stdout, bundled.stdout);
+    assert_eq!(by_commit.stdout, bundled.stdout);
+    assert_eq!(hub.requests().len(), asked_before, "a cached file is used without asking the hub");
+
+    // `kenning models list` names it as it loads.
+    let list = machine.kenning(None, &["models", "list"]);
+    assert!(list.status.success(), "{}", text(&list));
+    assert!(String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with(&format!("{name} "))), "{}", text(&list));
+}
+
+#[test]
+fn a_cut_download_continues_where_it_stopped() {
+    // Within one pull: the connection closes after 3 MB, the next request asks for the rest.
+    let cut = 3 << 20;
+    let hub = HubServer::start(&["--cut-after", &cut.to_string()]);
+    let machine = Machine::new();
+    let name = format!("hf:{REPO}/{FILE}");
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    let ranges: Vec<String> = hub.requests().into_iter().filter(|r| r.starts_with("GET /lfs/")).collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(ranges[0].ends_with(" -") && ranges[1].ends_with(&format!(" bytes={cut}-")), "{ranges:?}");
+    let sha = sha256(&bundled_model());
+    assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
+
+    // Across processes: a partial file left by a killed pull is continued, not started again.
+    let hub = HubServer::start(&[]);
+    let machine = Machine::new();
+    std::fs::create_dir_all(machine.blob_dir()).unwrap();
+    let head = 1 << 20;
+    std::fs::write(machine.blob_dir().join(format!("{sha}.incomplete")), &std::fs::read(bundled_model()).unwrap()[..head]).unwrap();
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    let ranges: Vec<String> = hub.requests().into_iter().filter(|r| r.starts_with("GET /lfs/")).collect();
+    assert_eq!(ranges, vec![format!("GET /lfs/{sha} bytes={head}-")]);
+    assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
+    assert!(!machine.blob_dir().join(format!("{sha}.incomplete")).exists());
+}
+
+#[test]
+fn a_download_with_the_wrong_hash_is_refused_and_removed() {
+    let name = format!("hf:{REPO}/{FILE}");
+    let sha = sha256(&bundled_model());
+    let nothing_left = |machine: &Machine| {
+        let left: Vec<String> = std::fs::read_dir(machine.blob_dir()).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(!machine.hf_home().join("hub").join(format!("models--{}", REPO.replace('/', "--"))).join("snapshots").exists());
+    };
+
+    // The bytes differ from the hub's LFS hash.
+    let hub = HubServer::start(&["--corrupt"]);
+    let machine = Machine::new();
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(!pulled.status.success(), "{}", text(&pulled));
+    let err = String::from_utf8_lossy(&pulled.stderr);
+    assert!(err.contains(&format!("expected {sha}")) && err.contains("removed"), "{}", text(&pulled));
+    nothing_left(&machine);
+    // Loading by that name fails the same way, and generates nothing.
+    let by_name = generate(&machine, Some(&hub), &name, &[]);
+    assert!(!by_name.status.success() && by_name.stdout.is_empty(), "{}", text(&by_name));
+    nothing_left(&machine);
+
+    // Good bytes, but not the pinned hash.
+    let hub = HubServer::start(&[]);
+    let pinned = "0".repeat(64);
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name, "--sha256", &pinned]);
+    assert!(!pulled.status.success(), "{}", text(&pulled));
+    assert!(String::from_utf8_lossy(&pulled.stderr).contains(&format!("sha256 is {sha}, expected {pinned}")), "{}", text(&pulled));
+    nothing_left(&machine);
+}
+
+#[test]
+fn without_the_hub_the_error_names_the_file_and_the_command() {
+    let machine = Machine::new();
+    let name = format!("hf:{REPO}/{FILE}");
+    // Offline by choice.
+    let offline = generate(&machine, None, &name, &[("HF_HUB_OFFLINE", "1")]);
+    assert!(!offline.status.success(), "{}", text(&offline));
+    let err = String::from_utf8_lossy(&offline.stderr);
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains(&format!("kenning models pull {name}")), "{}", text(&offline));
+    // Offline because nothing answers.
+    let unreachable = generate(&machine, None, &name, &[]);
+    assert!(!unreachable.status.success(), "{}", text(&unreachable));
+    let err = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(err.contains("cannot download") && err.contains(&format!("kenning models pull {name}")), "{}", text(&unreachable));
+    // A gated repository without a token.
+    let hub = HubServer::start(&["--token", "secret-token"]);
+    let denied = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(!denied.status.success(), "{}", text(&denied));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401") && String::from_utf8_lossy(&denied.stderr).contains("HF_TOKEN"), "{}", text(&denied));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
+    let allowed = command
+        .args(["models", "pull", &name])
+        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+        .env("HF_HOME", machine.hf_home())
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_TOKEN", "secret-token")
+        .output()
+        .unwrap();
+    assert!(allowed.status.success(), "{}", text(&allowed));
+}
+
+#[test]
+fn an_ollama_model_loads_from_ollamas_store_by_name() {
+    let machine = Machine::new();
+    let store = machine.ollama();
+    let model = bundled_model();
+    let sha = sha256(&model);
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    std::fs::create_dir_all(store.join("manifests/registry.ollama.ai/library/smollm2")).unwrap();
+    let blob = store.join(format!("blobs/sha256-{sha}"));
+    if std::fs::hard_link(&model, &blob).is_err() {
+        std::fs::copy(&model, &blob).unwrap();
+    }
+    let size = std::fs::metadata(&model).unwrap().len();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": format!("sha256:{}", "c".repeat(64)), "size": 485},
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{sha}"), "size": size},
+            {"mediaType": "application/vnd.ollama.image.template", "digest": format!("sha256:{}", "d".repeat(64)), "size": 100},
+        ]
+    });
+    std::fs::write(store.join("manifests/registry.ollama.ai/library/smollm2/135m"), manifest.to_string()).unwrap();
+
+    let by_ollama = generate(&machine, None, "ollama:smollm2:135m", &[]);
+    assert!(by_ollama.status.success(), "{}", text(&by_ollama));
+    let bundled = generate(&machine, None, "smollm2-135m", &[]);
+    assert!(!bundled.stdout.is_empty());
+    assert_eq!(by_ollama.stdout, bundled.stdout);
+
+    let list = machine.kenning(None, &["models", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with("ollama:smollm2:135m ")), "{}", text(&list));
+
+    // A tag that was never pulled: the error says how to pull it.
+    let missing = generate(&machine, None, "ollama:smollm2:360m", &[]);
+    assert!(!missing.status.success(), "{}", text(&missing));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ollama pull smollm2:360m"), "{}", text(&missing));
+}
