@@ -311,3 +311,85 @@ fn an_ollama_model_loads_from_ollamas_store_by_name() {
     assert!(!missing.status.success(), "{}", text(&missing));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("ollama pull smollm2:360m"), "{}", text(&missing));
 }
+
+#[test]
+fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let hub = HubServer::start(&[]);
+    let machine = Machine::new();
+    let root = machine.dir.path().join("ws");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("add.py"), "def add(a, b):\n    return a + b\n").unwrap();
+    let log = machine.dir.path().join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .arg("serve")
+        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+        .env("HF_HOME", machine.hf_home())
+        .env("HF_ENDPOINT", &hub.url)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("KENNING_LOG", "kenning=info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut send = |v: serde_json::Value| {
+        let body = v.to_string();
+        write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut reply = |id: i64| -> serde_json::Value {
+        loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                assert!(out.read_line(&mut line).unwrap() > 0, "the server closed its output");
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    length = v.parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            out.read_exact(&mut body).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if v["id"] == id && v.get("method").is_none() {
+                return v;
+            }
+        }
+    };
+    let root_uri = format!("file://{}", root.canonicalize().unwrap().display());
+    let model = format!("hf:{REPO}/{FILE}");
+    let options = serde_json::json!({
+        "generation": {"model": model, "threads": 1, "context": 1024},
+        "completion": {"retrieval": false, "debounce_ms": 0, "max_tokens": 8},
+        "index": {"embeddings": false},
+    });
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": null, "rootUri": root_uri, "capabilities": {}, "initializationOptions": options}}));
+    assert!(reply(1)["result"]["capabilities"].is_object());
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    let uri = format!("{root_uri}/add.py");
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}}}));
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "textDocument/inlineCompletion", "params": {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}}}));
+    let completion = reply(2);
+    assert!(completion["result"].is_array(), "{completion}");
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
+    let status = reply(3);
+    assert!(status["result"]["model"].to_string().contains("SmolLM2"), "{status}");
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 4, "method": "shutdown"}));
+    reply(4);
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "exit"}));
+    let _ = child.wait();
+
+    // Downloaded by the server into the Hugging Face cache, with its progress in the log.
+    let sha = sha256(&bundled_model());
+    assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
+    assert_eq!(hub.requests().iter().filter(|r| r.starts_with("GET /lfs/")).count(), 1, "{:?}", hub.requests());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains(&format!("downloading {model}")), "{log}");
+}

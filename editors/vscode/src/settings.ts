@@ -8,6 +8,8 @@ export type Get = <T>(key: string, fallback: T) => T;
 export interface ServerSettings {
   generation: Record<string, unknown>;
   completion: Record<string, unknown>;
+  /** Present when questions have a model of their own (`ask.generation`). */
+  ask?: Record<string, unknown>;
 }
 
 /** Maps VS Code settings to the server's schema; empty strings mean "the server's default". */
@@ -26,7 +28,7 @@ export function toServerSettings(get: Get): ServerSettings {
     generation.model = model;
     if (url) generation.url = url;
   }
-  return {
+  const settings: ServerSettings = {
     generation,
     completion: {
       enabled: get<boolean>('completion.enabled', true),
@@ -35,6 +37,16 @@ export function toServerSettings(get: Get): ServerSettings {
       retrieval: get<boolean>('completion.retrieval', true),
     },
   };
+  // Questions answered by a model of their own: a larger instruct model, or a server.
+  const askModel = get<string>('ask.model', '');
+  if (askModel) {
+    const askBackend = get<string>('ask.backend', 'llama');
+    const ask: Record<string, unknown> = { backend: askBackend, model: askModel };
+    const askUrl = get<string>('ask.url', '');
+    if (askUrl && askBackend !== 'llama') ask.url = askUrl;
+    settings.ask = { generation: ask };
+  }
+  return settings;
 }
 
 /** Whether completions are wanted in a language (an empty list means every language). */

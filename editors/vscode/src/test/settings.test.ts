@@ -26,6 +26,13 @@ test('http backends carry url and model, never llama-only keys', () => {
   assert.deepEqual(toServerSettings(from({ 'generation.backend': 'none', 'generation.model': 'x' })).generation, { backend: 'none' });
 });
 
+test('questions may have a model and backend of their own', () => {
+  assert.deepEqual(toServerSettings(from({ 'ask.model': 'qwen2.5-coder-1.5b-instruct' })).ask, { generation: { backend: 'llama', model: 'qwen2.5-coder-1.5b-instruct' } });
+  const s = toServerSettings(from({ 'ask.backend': 'ollama', 'ask.model': 'qwen2.5-coder:7b-instruct', 'ask.url': 'http://h:11434' }));
+  assert.deepEqual(s.ask, { generation: { backend: 'ollama', model: 'qwen2.5-coder:7b-instruct', url: 'http://h:11434' } });
+  assert.equal(toServerSettings(from({ 'ask.backend': 'ollama' })).ask, undefined, 'no model: the completion model answers');
+});
+
 test('languages filter', () => {
   assert.ok(languageEnabled([], 'rust'));
   assert.ok(languageEnabled(['rust', 'go'], 'go'));
