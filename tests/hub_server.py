@@ -11,7 +11,10 @@ Files are served from ROOT/{owner}/{repo}/{file}. Faults, for the tests:
     --cut-after N     the first transfer of each file sends N bytes and closes the connection
     --corrupt         one byte of every transfer differs from the file (the hash no longer matches)
     --token T         /resolve/ answers 401 without `Authorization: Bearer T`
-Every request is appended to --log as `METHOD PATH RANGE` (RANGE `-` when absent).
+    --slow-ms N       a pause of N ms after every MB sent (a download that takes a while)
+    --no-range        /lfs/ ignores Range and always sends the whole file (200)
+    --lfs-host H      the redirect names the storage as http://H:PORT/lfs/... (another host name)
+Every request is appended to --log as `METHOD PATH RANGE auth=yes|no` (RANGE `-` when absent).
 The chosen port is written to --port-file once the server listens.
 """
 
@@ -20,6 +23,7 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 
 COMMIT = "3f1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
 
@@ -32,6 +36,9 @@ def main():
     parser.add_argument("--cut-after", type=int, default=0)
     parser.add_argument("--corrupt", action="store_true")
     parser.add_argument("--token", default="")
+    parser.add_argument("--slow-ms", type=int, default=0)
+    parser.add_argument("--no-range", action="store_true")
+    parser.add_argument("--lfs-host", default="")
     args = parser.parse_args()
 
     lock = threading.Lock()
@@ -58,7 +65,8 @@ def main():
 
         def record(self):
             with lock, open(args.log, "a") as log:
-                log.write(f"{self.command} {self.path} {self.headers.get('Range', '-')}\n")
+                auth = "yes" if self.headers.get("Authorization") else "no"
+                log.write(f"{self.command} {self.path} {self.headers.get('Range', '-')} auth={auth}\n")
 
         def plain(self, status, text=""):
             body = text.encode()
@@ -81,7 +89,10 @@ def main():
                 return self.plain(404, "Entry not found")
             sha = sha256(path)
             self.send_response(302)
-            self.send_header("Location", f"/lfs/{sha}")
+            if args.lfs_host:
+                self.send_header("Location", f"http://{args.lfs_host}:{self.server.server_address[1]}/lfs/{sha}")
+            else:
+                self.send_header("Location", f"/lfs/{sha}")
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("X-Linked-Etag", f'"{sha}"')
             self.send_header("X-Linked-Size", str(os.path.getsize(path)))
@@ -97,7 +108,7 @@ def main():
                 return self.plain(404, "no such object")
             size = os.path.getsize(path)
             start = 0
-            ranged = self.headers.get("Range", "")
+            ranged = "" if args.no_range else self.headers.get("Range", "")
             if ranged.startswith("bytes=") and ranged.endswith("-"):
                 start = int(ranged[len("bytes="):-1])
                 if start >= size:
@@ -131,6 +142,8 @@ def main():
                         block[0] ^= 0xFF
                     self.wfile.write(block)
                     sent += len(block)
+                    if args.slow_ms:
+                        time.sleep(args.slow_ms / 1000)
             self.wfile.flush()
             self.close_connection = True
 

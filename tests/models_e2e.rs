@@ -192,7 +192,7 @@ fn a_cut_download_continues_where_it_stopped() {
     assert!(pulled.status.success(), "{}", text(&pulled));
     let ranges: Vec<String> = hub.requests().into_iter().filter(|r| r.starts_with("GET /lfs/")).collect();
     assert_eq!(ranges.len(), 2, "{ranges:?}");
-    assert!(ranges[0].ends_with(" -") && ranges[1].ends_with(&format!(" bytes={cut}-")), "{ranges:?}");
+    assert!(ranges[0].ends_with(" - auth=no") && ranges[1].ends_with(&format!(" bytes={cut}- auth=no")), "{ranges:?}");
     let sha = sha256(&bundled_model());
     assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
 
@@ -205,9 +205,18 @@ fn a_cut_download_continues_where_it_stopped() {
     let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
     assert!(pulled.status.success(), "{}", text(&pulled));
     let ranges: Vec<String> = hub.requests().into_iter().filter(|r| r.starts_with("GET /lfs/")).collect();
-    assert_eq!(ranges, vec![format!("GET /lfs/{sha} bytes={head}-")]);
+    assert_eq!(ranges, vec![format!("GET /lfs/{sha} bytes={head}- auth=no")]);
     assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
     assert!(!machine.blob_dir().join(format!("{sha}.incomplete")).exists());
+
+    // A server that ignores Range sends the whole file again: it is started over, not appended.
+    let hub = HubServer::start(&["--cut-after", &cut.to_string(), "--no-range"]);
+    let machine = Machine::new();
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    let ranges: Vec<String> = hub.requests().into_iter().filter(|r| r.starts_with("GET /lfs/")).collect();
+    assert!(ranges.len() == 2 && ranges[1].contains(&format!("bytes={cut}-")), "{ranges:?}");
+    assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
 }
 
 #[test]
@@ -233,13 +242,18 @@ fn a_download_with_the_wrong_hash_is_refused_and_removed() {
     assert!(!by_name.status.success() && by_name.stdout.is_empty(), "{}", text(&by_name));
     nothing_left(&machine);
 
-    // Good bytes, but not the pinned hash.
+    // The hub's file is not the pinned one: refused before a byte is downloaded.
     let hub = HubServer::start(&[]);
     let pinned = "0".repeat(64);
     let pulled = machine.kenning(Some(&hub), &["models", "pull", &name, "--sha256", &pinned]);
     assert!(!pulled.status.success(), "{}", text(&pulled));
-    assert!(String::from_utf8_lossy(&pulled.stderr).contains(&format!("sha256 is {sha}, expected {pinned}")), "{}", text(&pulled));
+    assert!(String::from_utf8_lossy(&pulled.stderr).contains(&format!("now sha256 {sha}, not the pinned {pinned}")), "{}", text(&pulled));
+    assert!(!hub.requests().iter().any(|r| r.starts_with("GET ")), "{:?}", hub.requests());
     nothing_left(&machine);
+    // Pulled, then asked for under another pin: the cached file is not taken for it.
+    assert!(machine.kenning(Some(&hub), &["models", "pull", &name]).status.success());
+    let pulled = machine.kenning(Some(&hub), &["models", "pull", &name, "--sha256", &pinned]);
+    assert!(!pulled.status.success(), "{}", text(&pulled));
 }
 
 #[test]
@@ -256,8 +270,9 @@ fn without_the_hub_the_error_names_the_file_and_the_command() {
     assert!(!unreachable.status.success(), "{}", text(&unreachable));
     let err = String::from_utf8_lossy(&unreachable.stderr);
     assert!(err.contains("cannot download") && err.contains(&format!("kenning models pull {name}")), "{}", text(&unreachable));
-    // A gated repository without a token.
-    let hub = HubServer::start(&["--token", "secret-token"]);
+    // A gated repository without a token; with one, it goes to the hub, not to the storage the
+    // hub redirects to (another host name).
+    let hub = HubServer::start(&["--token", "secret-token", "--lfs-host", "localhost"]);
     let denied = machine.kenning(Some(&hub), &["models", "pull", &name]);
     assert!(!denied.status.success(), "{}", text(&denied));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("401") && String::from_utf8_lossy(&denied.stderr).contains("HF_TOKEN"), "{}", text(&denied));
@@ -268,9 +283,15 @@ fn without_the_hub_the_error_names_the_file_and_the_command() {
         .env("HF_HOME", machine.hf_home())
         .env("HF_ENDPOINT", &hub.url)
         .env("HF_TOKEN", "secret-token")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
         .output()
         .unwrap();
     assert!(allowed.status.success(), "{}", text(&allowed));
+    let requests = hub.requests();
+    assert!(requests.iter().any(|r| r.starts_with("HEAD ") && r.ends_with("auth=yes")), "{requests:?}");
+    let downloads: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET /lfs/")).collect();
+    assert!(!downloads.is_empty() && downloads.iter().all(|r| r.ends_with("auth=no")), "{requests:?}");
 }
 
 #[test]
@@ -315,7 +336,8 @@ fn an_ollama_model_loads_from_ollamas_store_by_name() {
 #[test]
 fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes() {
     use std::io::{BufRead, BufReader, Read, Write};
-    let hub = HubServer::start(&[]);
+    // About 3 s for the 94 MB file: long enough to ask the server what it is doing meanwhile.
+    let hub = HubServer::start(&["--slow-ms", "30"]);
     let machine = Machine::new();
     let root = machine.dir.path().join("ws");
     std::fs::create_dir_all(&root).unwrap();
@@ -335,18 +357,23 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut send = |v: serde_json::Value| {
         let body = v.to_string();
         write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         stdin.flush().unwrap();
     };
-    let mut reply = |id: i64| -> serde_json::Value {
+    // Replies are read on a thread of their own, kept by id, and waited for with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(stdout);
         loop {
             let mut length = 0;
             loop {
                 let mut line = String::new();
-                assert!(out.read_line(&mut line).unwrap() > 0, "the server closed its output");
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
                 let line = line.trim_end();
                 if line.is_empty() {
                     break;
@@ -356,10 +383,23 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
                 }
             }
             let mut body = vec![0; length];
-            out.read_exact(&mut body).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if v["id"] == id && v.get("method").is_none() {
+            if out.read_exact(&mut body).is_err() || tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut replies = std::collections::HashMap::new();
+    let mut reply = |id: i64| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(v) = replies.remove(&id) {
                 return v;
+            }
+            let v = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no reply {id} within 300 s"));
+            if v.get("method").is_none()
+                && let Some(got) = v["id"].as_i64()
+            {
+                replies.insert(got, v);
             }
         }
     };
@@ -376,11 +416,20 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     let uri = format!("{root_uri}/add.py");
     send(serde_json::json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}}}));
     send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "textDocument/inlineCompletion", "params": {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}}}));
-    let completion = reply(2);
-    assert!(completion["result"].is_array(), "{completion}");
+    // While the model downloads, the status answers at once and says so.
+    let start = Instant::now();
+    while !hub.requests().iter().any(|r| r.starts_with("GET /lfs/")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the server did not start the download");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
     let status = reply(3);
-    assert!(status["result"]["model"].to_string().contains("SmolLM2"), "{status}");
+    assert_eq!(status["result"]["model"], serde_json::json!({"loading": model}), "{status}");
+    let completion = reply(2);
+    assert!(completion["result"].is_array(), "{completion}");
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 5, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
+    let status = reply(5);
+    assert!(status["result"]["model"]["loaded"].as_str().is_some_and(|m| m.contains("SmolLM2")), "{status}");
     send(serde_json::json!({"jsonrpc": "2.0", "id": 4, "method": "shutdown"}));
     reply(4);
     send(serde_json::json!({"jsonrpc": "2.0", "method": "exit"}));

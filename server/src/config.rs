@@ -284,6 +284,16 @@ impl Default for Index {
 }
 
 impl Generation {
+    /// The model as configured (a name, path or `hf:`/`ollama:` reference); `None` without one.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Generation::Llama { model, .. } | Generation::Mlx { model, .. } | Generation::Ollama { model, .. } | Generation::Openai { model, .. } => {
+                Some(model)
+            }
+            Generation::None => None,
+        }
+    }
+
     /// The prompt family: configured, else detected from the model name.
     pub fn family(&self) -> Family {
         match self {
@@ -354,8 +364,24 @@ impl Layers {
         for (name, layer) in &self.layers {
             let mut layer = layer.clone();
             fill_backends(&mut layer, &merged);
-            // Check each layer alone first so the error names the source at fault.
+            // Check each layer alone first so the error names the source at fault; a generation
+            // table it changes is checked over the one below (`model` alone over an openai table
+            // that has its `url` is whole).
             let mut alone = Value::Object(Default::default());
+            for pointer in ["/generation", "/ask/generation"] {
+                if let (Some(below), Some(Value::Object(over))) = (merged.pointer(pointer), layer.pointer(pointer))
+                    && below.get("backend") == over.get("backend")
+                {
+                    let mut seeded = Value::Object(Default::default());
+                    let keys: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+                    let mut at = &mut seeded;
+                    for key in &keys[..keys.len() - 1] {
+                        at = at.as_object_mut().expect("built as objects").entry(*key).or_insert_with(|| Value::Object(Default::default()));
+                    }
+                    at.as_object_mut().expect("built as objects").insert(keys[keys.len() - 1].to_owned(), below.clone());
+                    merge(&mut alone, seeded);
+                }
+            }
             merge(&mut alone, layer.clone());
             parse(name, alone)?;
             merge(&mut merged, layer);
@@ -540,6 +566,11 @@ mod tests {
         layers.set_toml(FILE_NAME, "[generation]\nbackend = \"ollama\"\nmodel = \"a\"\n").unwrap();
         layers.set("workspace/didChangeConfiguration", serde_json::json!({"generation": {"model": "b"}})).unwrap();
         assert!(matches!(layers.resolve().unwrap().generation, Generation::Ollama { model, .. } if model == "b"));
+        // A model alone over an openai table that has its url.
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[generation]\nbackend = \"openai\"\nurl = \"http://h\"\nmodel = \"a\"\n").unwrap();
+        layers.set("workspace/didChangeConfiguration", serde_json::json!({"generation": {"model": "b"}})).unwrap();
+        assert!(matches!(layers.resolve().unwrap().generation, Generation::Openai { model, url, .. } if model == "b" && url == "http://h"));
         // An Ollama key under the default llama backend is still an error, named.
         let err = Layers::default().set("x", serde_json::json!({"generation": {"url": "http://h"}})).unwrap_err();
         assert!(err.key == "generation" && err.to_string().contains("unknown field `url`"), "{err}");

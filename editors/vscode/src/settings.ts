@@ -108,14 +108,20 @@ export interface StatusRoot {
 
 export interface Status {
   roots: StatusRoot[];
-  model: { loaded?: string | null; error?: string } | null;
+  model: { loaded?: string | null; loading?: string; error?: string } | null;
 }
 
 /** The status-bar text for a `kenning.status` result. */
 export function statusText(status: Status): string {
   const indexing = status.roots.some((r) => r.indexing);
   const chunks = status.roots.reduce((n, r) => n + (r.index?.chunks ?? 0), 0);
-  const model = status.model?.error ? 'model error' : status.model?.loaded ? status.model.loaded.replace(/\.gguf$/, '') : 'model on first use';
+  const model = status.model?.error
+    ? 'model error'
+    : status.model?.loading
+      ? `loading ${status.model.loading}`
+      : status.model?.loaded
+        ? status.model.loaded.replace(/\.gguf$/, '')
+        : 'model on first use';
   if (indexing) return `$(sync~spin) kenning: indexing (${chunks.toLocaleString('en-US')} chunks)`;
   if (status.roots.some((r) => r.error)) return `$(error) kenning: indexing failed · ${model}`;
   return `$(database) kenning: ${chunks.toLocaleString('en-US')} chunks · ${model}`;

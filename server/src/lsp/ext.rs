@@ -70,11 +70,13 @@ pub struct RootStatus {
     pub error: Option<String>,
 }
 
-/// The model in `kenning.status`: `{"loaded": name}` (`null` without a model) or `{"error": message}`.
+/// The model in `kenning.status`: `{"loaded": name}` (`null` without a model), `{"loading": model}`
+/// while it loads (a hub model may be downloading), or `{"error": message}`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ModelStatus {
     Loaded { loaded: Option<String> },
+    Loading { loading: String },
     Error { error: String },
 }
 

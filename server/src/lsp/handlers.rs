@@ -336,11 +336,19 @@ async fn status(state: &Arc<State>) -> Status {
             error,
         });
     }
-    let model = state.model.lock().await;
-    let model = model.as_ref().map(|m| match &m.result {
-        Ok(generator) => ModelStatus::Loaded { loaded: generator.as_ref().map(|g| g.model_name().to_owned()) },
-        Err(e) => ModelStatus::Error { error: e.to_string() },
-    });
+    // A model being loaded (or downloaded) holds the lock for as long as that takes: the status
+    // says so rather than wait.
+    let loading = state.loading.lock().expect("loading lock").clone();
+    let model = match loading {
+        Some(loading) => Some(ModelStatus::Loading { loading }),
+        None => match tokio::time::timeout(std::time::Duration::from_millis(250), state.model.lock()).await {
+            Ok(model) => model.as_ref().map(|m| match &m.result {
+                Ok(generator) => ModelStatus::Loaded { loaded: generator.as_ref().map(|g| g.model_name().to_owned()) },
+                Err(e) => ModelStatus::Error { error: e.to_string() },
+            }),
+            Err(_) => Some(ModelStatus::Loading { loading: state.config().generation.model().unwrap_or("the model").to_owned() }),
+        },
+    };
     Status { roots, model, encoding: if state.encoding() == Encoding::Utf8 { "utf-8" } else { "utf-16" } }
 }
 

@@ -74,6 +74,9 @@ pub(super) struct State {
     /// An error found while reading the configuration before `initialized`.
     pub config_error: Mutex<Option<String>>,
     pub model: tokio::sync::Mutex<Option<Model>>,
+    /// The completion model being loaded (a hub model may be downloading), for `kenning.status`,
+    /// which must not wait for it.
+    pub loading: Mutex<Option<String>>,
     /// The model questions are answered with when `[ask.generation]` names one of its own.
     pub ask_model: tokio::sync::Mutex<Option<Model>>,
     pub embedder: tokio::sync::OnceCell<Option<Arc<dyn Embedder>>>,
@@ -94,6 +97,7 @@ impl State {
             config: RwLock::new(Config::default()),
             config_error: Mutex::new(None),
             model: tokio::sync::Mutex::new(None),
+            loading: Mutex::new(None),
             ask_model: tokio::sync::Mutex::new(None),
             embedder: tokio::sync::OnceCell::new(),
             shutting_down: AtomicBool::new(false),
@@ -126,28 +130,18 @@ impl State {
     }
 
     /// The model of the current configuration, loading it (once) if needed, and its completer.
-    pub async fn model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, Option<Arc<Completer>>) {
+    pub async fn model(self: &Arc<Self>) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, Option<Arc<Completer>>) {
         let config = self.config();
+        self.ensure_loaded(false, config.generation.clone()).await;
         let mut slot = self.model.lock().await;
-        let stale = slot.as_ref().is_none_or(|m| m.config != config.generation);
-        if stale {
-            // Free the old engine before loading the new one (memory), off the async runtime:
-            // dropping an engine waits for its thread.
-            let old = slot.take();
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            let result = session::load_generator(&config.generation, &self.paths).await.map_err(Arc::new);
-            if let Err(e) = &result {
-                self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model: {e}")).await;
-            }
-            *slot = Some(Model { config: config.generation.clone(), result, completer: None });
-        }
-        let model = slot.as_mut().expect("just set");
+        let Some(model) = slot.as_mut() else {
+            return (Err(Arc::new(GenerateError::Task("loading the model stopped".into()))), None);
+        };
         let completer = match &model.result {
             Ok(Some(generator)) => {
                 let fresh = model.completer.as_ref().is_none_or(|c| *c.settings() != config.completion);
                 if fresh {
-                    model.completer =
-                        Some(Arc::new(Completer::new(Arc::clone(generator), config.generation.family(), config.completion.clone())));
+                    model.completer = Some(Arc::new(Completer::new(Arc::clone(generator), model.config.family(), config.completion.clone())));
                 }
                 model.completer.clone()
             }
@@ -157,24 +151,61 @@ impl State {
     }
 
     /// The model that answers questions and its prompt family: `[ask.generation]`'s, loaded once
-    /// per configuration, else the completion model.
-    pub async fn ask_model(&self) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, crate::prompt::Family) {
+    /// per configuration, else (or when it is the same as `[generation]`) the completion model.
+    pub async fn ask_model(self: &Arc<Self>) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, crate::prompt::Family) {
         let config = self.config();
-        let Some(generation) = config.ask.generation.clone() else {
+        let generation = config.ask.generation.clone().filter(|g| *g != config.generation);
+        let Some(generation) = generation else {
+            // A model of its own no longer wanted is freed (off the async runtime: dropping an
+            // engine waits for its thread).
+            let old = self.ask_model.lock().await.take();
+            if old.is_some() {
+                let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            }
             return (self.model().await.0, config.generation.family());
         };
         let family = generation.family();
-        let mut slot = self.ask_model.lock().await;
-        if slot.as_ref().is_none_or(|m| m.config != generation) {
+        self.ensure_loaded(true, generation).await;
+        let result = match self.ask_model.lock().await.as_ref() {
+            Some(model) => model.result.clone(),
+            None => Err(Arc::new(GenerateError::Task("loading the model for questions stopped".into()))),
+        };
+        (result, family)
+    }
+
+    /// Makes the completion (or the questions') slot hold the model of `generation`, loading it in
+    /// a task of its own: a request cancelled while it waits (editors cancel completions as the
+    /// user types, and a hub model may be downloading) does not stop the load, and the next
+    /// request waits for the same load instead of starting another.
+    async fn ensure_loaded(self: &Arc<Self>, ask: bool, generation: config::Generation) {
+        struct Loading<'a>(&'a Mutex<Option<String>>);
+        impl Drop for Loading<'_> {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            }
+        }
+        let state = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let mut slot = if ask { state.ask_model.lock().await } else { state.model.lock().await };
+            if slot.as_ref().is_some_and(|m| m.config == generation) {
+                return;
+            }
+            // Free the old engine before loading the new one (memory).
             let old = slot.take();
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            let result = session::load_generator(&generation, &self.paths).await.map_err(Arc::new);
+            let loading = (!ask).then(|| {
+                *state.loading.lock().expect("loading lock") = generation.model().map(str::to_owned);
+                Loading(&state.loading)
+            });
+            let result = session::load_generator(&generation, &state.paths).await.map_err(Arc::new);
+            drop(loading);
             if let Err(e) = &result {
-                self.client.show_message(MessageType::ERROR, format!("kenning: cannot load the model for questions: {e}")).await;
+                let what = if ask { "the model for questions" } else { "the model" };
+                state.client.show_message(MessageType::ERROR, format!("kenning: cannot load {what}: {e}")).await;
             }
             *slot = Some(Model { config: generation, result, completer: None });
-        }
-        (slot.as_ref().expect("just set").result.clone(), family)
+        });
+        let _ = task.await;
     }
 
     /// The completer, if the model is loaded already (never loads it).

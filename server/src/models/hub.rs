@@ -47,8 +47,10 @@ impl HubFile {
     /// Parses what follows `hf:`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let (path, revision) = match text.rsplit_once('@') {
+            // `model@q4.gguf` is a file name with an `@`, not a revision.
+            Some((_, rev)) if rev.to_ascii_lowercase().ends_with(".gguf") => (text, None),
             Some((path, rev)) => {
-                if rev.is_empty() || rev.contains(char::is_whitespace) || rev.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+                if rev.is_empty() || rev.contains(|c: char| c.is_whitespace() || c == '\\' || c == ':') || rev.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
                     return Err(format!("`{rev}` is not a revision (a branch, tag or commit)"));
                 }
                 (path, Some(rev.to_owned()))
@@ -59,9 +61,11 @@ impl HubFile {
         if segments.len() < 3 {
             return Err("expected OWNER/REPO/FILE (the file's path inside the repository)".into());
         }
-        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == ".." || s.contains(char::is_whitespace) || s.contains('\\')) {
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == ".." || s.contains(|c: char| c.is_whitespace() || c == '\\' || c == ':')) {
             return Err(format!("`{bad}` is not a part of a repository path"));
         }
+        // A commit is written in lower case in the cache.
+        let revision = revision.map(|r| if is_commit(&r) { r.to_ascii_lowercase() } else { r });
         Ok(Self { repo: segments[..2].join("/"), file: segments[2..].join("/"), revision })
     }
 
@@ -84,10 +88,12 @@ impl std::fmt::Display for HubFile {
 pub enum HubError {
     #[error("{file} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set: pull it where the hub can be reached with `kenning models pull {file}`, or give a path to a GGUF file")]
     Offline { file: String, cache: PathBuf },
-    #[error("cannot download {file} from {url}: {reason}; pull it where the hub can be reached with `kenning models pull {file}` (it goes to {cache}), or give a path to a GGUF file")]
+    #[error("cannot download {file} from {url}: {reason}; check the network or HF_ENDPOINT, or fetch it where the hub can be reached (`kenning models pull {file}` puts it in {cache}), or give a path to a GGUF file")]
     Unreachable { file: String, url: String, reason: String, cache: PathBuf },
     #[error("{file}: {url} answered {status}{hint}")]
-    Status { file: String, url: String, status: u16, hint: &'static str },
+    Status { file: String, url: String, status: u16, hint: String },
+    #[error("{file}: the hub's file is now sha256 {actual}, not the pinned {expected}; nothing was downloaded (name a commit with @REVISION, or pin the new hash with --sha256)")]
+    Changed { file: String, actual: String, expected: String },
     #[error("{file}: the download's sha256 is {actual}, expected {expected}; the downloaded file was removed")]
     Hash { file: String, actual: String, expected: String },
     #[error("{file}: the download has {actual} bytes, the hub said {expected}; the downloaded file was removed")]
@@ -130,18 +136,25 @@ impl Hub {
         self.cache.join(format!("models--{}", repo.replace('/', "--")))
     }
 
-    /// The file in the cache for `file`'s revision, without asking the hub.
+    /// The file in the cache for `file`'s revision, without asking the hub: the snapshot its ref
+    /// names (or the snapshot named after the revision, from a server that names no commit).
     pub fn cached(&self, file: &HubFile) -> Option<PathBuf> {
         let dir = self.repo_dir(&file.repo);
         let revision = file.revision();
-        let commit = if is_commit(revision) { revision.to_owned() } else { fs::read_to_string(dir.join("refs").join(revision)).ok()?.trim().to_owned() };
-        let path = dir.join("snapshots").join(commit).join(&file.file);
-        path.is_file().then_some(path)
+        let commit = if is_commit(revision) { Some(revision.to_owned()) } else { fs::read_to_string(dir.join("refs").join(revision)).ok().map(|c| c.trim().to_owned()) };
+        let snapshot = |name: &str| Some(dir.join("snapshots").join(name).join(&file.file)).filter(|p| p.is_file());
+        commit.and_then(|c| snapshot(&c)).or_else(|| snapshot(revision))
     }
 
-    /// The file, from the cache when it is there, else downloaded (blocking; from any thread).
+    /// The file, from the cache when it is there (and, with a pin, is the pinned blob), else
+    /// downloaded (blocking; from any thread).
     pub fn get(&self, file: &HubFile, sha256: Option<&str>, progress: Progress) -> Result<PathBuf, HubError> {
-        match self.cached(file) {
+        let pinned = |path: &PathBuf| match sha256 {
+            // Blobs are named by their sha256: the link says which one this is.
+            Some(pin) => fs::read_link(path).ok().and_then(|target| target.file_name().map(|n| n.eq_ignore_ascii_case(pin))).unwrap_or(false),
+            None => true,
+        };
+        match self.cached(file).filter(pinned) {
             Some(path) => Ok(path),
             None => self.pull(file, sha256, progress),
         }
@@ -170,77 +183,113 @@ impl Hub {
         HubError::Io { file: file.to_string(), path: path.to_owned(), source }
     }
 
-    fn url(&self, file: &HubFile) -> String {
-        format!("{}/{}/resolve/{}/{}", self.endpoint, file.repo, file.revision(), file.file)
+    /// `{endpoint}/{repo}/resolve/{revision}/{file}`, the revision one encoded segment (`refs/pr/1`
+    /// → `refs%2Fpr%2F1`, as the hub's own clients send it).
+    fn url(&self, file: &HubFile) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| format!("HF_ENDPOINT {}: {e}", self.endpoint))?;
+        url.path_segments_mut()
+            .map_err(|()| format!("HF_ENDPOINT {} cannot be a base URL", self.endpoint))?
+            .pop_if_empty()
+            .extend(file.repo.split('/'))
+            .push("resolve")
+            .push(file.revision())
+            .extend(file.file.split('/'));
+        Ok(url)
+    }
+
+    /// The token goes only to the hub itself, never to the storage it redirects to.
+    fn authorize(&self, request: reqwest::RequestBuilder, url: &reqwest::Url) -> reqwest::RequestBuilder {
+        let hub = reqwest::Url::parse(&self.endpoint).ok();
+        let same_host = hub.is_some_and(|hub| hub.host_str() == url.host_str() && hub.port_or_known_default() == url.port_or_known_default());
+        match &self.token {
+            Some(token) if same_host => request.bearer_auth(token),
+            _ => request,
+        }
     }
 
     async fn pull_async(&self, file: &HubFile, sha256: Option<&str>, progress: Progress<'_>) -> Result<PathBuf, HubError> {
-        let url = self.url(file);
-        let unreachable = |reason: String| HubError::Unreachable { file: file.to_string(), url: url.clone(), reason, cache: self.cache.clone() };
-        let client = |redirects: bool| {
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Some(token) = &self.token
-                && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            {
-                headers.insert(reqwest::header::AUTHORIZATION, value);
-            }
-            reqwest::Client::builder()
-                .user_agent(concat!("kenning/", env!("CARGO_PKG_VERSION")))
-                .default_headers(headers)
-                .connect_timeout(Duration::from_secs(15))
-                .read_timeout(Duration::from_secs(60))
-                // Redirects to another host drop the token (reqwest removes sensitive headers).
-                .redirect(if redirects { reqwest::redirect::Policy::limited(10) } else { reqwest::redirect::Policy::none() })
-                .build()
-                .map_err(|e| unreachable(e.to_string()))
-        };
+        let name = file.to_string();
+        let url = self.url(file).map_err(|reason| HubError::Unreachable { file: name.clone(), url: self.endpoint.clone(), reason, cache: self.cache.clone() })?;
+        let unreachable = |reason: String| HubError::Unreachable { file: name.clone(), url: url.to_string(), reason, cache: self.cache.clone() };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("kenning/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            // Redirects are followed by hand: the token must not travel with them.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?;
 
         // The metadata: which commit the revision names, the file's etag and size, and where the
-        // bytes are (the hub redirects LFS files to their storage).
-        let head = client(false)?.head(&url).send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        // bytes are. The hub answers for an LFS file with a redirect to its storage carrying these
+        // headers; a redirect within the hub (a renamed repository) is followed.
+        let mut at = url.clone();
+        let head = loop {
+            let head = self.authorize(client.head(at.clone()), &at).send().await.map_err(|e| unreachable(error_chain(&e)))?;
+            let relative = head.headers().get("location").and_then(|l| l.to_str().ok()).filter(|l| l.starts_with('/')).map(str::to_owned);
+            match relative {
+                Some(location) if head.status().is_redirection() && head.headers().get("x-linked-etag").is_none() && at.path() != location => {
+                    at = at.join(&location).map_err(|e| unreachable(format!("bad redirect {location}: {e}")))?;
+                }
+                _ => break head,
+            }
+        };
         let status = head.status();
+        let header = |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         if !(status.is_success() || status.is_redirection()) {
             let hint = match status.as_u16() {
-                401 | 403 => ": the repository may be gated or private; set HF_TOKEN (or log in with `huggingface-cli login`)",
+                401 | 403 => ": no such repository, or it is private or gated: set HF_TOKEN (or log in with `huggingface-cli login`)",
                 404 => ": no such repository, file or revision",
                 _ => "",
             };
-            return Err(HubError::Status { file: file.to_string(), url, status: status.as_u16(), hint });
+            let message = header("x-error-message").map(|m| format!(" ({m})")).unwrap_or_default();
+            return Err(HubError::Status { file: name.clone(), url: url.to_string(), status: status.as_u16(), hint: format!("{message}{hint}") });
         }
-        let header = |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let commit = header("x-repo-commit").filter(|c| is_commit(c)).or_else(|| is_commit(file.revision()).then(|| file.revision().to_owned()));
+        let commit = header("x-repo-commit").filter(|c| is_commit(c)).or_else(|| is_commit(file.revision()).then(|| file.revision().to_owned())).map(|c| c.to_ascii_lowercase());
         let etag = header("x-linked-etag").or_else(|| header("etag")).map(|e| normalize_etag(&e)).filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        let size = header("x-linked-size")
-            .and_then(|s| s.parse::<u64>().ok())
-            .or_else(|| status.is_success().then(|| head.content_length()).flatten());
+        // reqwest reports a HEAD's length as 0: read the header itself.
+        let size = header("x-linked-size").or_else(|| status.is_success().then(|| header("content-length")).flatten()).and_then(|s| s.parse::<u64>().ok());
         let location = match header("location") {
-            Some(loc) if status.is_redirection() => reqwest::Url::parse(&url).and_then(|base| base.join(&loc)).map_err(|e| unreachable(format!("bad redirect {loc}: {e}")))?.to_string(),
-            _ => url.clone(),
+            Some(loc) if status.is_redirection() => at.join(&loc).map_err(|e| unreachable(format!("bad redirect {loc}: {e}")))?,
+            _ => at.clone(),
         };
         // What the bytes must hash to: a pinned value, else the LFS etag (the file's sha256).
-        let expected = sha256.map(str::to_ascii_lowercase).or_else(|| etag.clone().filter(|e| is_sha256(e)));
+        let pinned = sha256.map(str::to_ascii_lowercase);
+        if let (Some(pinned), Some(etag)) = (&pinned, &etag)
+            && is_sha256(etag)
+            && etag != pinned
+        {
+            return Err(HubError::Changed { file: name.clone(), actual: etag.clone(), expected: pinned.clone() });
+        }
+        let expected = pinned.or_else(|| etag.clone().filter(|e| is_sha256(e)));
 
         let dir = self.repo_dir(&file.repo);
         let blobs = dir.join("blobs");
         fs::create_dir_all(&blobs).map_err(|e| self.io(file, &blobs, e))?;
         // Without an etag the blob is named after the content, known once it is downloaded.
-        let part_name = etag.clone().unwrap_or_else(|| format!("kenning-{}", &hex(&Sha256::digest(location.as_bytes()))[..16]));
+        let part_name = etag.clone().unwrap_or_else(|| format!("kenning-{}", &hex(&Sha256::digest(location.as_str().as_bytes()))[..16]));
         // Where huggingface_hub keeps its locks, so the two never download a blob at once. Lock
         // files stay: removing one another process waits on would let a third lock a new one.
         let locks = self.cache.join(".locks").join(dir.file_name().unwrap_or_default());
         fs::create_dir_all(&locks).map_err(|e| self.io(file, &locks, e))?;
         let lock_path = locks.join(format!("{part_name}.lock"));
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| self.io(file, &lock_path, e))?;
-        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-            .await
-            .map_err(|e| self.io(file, &lock_path, std::io::Error::other(e)))?
-            .map_err(|e| self.io(file, &lock_path, e))?;
+        let lock = match lock.try_lock() {
+            Ok(()) => lock,
+            Err(_) => {
+                tracing::info!("{name}: waiting for another download of it ({})", lock_path.display());
+                tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+                    .await
+                    .map_err(|e| self.io(file, &lock_path, std::io::Error::other(e)))?
+                    .map_err(|e| self.io(file, &lock_path, e))?
+            }
+        };
 
         let blob_name = match etag.as_ref().map(|e| blobs.join(e)) {
             Some(blob) if blob.is_file() && size.is_none_or(|s| fs::metadata(&blob).is_ok_and(|m| m.len() == s)) => etag.clone().unwrap_or_default(),
             _ => {
                 let part = blobs.join(format!("{part_name}.incomplete"));
-                let (actual, len) = self.download(&client(true)?, file, &location, &part, size, progress, &unreachable).await?;
+                let (actual, len) = self.download(&client, file, &location, &part, size, progress, &unreachable).await?;
                 let fail = |err: HubError| {
                     let _ = fs::remove_file(&part);
                     Err(err)
@@ -248,17 +297,17 @@ impl Hub {
                 if let Some(expected_len) = size
                     && len != expected_len
                 {
-                    return fail(HubError::Size { file: file.to_string(), actual: len, expected: expected_len });
+                    return fail(HubError::Size { file: name.clone(), actual: len, expected: expected_len });
                 }
                 if let Some(expected) = &expected
                     && actual != *expected
                 {
-                    return fail(HubError::Hash { file: file.to_string(), actual, expected: expected.clone() });
+                    return fail(HubError::Hash { file: name.clone(), actual, expected: expected.clone() });
                 }
-                let name = etag.clone().unwrap_or(actual);
-                let blob = blobs.join(&name);
+                let blob_name = etag.clone().unwrap_or(actual);
+                let blob = blobs.join(&blob_name);
                 fs::rename(&part, &blob).map_err(|e| self.io(file, &blob, e))?;
-                name
+                blob_name
             }
         };
         drop(lock);
@@ -281,7 +330,7 @@ impl Hub {
         &self,
         client: &reqwest::Client,
         file: &HubFile,
-        url: &str,
+        url: &reqwest::Url,
         part: &Path,
         size: Option<u64>,
         progress: Progress<'_>,
@@ -304,10 +353,14 @@ impl Hub {
                 have += n as u64;
             }
         }
-        if size.is_some_and(|s| have > s) {
+        let restart = |out: &mut File, hasher: &mut Sha256, have: &mut u64| -> Result<(), HubError> {
             out.set_len(0).map_err(io)?;
-            hasher = Sha256::new();
-            have = 0;
+            *hasher = Sha256::new();
+            *have = 0;
+            Ok(())
+        };
+        if size.is_some_and(|s| have > s) {
+            restart(&mut out, &mut hasher, &mut have)?;
         }
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
@@ -315,10 +368,10 @@ impl Hub {
                 break;
             }
             if attempt > 0 {
-                tracing::info!("{file}: connection lost ({last_error}); continuing at byte {have}");
+                tracing::info!("{file}: {last_error}; continuing at byte {have}");
                 tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
             }
-            let mut request = client.get(url);
+            let mut request = self.authorize(client.get(url.clone()), url);
             if have > 0 {
                 request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
             }
@@ -329,18 +382,36 @@ impl Hub {
                     continue;
                 }
             };
-            match response.status().as_u16() {
-                206 => {}
-                // The whole file again (a server that ignores ranges): start over.
-                200 => {
-                    out.set_len(0).map_err(io)?;
-                    hasher = Sha256::new();
-                    have = 0;
+            let status = response.status().as_u16();
+            match status {
+                // The rest, from where we are (anything else is started again).
+                206 => {
+                    let from = response.headers().get("content-range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes ")).and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
+                    if from != Some(have) {
+                        restart(&mut out, &mut hasher, &mut have)?;
+                        last_error = format!("the server sent a range from byte {from:?}");
+                        continue;
+                    }
                 }
-                // Nothing after what we have: complete (the size check decides).
-                416 if have > 0 => break,
+                // The whole file again (a server that ignores ranges): start over.
+                200 => restart(&mut out, &mut hasher, &mut have)?,
+                // Nothing after what we have: whole if the server's length is ours, else start over.
+                416 => {
+                    let total = response.headers().get("content-range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes */")).and_then(|s| s.parse::<u64>().ok());
+                    if total == Some(have) || (total.is_none() && size.is_none() && have > 0) {
+                        break;
+                    }
+                    restart(&mut out, &mut hasher, &mut have)?;
+                    last_error = "the server has no bytes after the partial file's; starting again".into();
+                    continue;
+                }
+                // Busy or failing for a moment: try again.
+                429 | 500..=599 => {
+                    last_error = format!("the server answered {status}");
+                    continue;
+                }
                 status => {
-                    return Err(HubError::Status { file: file.to_string(), url: url.to_owned(), status, hint: "" });
+                    return Err(HubError::Status { file: file.to_string(), url: self.url(file).map(|u| u.to_string()).unwrap_or_default(), status, hint: " while downloading".into() });
                 }
             }
             progress(have, size);
@@ -362,9 +433,9 @@ impl Hub {
             }
             out.flush().map_err(io)?;
             match cut {
-                Some(reason) => last_error = reason,
+                Some(reason) => last_error = format!("connection lost ({reason})"),
                 // Without a size from the hub, a stream that ends cleanly is the whole file.
-                None if size.is_none() => return Ok((hex(&hasher.finalize()), have)),
+                None if size.is_none() => break,
                 None => {
                     if size.is_some_and(|s| have < s) {
                         last_error = format!("the connection closed at byte {have}");
@@ -372,7 +443,7 @@ impl Hub {
                 }
             }
         }
-        if size.is_some_and(|s| have < s) {
+        if size.is_some_and(|s| have < s) || (size.is_none() && have == 0) {
             return Err(unreachable(format!("{last_error} (after {ATTEMPTS} attempts; the {have} bytes so far are kept and the next pull continues from there)")));
         }
         out.sync_all().map_err(io)?;
@@ -381,7 +452,8 @@ impl Hub {
 }
 
 /// Creates `snapshots/COMMIT/FILE` as a relative link to `blobs/NAME` (a copy where links are not
-/// available).
+/// available), made beside it under a name of its own and renamed into place, so two processes
+/// linking the same file do not trip over each other.
 fn link_blob(target: &Path, file: &str, blob_name: &str) -> std::io::Result<()> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)?;
@@ -389,26 +461,34 @@ fn link_blob(target: &Path, file: &str, blob_name: &str) -> std::io::Result<()> 
     // snapshots/COMMIT/a/b/FILE -> ../../../../blobs/NAME
     let depth = file.split('/').count() + 1;
     let relative: PathBuf = std::iter::repeat_n("..", depth).collect::<PathBuf>().join("blobs").join(blob_name);
-    let _ = fs::remove_file(target);
+    let tmp = unique_sibling(target);
     #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(&relative, target)
-    }
+    std::os::unix::fs::symlink(&relative, &tmp)?;
     #[cfg(not(unix))]
-    {
-        let blob = target.parent().unwrap_or(Path::new(".")).join(&relative);
-        fs::copy(blob, target).map(|_| ())
-    }
+    fs::copy(target.parent().unwrap_or(Path::new(".")).join(&relative), &tmp)?;
+    fs::rename(&tmp, target).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
+    let tmp = unique_sibling(path);
     fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// `PATH.kenning-PID-N`: a name no other writer (process or thread) uses at the same time.
+fn unique_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".kenning-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    PathBuf::from(name)
 }
 
 fn is_commit(text: &str) -> bool {
@@ -453,7 +533,14 @@ mod tests {
         let f = HubFile::parse("o/r/sub/dir/m.gguf").unwrap();
         assert_eq!((f.file.as_str(), f.revision.as_deref()), ("sub/dir/m.gguf", None));
         assert_eq!(f.to_string(), "hf:o/r/sub/dir/m.gguf");
-        for bad in ["o/r", "o//m.gguf", "o/r/../m.gguf", "o/r/m.gguf@", "o/r/m.gguf@../x", "/r/m.gguf"] {
+        let f = HubFile::parse("o/r/model@q4.gguf").unwrap();
+        assert_eq!((f.file.as_str(), f.revision.as_deref()), ("model@q4.gguf", None));
+        let f = HubFile::parse("o/r/m.gguf@0123456789ABCDEF0123456789abcdef01234567").unwrap();
+        assert_eq!(f.revision(), "0123456789abcdef0123456789abcdef01234567");
+        let hub = Hub { endpoint: "http://h:1/mirror/".into(), cache: PathBuf::new(), token: None, offline: false };
+        let url = hub.url(&HubFile::parse("o/r/sub/m.gguf@refs/pr/1").unwrap()).unwrap();
+        assert_eq!(url.as_str(), "http://h:1/mirror/o/r/resolve/refs%2Fpr%2F1/sub/m.gguf");
+        for bad in ["o/r", "o//m.gguf", "o/r/../m.gguf", "o/r/m.gguf@", "o/r/m.gguf@../x", "/r/m.gguf", "o/r/m.gguf@a\\b", "o/r/C:m.gguf", "o/r/m.gguf@c:x"] {
             assert!(HubFile::parse(bad).is_err(), "{bad} parsed");
         }
     }

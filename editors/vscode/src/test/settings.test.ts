@@ -66,6 +66,10 @@ test('status text', () => {
   );
   assert.equal(statusText({ roots: [{ indexing: true, embedded: false, index: null }], model: null }), '$(sync~spin) kenning: indexing (0 chunks)');
   assert.equal(
+    statusText({ roots: [{ indexing: false, embedded: true, index: { chunks: 7, files: 1 } }], model: { loading: 'qwen2.5-coder-1.5b-base' } }),
+    '$(database) kenning: 7 chunks · loading qwen2.5-coder-1.5b-base',
+  );
+  assert.equal(
     statusText({ roots: [{ indexing: false, embedded: false, index: null, error: 'cannot open the index' }], model: null }),
     '$(error) kenning: indexing failed · model on first use',
   );
