@@ -220,6 +220,42 @@ fn a_cut_download_continues_where_it_stopped() {
 }
 
 #[test]
+fn two_pulls_at_once_download_the_file_once() {
+    // About 3 s for the file, so that the second pull starts while the first is downloading.
+    let hub = HubServer::start(&["--slow-ms", "30"]);
+    let machine = Machine::new();
+    let name = format!("hf:{REPO}/{FILE}");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_kenning"))
+            .args(["models", "pull", &name])
+            .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+            .env("HF_HOME", machine.hf_home())
+            .env("HF_ENDPOINT", &hub.url)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    let start = Instant::now();
+    while !hub.requests().iter().any(|r| r.starts_with("GET /lfs/")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the first pull did not start downloading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = spawn();
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(first.stdout, second.stdout, "both name the same file");
+    assert_eq!(hub.requests().iter().filter(|r| r.starts_with("GET /lfs/")).count(), 1, "{:?}", hub.requests());
+    let sha = sha256(&bundled_model());
+    assert_eq!(sha256(&machine.blob_dir().join(&sha)), sha);
+}
+
+#[test]
 fn a_download_with_the_wrong_hash_is_refused_and_removed() {
     let name = format!("hf:{REPO}/{FILE}");
     let sha = sha256(&bundled_model());
