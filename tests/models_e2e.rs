@@ -143,8 +143,23 @@ fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
     let hub = HubServer::start(&[]);
     let machine = Machine::new();
     let name = format!("hf:{REPO}/{FILE}");
+    // `kenning status` says where the configured model is, without fetching it.
+    let ws = machine.dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("kenning.toml"), format!("[generation]\nmodel = \"{name}\"\n")).unwrap();
+    let status = |machine: &Machine| {
+        let out = machine.kenning(None, &["status", "-w", ws.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["models"][0].clone()
+    };
+    let before = status(&machine);
+    assert!(before["ok"] == false && before["state"].as_str().unwrap().contains(&format!("kenning models pull {name}")), "{before}");
+    assert!(hub.requests().is_empty(), "status asked the hub: {:?}", hub.requests());
     let pulled = machine.kenning(Some(&hub), &["models", "pull", &name]);
     assert!(pulled.status.success(), "{}", text(&pulled));
+    let after = status(&machine);
+    assert!(after["ok"] == true && after["state"].as_str().unwrap().ends_with(FILE), "{after}");
 
     // The hub's cache layout: the blob named by its sha256, the snapshot linking to it, the ref.
     let sha = sha256(&bundled_model());
@@ -392,15 +407,20 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut send = |v: serde_json::Value| {
+    // The client side: requests the server sends (progress tokens) are answered, `$/progress`
+    // notifications kept, replies kept by id for `reply` to wait for with a deadline.
+    let stdin = std::sync::Arc::new(std::sync::Mutex::new(child.stdin.take().unwrap()));
+    let write_to = |stdin: &std::sync::Mutex<std::process::ChildStdin>, v: serde_json::Value| {
         let body = v.to_string();
+        let mut stdin = stdin.lock().unwrap();
         write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         stdin.flush().unwrap();
     };
-    // Replies are read on a thread of their own, kept by id, and waited for with a deadline.
+    let send = |v: serde_json::Value| write_to(&stdin, v);
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().unwrap();
+    let (server_stdin, seen_progress) = (std::sync::Arc::clone(&stdin), std::sync::Arc::clone(&progress));
     std::thread::spawn(move || {
         let mut out = BufReader::new(stdout);
         loop {
@@ -419,8 +439,19 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
                 }
             }
             let mut body = vec![0; length];
-            if out.read_exact(&mut body).is_err() || tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+            if out.read_exact(&mut body).is_err() {
                 return;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            match (v["method"].as_str(), v.get("id")) {
+                (Some(_), Some(id)) => write_to(&server_stdin, serde_json::json!({"jsonrpc": "2.0", "id": id, "result": null})),
+                (Some("$/progress"), None) => seen_progress.lock().unwrap().push(v),
+                (Some(_), None) => {}
+                (None, _) => {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
@@ -432,9 +463,7 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
                 return v;
             }
             let v = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no reply {id} within 300 s"));
-            if v.get("method").is_none()
-                && let Some(got) = v["id"].as_i64()
-            {
+            if let Some(got) = v["id"].as_i64() {
                 replies.insert(got, v);
             }
         }
@@ -446,7 +475,8 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
         "completion": {"retrieval": false, "debounce_ms": 0, "max_tokens": 8},
         "index": {"embeddings": false},
     });
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": null, "rootUri": root_uri, "capabilities": {}, "initializationOptions": options}}));
+    let capabilities = serde_json::json!({"window": {"workDoneProgress": true}});
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": null, "rootUri": root_uri, "capabilities": capabilities, "initializationOptions": options}}));
     assert!(reply(1)["result"]["capabilities"].is_object());
     send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
     let uri = format!("{root_uri}/add.py");
@@ -477,4 +507,14 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     assert_eq!(hub.requests().iter().filter(|r| r.starts_with("GET /lfs/")).count(), 1, "{:?}", hub.requests());
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains(&format!("downloading {model}")), "{log}");
+    // The editor showed it: a `$/progress` begun for the download, reported, and ended.
+    let progress = progress.lock().unwrap();
+    let begin = progress.iter().find(|p| {
+        let v = &p["params"]["value"];
+        v["kind"] == "begin" && v["title"].as_str().is_some_and(|t| t.contains(&format!("downloading {model}")))
+    });
+    let token = &begin.unwrap_or_else(|| panic!("{progress:?}"))["params"]["token"];
+    let values: Vec<&serde_json::Value> = progress.iter().filter(|p| p["params"]["token"] == *token).map(|p| &p["params"]["value"]).collect();
+    assert!(values.iter().any(|v| v["kind"] == "report" && v["message"].as_str().is_some_and(|m| m.ends_with(" of 93 MB"))), "{values:?}");
+    assert_eq!(values.last().map(|v| &v["kind"]), Some(&serde_json::json!("end")), "{values:?}");
 }

@@ -384,10 +384,38 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     } else {
         (None, Vec::new())
     };
+    // The models the workspace's configuration names, and whether each is here.
+    let config = crate::config::Layers::from_workspace(&root).and_then(|l| l.resolve());
+    let models: Vec<(&str, String, bool, String)> = match &config {
+        Ok(config) => {
+            let mut models = vec![("generation", &config.generation)];
+            if let Some(ask) = config.ask.generation.as_ref().filter(|g| **g != config.generation) {
+                models.push(("ask.generation", ask));
+            }
+            models
+                .into_iter()
+                .filter_map(|(key, g)| {
+                    let model = g.model()?.to_owned();
+                    let (ok, state) = match g {
+                        crate::config::Generation::Llama { .. } => match crate::models::locate(&model, paths) {
+                            Ok(path) => (true, path.display().to_string()),
+                            Err(why) => (false, why),
+                        },
+                        crate::config::Generation::Mlx { .. } => (true, "MLX model (checked when loaded)".to_owned()),
+                        _ => (true, "served by the configured server".to_owned()),
+                    };
+                    Some((key, model, ok, state))
+                })
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
     if args.json {
         let json = serde_json::json!({
             "workspace": root, "index_dir": dir, "index": stats, "problems": problems,
             "assets": asset_state.iter().map(|(n, ok, s)| serde_json::json!({"name": n, "ok": ok, "state": s})).collect::<Vec<_>>(),
+            "models": models.iter().map(|(k, m, ok, s)| serde_json::json!({"key": k, "model": m, "ok": ok, "state": s})).collect::<Vec<_>>(),
+            "config_error": config.as_ref().err().map(|e| e.to_string()),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -416,6 +444,15 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     for (name, _, state) in asset_state {
         println!("  {name:<24} {state}");
     }
+    match &config {
+        Ok(_) => {
+            println!("models:    as configured");
+            for (key, model, _, state) in &models {
+                println!("  [{key}] {model}: {state}");
+            }
+        }
+        Err(e) => println!("config:    {e}"),
+    }
     match crate::generate::llama::devices() {
         Ok((devices, gpu)) => {
             let offload = if gpu { "all layers offloaded to the GPU" } else { "CPU only (a GPU build: --features cuda or vulkan; Metal on Apple Silicon)" };
@@ -428,7 +465,7 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     }
     use crate::models::catalogue::{self, Role};
     let machine = catalogue::Machine::here();
-    println!("models:    for this machine ({:.0} GB, {} cores{}), from `kenning models list`:", machine.ram_gb, machine.cores, if machine.gpu { ", GPU" } else { "" });
+    println!("suggested: for this machine ({:.0} GB, {} cores{}), from `kenning models list`:", machine.ram_gb, machine.cores, if machine.gpu { ", GPU" } else { "" });
     for (role, key) in [(Role::Completion, "[generation] model"), (Role::Ask, "[ask.generation] model")] {
         match catalogue::recommend(role, machine) {
             Some(e) => println!("  {key:<24} {} ({:.1} GB; {})", e.name, e.size_gb, e.suits),

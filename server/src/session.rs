@@ -51,10 +51,35 @@ pub fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>,
 
 /// Loads the configured generation model (`None`: generation is off), off the async runtime.
 pub async fn load_generator(generation: &config::Generation, paths: &Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
+    load_generator_reporting(generation, paths, None).await
+}
+
+/// [`load_generator`]; a hub model's download is logged, and its progress (bytes so far, of) also
+/// sent to `downloads` at each whole percent.
+pub async fn load_generator_reporting(
+    generation: &config::Generation,
+    paths: &Paths,
+    downloads: Option<tokio::sync::mpsc::UnboundedSender<(u64, Option<u64>)>>,
+) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
     let (generation, paths) = (generation.clone(), paths.clone());
-    tokio::task::spawn_blocking(move || generate::from_config(&generation, &paths))
-        .await
-        .map_err(|e| GenerateError::Task(format!("loading the model: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let name = generation.model().unwrap_or_default().to_owned();
+        let mut log = crate::models::log_progress(&name);
+        let mut last_percent: Option<Option<u64>> = None;
+        let mut report = |have: u64, total: Option<u64>| {
+            log(have, total);
+            let percent = total.filter(|t| *t > 0).map(|t| have * 100 / t);
+            if let Some(tx) = &downloads
+                && last_percent != Some(percent)
+            {
+                last_percent = Some(percent);
+                let _ = tx.send((have, total));
+            }
+        };
+        generate::from_config_reporting(&generation, &paths, &mut report)
+    })
+    .await
+    .map_err(|e| GenerateError::Task(format!("loading the model: {e}")))?
 }
 
 #[cfg(test)]

@@ -100,8 +100,17 @@ impl BundledModel {
 }
 
 /// The generator a configuration asks for; `None` when it asks for no model. Loading a local model
-/// takes a while: call this off the async runtime.
+/// takes a while: call this off the async runtime. A hub model's download is logged.
 pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
+    from_config_reporting(config, paths, &mut crate::models::log_progress(config.model().unwrap_or_default()))
+}
+
+/// [`from_config`], telling `download` how a hub model's download goes (bytes so far, of).
+pub fn from_config_reporting(
+    config: &crate::config::Generation,
+    paths: &crate::paths::Paths,
+    download: crate::models::hub::Progress,
+) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
     use crate::config::Generation as G;
     Ok(Some(match config {
         #[cfg(feature = "mlx")]
@@ -110,7 +119,7 @@ pub fn from_config(config: &crate::config::Generation, paths: &crate::paths::Pat
         G::Mlx { .. } => return Err(GenerateError::NoMlx),
         G::Llama { model, adapter, threads, prefill_threads, shift_cache, context, weights, .. } => {
             let reference = crate::models::ModelRef::parse(model)?;
-            let source = reference.file(paths, &mut crate::models::log_progress(model))?;
+            let source = reference.file(paths, download)?;
             let copy = if weights.q8_0(reference.is_bundled()) {
                 match llama::requantized_q8(&source, &paths.cache().join("weights")) {
                     Ok(q8) => Some(q8),

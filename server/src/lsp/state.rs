@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
 use tower_lsp_server::Client;
-use tower_lsp_server::ls_types::{MessageType, Uri};
+use tower_lsp_server::ls_types::{MessageType, ProgressToken, Uri};
 
 use super::document::{Document, Encoding};
 use crate::complete::{Completer, Retrieval};
@@ -197,7 +197,13 @@ impl State {
                 *state.loading.lock().expect("loading lock") = generation.model().map(str::to_owned);
                 Loading(&state.loading)
             });
-            let result = session::load_generator(&generation, &state.paths).await.map_err(Arc::new);
+            // A hub model's download is shown as work-done progress, once one starts.
+            let downloads = state.progress_supported.load(Ordering::Relaxed).then(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(report_download(Arc::clone(&state), generation.model().unwrap_or_default().to_owned(), rx));
+                tx
+            });
+            let result = session::load_generator_reporting(&generation, &state.paths, downloads).await.map_err(Arc::new);
             drop(loading);
             if let Err(e) = &result {
                 let what = if ask { "the model for questions" } else { "the model" };
@@ -261,6 +267,32 @@ impl State {
             }
         }
     }
+}
+
+/// Shows a model's download as `$/progress` (created at its first report, ended when the load
+/// ends and the channel closes).
+async fn report_download(state: Arc<State>, model: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Option<u64>)>) {
+    let Some(first) = rx.recv().await else { return };
+    let token = ProgressToken::String(progress_token("download"));
+    if state.client.create_work_done_progress(token.clone()).await.is_err() {
+        while rx.recv().await.is_some() {}
+        return;
+    }
+    let progress = state.client.progress(token, format!("kenning: downloading {model}")).with_percentage(0).begin().await;
+    let mut next = Some(first);
+    let mut last = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let mut have_mb = 0;
+    while let Some((have, total)) = next {
+        have_mb = have >> 20;
+        if last.elapsed() >= std::time::Duration::from_millis(500) {
+            last = std::time::Instant::now();
+            let percent = total.filter(|t| *t > 0).map_or(0, |t| (have * 100 / t) as u32);
+            let of = total.map(|t| format!(" of {} MB", t >> 20)).unwrap_or_default();
+            progress.report_with_message(format!("{have_mb} MB{of}"), percent.min(100)).await;
+        }
+        next = rx.recv().await;
+    }
+    progress.finish_with_message(format!("{have_mb} MB")).await;
 }
 
 /// A progress token unique in this process: `kenning/<kind>/<pid>-<n>`.

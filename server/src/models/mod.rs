@@ -81,6 +81,19 @@ impl ModelRef {
     }
 }
 
+/// Where a configured model is on this machine, without downloading anything: its file, or why it
+/// is not here yet (a hub file is fetched on first use, or by `kenning models pull`).
+pub fn locate(text: &str, paths: &Paths) -> Result<PathBuf, String> {
+    match ModelRef::parse(text).map_err(|e| e.to_string())? {
+        ModelRef::Hub(file, pin) => {
+            let hub = hub::Hub::from_env();
+            let cached = hub.cached(&file).filter(|p| pin.as_ref().is_none_or(|pin| std::fs::read_link(p).ok().and_then(|t| t.file_name().map(|n| n.eq_ignore_ascii_case(pin))).unwrap_or(false)));
+            cached.ok_or_else(|| format!("not downloaded yet: it is downloaded on first use, or now with `kenning models pull {text}` (into {})", hub.cache.display()))
+        }
+        reference => reference.file(paths, &mut |_, _| {}).map_err(|e| e.to_string()),
+    }
+}
+
 /// The GGUF file a model name stands for (see the module's documentation); a hub download's
 /// progress goes to the log.
 pub fn resolve(text: &str, paths: &Paths) -> Result<PathBuf, ModelError> {
