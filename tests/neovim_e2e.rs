@@ -199,4 +199,6 @@ end
     });
     assert!(!report.contains("ERROR"), "{report}");
     assert!(report.contains("OK binary:") && report.contains("all pinned assets in place"), "{report}");
+    // The completions above loaded the model: the server names it.
+    assert!(report.contains("OK model: qwen2.5-coder-0.5b"), "{report}");
 }

@@ -44,6 +44,14 @@ function M.check()
     else
       health.error('missing assets: ' .. table.concat(missing, ', '), { 'Run scripts/setup in the kenning repository' })
     end
+    -- The models kenning.toml here names (settings from setup() are checked by the server below).
+    for _, m in ipairs(parsed.models or {}) do
+      if m.ok then
+        health.ok(string.format('model [%s] %s: %s', m.key, m.model, m.state))
+      else
+        health.warn(string.format('model [%s] %s: %s', m.key, m.model, m.state))
+      end
+    end
   else
     health.info('`kenning status --json` gave no asset list here (no index for this directory yet?)')
   end
@@ -58,6 +66,20 @@ function M.check()
   if not response or response.err or not response.result then
     health.error('the server did not answer kenning.status')
     return
+  end
+  local model = response.result.model
+  if type(model) == 'table' then
+    if model.error then
+      health.error('model: ' .. model.error)
+    elseif model.loading then
+      health.info('model: loading ' .. model.loading .. ' (a hub model may be downloading)')
+    elseif model.loaded and model.loaded ~= vim.NIL then
+      health.ok('model: ' .. model.loaded)
+    else
+      health.info('model: none configured (answers are extractive)')
+    end
+  else
+    health.info('model: loaded on the first completion')
   end
   for _, root in ipairs(response.result.roots or {}) do
     local index = root.index ~= vim.NIL and root.index or nil
