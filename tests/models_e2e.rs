@@ -491,7 +491,11 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
     let status = reply(3);
     assert_eq!(status["result"]["model"], serde_json::json!({"loading": model}), "{status}");
-    let completion = reply(2);
+    // The editor cancels that request as the user types on, and asks again: the download goes on,
+    // once, and the new request is answered when it is in.
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 6, "method": "textDocument/inlineCompletion", "params": {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}}}));
+    let completion = reply(6);
     assert!(completion["result"].is_array(), "{completion}");
     send(serde_json::json!({"jsonrpc": "2.0", "id": 5, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
     let status = reply(5);
@@ -508,6 +512,11 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains(&format!("downloading {model}")), "{log}");
     // The editor showed it: a `$/progress` begun for the download, reported, and ended.
+    let start = Instant::now();
+    while !progress.lock().unwrap().iter().any(|p| p["params"]["value"]["kind"] == "end" && p["params"]["value"]["message"].as_str().is_some_and(|m| m.ends_with(" MB"))) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no end of the download's progress: {:?}", progress.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let progress = progress.lock().unwrap();
     let begin = progress.iter().find(|p| {
         let v = &p["params"]["value"];

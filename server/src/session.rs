@@ -68,7 +68,8 @@ pub async fn load_generator_reporting(
         let mut last_percent: Option<Option<u64>> = None;
         let mut report = |have: u64, total: Option<u64>| {
             log(have, total);
-            let percent = total.filter(|t| *t > 0).map(|t| have * 100 / t);
+            // Each whole percent, or each MB when the size is not known.
+            let percent = Some(total.filter(|t| *t > 0).map_or(have >> 20, |t| have * 100 / t));
             if let Some(tx) = &downloads
                 && last_percent != Some(percent)
             {

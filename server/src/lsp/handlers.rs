@@ -71,7 +71,7 @@ async fn run_completion(
             return None; // a newer edit: its own request follows
         }
     }
-    let (_, completer) = state.model().await;
+    let (_, completer) = state.model_within(Some(state::COMPLETION_LOAD_WAIT)).await;
     let completer = completer?;
     let encoding = state.encoding();
     let mut text = doc.text();
@@ -338,7 +338,7 @@ async fn status(state: &Arc<State>) -> Status {
     }
     // A model being loaded (or downloaded) holds the lock for as long as that takes: the status
     // says so rather than wait.
-    let loading = state.loading.lock().expect("loading lock").clone();
+    let loading = state.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let model = match loading {
         Some(loading) => Some(ModelStatus::Loading { loading }),
         None => match tokio::time::timeout(std::time::Duration::from_millis(250), state.model.lock()).await {

@@ -59,6 +59,25 @@ pub(super) struct Model {
     /// A load error is kept whole (shared with every caller); it becomes text only in `kenning.status`.
     pub result: std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>,
     pub completer: Option<Arc<Completer>>,
+    /// When the load ended: a hub that could not be reached is tried again after [`RETRY_LOAD_AFTER`].
+    pub loaded_at: std::time::Instant,
+}
+
+/// A completion waits this long for its model to load (a local file loads in seconds); longer (a
+/// hub model downloading), it gets no suggestion and the load goes on.
+pub(super) const COMPLETION_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A load that failed because the hub could not be reached is tried again after this long.
+const RETRY_LOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Model {
+    /// Whether this slot already answers for `generation`: loaded, or failed for a reason another
+    /// try would not change (a network failure is tried again after a while).
+    fn answers_for(&self, generation: &config::Generation) -> bool {
+        use crate::models::{ModelError, hub::HubError};
+        let unreachable = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Unreachable { .. }))));
+        self.config == *generation && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
+    }
 }
 
 pub(super) struct State {
@@ -131,8 +150,19 @@ impl State {
 
     /// The model of the current configuration, loading it (once) if needed, and its completer.
     pub async fn model(self: &Arc<Self>) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, Option<Arc<Completer>>) {
+        self.model_within(None).await
+    }
+
+    /// [`State::model`], waiting at most `wait` for a load (`None`: for as long as it takes); a
+    /// load still going on then answers with an error and no completer.
+    pub async fn model_within(
+        self: &Arc<Self>,
+        wait: Option<std::time::Duration>,
+    ) -> (std::result::Result<Option<Arc<dyn Generator>>, Arc<GenerateError>>, Option<Arc<Completer>>) {
+        if !self.ensure_loaded(false, wait).await {
+            return (Err(Arc::new(GenerateError::Task("the model is still loading".into()))), None);
+        }
         let config = self.config();
-        self.ensure_loaded(false, config.generation.clone()).await;
         let mut slot = self.model.lock().await;
         let Some(model) = slot.as_mut() else {
             return (Err(Arc::new(GenerateError::Task("loading the model stopped".into()))), None);
@@ -157,27 +187,26 @@ impl State {
         let generation = config.ask.generation.clone().filter(|g| *g != config.generation);
         let Some(generation) = generation else {
             // A model of its own no longer wanted is freed (off the async runtime: dropping an
-            // engine waits for its thread).
-            let old = self.ask_model.lock().await.take();
+            // engine waits for its thread); one still loading is freed by a later question.
+            let old = self.ask_model.try_lock().ok().and_then(|mut slot| slot.take());
             if old.is_some() {
                 let _ = tokio::task::spawn_blocking(move || drop(old)).await;
             }
             return (self.model().await.0, config.generation.family());
         };
-        let family = generation.family();
-        self.ensure_loaded(true, generation).await;
-        let result = match self.ask_model.lock().await.as_ref() {
-            Some(model) => model.result.clone(),
-            None => Err(Arc::new(GenerateError::Task("loading the model for questions stopped".into()))),
-        };
-        (result, family)
+        self.ensure_loaded(true, None).await;
+        match self.ask_model.lock().await.as_ref() {
+            Some(model) => (model.result.clone(), model.config.family()),
+            None => (Err(Arc::new(GenerateError::Task("loading the model for questions stopped".into()))), generation.family()),
+        }
     }
 
-    /// Makes the completion (or the questions') slot hold the model of `generation`, loading it in
-    /// a task of its own: a request cancelled while it waits (editors cancel completions as the
-    /// user types, and a hub model may be downloading) does not stop the load, and the next
-    /// request waits for the same load instead of starting another.
-    async fn ensure_loaded(self: &Arc<Self>, ask: bool, generation: config::Generation) {
+    /// Makes the completion (or the questions') slot hold the model the configuration names when
+    /// the load runs, loading it in a task of its own: a request cancelled while it waits (editors
+    /// cancel completions as the user types, and a hub model may be downloading) does not stop the
+    /// load, and the next request waits for the same load instead of starting another. False when
+    /// `wait` ran out first (the load goes on).
+    async fn ensure_loaded(self: &Arc<Self>, ask: bool, wait: Option<std::time::Duration>) -> bool {
         struct Loading<'a>(&'a Mutex<Option<String>>);
         impl Drop for Loading<'_> {
             fn drop(&mut self) {
@@ -187,14 +216,25 @@ impl State {
         let state = Arc::clone(self);
         let task = tokio::spawn(async move {
             let mut slot = if ask { state.ask_model.lock().await } else { state.model.lock().await };
-            if slot.as_ref().is_some_and(|m| m.config == generation) {
+            // The configuration as it is now, not as it was when the request came: after a change
+            // while another load ran, only the newest is loaded.
+            let config = state.config();
+            let generation = if ask {
+                match config.ask.generation.filter(|g| *g != config.generation) {
+                    Some(generation) => generation,
+                    None => return,
+                }
+            } else {
+                config.generation
+            };
+            if slot.as_ref().is_some_and(|m| m.answers_for(&generation)) {
                 return;
             }
             // Free the old engine before loading the new one (memory).
             let old = slot.take();
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
             let loading = (!ask).then(|| {
-                *state.loading.lock().expect("loading lock") = generation.model().map(str::to_owned);
+                *state.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = generation.model().map(str::to_owned);
                 Loading(&state.loading)
             });
             // A hub model's download is shown as work-done progress, once one starts.
@@ -209,14 +249,21 @@ impl State {
                 let what = if ask { "the model for questions" } else { "the model" };
                 state.client.show_message(MessageType::ERROR, format!("kenning: cannot load {what}: {e}")).await;
             }
-            *slot = Some(Model { config: generation, result, completer: None });
+            *slot = Some(Model { config: generation, result, completer: None, loaded_at: std::time::Instant::now() });
         });
-        let _ = task.await;
+        let finished = match wait {
+            None => Some(task.await),
+            Some(wait) => tokio::time::timeout(wait, task).await.ok(),
+        };
+        if let Some(Err(e)) = &finished {
+            tracing::error!("loading the model stopped: {e}");
+        }
+        finished.is_some()
     }
 
-    /// The completer, if the model is loaded already (never loads it).
+    /// The completer, if the model is loaded already (never loads it, nor waits for a load).
     pub async fn loaded_completer(&self) -> Option<Arc<Completer>> {
-        self.model.lock().await.as_ref().and_then(|m| m.completer.clone())
+        self.model.try_lock().ok()?.as_ref().and_then(|m| m.completer.clone())
     }
 
     /// The embedder, loaded once; `None` when embeddings are off or the assets are missing.
@@ -274,7 +321,9 @@ impl State {
 async fn report_download(state: Arc<State>, model: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Option<u64>)>) {
     let Some(first) = rx.recv().await else { return };
     let token = ProgressToken::String(progress_token("download"));
-    if state.client.create_work_done_progress(token.clone()).await.is_err() {
+    // A client that never answers does not keep this task (and the state) alive.
+    let created = tokio::time::timeout(std::time::Duration::from_secs(5), state.client.create_work_done_progress(token.clone())).await;
+    if !matches!(created, Ok(Ok(()))) {
         while rx.recv().await.is_some() {}
         return;
     }

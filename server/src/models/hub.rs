@@ -146,15 +146,19 @@ impl Hub {
         commit.and_then(|c| snapshot(&c)).or_else(|| snapshot(revision))
     }
 
+    /// [`Hub::cached`], and with a pin only the pinned blob (blobs are named by their sha256: the
+    /// snapshot's link says which one it is).
+    pub fn cached_pinned(&self, file: &HubFile, sha256: Option<&str>) -> Option<PathBuf> {
+        self.cached(file).filter(|path| match sha256 {
+            Some(pin) => fs::read_link(path).ok().and_then(|target| target.file_name().map(|n| n.eq_ignore_ascii_case(pin))).unwrap_or(false),
+            None => true,
+        })
+    }
+
     /// The file, from the cache when it is there (and, with a pin, is the pinned blob), else
     /// downloaded (blocking; from any thread).
     pub fn get(&self, file: &HubFile, sha256: Option<&str>, progress: Progress) -> Result<PathBuf, HubError> {
-        let pinned = |path: &PathBuf| match sha256 {
-            // Blobs are named by their sha256: the link says which one this is.
-            Some(pin) => fs::read_link(path).ok().and_then(|target| target.file_name().map(|n| n.eq_ignore_ascii_case(pin))).unwrap_or(false),
-            None => true,
-        };
-        match self.cached(file).filter(pinned) {
+        match self.cached_pinned(file, sha256) {
             Some(path) => Ok(path),
             None => self.pull(file, sha256, progress),
         }

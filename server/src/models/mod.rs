@@ -87,8 +87,7 @@ pub fn locate(text: &str, paths: &Paths) -> Result<PathBuf, String> {
     match ModelRef::parse(text).map_err(|e| e.to_string())? {
         ModelRef::Hub(file, pin) => {
             let hub = hub::Hub::from_env();
-            let cached = hub.cached(&file).filter(|p| pin.as_ref().is_none_or(|pin| std::fs::read_link(p).ok().and_then(|t| t.file_name().map(|n| n.eq_ignore_ascii_case(pin))).unwrap_or(false)));
-            cached.ok_or_else(|| format!("not downloaded yet: it is downloaded on first use, or now with `kenning models pull {text}` (into {})", hub.cache.display()))
+            hub.cached_pinned(&file, pin.as_deref()).ok_or_else(|| format!("not downloaded yet: it is downloaded on first use, or now with `kenning models pull {text}` (into {})", hub.cache.display()))
         }
         reference => reference.file(paths, &mut |_, _| {}).map_err(|e| e.to_string()),
     }

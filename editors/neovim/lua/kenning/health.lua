@@ -45,6 +45,9 @@ function M.check()
       health.error('missing assets: ' .. table.concat(missing, ', '), { 'Run scripts/setup in the kenning repository' })
     end
     -- The models kenning.toml here names (settings from setup() are checked by the server below).
+    if parsed.config_error and parsed.config_error ~= vim.NIL then
+      health.error('kenning.toml: ' .. parsed.config_error)
+    end
     for _, m in ipairs(parsed.models or {}) do
       if m.ok then
         health.ok(string.format('model [%s] %s: %s', m.key, m.model, m.state))
