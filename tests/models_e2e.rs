@@ -190,6 +190,14 @@ fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
     assert_eq!(by_commit.stdout, bundled.stdout);
     assert_eq!(hub.requests().len(), asked_before, "a cached file is used without asking the hub");
 
+    // A command that needs a model the cache lacks downloads it and says so on stderr.
+    let fresh = Machine::new();
+    let by_name = generate(&fresh, Some(&hub), &name, &[]);
+    assert!(by_name.status.success(), "{}", text(&by_name));
+    assert_eq!(by_name.stdout, bundled.stdout);
+    let err = String::from_utf8_lossy(&by_name.stderr);
+    assert!(err.contains(&format!("downloading {name}: 93 of 93 MB")), "{}", text(&by_name));
+
     // `kenning models list` names it as it loads.
     let list = machine.kenning(None, &["models", "list"]);
     assert!(list.status.success(), "{}", text(&list));

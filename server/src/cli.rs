@@ -198,7 +198,12 @@ struct StatusArgs {
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let paths = cli.cache_dir.map(Paths::with_root).unwrap_or_else(Paths::from_env);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) {
+        // A hub model a command downloads shows its progress here (the server logs it).
+        crate::models::show_downloads_on_stderr();
+    }
+    match command {
         Command::Serve => serve(paths).await,
         Command::Ask(args) => assist::ask_cmd(&paths, args).await,
         Command::Complete(args) => assist::complete_cmd(&paths, args).await,

@@ -99,15 +99,49 @@ pub fn resolve(text: &str, paths: &Paths) -> Result<PathBuf, ModelError> {
     ModelRef::parse(text)?.file(paths, &mut log_progress(text))
 }
 
-/// A progress callback that logs a download every 10 %.
+/// Whether downloads are shown on stderr (a CLI command) rather than logged (the server).
+static ON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows downloads on stderr from now on: a progress bar on a terminal, else a line every 10 %.
+/// The CLI's commands call it; the language server logs them (and reports `$/progress`).
+pub fn show_downloads_on_stderr() {
+    ON_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A progress callback for a download: logged every 10 %, or shown on stderr (see
+/// [`show_downloads_on_stderr`]).
 pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) + Send + '_ {
+    use std::io::IsTerminal;
+    let on_stderr = ON_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+    let bar = (on_stderr && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
+        );
+        bar.set_message(format!("downloading {name}"));
+        bar
+    });
     let mut last_tenth = None;
     move |have, total| {
+        if let Some(bar) = &bar {
+            if let Some(total) = total {
+                bar.set_length(total);
+            }
+            bar.set_position(have);
+            if total == Some(have) {
+                bar.finish_and_clear();
+            }
+            return;
+        }
         let Some(total) = total.filter(|t| *t > 0) else { return };
         let tenth = have * 10 / total;
         if last_tenth != Some(tenth) {
             last_tenth = Some(tenth);
-            tracing::info!("downloading {name}: {} of {} MB", have >> 20, total >> 20);
+            if on_stderr {
+                eprintln!("downloading {name}: {} of {} MB", have >> 20, total >> 20);
+            } else {
+                tracing::info!("downloading {name}: {} of {} MB", have >> 20, total >> 20);
+            }
         }
     }
 }
