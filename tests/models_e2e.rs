@@ -392,9 +392,122 @@ fn an_ollama_model_loads_from_ollamas_store_by_name() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("ollama pull smollm2:360m"), "{}", text(&missing));
 }
 
+/// `kenning serve` on stdio as an editor drives it: requests the server sends (progress tokens)
+/// are answered, `$/progress` notifications kept, replies kept by id and waited for with a deadline.
+struct Lsp {
+    child: Child,
+    stdin: std::sync::Arc<std::sync::Mutex<std::process::ChildStdin>>,
+    replies: std::sync::mpsc::Receiver<serde_json::Value>,
+    kept: std::collections::HashMap<i64, serde_json::Value>,
+    progress: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Lsp {
+    fn start(machine: &Machine, hub: &HubServer, log: &Path) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kenning"))
+            .arg("serve")
+            .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+            .env("HF_HOME", machine.hf_home())
+            .env("HF_ENDPOINT", &hub.url)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HUB_OFFLINE")
+            .env("KENNING_LOG", "kenning=info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdin = std::sync::Arc::new(std::sync::Mutex::new(child.stdin.take().unwrap()));
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, replies) = std::sync::mpsc::channel::<serde_json::Value>();
+        let stdout = child.stdout.take().unwrap();
+        let (server_stdin, seen_progress) = (std::sync::Arc::clone(&stdin), std::sync::Arc::clone(&progress));
+        std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout);
+            loop {
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if out.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("Content-Length: ") {
+                        length = v.parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                if out.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                match (v["method"].as_str(), v.get("id")) {
+                    (Some(_), Some(id)) => write_frame(&server_stdin, serde_json::json!({"jsonrpc": "2.0", "id": id, "result": null})),
+                    (Some("$/progress"), None) => seen_progress.lock().unwrap().push(v),
+                    (Some(_), None) => {}
+                    (None, _) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Lsp { child, stdin, replies, kept: std::collections::HashMap::new(), progress }
+    }
+
+    fn send(&self, v: serde_json::Value) {
+        write_frame(&self.stdin, v);
+    }
+
+    fn reply(&mut self, id: i64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(v) = self.kept.remove(&id) {
+                return v;
+            }
+            let v = self.replies.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no reply {id} within 300 s"));
+            if let Some(got) = v["id"].as_i64() {
+                self.kept.insert(got, v);
+            }
+        }
+    }
+
+    fn request(&mut self, id: i64, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.send(serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        self.reply(id)
+    }
+
+    fn stop(mut self) {
+        self.request(1000, "shutdown", serde_json::Value::Null);
+        self.send(serde_json::json!({"jsonrpc": "2.0", "method": "exit"}));
+        let _ = self.child.wait();
+    }
+}
+
+fn write_frame(stdin: &std::sync::Mutex<std::process::ChildStdin>, v: serde_json::Value) {
+    use std::io::Write;
+    let body = v.to_string();
+    let mut stdin = stdin.lock().unwrap();
+    write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// Waits until the hub has been asked for the file's bytes.
+fn wait_for_download(hub: &HubServer) {
+    let start = Instant::now();
+    while !hub.requests().iter().any(|r| r.starts_with("GET /lfs/")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the server did not start the download");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes() {
-    use std::io::{BufRead, BufReader, Read, Write};
     // About 3 s for the 94 MB file: long enough to ask the server what it is doing meanwhile.
     let hub = HubServer::start(&["--slow-ms", "30"]);
     let machine = Machine::new();
@@ -402,80 +515,7 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("add.py"), "def add(a, b):\n    return a + b\n").unwrap();
     let log = machine.dir.path().join("server.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kenning"))
-        .arg("serve")
-        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-        .env("HF_HOME", machine.hf_home())
-        .env("HF_ENDPOINT", &hub.url)
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .env("KENNING_LOG", "kenning=info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // The client side: requests the server sends (progress tokens) are answered, `$/progress`
-    // notifications kept, replies kept by id for `reply` to wait for with a deadline.
-    let stdin = std::sync::Arc::new(std::sync::Mutex::new(child.stdin.take().unwrap()));
-    let write_to = |stdin: &std::sync::Mutex<std::process::ChildStdin>, v: serde_json::Value| {
-        let body = v.to_string();
-        let mut stdin = stdin.lock().unwrap();
-        write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        stdin.flush().unwrap();
-    };
-    let send = |v: serde_json::Value| write_to(&stdin, v);
-    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = child.stdout.take().unwrap();
-    let (server_stdin, seen_progress) = (std::sync::Arc::clone(&stdin), std::sync::Arc::clone(&progress));
-    std::thread::spawn(move || {
-        let mut out = BufReader::new(stdout);
-        loop {
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if out.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    length = v.parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            if out.read_exact(&mut body).is_err() {
-                return;
-            }
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            match (v["method"].as_str(), v.get("id")) {
-                (Some(_), Some(id)) => write_to(&server_stdin, serde_json::json!({"jsonrpc": "2.0", "id": id, "result": null})),
-                (Some("$/progress"), None) => seen_progress.lock().unwrap().push(v),
-                (Some(_), None) => {}
-                (None, _) => {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let mut replies = std::collections::HashMap::new();
-    let mut reply = |id: i64| -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(v) = replies.remove(&id) {
-                return v;
-            }
-            let v = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| panic!("no reply {id} within 300 s"));
-            if let Some(got) = v["id"].as_i64() {
-                replies.insert(got, v);
-            }
-        }
-    };
+    let mut lsp = Lsp::start(&machine, &hub, &log);
     let root_uri = format!("file://{}", root.canonicalize().unwrap().display());
     let model = format!("hf:{REPO}/{FILE}");
     let options = serde_json::json!({
@@ -484,34 +524,25 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
         "index": {"embeddings": false},
     });
     let capabilities = serde_json::json!({"window": {"workDoneProgress": true}});
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": null, "rootUri": root_uri, "capabilities": capabilities, "initializationOptions": options}}));
-    assert!(reply(1)["result"]["capabilities"].is_object());
-    send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    let init = lsp.request(1, "initialize", serde_json::json!({"processId": null, "rootUri": root_uri, "capabilities": capabilities, "initializationOptions": options}));
+    assert!(init["result"]["capabilities"].is_object());
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
     let uri = format!("{root_uri}/add.py");
-    send(serde_json::json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}}}));
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "textDocument/inlineCompletion", "params": {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}}}));
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}}}));
+    let inline = serde_json::json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}});
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "textDocument/inlineCompletion", "params": inline}));
     // While the model downloads, the status answers at once and says so.
-    let start = Instant::now();
-    while !hub.requests().iter().any(|r| r.starts_with("GET /lfs/")) {
-        assert!(start.elapsed() < Duration::from_secs(60), "the server did not start the download");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
-    let status = reply(3);
+    wait_for_download(&hub);
+    let status = lsp.request(3, "workspace/executeCommand", serde_json::json!({"command": "kenning.status", "arguments": []}));
     assert_eq!(status["result"]["model"], serde_json::json!({"loading": model}), "{status}");
     // The editor cancels that request as the user types on, and asks again: the download goes on,
     // once, and the new request is answered when it is in.
-    send(serde_json::json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 6, "method": "textDocument/inlineCompletion", "params": {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}}}));
-    let completion = reply(6);
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+    let completion = lsp.request(6, "textDocument/inlineCompletion", inline);
     assert!(completion["result"].is_array(), "{completion}");
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 5, "method": "workspace/executeCommand", "params": {"command": "kenning.status", "arguments": []}}));
-    let status = reply(5);
+    let status = lsp.request(5, "workspace/executeCommand", serde_json::json!({"command": "kenning.status", "arguments": []}));
     assert!(status["result"]["model"]["loaded"].as_str().is_some_and(|m| m.contains("SmolLM2")), "{status}");
-    send(serde_json::json!({"jsonrpc": "2.0", "id": 4, "method": "shutdown"}));
-    reply(4);
-    send(serde_json::json!({"jsonrpc": "2.0", "method": "exit"}));
-    let _ = child.wait();
+    let progress = std::sync::Arc::clone(&lsp.progress);
 
     // Downloaded by the server into the Hugging Face cache, with its progress in the log.
     let sha = sha256(&bundled_model());
@@ -525,6 +556,7 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
         assert!(start.elapsed() < Duration::from_secs(30), "no end of the download's progress: {:?}", progress.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));
     }
+    lsp.stop();
     let progress = progress.lock().unwrap();
     let begin = progress.iter().find(|p| {
         let v = &p["params"]["value"];
@@ -534,4 +566,46 @@ fn the_language_server_downloads_a_hub_model_it_is_configured_with_and_completes
     let values: Vec<&serde_json::Value> = progress.iter().filter(|p| p["params"]["token"] == *token).map(|p| &p["params"]["value"]).collect();
     assert!(values.iter().any(|v| v["kind"] == "report" && v["message"].as_str().is_some_and(|m| m.ends_with(" of 93 MB"))), "{values:?}");
     assert_eq!(values.last().map(|v| &v["kind"]), Some(&serde_json::json!("end")), "{values:?}");
+}
+
+#[test]
+fn a_download_stops_when_the_configuration_names_another_model() {
+    // About 19 s for the file: the switch comes long before it could end.
+    let hub = HubServer::start(&["--slow-ms", "200"]);
+    let machine = Machine::new();
+    let root = machine.dir.path().join("ws");
+    std::fs::create_dir_all(&root).unwrap();
+    let log = machine.dir.path().join("server.log");
+    let mut lsp = Lsp::start(&machine, &hub, &log);
+    let root_uri = format!("file://{}", root.canonicalize().unwrap().display());
+    let model = format!("hf:{REPO}/{FILE}");
+    let options = serde_json::json!({
+        "generation": {"model": model, "threads": 1, "context": 1024},
+        "completion": {"retrieval": false, "debounce_ms": 0, "max_tokens": 4},
+        "index": {"embeddings": false},
+    });
+    lsp.request(1, "initialize", serde_json::json!({"processId": null, "rootUri": root_uri, "capabilities": {}, "initializationOptions": options}));
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    let uri = format!("{root_uri}/add.py");
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}}}));
+    let inline = serde_json::json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 1}});
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "textDocument/inlineCompletion", "params": inline}));
+    wait_for_download(&hub);
+
+    // The user picks the bundled model instead: it loads without waiting for the download.
+    let switched = Instant::now();
+    lsp.send(serde_json::json!({"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration", "params": {"settings": {"generation": {"model": "qwen2.5-coder-0.5b"}}}}));
+    lsp.request(3, "textDocument/inlineCompletion", inline);
+    let status = lsp.request(4, "workspace/executeCommand", serde_json::json!({"command": "kenning.status", "arguments": []}));
+    assert!(status["result"]["model"]["loaded"].as_str().is_some_and(|m| m.contains("qwen2.5-coder")), "{status}");
+    assert!(switched.elapsed() < Duration::from_secs(12), "the new model waited for the old download: {:?}", switched.elapsed());
+    lsp.stop();
+
+    // The partial file is kept for the next pull; no blob was made.
+    let sha = sha256(&bundled_model());
+    let partial = std::fs::metadata(machine.blob_dir().join(format!("{sha}.incomplete"))).map(|m| m.len()).unwrap_or(0);
+    assert!(partial > 0 && partial < std::fs::metadata(bundled_model()).unwrap().len(), "partial: {partial}");
+    assert!(!machine.blob_dir().join(&sha).exists());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("was stopped: the configuration names another model"), "{log}");
 }

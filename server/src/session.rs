@@ -51,15 +51,17 @@ pub fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>,
 
 /// Loads the configured generation model (`None`: generation is off), off the async runtime.
 pub async fn load_generator(generation: &config::Generation, paths: &Paths) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
-    load_generator_reporting(generation, paths, None).await
+    load_generator_reporting(generation, paths, None, Arc::default()).await
 }
 
 /// [`load_generator`]; a hub model's download is logged, and its progress (bytes so far, of) also
-/// sent to `downloads` at each whole percent.
+/// sent to `downloads` at each whole percent. Setting `stop` stops a download (the bytes so far
+/// are kept for the next try).
 pub async fn load_generator_reporting(
     generation: &config::Generation,
     paths: &Paths,
     downloads: Option<tokio::sync::mpsc::UnboundedSender<(u64, Option<u64>)>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Option<Arc<dyn Generator>>, GenerateError> {
     let (generation, paths) = (generation.clone(), paths.clone());
     tokio::task::spawn_blocking(move || {
@@ -67,6 +69,9 @@ pub async fn load_generator_reporting(
         let mut log = crate::models::log_progress(&name);
         let mut last_percent: Option<Option<u64>> = None;
         let mut report = |have: u64, total: Option<u64>| {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
             log(have, total);
             // Each whole percent, or each MB when the size is not known.
             let percent = Some(total.filter(|t| *t > 0).map_or(have >> 20, |t| have * 100 / t));
@@ -76,6 +81,7 @@ pub async fn load_generator_reporting(
                 last_percent = Some(percent);
                 let _ = tx.send((have, total));
             }
+            true
         };
         generate::from_config_reporting(&generation, &paths, &mut report)
     })

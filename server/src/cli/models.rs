@@ -72,6 +72,7 @@ fn pull(paths: &Paths, args: PullArgs) -> Result<()> {
                     bar.set_length(total);
                 }
                 bar.set_position(have);
+                true
             });
             bar.finish_and_clear();
             path?

@@ -76,7 +76,9 @@ impl Model {
     fn answers_for(&self, generation: &config::Generation) -> bool {
         use crate::models::{ModelError, hub::HubError};
         let unreachable = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Unreachable { .. }))));
-        self.config == *generation && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
+        // A download stopped for a configuration change continues when the model is named again.
+        let stopped = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Stopped { .. }))));
+        self.config == *generation && !stopped && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
     }
 }
 
@@ -96,6 +98,9 @@ pub(super) struct State {
     /// The completion model being loaded (a hub model may be downloading), for `kenning.status`,
     /// which must not wait for it.
     pub loading: Mutex<Option<String>>,
+    /// The completion model being loaded and the flag that stops its download: a configuration
+    /// that names another model sets it, so the new model does not wait for the old download.
+    load_stop: Mutex<Option<(config::Generation, Arc<AtomicBool>)>>,
     /// The model questions are answered with when `[ask.generation]` names one of its own.
     pub ask_model: tokio::sync::Mutex<Option<Model>>,
     pub embedder: tokio::sync::OnceCell<Option<Arc<dyn Embedder>>>,
@@ -117,6 +122,7 @@ impl State {
             config_error: Mutex::new(None),
             model: tokio::sync::Mutex::new(None),
             loading: Mutex::new(None),
+            load_stop: Mutex::new(None),
             ask_model: tokio::sync::Mutex::new(None),
             embedder: tokio::sync::OnceCell::new(),
             shutting_down: AtomicBool::new(false),
@@ -243,9 +249,19 @@ impl State {
                 tokio::spawn(report_download(Arc::clone(&state), generation.model().unwrap_or_default().to_owned(), rx));
                 tx
             });
-            let result = session::load_generator_reporting(&generation, &state.paths, downloads).await.map_err(Arc::new);
+            let stop = Arc::new(AtomicBool::new(false));
+            if !ask {
+                *state.load_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation.clone(), Arc::clone(&stop)));
+            }
+            let result = session::load_generator_reporting(&generation, &state.paths, downloads, stop).await.map_err(Arc::new);
+            if !ask {
+                *state.load_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            }
             drop(loading);
-            if let Err(e) = &result {
+            let stopped = matches!(&result, Err(e) if matches!(&**e, GenerateError::Model(crate::models::ModelError::Hub(crate::models::hub::HubError::Stopped { .. }))));
+            if stopped {
+                tracing::info!("the download of {} was stopped: the configuration names another model", generation.model().unwrap_or_default());
+            } else if let Err(e) = &result {
                 let what = if ask { "the model for questions" } else { "the model" };
                 state.client.show_message(MessageType::ERROR, format!("kenning: cannot load {what}: {e}")).await;
             }
@@ -308,7 +324,15 @@ impl State {
 
     pub async fn apply_config(&self, result: std::result::Result<Config, config::ConfigError>) {
         match result {
-            Ok(config) => *self.config.write().expect("config lock") = config,
+            Ok(config) => {
+                // A download for a model the configuration no longer names stops.
+                if let Some((loading, stop)) = &*self.load_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                    && *loading != config.generation
+                {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                *self.config.write().expect("config lock") = config;
+            }
             Err(e) => {
                 self.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, keeping the previous one: {e}")).await;
             }

@@ -98,12 +98,15 @@ pub enum HubError {
     Hash { file: String, actual: String, expected: String },
     #[error("{file}: the download has {actual} bytes, the hub said {expected}; the downloaded file was removed")]
     Size { file: String, actual: u64, expected: u64 },
+    #[error("{file}: the download was stopped at byte {have} (kept: the next pull continues from there)")]
+    Stopped { file: String, have: u64 },
     #[error("{file}: {path}: {source}")]
     Io { file: String, path: PathBuf, source: std::io::Error },
 }
 
-/// What a download reports as it goes: bytes so far, and the whole size when known.
-pub type Progress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
+/// What a download reports as it goes: bytes so far, and the whole size when known. Answering
+/// false stops it ([`HubError::Stopped`]; the bytes so far are kept for the next pull).
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) -> bool + Send);
 
 /// The hub and its cache, as the environment sets them (`HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_HOME`,
 /// `HF_TOKEN`, `HF_HUB_OFFLINE`), like the hub's own clients.
@@ -418,7 +421,9 @@ impl Hub {
                     return Err(HubError::Status { file: file.to_string(), url: self.url(file).map(|u| u.to_string()).unwrap_or_default(), status, hint: " while downloading".into() });
                 }
             }
-            progress(have, size);
+            if !progress(have, size) {
+                return Err(HubError::Stopped { file: file.to_string(), have });
+            }
             let mut stream = response.bytes_stream();
             let mut cut = None;
             while let Some(chunk) = stream.next().await {
@@ -427,7 +432,10 @@ impl Hub {
                         out.write_all(&bytes).map_err(io)?;
                         hasher.update(&bytes);
                         have += bytes.len() as u64;
-                        progress(have, size);
+                        if !progress(have, size) {
+                            out.flush().map_err(io)?;
+                            return Err(HubError::Stopped { file: file.to_string(), have });
+                        }
                     }
                     Err(e) => {
                         cut = Some(error_chain(&e));
@@ -567,7 +575,7 @@ mod tests {
         assert_eq!(hub.cached(&file).map(|p| fs::read(p).unwrap()), Some(b"gguf".to_vec()));
         // Offline and not cached: the error names the file and the command.
         let other = HubFile::parse("o/r/other.gguf").unwrap();
-        let err = hub.get(&other, None, &mut |_, _| {}).unwrap_err().to_string();
+        let err = hub.get(&other, None, &mut |_, _| true).unwrap_err().to_string();
         assert!(err.contains("kenning models pull hf:o/r/other.gguf") && err.contains("HF_HUB_OFFLINE"), "{err}");
     }
 }

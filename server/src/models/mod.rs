@@ -89,7 +89,7 @@ pub fn locate(text: &str, paths: &Paths) -> Result<PathBuf, String> {
             let hub = hub::Hub::from_env();
             hub.cached_pinned(&file, pin.as_deref()).ok_or_else(|| format!("not downloaded yet: it is downloaded on first use, or now with `kenning models pull {text}` (into {})", hub.cache.display()))
         }
-        reference => reference.file(paths, &mut |_, _| {}).map_err(|e| e.to_string()),
+        reference => reference.file(paths, &mut |_, _| true).map_err(|e| e.to_string()),
     }
 }
 
@@ -110,7 +110,7 @@ pub fn show_downloads_on_stderr() {
 
 /// A progress callback for a download: logged every 10 %, or shown on stderr (see
 /// [`show_downloads_on_stderr`]).
-pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) + Send + '_ {
+pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) -> bool + Send + '_ {
     use std::io::IsTerminal;
     let on_stderr = ON_STDERR.load(std::sync::atomic::Ordering::Relaxed);
     let bar = (on_stderr && std::io::stderr().is_terminal()).then(|| {
@@ -131,9 +131,9 @@ pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) + Send + '_ {
             if total == Some(have) {
                 bar.finish_and_clear();
             }
-            return;
+            return true;
         }
-        let Some(total) = total.filter(|t| *t > 0) else { return };
+        let Some(total) = total.filter(|t| *t > 0) else { return true };
         let tenth = have * 10 / total;
         if last_tenth != Some(tenth) {
             last_tenth = Some(tenth);
@@ -143,6 +143,7 @@ pub fn log_progress(name: &str) -> impl FnMut(u64, Option<u64>) + Send + '_ {
                 tracing::info!("downloading {name}: {} of {} MB", have >> 20, total >> 20);
             }
         }
+        true
     }
 }
 
