@@ -38,11 +38,12 @@ export function toServerSettings(get: Get): ServerSettings {
     },
   };
   // Questions answered by a model of their own: a larger instruct model, or a server.
+  // An openai backend needs its url: without one the server would refuse every setting sent with it.
   const askModel = get<string>('ask.model', '');
-  if (askModel) {
-    const askBackend = get<string>('ask.backend', 'llama');
+  const askBackend = get<string>('ask.backend', 'llama');
+  const askUrl = get<string>('ask.url', '');
+  if (askModel && (askBackend !== 'openai' || askUrl)) {
     const ask: Record<string, unknown> = { backend: askBackend, model: askModel };
-    const askUrl = get<string>('ask.url', '');
     if (askUrl && askBackend !== 'llama') ask.url = askUrl;
     settings.ask = { generation: ask };
   }

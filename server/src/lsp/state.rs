@@ -75,7 +75,10 @@ impl Model {
     /// try would not change (a network failure is tried again after a while).
     fn answers_for(&self, generation: &config::Generation) -> bool {
         use crate::models::{ModelError, hub::HubError};
-        let unreachable = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Unreachable { .. }))));
+        // The hub could not be reached, or was busy or failing for a moment (429, 5xx).
+        let unreachable = matches!(&self.result, Err(e) if matches!(&**e,
+            GenerateError::Model(ModelError::Hub(HubError::Unreachable { .. }))
+            | GenerateError::Model(ModelError::Hub(HubError::Status { status: 429 | 500..=599, .. }))));
         // A download stopped for a configuration change continues when the model is named again.
         let stopped = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Stopped { .. }))));
         self.config == *generation && !stopped && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)

@@ -31,6 +31,7 @@ test('questions may have a model and backend of their own', () => {
   const s = toServerSettings(from({ 'ask.backend': 'ollama', 'ask.model': 'qwen2.5-coder:7b-instruct', 'ask.url': 'http://h:11434' }));
   assert.deepEqual(s.ask, { generation: { backend: 'ollama', model: 'qwen2.5-coder:7b-instruct', url: 'http://h:11434' } });
   assert.equal(toServerSettings(from({ 'ask.backend': 'ollama' })).ask, undefined, 'no model: the completion model answers');
+  assert.equal(toServerSettings(from({ 'ask.backend': 'openai', 'ask.model': 'm' })).ask, undefined, 'openai without a url is left out');
 });
 
 test('languages filter', () => {
