@@ -177,6 +177,17 @@ fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(downloads(&hub), 1, "{:?}", hub.requests());
 
+    // Offline, a pull of a cached file answers from the cache.
+    let offline_pull = Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .args(["models", "pull", &name])
+        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+        .env("HF_HOME", machine.hf_home())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    assert!(offline_pull.status.success() && offline_pull.stdout == again.stdout, "{}", text(&offline_pull));
+
     // Generation through the hub name, offline, matches the bundled name (greedy, same file).
     let asked_before = hub.requests().len();
     let by_hub = generate(&machine, Some(&hub), &name, &[("HF_HUB_OFFLINE", "1")]);

@@ -86,6 +86,7 @@ fn pull(paths: &Paths, args: PullArgs) -> Result<()> {
 }
 
 fn list(paths: &Paths) -> Result<()> {
+    out("models that load by name here (bundled, in the Hugging Face cache, pulled into Ollama):");
     let assets = Assets::new(paths.assets());
     for bundled in BundledModel::ALL {
         let state = match assets.path(bundled.asset()) {
@@ -111,7 +112,7 @@ fn list(paths: &Paths) -> Result<()> {
             Role::Completion => "completion",
             Role::Ask => "ask",
         };
-        let pulled = if hub.cached(&entry.hub_file()).is_some() { ", pulled" } else { "" };
+        let pulled = if hub.cached_pinned(&entry.hub_file(), Some(&entry.sha256)).is_some() { ", pulled" } else { "" };
         let star = if recommended.contains(&entry.name) { "*" } else { " " };
         out(&format!("{star} {:<32} {role:<10} {:>4.1} GB, {} GB RAM{pulled}: {}", entry.name, entry.size_gb, entry.min_ram_gb, entry.suits));
     }

@@ -108,7 +108,8 @@ mod tests {
         for e in &entries {
             assert!(names.insert(e.name.clone()), "{} twice", e.name);
             let model = super::super::ModelRef::parse(&e.file).unwrap_or_else(|err| panic!("{}: {err}", e.name));
-            assert!(matches!(model, super::super::ModelRef::Hub(_, None)), "{}", e.name);
+            // Its hub name keeps the pin.
+            assert!(matches!(&model, super::super::ModelRef::Hub(_, Some(pin)) if *pin == e.sha256), "{}", e.name);
             assert!(e.hub_file().revision.is_some(), "{}: no revision", e.name);
             assert!(e.sha256.len() == 64 && e.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{}: {}", e.name, e.sha256);
             assert!(e.size_gb > 0.0 && e.min_ram_gb as f64 > e.size_gb && !e.suits.is_empty(), "{}", e.name);

@@ -86,13 +86,13 @@ impl std::fmt::Display for HubFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("{file} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set: pull it where the hub can be reached with `kenning models pull {file}`, or give a path to a GGUF file")]
+    #[error("{file} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set: unset it to download the file (`kenning models pull {file}`), or give a path to a GGUF file")]
     Offline { file: String, cache: PathBuf },
     #[error("cannot download {file} from {url}: {reason}; check the network or HF_ENDPOINT, or fetch it where the hub can be reached (`kenning models pull {file}` puts it in {cache}), or give a path to a GGUF file")]
     Unreachable { file: String, url: String, reason: String, cache: PathBuf },
     #[error("{file}: {url} answered {status}{hint}")]
     Status { file: String, url: String, status: u16, hint: String },
-    #[error("{file}: the hub's file is now sha256 {actual}, not the pinned {expected}; nothing was downloaded (name a commit with @REVISION, or pin the new hash with --sha256)")]
+    #[error("{file}: the hub's file is now sha256 {actual}, not the pinned {expected}; nothing was downloaded (a recommended model's pin is kenning's: a newer kenning may know the new file; another hf: file can be pinned anew with `kenning models pull … --sha256`)")]
     Changed { file: String, actual: String, expected: String },
     #[error("{file}: the download's sha256 is {actual}, expected {expected}; the downloaded file was removed")]
     Hash { file: String, actual: String, expected: String },
@@ -170,8 +170,9 @@ impl Hub {
     /// Asks the hub for the file's current version at its revision and downloads it unless the
     /// cache has it (blocking; from any thread).
     pub fn pull(&self, file: &HubFile, sha256: Option<&str>, progress: Progress) -> Result<PathBuf, HubError> {
+        // Offline, the cache answers (as the hub's own clients do).
         if self.offline {
-            return Err(HubError::Offline { file: file.to_string(), cache: self.cache.clone() });
+            return self.cached_pinned(file, sha256).ok_or_else(|| HubError::Offline { file: file.to_string(), cache: self.cache.clone() });
         }
         // A runtime of its own on a thread of its own: callable from a blocking task of the
         // server's runtime and from plain threads alike.
@@ -193,6 +194,9 @@ impl Hub {
     /// `{endpoint}/{repo}/resolve/{revision}/{file}`, the revision one encoded segment (`refs/pr/1`
     /// → `refs%2Fpr%2F1`, as the hub's own clients send it).
     fn url(&self, file: &HubFile) -> Result<reqwest::Url, String> {
+        if !self.endpoint.starts_with("http://") && !self.endpoint.starts_with("https://") {
+            return Err(format!("HF_ENDPOINT {} must start with http:// or https://", self.endpoint));
+        }
         let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| format!("HF_ENDPOINT {}: {e}", self.endpoint))?;
         url.path_segments_mut()
             .map_err(|()| format!("HF_ENDPOINT {} cannot be a base URL", self.endpoint))?

@@ -20,8 +20,10 @@ use crate::paths::Paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown model `{0}`: give one of {names}, a name `kenning models list` shows, a path to a GGUF file, hf:OWNER/REPO/FILE.gguf[@REVISION] or ollama:NAME[:TAG]", names = BundledModel::names())]
+    #[error("unknown model `{0}`: give a bundled one ({names}), a recommended one ({recommended}; `kenning models list`), a path to a GGUF file, hf:OWNER/REPO/FILE.gguf[@REVISION] or ollama:NAME[:TAG]", names = BundledModel::names(), recommended = catalogue::entries().into_iter().map(|e| e.name).collect::<Vec<_>>().join(", "))]
     Unknown(String),
+    #[error("no such model file: {}", .0.display())]
+    NoFile(PathBuf),
     #[error("model `{text}`: {reason}")]
     Syntax { text: String, reason: String },
     #[error(transparent)]
@@ -45,14 +47,26 @@ pub enum ModelRef {
 impl ModelRef {
     pub fn parse(text: &str) -> Result<Self, ModelError> {
         let syntax = |reason: String| ModelError::Syntax { text: text.to_owned(), reason };
-        if let Some(rest) = text.strip_prefix("hf:") {
-            let file = hub::HubFile::parse(rest).map_err(syntax)?;
+        let prefixed = |prefix: &str| text.get(..prefix.len()).filter(|p| p.eq_ignore_ascii_case(prefix)).map(|_| &text[prefix.len()..]);
+        // A file's address on the hub, as copied from the browser, is taken for its `hf:` name.
+        let hub_url = ["https://huggingface.co/", "http://huggingface.co/"].into_iter().find_map(|base| text.strip_prefix(base)).and_then(|rest| {
+            let (repo, rest) = rest.split_once("/resolve/").or_else(|| rest.split_once("/blob/"))?;
+            let (revision, file) = rest.split_once('/')?;
+            Some(format!("{repo}/{}@{revision}", file.split('?').next().unwrap_or(file)))
+        });
+        if let Some(rest) = prefixed("hf:").map(str::to_owned).or(hub_url) {
+            let file = hub::HubFile::parse(&rest).map_err(syntax)?;
             if !file.file.to_ascii_lowercase().ends_with(".gguf") {
                 return Err(syntax("llama.cpp loads GGUF files: name a `.gguf` file of the repository".into()));
             }
-            return Ok(ModelRef::Hub(file, None));
+            // A recommended model's file keeps its pin under its hub name too.
+            let pin = catalogue::entries().into_iter().find(|e| {
+                let pinned = e.hub_file();
+                pinned.repo == file.repo && pinned.file == file.file && pinned.revision() == file.revision()
+            });
+            return Ok(ModelRef::Hub(file, pin.map(|e| e.sha256)));
         }
-        if let Some(rest) = text.strip_prefix("ollama:") {
+        if let Some(rest) = prefixed("ollama:") {
             return ollama::OllamaName::parse(rest).map(ModelRef::Ollama).map_err(syntax);
         }
         if let Some(bundled) = BundledModel::ALL.into_iter().find(|m| m.name() == text) {
@@ -62,7 +76,13 @@ impl ModelRef {
             return Ok(ModelRef::Hub(entry.hub_file(), Some(entry.sha256)));
         }
         let path = PathBuf::from(text);
-        if path.is_file() { Ok(ModelRef::Path(path)) } else { Err(ModelError::Unknown(text.to_owned())) }
+        if path.is_file() {
+            Ok(ModelRef::Path(path))
+        } else if text.contains('/') || text.to_ascii_lowercase().ends_with(".gguf") {
+            Err(ModelError::NoFile(path))
+        } else {
+            Err(ModelError::Unknown(text.to_owned()))
+        }
     }
 
     pub fn is_bundled(&self) -> bool {
@@ -162,6 +182,13 @@ mod tests {
         assert!(err.contains("GGUF"), "{err}");
         let err = ModelRef::parse("gpt-17").unwrap_err().to_string();
         assert!(err.contains("qwen2.5-coder-0.5b") && err.contains("hf:OWNER/REPO") && err.contains("ollama:NAME"), "{err}");
+        let err = ModelRef::parse("/nowhere/model.gguf").unwrap_err().to_string();
+        assert_eq!(err, "no such model file: /nowhere/model.gguf");
+        // A hub address copied from the browser, and a recommended model's file by its hub name,
+        // which keeps the pin.
+        let url = ModelRef::parse("https://huggingface.co/ikw/Qwen2.5-Coder-1.5B-GGUF/blob/main/qwen2.5-coder-1.5b-q8_0.gguf").unwrap();
+        assert_eq!(url, pinned, "{url:?}");
+        assert!(matches!(ModelRef::parse("HF:o/r/m.gguf").unwrap(), ModelRef::Hub(f, None) if f.repo == "o/r"));
         let file = tempfile::NamedTempFile::new().unwrap();
         assert_eq!(ModelRef::parse(file.path().to_str().unwrap()).unwrap(), ModelRef::Path(file.path().to_owned()));
     }
