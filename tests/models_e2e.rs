@@ -175,6 +175,7 @@ fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
     // A second pull asks the hub what `main` is, and downloads nothing.
     let again = machine.kenning(Some(&hub), &["models", "pull", &name]);
     assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already in the cache"), "{}", text(&again));
     assert_eq!(downloads(&hub), 1, "{:?}", hub.requests());
 
     // Offline, a pull of a cached file answers from the cache.
@@ -358,6 +359,18 @@ fn without_the_hub_the_error_names_the_file_and_the_command() {
         .output()
         .unwrap();
     assert!(allowed.status.success(), "{}", text(&allowed));
+    // A wrong token: the error says it was sent and refused.
+    let refused = Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .args(["models", "pull", &format!("hf:{REPO}/other.gguf")])
+        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
+        .env("HF_HOME", machine.hf_home())
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_TOKEN", "wrong-token")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("was sent and refused"), "{}", text(&refused));
     let requests = hub.requests();
     assert!(requests.iter().any(|r| r.starts_with("HEAD ") && r.ends_with("auth=yes")), "{requests:?}");
     let downloads: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET /lfs/")).collect();

@@ -61,21 +61,31 @@ fn pull(paths: &Paths, args: PullArgs) -> Result<()> {
         ModelRef::Hub(file, pinned) => {
             let sha256 = args.sha256.clone().or(pinned);
             let hub = hub::Hub::from_env();
+            let before = hub.cached_pinned(&file, sha256.as_deref());
             let bar = ProgressBar::new(0);
-            if !std::io::stderr().is_terminal() {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
             bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+            // Nothing is drawn before the hub has said how large the file is.
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             bar.set_message(file.file.clone());
+            let terminal = std::io::stderr().is_terminal();
             let path = hub.pull(&file, sha256.as_deref(), &mut |have, total| {
-                if let Some(total) = total {
+                if let Some(total) = total
+                    && bar.length() != Some(total)
+                {
                     bar.set_length(total);
+                    if terminal {
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    }
                 }
                 bar.set_position(have);
                 true
             });
             bar.finish_and_clear();
-            path?
+            let path = path?;
+            if before.as_ref() == Some(&path) {
+                eprintln!("{}: already in the cache, as the hub has it now", args.model);
+            }
+            path
         }
         ModelRef::Bundled(bundled) => Assets::new(paths.assets()).path(bundled.asset())?,
         ModelRef::Ollama(name) => ollama::model_file(&ollama::store_from_env(), &name)?,

@@ -249,6 +249,7 @@ impl Hub {
         let header = |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         if !(status.is_success() || status.is_redirection()) {
             let hint = match status.as_u16() {
+                401 | 403 if self.token.is_some() => ": the token (HF_TOKEN, or $HF_HOME/token) was sent and refused; or no such repository",
                 401 | 403 => ": no such repository, or it is private or gated: set HF_TOKEN (or log in with `huggingface-cli login`)",
                 404 => ": no such repository, file or revision",
                 _ => "",
