@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::lsp::{Client, uri};
+use common::lsp::{Client, frame, read_frame, uri};
 use common::test_cache;
 use serde_json::{Value, json};
 
@@ -446,28 +446,10 @@ fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
             .spawn()
             .unwrap()
     };
-    let frame = |v: &Value| {
-        let body = v.to_string();
-        format!("Content-Length: {}\r\n\r\n{body}", body.len())
-    };
     fn read_reply(out: &mut impl BufRead, id: impl Into<Value>) -> Value {
         let id = id.into();
         loop {
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                assert!(out.read_line(&mut line).unwrap() > 0, "the server closed its output");
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    length = v.parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            out.read_exact(&mut body).unwrap();
-            let v: Value = serde_json::from_slice(&body).unwrap();
+            let v = read_frame(out).expect("the server closed its output");
             if v["id"] == id && v.get("method").is_none() {
                 return v;
             }

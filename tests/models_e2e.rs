@@ -97,7 +97,9 @@ impl Machine {
         self.dir.path().join("ollama")
     }
 
-    fn kenning(&self, hub: Option<&HubServer>, args: &[&str]) -> Output {
+    /// `kenning ARGS` on this machine: its caches and stores, `hub` as the endpoint (none: one that
+    /// cannot be reached), and nothing from the developer's own Hugging Face settings.
+    fn command(&self, hub: Option<&HubServer>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
         command
             .args(args)
@@ -109,7 +111,11 @@ impl Machine {
             .env_remove("HF_HUB_OFFLINE")
             // Nothing listens on port 9 (discard): a hub that cannot be reached.
             .env("HF_ENDPOINT", hub.map_or("http://127.0.0.1:9".to_owned(), |h| h.url.clone()));
-        command.output().unwrap()
+        command
+    }
+
+    fn kenning(&self, hub: Option<&HubServer>, args: &[&str]) -> Output {
+        self.command(hub, args).output().unwrap()
     }
 
     fn blob_dir(&self) -> PathBuf {
@@ -122,16 +128,7 @@ fn text(output: &Output) -> String {
 }
 
 fn generate(machine: &Machine, hub: Option<&HubServer>, model: &str, extra_env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
-    command
-        .args(["generate", "--model", model, "--max-tokens", "12", "--threads", "2", "-p", "The capital of France is"])
-        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-        .env("HF_HOME", machine.hf_home())
-        .env("OLLAMA_MODELS", machine.ollama())
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_OFFLINE")
-        .env("HF_ENDPOINT", hub.map_or("http://127.0.0.1:9".to_owned(), |h| h.url.clone()));
+    let mut command = machine.command(hub, &["generate", "--model", model, "--max-tokens", "12", "--threads", "2", "-p", "The capital of France is"]);
     for (k, v) in extra_env {
         command.env(k, v);
     }
@@ -179,14 +176,7 @@ fn a_hub_file_is_pulled_into_the_hub_cache_once_and_runs_offline() {
     assert_eq!(downloads(&hub), 1, "{:?}", hub.requests());
 
     // Offline, a pull of a cached file answers from the cache.
-    let offline_pull = Command::new(env!("CARGO_BIN_EXE_kenning"))
-        .args(["models", "pull", &name])
-        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-        .env("HF_HOME", machine.hf_home())
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE")
-        .output()
-        .unwrap();
+    let offline_pull = machine.command(None, &["models", "pull", &name]).env("HF_HUB_OFFLINE", "1").output().unwrap();
     assert!(offline_pull.status.success() && offline_pull.stdout == again.stdout, "{}", text(&offline_pull));
 
     // Generation through the hub name, offline, matches the bundled name (greedy, same file).
@@ -260,20 +250,7 @@ fn two_pulls_at_once_download_the_file_once() {
     let hub = HubServer::start(&["--slow-ms", "30"]);
     let machine = Machine::new();
     let name = format!("hf:{REPO}/{FILE}");
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_kenning"))
-            .args(["models", "pull", &name])
-            .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-            .env("HF_HOME", machine.hf_home())
-            .env("HF_ENDPOINT", &hub.url)
-            .env_remove("HF_HUB_CACHE")
-            .env_remove("HF_TOKEN")
-            .env_remove("HF_HUB_OFFLINE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || machine.command(Some(&hub), &["models", "pull", &name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let first = spawn();
     let start = Instant::now();
     while !hub.requests().iter().any(|r| r.starts_with("GET /lfs/")) {
@@ -347,29 +324,10 @@ fn without_the_hub_the_error_names_the_file_and_the_command() {
     let denied = machine.kenning(Some(&hub), &["models", "pull", &name]);
     assert!(!denied.status.success(), "{}", text(&denied));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("401") && String::from_utf8_lossy(&denied.stderr).contains("HF_TOKEN"), "{}", text(&denied));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kenning"));
-    let allowed = command
-        .args(["models", "pull", &name])
-        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-        .env("HF_HOME", machine.hf_home())
-        .env("HF_ENDPOINT", &hub.url)
-        .env("HF_TOKEN", "secret-token")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .output()
-        .unwrap();
+    let allowed = machine.command(Some(&hub), &["models", "pull", &name]).env("HF_TOKEN", "secret-token").output().unwrap();
     assert!(allowed.status.success(), "{}", text(&allowed));
     // A wrong token: the error says it was sent and refused.
-    let refused = Command::new(env!("CARGO_BIN_EXE_kenning"))
-        .args(["models", "pull", &format!("hf:{REPO}/other.gguf")])
-        .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-        .env("HF_HOME", machine.hf_home())
-        .env("HF_ENDPOINT", &hub.url)
-        .env("HF_TOKEN", "wrong-token")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .output()
-        .unwrap();
+    let refused = machine.command(Some(&hub), &["models", "pull", &format!("hf:{REPO}/other.gguf")]).env("HF_TOKEN", "wrong-token").output().unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("was sent and refused"), "{}", text(&refused));
     let requests = hub.requests();
     assert!(requests.iter().any(|r| r.starts_with("HEAD ") && r.ends_with("auth=yes")), "{requests:?}");
@@ -428,14 +386,9 @@ struct Lsp {
 
 impl Lsp {
     fn start(machine: &Machine, hub: &HubServer, log: &Path) -> Self {
-        use std::io::{BufRead, BufReader, Read};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kenning"))
-            .arg("serve")
-            .env("KENNING_CACHE_DIR", machine.dir.path().join("kenning"))
-            .env("HF_HOME", machine.hf_home())
-            .env("HF_ENDPOINT", &hub.url)
-            .env_remove("HF_HUB_CACHE")
-            .env_remove("HF_HUB_OFFLINE")
+        use std::io::BufReader;
+        let mut child = machine
+            .command(Some(hub), &["serve"])
             .env("KENNING_LOG", "kenning=info")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -449,26 +402,7 @@ impl Lsp {
         let (server_stdin, seen_progress) = (std::sync::Arc::clone(&stdin), std::sync::Arc::clone(&progress));
         std::thread::spawn(move || {
             let mut out = BufReader::new(stdout);
-            loop {
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if out.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = line.strip_prefix("Content-Length: ") {
-                        length = v.parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                if out.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            while let Some(v) = common::lsp::read_frame(&mut out) {
                 match (v["method"].as_str(), v.get("id")) {
                     (Some(_), Some(id)) => write_frame(&server_stdin, serde_json::json!({"jsonrpc": "2.0", "id": id, "result": null})),
                     (Some("$/progress"), None) => seen_progress.lock().unwrap().push(v),
@@ -515,9 +449,8 @@ impl Lsp {
 
 fn write_frame(stdin: &std::sync::Mutex<std::process::ChildStdin>, v: serde_json::Value) {
     use std::io::Write;
-    let body = v.to_string();
     let mut stdin = stdin.lock().unwrap();
-    write!(stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    stdin.write_all(common::lsp::frame(&v).as_bytes()).unwrap();
     stdin.flush().unwrap();
 }
 

@@ -37,6 +37,34 @@ async fn write_message(writer: &tokio::sync::Mutex<WriteHalf<DuplexStream>>, mes
     w.flush().await.unwrap();
 }
 
+/// A message framed as on stdio (`Content-Length: N`, a blank line, the JSON body), for tests
+/// that drive `kenning serve` as a child process.
+pub fn frame(message: &Value) -> String {
+    let body = message.to_string();
+    format!("Content-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// The next framed message from a child server's stdout; `None` once it closed its output.
+pub fn read_frame(input: &mut impl std::io::BufRead) -> Option<Value> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if input.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("Content-Length: ") {
+            length = n.parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    input.read_exact(&mut body).ok()?;
+    Some(serde_json::from_slice(&body).unwrap())
+}
+
 impl Client {
     /// Starts a server with `paths` as its cache root, for the workspace `root`.
     pub fn start(paths: kenning::paths::Paths, root: &Path) -> Client {

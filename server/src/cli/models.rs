@@ -1,6 +1,6 @@
 //! `kenning models`: the models this machine can run by name, and pulling one from the hub.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -12,6 +12,7 @@ use crate::generate::BundledModel;
 use crate::models::catalogue::{self, Role};
 use crate::models::{ModelRef, hub, ollama};
 use crate::paths::Paths;
+use super::train::out;
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
@@ -37,11 +38,6 @@ struct PullArgs {
     /// The sha256 the file must have (default: a recommended model's pinned hash, else the hub's LFS hash).
     #[arg(long)]
     sha256: Option<String>,
-}
-
-fn out(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
 }
 
 pub fn models_cmd(paths: &Paths, args: ModelsArgs) -> Result<()> {

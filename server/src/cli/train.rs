@@ -42,7 +42,7 @@ fn parse_family(s: &str) -> Result<Family, String> {
         .map_err(|_| format!("unknown family {s:?}: qwen-coder, star-coder2, deepseek-coder, code-llama, codestral, code-gemma, plain"))
 }
 
-fn out(line: &str) {
+pub(super) fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
 }

@@ -47,6 +47,16 @@ pub enum GenerateError {
     EngineGone,
 }
 
+impl GenerateError {
+    /// The hub's part in a failed load, if it was a hub model's download that failed.
+    pub fn hub(&self) -> Option<&crate::models::hub::HubError> {
+        match self {
+            GenerateError::Model(crate::models::ModelError::Hub(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why a running generation failed, as [`Event::Error`] carries it (cloneable: every request
 /// waiting on one generation gets it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

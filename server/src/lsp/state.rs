@@ -74,13 +74,12 @@ impl Model {
     /// Whether this slot already answers for `generation`: loaded, or failed for a reason another
     /// try would not change (a network failure is tried again after a while).
     fn answers_for(&self, generation: &config::Generation) -> bool {
-        use crate::models::{ModelError, hub::HubError};
+        use crate::models::hub::HubError;
+        let hub = self.result.as_ref().err().and_then(|e| e.hub());
         // The hub could not be reached, or was busy or failing for a moment (429, 5xx).
-        let unreachable = matches!(&self.result, Err(e) if matches!(&**e,
-            GenerateError::Model(ModelError::Hub(HubError::Unreachable { .. }))
-            | GenerateError::Model(ModelError::Hub(HubError::Status { status: 429 | 500..=599, .. }))));
+        let unreachable = matches!(hub, Some(HubError::Unreachable { .. } | HubError::Status { status: 429 | 500..=599, .. }));
         // A download stopped for a configuration change continues when the model is named again.
-        let stopped = matches!(&self.result, Err(e) if matches!(&**e, GenerateError::Model(ModelError::Hub(HubError::Stopped { .. }))));
+        let stopped = matches!(hub, Some(HubError::Stopped { .. }));
         self.config == *generation && !stopped && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
     }
 }
@@ -261,7 +260,7 @@ impl State {
                 *state.load_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
             drop(loading);
-            let stopped = matches!(&result, Err(e) if matches!(&**e, GenerateError::Model(crate::models::ModelError::Hub(crate::models::hub::HubError::Stopped { .. }))));
+            let stopped = matches!(result.as_ref().err().and_then(|e| e.hub()), Some(crate::models::hub::HubError::Stopped { .. }));
             if stopped {
                 tracing::info!("the download of {} was stopped: the configuration names another model", generation.model().unwrap_or_default());
             } else if let Err(e) = &result {
