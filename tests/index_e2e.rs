@@ -487,3 +487,59 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     let out = eval(&["--mode", "none"], &plain);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a git repository"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// An index over a shared base, in-process and without the network (the store's side of issue 16;
+/// `shared_e2e` drives the same through S3): only what differs is indexed, and search sees the
+/// overlay's version of a path, never the base's, nor a file deleted here.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overlay_indexes_only_what_differs_from_its_base_and_hides_the_rest() {
+    let (team, base_dir, local_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(team.path(), "src/alpha.rs", "pub fn alpha_unchanged_marker() -> u32 {\n    1\n}\n");
+    write(team.path(), "src/beta.rs", "pub fn beta_original_marker() -> u32 {\n    2\n}\n");
+    write(team.path(), "src/gamma.rs", "pub fn gamma_deleted_marker() -> u32 {\n    3\n}\n");
+    let embedder = embedder();
+    let base = Store::open(base_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap();
+    index(team.path(), &base, &embedder).await;
+    let versions = base.versions().await.unwrap();
+    // A snapshot sees the versions it was opened at, whatever is written later.
+    base.remove_paths(&["src/alpha.rs"]).await.unwrap();
+    let snapshot = Store::open_snapshot(base_dir.path(), embedder.model_id(), embedder.dim(), &versions).await.unwrap();
+    assert_eq!(snapshot.files().await.unwrap().len(), 3);
+    let refused = Store::open_snapshot(base_dir.path(), "another-model", 768, &versions).await.unwrap_err().to_string();
+    assert!(refused.contains("another-model"), "{refused}");
+
+    let mine = tempfile::tempdir().unwrap();
+    write(mine.path(), "src/alpha.rs", "pub fn alpha_unchanged_marker() -> u32 {\n    1\n}\n");
+    write(mine.path(), "src/beta.rs", "pub fn beta_edited_marker() -> u32 {\n    2 + 2\n}\n");
+    write(mine.path(), "src/delta.rs", "pub fn delta_added_marker() -> u32 {\n    4\n}\n");
+    let local = Store::open(local_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap().with_base(snapshot).await.unwrap();
+    let first = index(mine.path(), &local, &embedder).await;
+    assert_eq!((first.files_changed, first.files_from_base, first.files_removed), (2, 1, 1), "{first:?}");
+    assert_eq!(first.vectors_computed, first.chunks_written, "{first:?}");
+    let again = index(mine.path(), &local, &embedder).await;
+    assert_eq!((again.files_changed, again.files_unchanged, again.files_from_base, again.files_removed), (0, 2, 1, 0), "{again:?}");
+
+    let found = |query: &'static str| {
+        let local = local.clone();
+        // (BM25 matches any of the identifier's parts: keep the chunks with the whole name.)
+        async move { local.search_text(query, 10, &Filter::default()).await.unwrap().into_iter().map(|(c, _)| c.text).filter(|t| t.contains(query)).collect::<Vec<_>>() }
+    };
+    assert_eq!(found("alpha_unchanged_marker").await.len(), 1, "from the base");
+    assert_eq!(found("beta_edited_marker").await.len(), 1, "from the overlay");
+    assert!(found("beta_original_marker").await.is_empty(), "the base's version of an edited file is hidden");
+    assert!(found("gamma_deleted_marker").await.is_empty(), "a file deleted here is hidden");
+    assert_eq!(found("delta_added_marker").await.len(), 1);
+    let q = embedder.embed(&["beta marker"], Purpose::Query).unwrap();
+    let paths: Vec<String> = local.search_vector(&q[0], 10, &Filter::default()).await.unwrap().into_iter().map(|(c, _)| c.path).collect();
+    assert_eq!(paths.iter().filter(|p| *p == "src/beta.rs").count(), 1, "{paths:?}");
+    assert!(!paths.iter().any(|p| p == "src/gamma.rs"), "{paths:?}");
+    assert_eq!(local.definitions_named("alpha_unchanged_marker", 8).await.unwrap().len(), 1);
+    assert!(local.definitions_named("gamma_deleted_marker", 8).await.unwrap().is_empty());
+
+    // The file edited back to the base's content is served by the base again.
+    write(mine.path(), "src/beta.rs", "pub fn beta_original_marker() -> u32 {\n    2\n}\n");
+    let back = index(mine.path(), &local, &embedder).await;
+    assert_eq!((back.files_changed, back.files_from_base), (0, 2), "{back:?}");
+    assert_eq!(found("beta_original_marker").await.len(), 1);
+    assert!(found("beta_edited_marker").await.is_empty());
+}

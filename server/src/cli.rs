@@ -125,6 +125,21 @@ struct Target {
     /// Index directory (default: a per-workspace directory under the cache root).
     #[arg(long)]
     index_dir: Option<PathBuf>,
+    /// The team's shared index to search under this one (`s3://BUCKET/PREFIX` or a directory;
+    /// default: kenning.toml's `[index] shared`; `none` for none).
+    #[arg(long, value_name = "URI")]
+    shared: Option<String>,
+}
+
+impl Target {
+    /// The shared index to use: `--shared`, else the workspace's configuration's.
+    fn shared(&self, root: &Path) -> Option<String> {
+        match self.shared.as_deref() {
+            Some("none") => None,
+            Some(uri) => Some(uri.to_owned()),
+            None => crate::config::Layers::from_workspace(root).and_then(|l| l.resolve()).ok().and_then(|c| c.index.shared),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +167,10 @@ struct IndexArgs {
     /// List every skipped file with its reason.
     #[arg(long)]
     verbose: bool,
+    /// Publish the whole index of PATH as the team's shared index at URI (`s3://BUCKET/PREFIX` or a
+    /// directory), incrementally from the publication there (only changed files are embedded).
+    #[arg(long, value_name = "URI")]
+    publish: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -243,12 +262,28 @@ fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>> {
     crate::session::load_embedder(paths, threads).context("cannot load the embedding model (use --no-embed for keyword search only)")
 }
 
-async fn open_store(dir: &Path) -> Result<Store> {
-    crate::session::open_index(dir).await.with_context(|| format!("cannot open the index at {}", dir.display()))
+/// Opens the workspace's index, over the shared index when one is configured (a shared index that
+/// cannot be opened is a warning: the local index alone answers).
+async fn open_store(paths: &Paths, target: &Target, root: &Path, dir: &Path) -> Result<Store> {
+    let shared = target.shared(root);
+    let (store, state) = crate::session::open_workspace_index(paths, dir, shared.as_deref())
+        .await
+        .with_context(|| format!("cannot open the index at {}", dir.display()))?;
+    match state {
+        Some(Ok(state)) if state.offline.is_some() => {
+            eprintln!("note: the shared index's copy of {} serves ({})", state.published, state.offline.unwrap_or_default());
+        }
+        Some(Err(e)) => eprintln!("warning: the shared index is not used: {e}"),
+        _ => {}
+    }
+    Ok(store)
 }
 
 async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     let root = workspace_root(&args.path)?;
+    if let Some(uri) = &args.publish {
+        return publish_cmd(paths, &args, &root, uri).await;
+    }
     let dir = index_dir(paths, &args.target, &root);
     let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
     // A damaged index (or --rebuild) is rebuilt from scratch, saying what was wrong.
@@ -257,6 +292,20 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     if !problems.is_empty() {
         eprintln!("kenning: rebuilding the index at {} ({})", dir.display(), problems.join("; "));
     }
+    let store = match args.target.shared(&root) {
+        Some(uri) => match crate::session::open_shared(paths, &uri).await {
+            Ok((base, state)) => {
+                let serving = state.offline.as_deref().map_or_else(String::new, |why| format!("; the copy in the cache serves: {why}"));
+                eprintln!("kenning: over the shared index {uri} ({} files, published {}{serving}): only what differs is indexed here", state.files, state.published);
+                store.with_base(base).await?
+            }
+            Err(e) => {
+                eprintln!("warning: the shared index is not used ({e}): every file is indexed here");
+                store
+            }
+        },
+        None => store,
+    };
     let bars = Arc::new(Bars::new(!args.json));
     let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() }, ..IndexOptions::default() };
     let summary = index::index_workspace(&root, &store, embedder, &options, bars.clone()).await?;
@@ -275,6 +324,9 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
         summary.files_removed,
         summary.skipped.len()
     );
+    if summary.files_from_base > 0 {
+        println!("  {} files as the shared index has them (searched there)", summary.files_from_base);
+    }
     println!(
         "  chunks: {} written; vectors: {} embedded, {} reused",
         summary.chunks_written, summary.vectors_computed, summary.vectors_reused
@@ -313,10 +365,93 @@ async fn index_cmd(paths: &Paths, args: IndexArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kenning index PATH --publish URI`: the working copy of the publication at URI (in the cache) is
+/// brought to the workspace's state by an ordinary incremental run, compacted, and its files that
+/// the publication lacks are uploaded, the snapshot last.
+async fn publish_cmd(paths: &Paths, args: &IndexArgs, root: &Path, uri: &str) -> Result<()> {
+    use crate::shared::{self, Remote, Snapshot};
+    let remote = Remote::open(uri)?;
+    let previous = remote.snapshot().await?;
+    if let Some(p) = &previous
+        && (p.embed_model != FastEmbedder::MODEL_ID || p.dim != FastEmbedder::DIM)
+    {
+        bail!(
+            "{uri}: the index there was built with the embedding model {}; this kenning embeds with {}: publish to another prefix",
+            p.embed_model,
+            FastEmbedder::MODEL_ID
+        );
+    }
+    let work = PathBuf::from(format!("{}-publish", shared::cache_dir(paths.cache(), uri).display()));
+    // One publisher per working copy on this machine (the index run takes the copy's own lock).
+    let lock_dir = PathBuf::from(format!("{}.lock", work.display()));
+    let _lock = index::WriterLock::acquire(&lock_dir, |holder| eprintln!("kenning: {holder} is publishing to {uri}: waiting for it to finish")).await?;
+    // The copy must hold the current publication (plus, after a publication cut short, this
+    // machine's changes on top of it); a copy of anything else starts again from the current one.
+    let copy = shared::local_snapshot(&work);
+    let fresh_copy = match (&previous, &copy) {
+        (Some(p), Some(c)) => p != c,
+        (Some(_), None) => true,
+        (None, c) => c.is_some(),
+    };
+    if fresh_copy && work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
+    }
+    if fresh_copy && let Some(p) = &previous {
+        let pulled = remote.pull(p, &work).await?;
+        eprintln!("kenning: pulled the publication of {} ({:.1} MB)", p.published_text(), pulled as f64 / 1e6);
+    }
+    let store = crate::session::open_index(&work).await.with_context(|| format!("cannot open {}", work.display()))?;
+    let embedder = if args.no_embed { None } else { Some(load_embedder(paths, args.embed_threads)?) };
+    let bars = Arc::new(Bars::new(!args.json));
+    let options = IndexOptions { walk: WalkOptions { max_file_bytes: args.max_file_bytes, ..WalkOptions::default() }, defer_optimize: true };
+    let summary = index::index_workspace(root, &store, embedder, &options, bars.clone()).await?;
+    bars.finish();
+    // Compacted for readers: few fragments, new rows in the text and vector indexes.
+    store.optimize().await?;
+    let commit = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let snapshot = Snapshot::of_dir(&work, FastEmbedder::MODEL_ID, FastEmbedder::DIM, commit, store.versions().await?)?;
+    let uploaded = remote.push(&work, &snapshot, previous.as_ref()).await?;
+    // The copy now holds what is published.
+    std::fs::write(work.join(shared::SNAPSHOT), serde_json::to_vec_pretty(&snapshot)?)?;
+    let stats = store.stats().await?;
+    if args.json {
+        let json = serde_json::json!({
+            "uri": uri, "commit": snapshot.commit, "published": snapshot.published_text(),
+            "files": stats.files, "chunks": stats.chunks, "vectors": stats.vectors,
+            "bytes": snapshot.bytes(), "uploaded": uploaded, "index": summary,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("published {} to {uri}", root.display());
+    println!(
+        "  files: {} changed, {} removed, {} unchanged since the last publication; vectors: {} embedded, {} reused",
+        summary.files_changed, summary.files_removed, summary.files_unchanged, summary.vectors_computed, summary.vectors_reused
+    );
+    println!(
+        "  index: {} files, {} chunks, {} vectors, {:.1} MB, {:.1} MB of it uploaded; commit {}",
+        stats.files,
+        stats.chunks,
+        stats.vectors,
+        snapshot.bytes() as f64 / 1e6,
+        uploaded as f64 / 1e6,
+        snapshot.commit.as_deref().unwrap_or("(not a git checkout)")
+    );
+    println!("  editors with `[index] shared = \"{uri}\"` pull it when they open the workspace");
+    Ok(())
+}
+
 async fn search_cmd(paths: &Paths, args: SearchArgs) -> Result<()> {
     let root = workspace_root(&args.workspace)?;
     let dir = index_dir(paths, &args.target, &root);
-    if !dir.exists() {
+    if !dir.exists() && args.target.shared(&root).is_none() {
         bail!("no index for {} at {}: run `kenning index {}` first", root.display(), dir.display(), root.display());
     }
     let language = match &args.lang {
@@ -327,7 +462,7 @@ async fn search_cmd(paths: &Paths, args: SearchArgs) -> Result<()> {
         Some(g) => Some(globset::Glob::new(g).with_context(|| format!("invalid glob `{g}` (--path)"))?.compile_matcher()),
         None => None,
     };
-    let store = open_store(&dir).await?;
+    let store = open_store(paths, &args.target, &root, &dir).await?;
     let embedder = if args.no_embed {
         None
     } else {
@@ -366,6 +501,50 @@ async fn search_cmd(paths: &Paths, args: SearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `kenning status` says of the shared index at `uri`: the copy in the cache, and whether the
+/// store can be read and holds a newer publication (one small request; nothing is downloaded).
+async fn shared_status(paths: &Paths, uri: &str) -> serde_json::Value {
+    use crate::shared::{self, Remote};
+    let copy = shared::local_snapshot(&shared::cache_dir(paths.cache(), uri));
+    let remote = match Remote::open(uri) {
+        Ok(remote) => remote.snapshot().await,
+        Err(e) => Err(e),
+    };
+    let describe = |s: &shared::Snapshot| {
+        format!("{} files, {:.1} MB, published {}, commit {}", s.files.len(), s.bytes() as f64 / 1e6, s.published_text(), s.commit.as_deref().map_or("unknown", |c| &c[..c.len().min(12)]))
+    };
+    let mut lines = Vec::new();
+    match &copy {
+        Some(c) => lines.push(format!("copy here: {}", describe(c))),
+        None => lines.push("no copy here yet: the editor (or `kenning index`) pulls it".to_owned()),
+    }
+    let (reachable, error) = match &remote {
+        Ok(Some(r)) if copy.as_ref() == Some(r) => (true, None),
+        Ok(Some(r)) => {
+            lines.push(format!("newer publication there: {} (pulled when the workspace is opened again)", describe(r)));
+            (true, None)
+        }
+        Ok(None) => {
+            lines.push(format!("nothing published there yet: `kenning index --publish {uri}`"));
+            (true, None)
+        }
+        Err(e) => {
+            lines.push(match &copy {
+                Some(_) => format!("OFFLINE: the copy here serves ({e})"),
+                None => format!("UNUSABLE: {e}"),
+            });
+            (false, Some(e.to_string()))
+        }
+    };
+    serde_json::json!({
+        "uri": uri,
+        "copy": copy.as_ref().map(|c| serde_json::json!({"published": c.published_text(), "commit": c.commit, "files": c.files.len(), "bytes": c.bytes()})),
+        "reachable": reachable,
+        "error": error,
+        "lines": lines,
+    })
+}
+
 async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     let root = workspace_root(&args.workspace)?;
     let dir = index_dir(paths, &args.target, &root);
@@ -388,6 +567,10 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
         }
     } else {
         (None, Vec::new())
+    };
+    let shared = match args.target.shared(&root) {
+        Some(uri) => Some(shared_status(paths, &uri).await),
+        None => None,
     };
     // The models the workspace's configuration names, and whether each is here.
     let config = crate::config::Layers::from_workspace(&root).and_then(|l| l.resolve());
@@ -421,6 +604,7 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
             "assets": asset_state.iter().map(|(n, ok, s)| serde_json::json!({"name": n, "ok": ok, "state": s})).collect::<Vec<_>>(),
             "models": models.iter().map(|(k, m, ok, s)| serde_json::json!({"key": k, "model": m, "ok": ok, "state": s})).collect::<Vec<_>>(),
             "config_error": config.as_ref().err().map(|e| e.to_string()),
+            "shared": shared,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -444,6 +628,12 @@ async fn status_cmd(paths: &Paths, args: StatusArgs) -> Result<()> {
     if !problems.is_empty() {
         println!("           DAMAGED: {}", problems.join("; "));
         println!("           `kenning index {}` rebuilds it", root.display());
+    }
+    if let Some(shared) = &shared {
+        println!("shared:    {}", shared["uri"].as_str().unwrap_or_default());
+        for line in shared["lines"].as_array().into_iter().flatten() {
+            println!("           {}", line.as_str().unwrap_or_default());
+        }
     }
     println!("assets:    {}", assets.root().display());
     for (name, _, state) in asset_state {

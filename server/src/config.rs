@@ -275,11 +275,15 @@ pub struct Index {
     /// Compute embeddings (semantic search); off = keyword search only.
     pub embeddings: bool,
     pub max_file_bytes: u64,
+    /// The team's shared index (`s3://BUCKET/PREFIX`, `file:///PATH` or an absolute path), published
+    /// with `kenning index --publish`: searched under this machine's index, which then holds only
+    /// the files that differ here.
+    pub shared: Option<String>,
 }
 
 impl Default for Index {
     fn default() -> Self {
-        Self { embeddings: true, max_file_bytes: crate::workspace::WalkOptions::default().max_file_bytes }
+        Self { embeddings: true, max_file_bytes: crate::workspace::WalkOptions::default().max_file_bytes, shared: None }
     }
 }
 

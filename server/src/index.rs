@@ -8,6 +8,11 @@
 //!
 //! The text of every changed file is stored before any embedding starts, and the full-text index is
 //! built right after the first write, so keyword search works while vectors are still computed.
+//!
+//! Over a shared base (the store's [`Store::base_hashes`]), only what differs from the base is
+//! indexed here: a file with the base's content gets a row without chunks (so it is not read again
+//! while unchanged), a file gone from the workspace a row with an empty hash (hiding the base's), and
+//! an edited file's unchanged chunks take their vectors from the base.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -134,6 +139,8 @@ pub struct IndexSummary {
     pub files_changed: usize,
     pub files_unchanged: usize,
     pub files_removed: usize,
+    /// Files with the content the shared base holds: searched there, not indexed here.
+    pub files_from_base: usize,
     pub files_lossy_utf8: usize,
     pub skipped: Vec<(String, String)>,
     pub chunks_written: usize,
@@ -157,6 +164,9 @@ enum Work {
     /// Same content, new mtime: only the file row changes.
     Touched(StoredFile),
     Changed { file: StoredFile, chunks: Vec<Chunk>, lossy: bool, redactions: Vec<crate::secrets::Redaction> },
+    /// The base holds this content: a row without chunks here (and none of this index's chunks).
+    /// `fresh`: the row is new or its chunks have to go (else the row is kept as it is).
+    FromBase { file: StoredFile, fresh: bool },
     Skipped(String, SkipReason),
 }
 
@@ -185,17 +195,19 @@ pub async fn index_workspace(
     let _lock = WriterLock::acquire(store.dir(), |holder| progress.waiting_for_lock(holder)).await?;
     store.refresh().await?;
     let known = Arc::new(store.files().await?);
+    let base: Option<Arc<HashMap<String, String>>> = store.base_hashes().map(|h| Arc::new(h.clone()));
     let mut summary = IndexSummary::default();
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Work>(CHANNEL_CAPACITY);
     let walker = {
         let root = root.to_owned();
         let known = Arc::clone(&known);
+        let base = base.clone();
         let walk_options = options.walk.clone();
         let progress = Arc::clone(&progress);
         tokio::task::spawn_blocking(move || {
             workspace::walk(&root, &walk_options, |item| {
-                let work = classify(item, &known, walk_options.max_file_bytes);
+                let work = classify(item, &known, base.as_deref(), walk_options.max_file_bytes);
                 progress.file_done();
                 // A closed channel means the writer failed; its error is reported, not this one.
                 let _ = tx.blocking_send(work);
@@ -207,6 +219,7 @@ pub async fn index_workspace(
     let mut languages: HashMap<Language, usize> = HashMap::new();
     let mut pending = Batch::default();
     let mut touched: Vec<StoredFile> = Vec::new();
+    let mut from_base: Vec<StoredFile> = Vec::new();
     let mut text_indexed = false;
     // Chunks written by this run that still need a vector.
     let mut fresh: Vec<Chunk> = Vec::new();
@@ -237,6 +250,13 @@ pub async fn index_workspace(
                     }
                 }
             }
+            Work::FromBase { file, fresh } => {
+                summary.files_from_base += 1;
+                seen.insert(file.path.clone());
+                if fresh {
+                    from_base.push(file);
+                }
+            }
             Work::Skipped(path, reason) => summary.skipped.push((path, reason.to_string())),
         }
     }
@@ -246,15 +266,29 @@ pub async fn index_workspace(
         store.record_files(&touched).await?;
     }
 
+    // A file of the base that is not here (deleted, ignored, filtered out) hides the base's rows:
+    // a row with an empty hash, written once.
+    let in_base = |p: &str| base.as_ref().is_some_and(|b| b.contains_key(p));
+    if let Some(base) = &base {
+        from_base.extend(
+            base.keys()
+                .filter(|p| !seen.contains(*p) && known.get(*p).is_none_or(|k| !k.hash.is_empty()))
+                .map(|p| StoredFile { path: p.clone(), hash: String::new(), size: 0, mtime_ns: 0, chunks: 0 }),
+        );
+    }
+    if !from_base.is_empty() {
+        store.replace_files(&from_base, &[]).await?;
+    }
     // Anything indexed before but not seen now is gone (deleted, ignored, or now filtered out),
     // including chunks an interrupted run left for files it never recorded.
-    let mut stale: Vec<String> = known.keys().filter(|p| !seen.contains(*p)).cloned().collect();
-    stale.extend(store.chunk_paths().await?.into_iter().filter(|p| !seen.contains(p) && !known.contains_key(p)));
+    let mut stale: Vec<String> = known.keys().filter(|p| !seen.contains(*p) && !in_base(p.as_str())).cloned().collect();
+    stale.extend(store.chunk_paths().await?.into_iter().filter(|p| !seen.contains(p) && !known.contains_key(p) && !in_base(p.as_str())));
     if !stale.is_empty() {
         let refs: Vec<&str> = stale.iter().map(String::as_str).collect();
         store.remove_paths(&refs).await?;
     }
-    summary.files_removed = stale.len();
+    summary.files_removed = stale.len() + from_base.iter().filter(|f| f.hash.is_empty()).count();
+    store.refresh_overlay().await?;
     store.ensure_text_index().await?;
     summary.text_ready = started.elapsed();
     progress.text_searchable();
@@ -268,7 +302,7 @@ pub async fn index_workspace(
         store.ensure_vector_index().await?;
         store.ensure_id_index().await?;
     }
-    let wrote = summary.files_changed + summary.files_removed + touched.len() + summary.vectors_computed > 0;
+    let wrote = summary.files_changed + summary.files_removed + touched.len() + from_base.len() + summary.vectors_computed > 0;
     if summary.chunks_written >= OPTIMIZE_AFTER_CHUNKS || (wrote && store.needs_optimize().await?) {
         if options.defer_optimize {
             summary.optimize_due = true;
@@ -286,16 +320,30 @@ pub async fn index_workspace(
     Ok(summary)
 }
 
-/// Decides, on a walker thread, what a walked file needs.
-fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes: u64) -> Work {
+/// Decides, on a walker thread, what a walked file needs (`base`: the hashes of the shared base).
+fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, base: Option<&HashMap<String, String>>, max_file_bytes: u64) -> Work {
     let meta = match item {
         WalkItem::Skipped { rel_path, reason } => return Work::Skipped(rel_path, reason),
         WalkItem::File(meta) => meta,
     };
     let previous = known.get(&meta.rel_path);
+    let base_hash = base.and_then(|b| b.get(&meta.rel_path));
+    // Over a base, a row without chunks for a file that has some is a file the base held when it
+    // was recorded; if the base now holds other content, the file is chunked here after all.
+    let lacks_chunks = |p: &StoredFile| base.is_some() && p.chunks == 0 && p.size > 0 && base_hash != Some(&p.hash);
     // Same size and mtime, read under the same content filters: not read again.
-    if previous.is_some_and(|p| p.size == meta.size && p.mtime_ns == meta.mtime_ns && p.hash.starts_with(&workspace::hash_prefix())) {
-        return Work::Unchanged(meta.rel_path);
+    if let Some(p) = previous
+        && p.size == meta.size
+        && p.mtime_ns == meta.mtime_ns
+        && p.hash.starts_with(&workspace::hash_prefix())
+        && !lacks_chunks(p)
+    {
+        return match base_hash {
+            // The base caught up with this file: its chunks here go.
+            Some(h) if *h == p.hash && p.chunks > 0 => Work::FromBase { file: StoredFile { chunks: 0, ..p.clone() }, fresh: true },
+            Some(h) if *h == p.hash => Work::FromBase { file: p.clone(), fresh: false },
+            _ => Work::Unchanged(meta.rel_path),
+        };
     }
     let rel_path = meta.rel_path.clone();
     let source = match workspace::read_source(meta, max_file_bytes) {
@@ -309,8 +357,12 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, max_file_bytes:
         mtime_ns: source.meta.mtime_ns,
         chunks: 0,
     };
+    if base_hash == Some(&file.hash) {
+        return Work::FromBase { file, fresh: true };
+    }
     if let Some(p) = previous
         && p.hash == source.hash
+        && !lacks_chunks(p)
     {
         return Work::Touched(StoredFile { chunks: p.chunks, ..file });
     }
@@ -355,11 +407,20 @@ impl Batch {
         }
         let previously: Vec<&str> =
             self.files.iter().map(|f| f.path.as_str()).filter(|p| known.contains_key(*p)).collect();
-        let old_vectors = if reuse_vectors && !previously.is_empty() {
+        let mut old_vectors = if reuse_vectors && !previously.is_empty() {
             store.vectors_by_content(&previously).await?
         } else {
             HashMap::new()
         };
+        // An edited file of the shared base keeps the base's vectors of the chunks it did not change.
+        if let (true, Some(base), Some(hashes)) = (reuse_vectors, store.base(), store.base_hashes()) {
+            let in_base: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).filter(|p| hashes.contains_key(*p)).collect();
+            if !in_base.is_empty() {
+                for (hash, vector) in base.vectors_by_content(&in_base).await? {
+                    old_vectors.entry(hash).or_insert(vector);
+                }
+            }
+        }
         store.replace_files(&self.files, &self.chunks).await?;
         let (keep, vectors): (Vec<&Chunk>, Vec<Vec<f32>>) = self
             .chunks

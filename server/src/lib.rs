@@ -25,5 +25,6 @@ pub mod retrieve;
 mod rng;
 pub mod secrets;
 pub mod session;
+pub mod shared;
 pub mod store;
 pub mod workspace;

@@ -44,6 +44,88 @@ pub async fn open_index_repaired(dir: &Path, rebuild: bool, waiting: impl FnOnce
     Ok((open_index(dir).await?, problems))
 }
 
+/// The team's shared index under a workspace's own (`[index] shared`), as this process found it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SharedState {
+    pub uri: String,
+    /// The commit the shared index was built from.
+    pub commit: Option<String>,
+    pub published: String,
+    pub files: usize,
+    pub bytes: u64,
+    /// Bytes this process downloaded to bring its copy up to date.
+    pub pulled: u64,
+    /// Why the copy in the cache serves rather than the store's current version (`None`: current).
+    pub offline: Option<String>,
+}
+
+/// Opening the shared index failed: the store's error, or its copy cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedOpenError {
+    #[error(transparent)]
+    Shared(#[from] crate::shared::SharedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Brings the local copy of the shared index at `uri` up to date (the current publication; when
+/// the store cannot be read, the copy pulled last serves and the state says why) and opens it.
+pub async fn open_shared(paths: &Paths, uri: &str) -> Result<(Store, SharedState), SharedOpenError> {
+    use crate::shared::{self, Remote, SharedError};
+    let copy = shared::cache_dir(paths.cache(), uri);
+    let remote = Remote::open(uri)?;
+    let current = async {
+        let snapshot = remote.snapshot().await?.ok_or_else(|| SharedError::NothingPublished { uri: uri.to_owned() })?;
+        if snapshot.embed_model != FastEmbedder::MODEL_ID || snapshot.dim != FastEmbedder::DIM {
+            return Err(SharedError::Invalid {
+                uri: uri.to_owned(),
+                message: format!(
+                    "built with the embedding model {} ({} dimensions); this kenning embeds with {} ({}): its vectors cannot be searched with this machine's",
+                    snapshot.embed_model,
+                    snapshot.dim,
+                    FastEmbedder::MODEL_ID,
+                    FastEmbedder::DIM
+                ),
+            });
+        }
+        let pulled = remote.pull(&snapshot, &copy).await?;
+        Ok((snapshot, pulled))
+    };
+    let (snapshot, pulled, offline) = match current.await {
+        Ok((snapshot, pulled)) => (snapshot, pulled, None),
+        // The copy pulled last serves while the store is out of reach (a model mismatch or an
+        // empty store is a configuration to fix, not an outage).
+        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) => match shared::local_snapshot(&copy) {
+            Some(snapshot) => (snapshot, 0, Some(e.to_string())),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let store = Store::open_snapshot(&copy, FastEmbedder::MODEL_ID, FastEmbedder::DIM, &snapshot.versions).await?;
+    let state = SharedState {
+        uri: uri.to_owned(),
+        commit: snapshot.commit.clone(),
+        published: snapshot.published_text(),
+        files: store.files().await?.len(),
+        bytes: snapshot.bytes(),
+        pulled,
+        offline,
+    };
+    Ok((store, state))
+}
+
+/// Opens the workspace's index at `dir`: over the shared index at `shared` when one is configured
+/// (this index then holds only what differs here). A shared index that cannot be opened is
+/// returned as the error beside a plain local index, which then indexes everything.
+pub async fn open_workspace_index(paths: &Paths, dir: &Path, shared: Option<&str>) -> Result<(Store, Option<Result<SharedState, SharedOpenError>>), StoreError> {
+    let local = open_index(dir).await?;
+    let Some(uri) = shared else { return Ok((local, None)) };
+    match open_shared(paths, uri).await {
+        Ok((base, state)) => Ok((local.with_base(base).await?, Some(Ok(state)))),
+        Err(e) => Ok((local, Some(Err(e)))),
+    }
+}
+
 /// Loads the embedding model from the installed assets (`threads` 0: all cores).
 pub fn load_embedder(paths: &Paths, threads: usize) -> Result<Arc<dyn Embedder>, EmbedError> {
     Ok(Arc::new(FastEmbedder::load(&Assets::new(paths.assets()), threads)?))

@@ -12,8 +12,13 @@
 //!
 //! `kenning-index.json` beside the tables records the embedding model; vectors from another model are
 //! dropped rather than mixed.
+//!
+//! An index can also sit on a **base**: a read-only snapshot of the team's shared index (see
+//! `shared.rs`), opened at fixed table versions. Then this index is the local *overlay*: it holds only
+//! the files that differ here (edited, added; a deleted file as a row without chunks), each
+//! shadowing the base's rows of its path, and every search reads both.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,7 +124,23 @@ pub struct Store {
     files: Table,
     /// Set once the full-text index is known to exist (it is never dropped).
     text_indexed: Arc<AtomicBool>,
+    /// The shared snapshot this index overlays, if any.
+    base: Option<Arc<Base>>,
 }
+
+/// The read-only snapshot under an overlay, and which of its paths the overlay hides.
+struct Base {
+    store: Store,
+    /// The content hash of every file the snapshot holds, by path.
+    hashes: HashMap<String, String>,
+    /// Paths whose snapshot rows are hidden: the overlay has a row for them with another hash
+    /// (edited or added here; a deleted file is a row without chunks and with an empty hash).
+    shadowed: std::sync::RwLock<Arc<HashSet<String>>>,
+}
+
+/// Shadowed paths up to which a search of the base excludes them in its SQL predicate; above it,
+/// the base is asked for more rows and filtered afterwards.
+const SHADOWED_IN_PREDICATE: usize = 512;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +187,26 @@ fn files_schema() -> SchemaRef {
     ]))
 }
 
+/// Both predicates (either may be absent).
+fn and(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("({a}) AND ({b})")),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The predicate leaving out the `hidden` paths, when they are few enough to list.
+fn hidden_sql(hidden: Option<&HashSet<String>>) -> Option<String> {
+    let hidden = hidden.filter(|h| !h.is_empty() && h.len() <= SHADOWED_IN_PREDICATE)?;
+    let list: Vec<String> = hidden.iter().map(|p| quote(p)).collect();
+    Some(format!("path NOT IN ({})", list.join(", ")))
+}
+
+/// More rows to ask for when the `hidden` paths are filtered out after the query.
+fn hidden_overfetch(hidden: Option<&HashSet<String>>, k: usize) -> usize {
+    if hidden.is_some_and(|h| h.len() > SHADOWED_IN_PREDICATE) { 2 * k } else { 0 }
+}
+
 /// Quotes a string for a SQL predicate.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -209,7 +250,87 @@ impl Store {
             let json = serde_json::to_vec_pretty(&wanted).expect("meta serializes");
             std::fs::write(&meta_path, json).map_err(io)?;
         }
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)) })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: None })
+    }
+
+    /// Opens, read-only, the index in `dir` with each table at the version `versions` names (a
+    /// snapshot pulled from a shared index: later versions in the directory are not seen). An index
+    /// of another embedding model or format is refused, never changed.
+    pub async fn open_snapshot(dir: &Path, embed_model: &str, dim: usize, versions: &BTreeMap<String, u64>) -> Result<Self> {
+        let invalid = |message: String| StoreError::Invalid { path: dir.to_owned(), message };
+        let meta: Meta = std::fs::read(dir.join(META_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| invalid(format!("no readable {META_FILE}: not a kenning index")))?;
+        if meta.format != FORMAT_VERSION {
+            return Err(invalid(format!("index format {} (this kenning reads {FORMAT_VERSION})", meta.format)));
+        }
+        if meta.embed_model != embed_model || meta.dim != dim {
+            return Err(invalid(format!(
+                "built with the embedding model {} ({} dimensions); this kenning embeds with {embed_model} ({dim}): \
+                 its vectors cannot be searched together with this machine's",
+                meta.embed_model, meta.dim
+            )));
+        }
+        let uri = dir.to_str().ok_or_else(|| invalid("the index path is not valid UTF-8".into()))?;
+        let lance = |source| StoreError::Lance { path: dir.to_owned(), source };
+        let db = lancedb::connect(uri).execute().await.map_err(lance)?;
+        let mut tables = Vec::new();
+        for name in [CHUNKS, VECTORS, FILES] {
+            let version = *versions.get(name).ok_or_else(|| invalid(format!("no version of the {name} table")))?;
+            let table = db.open_table(name).execute().await.map_err(lance)?;
+            table.checkout(version).await.map_err(lance)?;
+            tables.push(table);
+        }
+        let [chunks, vectors, files]: [Table; 3] = tables.try_into().map_err(|_| invalid("three tables".into()))?;
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: None })
+    }
+
+    /// The version of each table as it is now (what a snapshot of this index pins).
+    pub async fn versions(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (name, table) in [(CHUNKS, &self.chunks), (VECTORS, &self.vectors), (FILES, &self.files)] {
+            out.insert(name.to_owned(), table.version().await.map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
+    /// Makes this index the overlay of `base` (a snapshot from [`Store::open_snapshot`]): searches
+    /// read both, and the base's rows of every path this index holds with another hash are hidden.
+    pub async fn with_base(mut self, base: Store) -> Result<Self> {
+        let hashes = base.files().await?.into_values().map(|f| (f.path, f.hash)).collect();
+        self.base = Some(Arc::new(Base { store: base, hashes, shadowed: Default::default() }));
+        self.refresh_overlay().await?;
+        Ok(self)
+    }
+
+    /// The content hash of each file of the base, by path (`None` without a base).
+    pub fn base_hashes(&self) -> Option<&HashMap<String, String>> {
+        self.base.as_deref().map(|b| &b.hashes)
+    }
+
+    /// The base's own index (`None` without a base).
+    pub fn base(&self) -> Option<&Store> {
+        self.base.as_deref().map(|b| &b.store)
+    }
+
+    /// Recomputes which of the base's paths this index hides (after a run changed its files).
+    pub async fn refresh_overlay(&self) -> Result<()> {
+        let Some(base) = &self.base else { return Ok(()) };
+        let shadowed: HashSet<String> = self
+            .files()
+            .await?
+            .into_values()
+            .filter(|f| base.hashes.get(&f.path) != Some(&f.hash))
+            .map(|f| f.path)
+            .collect();
+        *base.shadowed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(shadowed);
+        Ok(())
+    }
+
+    /// The base's paths this index hides.
+    pub fn shadowed(&self) -> Arc<HashSet<String>> {
+        self.base.as_ref().map(|b| Arc::clone(&b.shadowed.read().unwrap_or_else(|e| e.into_inner()))).unwrap_or_default()
     }
 
     /// Makes this handle see what other handles and processes have committed since it was opened
@@ -508,8 +629,25 @@ impl Store {
         Ok(())
     }
 
-    /// BM25 search over chunk text. Empty if there is no text index yet.
+    /// BM25 search over chunk text (this index's and its base's, best first). Empty if there is no
+    /// text index yet.
+    ///
+    /// The two indexes' scores are merged as they are: each has its own term statistics, so a word
+    /// rare in a small overlay scores higher there than in the base (the files edited here come
+    /// first among equals, which is where the user works).
     pub async fn search_text(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
+        let mut out = self.search_text_here(query, k, filter, None).await?;
+        if let Some(base) = &self.base {
+            let shadowed = self.shadowed();
+            out.extend(base.store.search_text_here(query, k, filter, Some(&*shadowed)).await?);
+            out.sort_by(|a, b| b.1.total_cmp(&a.1));
+            out.truncate(k);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::search_text`] in this index alone, leaving out the paths `hidden` names.
+    async fn search_text_here(&self, query: &str, k: usize, filter: &Filter, hidden: Option<&HashSet<String>>) -> Result<Vec<(Chunk, f32)>> {
         if query.trim().is_empty() || !self.has_text_index().await? {
             return Ok(Vec::new());
         }
@@ -517,8 +655,8 @@ impl Store {
             .chunks
             .query()
             .full_text_search(FullTextSearchQuery::new(query.to_owned()))
-            .limit(filter.overfetch(k));
-        if let Some(sql) = filter.sql() {
+            .limit(filter.overfetch(k) + hidden_overfetch(hidden, k));
+        if let Some(sql) = and(filter.sql(), hidden_sql(hidden)) {
             q = q.only_if(sql);
         }
         let batches = self.fetch(&q).await?;
@@ -526,7 +664,7 @@ impl Store {
         for b in &batches {
             let scores = self.column::<Float32Array>(b, "_score").ok();
             for (i, chunk) in self.read_chunks(std::slice::from_ref(b))?.into_iter().enumerate() {
-                if filter.keeps(&chunk.path) {
+                if filter.keeps(&chunk.path) && hidden.is_none_or(|h| !h.contains(&chunk.path)) {
                     out.push((chunk, scores.as_ref().map_or(0.0, |s| s.value(i))));
                 }
             }
@@ -539,17 +677,45 @@ impl Store {
     /// `Type::name`, `Type.name`), at most `k`, in storage order. A filtered scan of the symbol
     /// column, which finds a definition however common its name is in other chunks' text (a
     /// keyword search ranks those first). `name` must be an identifier (else nothing is found).
+    /// With a base: this index's first, then the base's.
     pub async fn definitions_named(&self, name: &str, k: usize) -> Result<Vec<Chunk>> {
+        let mut out = self.definitions_named_here(name, k, None).await?;
+        if let Some(base) = &self.base
+            && out.len() < k
+        {
+            let shadowed = self.shadowed();
+            out.extend(base.store.definitions_named_here(name, k - out.len(), Some(&*shadowed)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn definitions_named_here(&self, name: &str, k: usize, hidden: Option<&HashSet<String>>) -> Result<Vec<Chunk>> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
             return Ok(Vec::new());
         }
-        let sql = format!("symbol LIKE '% {name}' OR symbol LIKE '%::{name}' OR symbol LIKE '%.{name}' OR symbol = '{name}'");
-        let q = self.chunks.query().only_if(sql).limit(k);
-        self.read_chunks(&self.fetch(&q).await?)
+        let sql = format!("(symbol LIKE '% {name}' OR symbol LIKE '%::{name}' OR symbol LIKE '%.{name}' OR symbol = '{name}')");
+        let sql = and(Some(sql), hidden_sql(hidden)).unwrap_or_default();
+        let q = self.chunks.query().only_if(sql).limit(k + hidden_overfetch(hidden, k));
+        let mut found = self.read_chunks(&self.fetch(&q).await?)?;
+        found.retain(|c| hidden.is_none_or(|h| !h.contains(&c.path)));
+        found.truncate(k);
+        Ok(found)
     }
 
-    /// Nearest chunks to `vector` by cosine similarity (1 = identical direction).
+    /// Nearest chunks to `vector` by cosine similarity (1 = identical direction), in this index and
+    /// its base.
     pub async fn search_vector(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
+        let mut out = self.search_vector_here(vector, k, filter, None).await?;
+        if let Some(base) = &self.base {
+            let shadowed = self.shadowed();
+            out.extend(base.store.search_vector_here(vector, k, filter, Some(&*shadowed)).await?);
+            out.sort_by(|a, b| b.1.total_cmp(&a.1));
+            out.truncate(k);
+        }
+        Ok(out)
+    }
+
+    async fn search_vector_here(&self, vector: &[f32], k: usize, filter: &Filter, hidden: Option<&HashSet<String>>) -> Result<Vec<(Chunk, f32)>> {
         let mut q = self
             .vectors
             .query()
@@ -557,8 +723,8 @@ impl Store {
             .map_err(|e| self.err(e))?
             .distance_type(DistanceType::Cosine)
             .select(Select::columns(&["id", "path"]))
-            .limit(filter.overfetch(k));
-        if let Some(sql) = filter.sql() {
+            .limit(filter.overfetch(k) + hidden_overfetch(hidden, k));
+        if let Some(sql) = and(filter.sql(), hidden_sql(hidden)) {
             q = q.only_if(sql);
         }
         let batches = self.fetch(&q).await?;
@@ -568,7 +734,7 @@ impl Store {
             let paths = self.column::<StringArray>(b, "path")?;
             let dist = self.column::<Float32Array>(b, "_distance")?;
             for i in 0..b.num_rows() {
-                if filter.keeps(paths.value(i)) {
+                if filter.keeps(paths.value(i)) && hidden.is_none_or(|h| !h.contains(paths.value(i))) {
                     ranked.push((ids.value(i).to_owned(), 1.0 - dist.value(i)));
                 }
             }

@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as vscode from 'vscode';
 import { DidChangeConfigurationNotification, ExecuteCommandRequest, LanguageClient, LanguageClientOptions, ServerOptions } from 'vscode-languageclient/node';
 
-import { AskResult, Status, languageEnabled, renderAnswer, statusText, toServerSettings } from './settings';
+import { AskResult, Status, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings } from './settings';
 
 let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem | undefined;
@@ -53,7 +53,10 @@ async function refreshStatus(): Promise<void> {
     const status = (await client.sendRequest(ExecuteCommandRequest.type, { command: 'kenning.status', arguments: [] })) as Status;
     statusItem.text = statusText(status);
     statusItem.tooltip = status.roots
-      .map((r) => (r.error ? `indexing failed: ${r.error}` : `${r.indexing ? 'indexing' : 'indexed'}: ${r.index?.files ?? 0} files, ${r.index?.chunks ?? 0} chunks`))
+      .flatMap((r) => [
+        r.error ? `indexing failed: ${r.error}` : `${r.indexing ? 'indexing' : 'indexed'}: ${r.index?.files ?? 0} files, ${r.index?.chunks ?? 0} chunks`,
+        ...(sharedText(r) ? [sharedText(r) as string] : []),
+      ])
       .join('\n');
     const indexing = status.roots.some((r) => r.indexing);
     scheduleStatus(indexing ? 2_000 : 30_000);

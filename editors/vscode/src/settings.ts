@@ -10,6 +10,8 @@ export interface ServerSettings {
   completion: Record<string, unknown>;
   /** Present when questions have a model of their own (`ask.generation`). */
   ask?: Record<string, unknown>;
+  /** Present when the team's shared index is set here (`index.shared`; kenning.toml may set it too). */
+  index?: Record<string, unknown>;
 }
 
 /** Maps VS Code settings to the server's schema; empty strings mean "the server's default". */
@@ -47,6 +49,8 @@ export function toServerSettings(get: Get): ServerSettings {
     if (askUrl && askBackend !== 'llama') ask.url = askUrl;
     settings.ask = { generation: ask };
   }
+  const shared = get<string>('index.shared', '');
+  if (shared) settings.index = { shared };
   return settings;
 }
 
@@ -105,11 +109,22 @@ export interface StatusRoot {
   index: { chunks: number; files: number } | null;
   /** Why the last index run failed, until one succeeds. */
   error?: string | null;
+  /** The team's shared index under this folder's, when one is configured. */
+  shared?: { uri?: string; published?: string; offline?: string | null; error?: string };
 }
 
 export interface Status {
   roots: StatusRoot[];
   model: { loaded?: string | null; loading?: string; error?: string } | null;
+}
+
+/** The status tooltip's line for a folder's shared index, if it has one. */
+export function sharedText(root: StatusRoot): string | null {
+  const s = root.shared;
+  if (!s) return null;
+  if (s.error) return `shared index not used: ${s.error}`;
+  if (s.offline) return `shared index ${s.uri}: OFFLINE, the copy of ${s.published} serves (${s.offline})`;
+  return `shared index ${s.uri}: published ${s.published}`;
 }
 
 /** The status-bar text for a `kenning.status` result. */

@@ -233,10 +233,10 @@ async fn load_model(paths: &Paths, config: &Config) -> Result<Option<Arc<dyn Gen
 pub async fn ask_cmd(paths: &Paths, args: AskArgs) -> Result<()> {
     let root = super::workspace_root(&args.workspace)?;
     let dir = index_dir(paths, &args.target, &root);
-    if !dir.exists() {
+    if !dir.exists() && args.target.shared(&root).is_none() {
         bail!("no index for {} at {}: run `kenning index {}` first", root.display(), dir.display(), root.display());
     }
-    let store = open_store(&dir).await?;
+    let store = open_store(paths, &args.target, &root, &dir).await?;
     let config = config_for(&root, &args.model)?;
     let embedder = if args.no_embed || !config.index.embeddings { None } else { Some(load_embedder(paths, 0)?) };
     let generator = if args.no_model {
@@ -306,11 +306,11 @@ async fn retrieval_for(paths: &Paths, target: &Target, root: &Path, config: &Con
         return Ok(Retrieval::default());
     }
     let dir = index_dir(paths, target, root);
-    if !dir.exists() {
+    if !dir.exists() && target.shared(root).is_none() {
         eprintln!("note: {} is not indexed (run `kenning index {}`); completing without retrieval", root.display(), root.display());
         return Ok(Retrieval::default());
     }
-    let store = Arc::new(open_store(&dir).await?);
+    let store = Arc::new(open_store(paths, target, root, &dir).await?);
     let embedder = if config.index.embeddings {
         match load_embedder(paths, 0) {
             Ok(e) => Some(e),

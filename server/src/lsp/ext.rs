@@ -68,6 +68,11 @@ pub struct RootStatus {
     pub index_error: Option<String>,
     /// Why the last index run failed, until one succeeds.
     pub error: Option<String>,
+    /// The team's shared index under this one (`[index] shared`): where, which publication, and
+    /// whether its cached copy serves because the store is out of reach; `{"error": ...}` when it
+    /// cannot be used; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<serde_json::Value>,
 }
 
 /// The model in `kenning.status`: `{"loaded": name}` (`null` without a model), `{"loading": model}`
@@ -134,6 +139,7 @@ mod tests {
             index: Some(stats),
             index_error: None,
             error: None,
+            shared: None,
         };
         let status = Status { roots: vec![root], model: Some(ModelStatus::Loaded { loaded: Some("m".into()) }), encoding: "utf-16" };
         let status = serde_json::to_value(status).unwrap();

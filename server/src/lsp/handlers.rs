@@ -334,6 +334,10 @@ async fn status(state: &Arc<State>) -> Status {
             index,
             index_error,
             error,
+            shared: root.shared.lock().expect("shared lock").as_ref().map(|s| match s {
+                Ok(state) => serde_json::to_value(state).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e }),
+            }),
         });
     }
     // A model being loaded (or downloaded) holds the lock for as long as that takes: the status

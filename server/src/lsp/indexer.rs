@@ -42,15 +42,39 @@ pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, RunE
     root.store
         .get_or_try_init(|| async {
             let dir = state.paths.index_for(&root.path);
-            let store = session::open_index(&dir)
+            let shared = state.config().index.shared;
+            let (store, shared) = session::open_workspace_index(&state.paths, &dir, shared.as_deref())
                 .await
                 .map_err(|error| RunError::Open { path: root.path.clone(), error: Box::new(error) })?;
-            // An index completed by an earlier session is searchable by vector at once.
-            if let Ok((chunks, vectors)) = store.counts().await
-                && chunks > 0
-                && chunks == vectors
-            {
-                root.embedded.store(true, Ordering::Relaxed);
+            match &shared {
+                Some(Ok(s)) => tracing::info!(
+                    "{}: over the shared index {} ({} files, published {}, {:.1} MB pulled){}",
+                    root.path.display(),
+                    s.uri,
+                    s.files,
+                    s.published,
+                    s.pulled as f64 / 1e6,
+                    s.offline.as_deref().map_or_else(String::new, |why| format!("; its cached copy serves: {why}"))
+                ),
+                Some(Err(e)) => {
+                    tracing::warn!("the shared index is not used: {e}");
+                    state
+                        .client
+                        .show_message(MessageType::WARNING, format!("kenning: the shared index is not used (every file is indexed here): {e}"))
+                        .await;
+                }
+                None => {}
+            }
+            *root.shared.lock().expect("shared lock") = shared.map(|r| r.map_err(|e| e.to_string()));
+            // An index completed by an earlier session (or a complete shared one) is searchable by
+            // vector at once.
+            for index in [Some(&store), store.base()].into_iter().flatten() {
+                if let Ok((chunks, vectors)) = index.counts().await
+                    && chunks > 0
+                    && chunks == vectors
+                {
+                    root.embedded.store(true, Ordering::Relaxed);
+                }
             }
             Ok(Arc::new(store))
         })

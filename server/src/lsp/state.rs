@@ -35,6 +35,8 @@ pub(super) struct Root {
     pub optimize_due: AtomicBool,
     /// Why the last index run failed, until one succeeds (shown by `kenning.status`).
     pub error: Mutex<Option<String>>,
+    /// The shared index under this one, once opened (or why it is not used).
+    pub shared: Mutex<Option<std::result::Result<session::SharedState, String>>>,
 }
 
 impl Root {
@@ -49,6 +51,7 @@ impl Root {
             embedded: AtomicBool::new(false),
             optimize_due: AtomicBool::new(false),
             error: Mutex::new(None),
+            shared: Mutex::new(None),
         }
     }
 }

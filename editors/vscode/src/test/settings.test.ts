@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { AskResult, Get, languageEnabled, renderAnswer, statusText, toServerSettings } from '../settings';
+import { AskResult, Get, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings } from '../settings';
 
 const from = (values: Record<string, unknown>): Get => <T>(key: string, fallback: T) => (key in values ? (values[key] as T) : fallback);
 
@@ -32,6 +32,16 @@ test('questions may have a model and backend of their own', () => {
   assert.deepEqual(s.ask, { generation: { backend: 'ollama', model: 'qwen2.5-coder:7b-instruct', url: 'http://h:11434' } });
   assert.equal(toServerSettings(from({ 'ask.backend': 'ollama' })).ask, undefined, 'no model: the completion model answers');
   assert.equal(toServerSettings(from({ 'ask.backend': 'openai', 'ask.model': 'm' })).ask, undefined, 'openai without a url is left out');
+});
+
+test('a shared index is sent only when set, and its state is shown', () => {
+  assert.equal(toServerSettings(from({})).index, undefined);
+  assert.deepEqual(toServerSettings(from({ 'index.shared': 's3://b/p' })).index, { shared: 's3://b/p' });
+  const root = { indexing: false, embedded: true, index: null };
+  assert.equal(sharedText(root), null);
+  assert.equal(sharedText({ ...root, shared: { uri: 's3://b/p', published: '2026-12-05 03:23 UTC', offline: null } }), 'shared index s3://b/p: published 2026-12-05 03:23 UTC');
+  assert.match(sharedText({ ...root, shared: { uri: 's3://b/p', published: 'x', offline: 'the store cannot be reached' } }) ?? '', /OFFLINE.*cannot be reached/);
+  assert.match(sharedText({ ...root, shared: { error: 'access denied' } }) ?? '', /not used: access denied/);
 });
 
 test('languages filter', () => {
