@@ -514,3 +514,47 @@ fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
     stdin.flush().unwrap();
     assert_eq!(wait(&mut child), Some(1), "exit without shutdown");
 }
+
+/// A workspace over the team's shared index (a directory store here; `shared_e2e` drives S3): the
+/// server pulls it when the folder opens, indexes only what differs, answers from both, and says
+/// which publication it uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_index_serves_the_unchanged_files_and_the_status_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = dir.path().join("team");
+    shop(&team);
+    let store = dir.path().join("store");
+    let publisher = dir.path().join("publisher-cache");
+    test_cache(&publisher);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
+        .env("KENNING_CACHE_DIR", &publisher)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // This machine's checkout: the cart edited.
+    let root = dir.path().join("shop");
+    shop(&root);
+    write(&root, "src/cart.rs", "//! The shopping cart.\n\n/// Removes every item whose name matches.\npub fn remove_items_named(items: &mut Vec<String>, name: &str) {\n    items.retain(|i| i != name);\n}\n");
+    let root = root.canonicalize().unwrap();
+    let mut client = Client::start(test_cache(&dir.path().join("cache")), &root);
+    client.initialize(progress_capable(), json!({"generation": {"backend": "none"}, "index": {"shared": store.to_str().unwrap()}})).await;
+    let status = client.wait_indexed().await;
+    let shared = &status["roots"][0]["shared"];
+    assert_eq!(shared["uri"], store.to_str().unwrap(), "{status}");
+    assert_eq!((shared["files"].as_u64(), shared["offline"].clone()), (Some(3), Value::Null), "{status}");
+    assert!(shared["pulled"].as_u64().unwrap() > 0, "{status}");
+
+    // The unchanged pricing file is answered from the shared index, the edited cart from here.
+    for (question, path, text) in [
+        ("how is the loyalty discount applied to a total in cents?", "src/pricing.rs", "apply_loyalty_discount_cents"),
+        ("remove the items with a given name from the cart", "src/cart.rs", "remove_items_named"),
+    ] {
+        let response = client.request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": [question]})).await;
+        let sources = response["result"]["sources"].as_array().unwrap();
+        assert_eq!(sources[0]["path"], path, "{response}");
+        assert!(response["result"]["answer"].as_str().unwrap().contains(text), "{response}");
+        assert!(!response.to_string().contains("total_cents(items: &[Item])"), "the shared version of the edited cart: {response}");
+    }
+}
