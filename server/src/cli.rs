@@ -416,7 +416,8 @@ async fn publish_cmd(paths: &Paths, args: &IndexArgs, root: &Path, uri: &str) ->
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let snapshot = Snapshot::of_dir(&work, FastEmbedder::MODEL_ID, FastEmbedder::DIM, commit, store.versions().await?)?;
+    let mut snapshot = Snapshot::of_dir(&work, FastEmbedder::MODEL_ID, FastEmbedder::DIM, commit, store.versions().await?)?;
+    snapshot.indexed_files = store.files().await?.len();
     let uploaded = remote.push(&work, &snapshot, previous.as_ref()).await?;
     // The copy now holds what is published.
     std::fs::write(work.join(shared::SNAPSHOT), serde_json::to_vec_pretty(&snapshot)?)?;
@@ -511,7 +512,7 @@ async fn shared_status(paths: &Paths, uri: &str) -> serde_json::Value {
         Err(e) => Err(e),
     };
     let describe = |s: &shared::Snapshot| {
-        format!("{} files, {:.1} MB, published {}, commit {}", s.files.len(), s.bytes() as f64 / 1e6, s.published_text(), s.commit.as_deref().map_or("unknown", |c| &c[..c.len().min(12)]))
+        format!("{} files indexed, {:.1} MB, published {}, commit {}", s.indexed_files, s.bytes() as f64 / 1e6, s.published_text(), s.commit.as_deref().map_or("unknown", |c| &c[..c.len().min(12)]))
     };
     let mut lines = Vec::new();
     match &copy {
@@ -538,7 +539,7 @@ async fn shared_status(paths: &Paths, uri: &str) -> serde_json::Value {
     };
     serde_json::json!({
         "uri": uri,
-        "copy": copy.as_ref().map(|c| serde_json::json!({"published": c.published_text(), "commit": c.commit, "files": c.files.len(), "bytes": c.bytes()})),
+        "copy": copy.as_ref().map(|c| serde_json::json!({"published": c.published_text(), "commit": c.commit, "files": c.indexed_files, "bytes": c.bytes()})),
         "reachable": reachable,
         "error": error,
         "lines": lines,

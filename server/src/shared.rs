@@ -72,6 +72,9 @@ pub struct Snapshot {
     pub commit: Option<String>,
     /// Seconds since the Unix epoch.
     pub published: u64,
+    /// Files of the workspace the index holds.
+    #[serde(default)]
+    pub indexed_files: usize,
     /// The version of each table, which a reader checks out.
     pub versions: BTreeMap<String, u64>,
     /// Every file of the index directory, by its path there.
@@ -96,7 +99,7 @@ impl Snapshot {
             files.insert(path, SnapshotFile { blake3: hasher.finalize().to_hex().to_string(), size });
         }
         let published = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Self { format: FORMAT, embed_model: embed_model.to_owned(), dim, commit, published, versions, files })
+        Ok(Self { format: FORMAT, embed_model: embed_model.to_owned(), dim, commit, published, indexed_files: 0, versions, files })
     }
 
     /// Total bytes of the files.
@@ -217,7 +220,10 @@ impl Remote {
             _ if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"].iter().any(|s| text.contains(s)) => {
                 SharedError::Denied { uri, message: first_line(&text) }
             }
-            object_store::Error::Generic { .. } => SharedError::Unreachable { uri, message: first_line(&text) },
+            object_store::Error::Generic { .. } => {
+                let text = text.split_once(" error: ").map_or(text.as_str(), |(_, rest)| rest);
+                SharedError::Unreachable { uri, message: first_line(text) }
+            }
             _ => SharedError::Invalid { uri, message: text },
         }
     }
@@ -475,7 +481,7 @@ mod tests {
 
     #[test]
     fn dates_for_people() {
-        let mut s = Snapshot { format: FORMAT, embed_model: "m".into(), dim: 1, commit: None, published: 0, versions: BTreeMap::new(), files: BTreeMap::new() };
+        let mut s = Snapshot { format: FORMAT, embed_model: "m".into(), dim: 1, commit: None, published: 0, indexed_files: 0, versions: BTreeMap::new(), files: BTreeMap::new() };
         assert_eq!(s.published_text(), "1970-01-01 00:00 UTC");
         s.published = 1_796_440_980; // 2026-12-05 03:23 UTC
         assert_eq!(s.published_text(), "2026-12-05 03:23 UTC");
