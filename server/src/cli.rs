@@ -416,12 +416,12 @@ async fn publish_cmd(paths: &Paths, args: &IndexArgs, root: &Path, uri: &str) ->
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let stats = store.stats().await?;
     let mut snapshot = Snapshot::of_dir(&work, FastEmbedder::MODEL_ID, FastEmbedder::DIM, commit, store.versions().await?)?;
-    snapshot.indexed_files = store.files().await?.len();
+    snapshot.indexed_files = stats.files;
     let uploaded = remote.push(&work, &snapshot, previous.as_ref()).await?;
     // The copy now holds what is published.
     std::fs::write(work.join(shared::SNAPSHOT), serde_json::to_vec_pretty(&snapshot)?)?;
-    let stats = store.stats().await?;
     if args.json {
         let json = serde_json::json!({
             "uri": uri, "commit": snapshot.commit, "published": snapshot.published_text(),

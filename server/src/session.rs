@@ -106,7 +106,7 @@ pub async fn open_shared(paths: &Paths, uri: &str) -> Result<(Store, SharedState
         uri: uri.to_owned(),
         commit: snapshot.commit.clone(),
         published: snapshot.published_text(),
-        files: store.files().await?.len(),
+        files: snapshot.indexed_files,
         bytes: snapshot.bytes(),
         pulled,
         offline,
