@@ -558,3 +558,85 @@ async fn a_shared_index_serves_the_unchanged_files_and_the_status_names_it() {
         assert!(!response.to_string().contains("total_cents(items: &[Item])"), "the shared version of the edited cart: {response}");
     }
 }
+
+/// A running editor follows the team's shared index: a store with nothing published yet is tried
+/// again (every file is indexed here meanwhile), a publication that appears is put under the index
+/// (the files it holds as they are here leave the local index), a newer one replaces it (a file the
+/// developer pulled is taken from it, not indexed here), and a shared index configured away leaves
+/// every file to the local index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_editor_follows_the_shared_index_as_it_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = dir.path().join("team");
+    shop(&team);
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let publisher = dir.path().join("publisher-cache");
+    test_cache(&publisher);
+    let publish = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
+            .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
+            .env("KENNING_CACHE_DIR", &publisher)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let root = dir.path().join("shop");
+    shop(&root);
+    let root = root.canonicalize().unwrap();
+    let mut client = Client::start(test_cache(&dir.path().join("cache")), &root);
+    let options = json!({"generation": {"backend": "none"}, "index": {"shared": store.to_str().unwrap(), "shared_check_secs": 1}});
+    client.initialize(progress_capable(), options).await;
+
+    // Polls the status until `done` holds for the folder (not indexing).
+    async fn until(client: &mut Client, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+            let folder = status["result"]["roots"][0].clone();
+            if folder["indexing"] == json!(false) && done(&folder) {
+                return folder;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let chunks = |folder: &Value| folder["index"]["chunks"].as_u64().unwrap_or(0);
+
+    // Nothing published yet: the store is named with why it is not used, every file is indexed here.
+    let folder = until(&mut client, "nothing published: a local index", |f| chunks(f) > 0 && f["embedded"] == json!(true)).await;
+    assert!(folder["shared"]["error"].as_str().is_some_and(|e| e.contains("publish")), "{folder}");
+
+    // Published: within seconds it is under the index, and this checkout's files, all as published,
+    // leave the local index (their rows stay, without chunks).
+    publish();
+    let folder = until(&mut client, "the first publication under the index", |f| f["shared"]["files"] == json!(3) && chunks(f) == 0).await;
+    assert_eq!(folder["shared"]["offline"], Value::Null, "{folder}");
+    let ask = async |client: &mut Client, question: &str| {
+        let response = client.request("workspace/executeCommand", json!({"command": "kenning.ask", "arguments": [question]})).await;
+        (response["result"]["sources"][0]["path"].as_str().unwrap_or_default().to_owned(), response["result"]["answer"].as_str().unwrap_or_default().to_owned())
+    };
+    let (path, answer) = ask(&mut client, "how is the loyalty discount applied to a total in cents?").await;
+    assert_eq!(path, "src/pricing.rs");
+    assert!(answer.contains("apply_loyalty_discount_cents"), "{answer}");
+
+    // The team adds refunds and publishes; this developer pulls the same change: the new file is
+    // taken from the newer publication, not embedded here.
+    let refunds = "//! Refunds.\n\n/// Refunds part of a paid total, in cents, keeping a restocking fee.\npub fn refund_minus_restocking_fee_cents(paid_cents: u64, fee_cents: u64) -> u64 {\n    paid_cents.saturating_sub(fee_cents)\n}\n";
+    write(&team, "src/refunds.rs", refunds);
+    publish();
+    write(&root, "src/refunds.rs", refunds);
+    client.notify("workspace/didChangeWatchedFiles", json!({"changes": [{"uri": uri(&root.join("src/refunds.rs")), "type": 1}]})).await;
+    let folder = until(&mut client, "the newer publication under the index", |f| f["shared"]["files"] == json!(4) && f["index"]["files"] == json!(4) && chunks(f) == 0).await;
+    assert!(folder["shared"]["pulled"].as_u64().unwrap() > 0, "{folder}");
+    let (path, answer) = ask(&mut client, "refund a paid total but keep the restocking fee").await;
+    assert_eq!(path, "src/refunds.rs");
+    assert!(answer.contains("refund_minus_restocking_fee_cents"), "{answer}");
+
+    // The shared index configured away: every file is indexed here again.
+    client.notify("workspace/didChangeConfiguration", json!({"settings": {"index": {"shared": null}}})).await;
+    let folder = until(&mut client, "no shared index any more", |f| f["shared"].is_null() && chunks(f) > 0 && f["embedded"] == json!(true)).await;
+    assert_eq!(folder["index"]["files"], json!(4), "{folder}");
+    let (path, _) = ask(&mut client, "refund a paid total but keep the restocking fee").await;
+    assert_eq!(path, "src/refunds.rs");
+}

@@ -279,11 +279,14 @@ pub struct Index {
     /// with `kenning index --publish`: searched under this machine's index, which then holds only
     /// the files that differ here.
     pub shared: Option<String>,
+    /// How often (seconds) a running editor asks the shared index's store for a newer publication
+    /// (and tries again a store it could not use); a newer one is pulled and put under this index.
+    pub shared_check_secs: u64,
 }
 
 impl Default for Index {
     fn default() -> Self {
-        Self { embeddings: true, max_file_bytes: crate::workspace::WalkOptions::default().max_file_bytes, shared: None }
+        Self { embeddings: true, max_file_bytes: crate::workspace::WalkOptions::default().max_file_bytes, shared: None, shared_check_secs: 300 }
     }
 }
 
@@ -456,6 +459,7 @@ impl Config {
         within("ask.sources", self.ask.sources, 1, 100)?;
         within("ask.prompt_tokens", self.ask.prompt_tokens, 64, MAX_CONTEXT as usize)?;
         within("ask.max_tokens", self.ask.max_tokens, 1, 8_192)?;
+        within("index.shared_check_secs", self.index.shared_check_secs, 1, 86_400)?;
         Ok(())
     }
 }

@@ -195,7 +195,7 @@ pub async fn index_workspace(
     let _lock = WriterLock::acquire(store.dir(), |holder| progress.waiting_for_lock(holder)).await?;
     store.refresh().await?;
     let known = Arc::new(store.files().await?);
-    let base: Option<Arc<HashMap<String, String>>> = store.base_hashes().map(|h| Arc::new(h.clone()));
+    let base: Option<Arc<HashMap<String, String>>> = store.base().map(|b| Arc::clone(b.hashes()));
     let mut summary = IndexSummary::default();
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Work>(CHANNEL_CAPACITY);
@@ -328,9 +328,11 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, base: Option<&H
     };
     let previous = known.get(&meta.rel_path);
     let base_hash = base.and_then(|b| b.get(&meta.rel_path));
-    // Over a base, a row without chunks for a file that has some is a file the base held when it
-    // was recorded; if the base now holds other content, the file is chunked here after all.
-    let lacks_chunks = |p: &StoredFile| base.is_some() && p.chunks == 0 && p.size > 0 && base_hash != Some(&p.hash);
+    // A row without chunks for a file that has content is a file a base held when it was recorded;
+    // if the base now holds other content, or there is no base any more (not configured, or it
+    // cannot be opened), the file is chunked here after all. (A file whose content yields no chunk
+    // is read again on each run: whitespace alone, rare and small.)
+    let lacks_chunks = |p: &StoredFile| p.chunks == 0 && p.size > 0 && base_hash != Some(&p.hash);
     // Same size and mtime, read under the same content filters: not read again.
     if let Some(p) = previous
         && p.size == meta.size
@@ -370,6 +372,11 @@ fn classify(item: WalkItem, known: &HashMap<String, StoredFile>, base: Option<&H
     // A bug in the chunker must cost one file, not the run (and never the server).
     let chunked = std::panic::catch_unwind(|| chunk::chunk_file(&file.path, language, &source.text));
     match chunked {
+        // Read again only to find it still has no chunk (whitespace alone): nothing changes.
+        Ok(chunks) if chunks.is_empty() && previous.is_some_and(|p| p.hash == file.hash && p.chunks == 0) => {
+            let p = previous.expect("checked above");
+            if p.size == file.size && p.mtime_ns == file.mtime_ns { Work::Unchanged(file.path) } else { Work::Touched(file) }
+        }
         Ok(chunks) => Work::Changed { file: StoredFile { chunks: chunks.len() as u32, ..file }, chunks, lossy: source.lossy, redactions: source.redactions },
         Err(_) => Work::Skipped(file.path, SkipReason::Unreadable("internal error while chunking".into())),
     }
@@ -413,10 +420,10 @@ impl Batch {
             HashMap::new()
         };
         // An edited file of the shared base keeps the base's vectors of the chunks it did not change.
-        if let (true, Some(base), Some(hashes)) = (reuse_vectors, store.base(), store.base_hashes()) {
-            let in_base: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).filter(|p| hashes.contains_key(*p)).collect();
+        if let (true, Some(base)) = (reuse_vectors, store.base()) {
+            let in_base: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).filter(|p| base.hashes().contains_key(*p)).collect();
             if !in_base.is_empty() {
-                for (hash, vector) in base.vectors_by_content(&in_base).await? {
+                for (hash, vector) in base.store().vectors_by_content(&in_base).await? {
                     old_vectors.entry(hash).or_insert(vector);
                 }
             }

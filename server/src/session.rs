@@ -57,6 +57,9 @@ pub struct SharedState {
     pub pulled: u64,
     /// Why the copy in the cache serves rather than the store's current version (`None`: current).
     pub offline: Option<String>,
+    /// The publication itself (what a later check compares the store's current one with).
+    #[serde(skip)]
+    pub snapshot: Arc<crate::shared::Snapshot>,
 }
 
 /// Opening the shared index failed: the store's error, or its copy cannot be read.
@@ -71,11 +74,21 @@ pub enum SharedOpenError {
 /// Brings the local copy of the shared index at `uri` up to date (the current publication; when
 /// the store cannot be read, the copy pulled last serves and the state says why) and opens it.
 pub async fn open_shared(paths: &Paths, uri: &str) -> Result<(Store, SharedState), SharedOpenError> {
+    Ok(open_shared_newer(paths, uri, None).await?.expect("without a publication in use, one is opened or an error returned"))
+}
+
+/// [`open_shared`] for a process that already uses the publication `have`: `None` when it is still
+/// the store's current one (nothing is pulled or opened). With `have`, a store out of reach is an
+/// error (the base in use keeps serving); without, the copy pulled last serves.
+pub async fn open_shared_newer(paths: &Paths, uri: &str, have: Option<&crate::shared::Snapshot>) -> Result<Option<(Store, SharedState)>, SharedOpenError> {
     use crate::shared::{self, Remote, SharedError};
     let copy = shared::cache_dir(paths.cache(), uri);
     let remote = Remote::open(uri)?;
     let current = async {
         let snapshot = remote.snapshot().await?.ok_or_else(|| SharedError::NothingPublished { uri: uri.to_owned() })?;
+        if have == Some(&snapshot) {
+            return Ok(None);
+        }
         if snapshot.embed_model != FastEmbedder::MODEL_ID || snapshot.dim != FastEmbedder::DIM {
             return Err(SharedError::Invalid {
                 uri: uri.to_owned(),
@@ -89,13 +102,14 @@ pub async fn open_shared(paths: &Paths, uri: &str) -> Result<(Store, SharedState
             });
         }
         let pulled = remote.pull(&snapshot, &copy).await?;
-        Ok((snapshot, pulled))
+        Ok(Some((snapshot, pulled)))
     };
     let (snapshot, pulled, offline) = match current.await {
-        Ok((snapshot, pulled)) => (snapshot, pulled, None),
+        Ok(Some((snapshot, pulled))) => (snapshot, pulled, None),
+        Ok(None) => return Ok(None),
         // The copy pulled last serves while the store is out of reach (a model mismatch or an
         // empty store is a configuration to fix, not an outage).
-        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) => match shared::local_snapshot(&copy) {
+        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) if have.is_none() => match shared::local_snapshot(&copy) {
             Some(snapshot) => (snapshot, 0, Some(e.to_string())),
             None => return Err(e.into()),
         },
@@ -110,8 +124,9 @@ pub async fn open_shared(paths: &Paths, uri: &str) -> Result<(Store, SharedState
         bytes: snapshot.bytes(),
         pulled,
         offline,
+        snapshot: Arc::new(snapshot),
     };
-    Ok((store, state))
+    Ok(Some((store, state)))
 }
 
 /// Opens the workspace's index at `dir`: over the shared index at `shared` when one is configured

@@ -124,18 +124,36 @@ pub struct Store {
     files: Table,
     /// Set once the full-text index is known to exist (it is never dropped).
     text_indexed: Arc<AtomicBool>,
-    /// The shared snapshot this index overlays, if any.
-    base: Option<Arc<Base>>,
+    /// The shared snapshot this index overlays, if any. Shared by the handle's clones, and
+    /// replaced whole when a newer publication is put under the index ([`Store::set_base`]).
+    base: Arc<std::sync::RwLock<Option<Arc<Base>>>>,
 }
 
 /// The read-only snapshot under an overlay, and which of its paths the overlay hides.
-struct Base {
+pub struct Base {
     store: Store,
     /// The content hash of every file the snapshot holds, by path.
-    hashes: HashMap<String, String>,
+    hashes: Arc<HashMap<String, String>>,
     /// Paths whose snapshot rows are hidden: the overlay has a row for them with another hash
-    /// (edited or added here; a deleted file is a row without chunks and with an empty hash).
+    /// (edited here; a deleted file is a row without chunks and with an empty hash).
     shadowed: std::sync::RwLock<Arc<HashSet<String>>>,
+}
+
+impl Base {
+    /// The snapshot's own index.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The content hash of each file of the snapshot, by path.
+    pub fn hashes(&self) -> &Arc<HashMap<String, String>> {
+        &self.hashes
+    }
+
+    /// The snapshot's paths the overlay hides.
+    pub fn shadowed(&self) -> Arc<HashSet<String>> {
+        Arc::clone(&self.shadowed.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Shadowed paths up to which a search of the base excludes them in its SQL predicate; above it,
@@ -250,7 +268,7 @@ impl Store {
             let json = serde_json::to_vec_pretty(&wanted).expect("meta serializes");
             std::fs::write(&meta_path, json).map_err(io)?;
         }
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: None })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default() })
     }
 
     /// Opens, read-only, the index in `dir` with each table at the version `versions` names (a
@@ -283,7 +301,7 @@ impl Store {
             tables.push(table);
         }
         let [chunks, vectors, files]: [Table; 3] = tables.try_into().map_err(|_| invalid("three tables".into()))?;
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: None })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default() })
     }
 
     /// The version of each table as it is now (what a snapshot of this index pins).
@@ -297,40 +315,54 @@ impl Store {
 
     /// Makes this index the overlay of `base` (a snapshot from [`Store::open_snapshot`]): searches
     /// read both, and the base's rows of every path this index holds with another hash are hidden.
-    pub async fn with_base(mut self, base: Store) -> Result<Self> {
-        let hashes = base.files().await?.into_values().map(|f| (f.path, f.hash)).collect();
-        self.base = Some(Arc::new(Base { store: base, hashes, shadowed: Default::default() }));
-        self.refresh_overlay().await?;
+    pub async fn with_base(self, base: Store) -> Result<Self> {
+        self.set_base(Some(base)).await?;
         Ok(self)
     }
 
-    /// The content hash of each file of the base, by path (`None` without a base).
-    pub fn base_hashes(&self) -> Option<&HashMap<String, String>> {
-        self.base.as_deref().map(|b| &b.hashes)
+    /// Puts `base` under this index in place of the one it had (`None`: none), for every clone of
+    /// the handle. A search already running finishes on the base it started with. An index run
+    /// then brings this index's rows in line with the new base (a file this index took from the
+    /// old base is indexed here if the new one holds other content); until it has, such a file is
+    /// found in neither.
+    pub async fn set_base(&self, base: Option<Store>) -> Result<()> {
+        let base = match base {
+            Some(store) => {
+                let hashes: HashMap<String, String> = store.files().await?.into_values().map(|f| (f.path, f.hash)).collect();
+                let base = Base { store, hashes: Arc::new(hashes), shadowed: Default::default() };
+                *base.shadowed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.hidden_in(&base.hashes).await?);
+                Some(Arc::new(base))
+            }
+            None => None,
+        };
+        *self.base.write().unwrap_or_else(|e| e.into_inner()) = base;
+        Ok(())
     }
 
-    /// The base's own index (`None` without a base).
-    pub fn base(&self) -> Option<&Store> {
-        self.base.as_deref().map(|b| &b.store)
+    /// The base under this index (`None` without one).
+    pub fn base(&self) -> Option<Arc<Base>> {
+        self.base.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Recomputes which of the base's paths this index hides (after a run changed its files).
     pub async fn refresh_overlay(&self) -> Result<()> {
-        let Some(base) = &self.base else { return Ok(()) };
-        let shadowed: HashSet<String> = self
-            .files()
-            .await?
-            .into_values()
-            .filter(|f| base.hashes.get(&f.path) != Some(&f.hash))
-            .map(|f| f.path)
-            .collect();
-        *base.shadowed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(shadowed);
+        let Some(base) = self.base() else { return Ok(()) };
+        let hidden = self.hidden_in(&base.hashes).await?;
+        *base.shadowed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hidden);
         Ok(())
+    }
+
+    /// The paths of a base holding `hashes` that this index hides: those it records with other
+    /// content (edited here; an empty hash: deleted here). That includes a file taken from an
+    /// earlier base that the new one holds in another version: what is found is what is on disk,
+    /// so it is found again once an index run has indexed it here.
+    async fn hidden_in(&self, hashes: &HashMap<String, String>) -> Result<HashSet<String>> {
+        Ok(self.files().await?.into_values().filter(|f| hashes.get(&f.path).is_some_and(|h| *h != f.hash)).map(|f| f.path).collect())
     }
 
     /// The base's paths this index hides.
     pub fn shadowed(&self) -> Arc<HashSet<String>> {
-        self.base.as_ref().map(|b| Arc::clone(&b.shadowed.read().unwrap_or_else(|e| e.into_inner()))).unwrap_or_default()
+        self.base().map(|b| b.shadowed()).unwrap_or_default()
     }
 
     /// Makes this handle see what other handles and processes have committed since it was opened
@@ -637,8 +669,8 @@ impl Store {
     /// first among equals, which is where the user works).
     pub async fn search_text(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
         let mut out = self.search_text_here(query, k, filter, None).await?;
-        if let Some(base) = &self.base {
-            let shadowed = self.shadowed();
+        if let Some(base) = self.base() {
+            let shadowed = base.shadowed();
             out.extend(base.store.search_text_here(query, k, filter, Some(&*shadowed)).await?);
             out.sort_by(|a, b| b.1.total_cmp(&a.1));
             out.truncate(k);
@@ -680,10 +712,10 @@ impl Store {
     /// With a base: this index's first, then the base's.
     pub async fn definitions_named(&self, name: &str, k: usize) -> Result<Vec<Chunk>> {
         let mut out = self.definitions_named_here(name, k, None).await?;
-        if let Some(base) = &self.base
+        if let Some(base) = self.base()
             && out.len() < k
         {
-            let shadowed = self.shadowed();
+            let shadowed = base.shadowed();
             out.extend(base.store.definitions_named_here(name, k - out.len(), Some(&*shadowed)).await?);
         }
         Ok(out)
@@ -706,8 +738,8 @@ impl Store {
     /// its base.
     pub async fn search_vector(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<(Chunk, f32)>> {
         let mut out = self.search_vector_here(vector, k, filter, None).await?;
-        if let Some(base) = &self.base {
-            let shadowed = self.shadowed();
+        if let Some(base) = self.base() {
+            let shadowed = base.shadowed();
             out.extend(base.store.search_vector_here(vector, k, filter, Some(&*shadowed)).await?);
             out.sort_by(|a, b| b.1.total_cmp(&a.1));
             out.truncate(k);

@@ -66,9 +66,12 @@ pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, RunE
                 None => {}
             }
             *root.shared.lock().expect("shared lock") = shared.map(|r| r.map_err(|e| e.to_string()));
+            if let Some(uri) = state.config().index.shared {
+                *root.shared_checked.lock().expect("shared lock") = Some((uri, std::time::Instant::now()));
+            }
             // An index completed by an earlier session (or a complete shared one) is searchable by
             // vector at once.
-            for index in [Some(&store), store.base()].into_iter().flatten() {
+            for index in [Some(store.clone()), store.base().map(|b| b.store().clone())].into_iter().flatten() {
                 if let Ok((chunks, vectors)) = index.counts().await
                     && chunks > 0
                     && chunks == vectors
@@ -80,6 +83,100 @@ pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, RunE
         })
         .await
         .cloned()
+}
+
+/// Keeps the shared index under the folder's current, when a check is due (at most every
+/// `[index] shared_check_secs` per folder, or at once when the configured store changed): asks the
+/// store for its publication, and when it is not the one in use, pulls it and puts it under the
+/// index; a store that could not be used at start is tried again. Without a shared index
+/// configured any more, the base goes (the next run indexes here what it held). Returns whether
+/// the base changed (an index run then brings the overlay in line with it).
+pub(super) async fn refresh_shared(state: &State, root: &Root, store: &Store) -> bool {
+    let config = state.config().index;
+    let Some(uri) = config.shared else {
+        if store.base().is_none() {
+            return false;
+        }
+        if let Err(e) = store.set_base(None).await {
+            tracing::warn!("cannot take the shared index from under {}: {e}", root.path.display());
+            return false;
+        }
+        tracing::info!("{}: no shared index configured any more: every file is indexed here", root.path.display());
+        // Semantic search is complete again once the run has embedded what the base held.
+        root.embedded.store(false, Ordering::Relaxed);
+        *root.shared.lock().expect("shared lock") = None;
+        *root.shared_checked.lock().expect("shared lock") = None;
+        return true;
+    };
+    {
+        let mut checked = root.shared_checked.lock().expect("shared lock");
+        let due = checked.as_ref().is_none_or(|(u, at)| *u != uri || at.elapsed() >= Duration::from_secs(config.shared_check_secs));
+        if !due {
+            return false;
+        }
+        *checked = Some((uri.clone(), std::time::Instant::now()));
+    }
+    let have = match &*root.shared.lock().expect("shared lock") {
+        Some(Ok(s)) if s.uri == uri && store.base().is_some() => Some(Arc::clone(&s.snapshot)),
+        _ => None,
+    };
+    match session::open_shared_newer(&state.paths, &uri, have.as_deref()).await {
+        Ok(None) => {
+            // Still the current publication; the store answers again if it was out of reach.
+            if let Some(Ok(s)) = root.shared.lock().expect("shared lock").as_mut() {
+                s.offline = None;
+            }
+            false
+        }
+        Ok(Some((base, shared))) => {
+            if let Err(e) = store.set_base(Some(base)).await {
+                tracing::warn!("the newer shared index {uri} cannot be put under {}: {e}", root.path.display());
+                return false;
+            }
+            tracing::info!(
+                "{}: now over the shared index {uri} published {} ({} files, {:.1} MB pulled){}",
+                root.path.display(),
+                shared.published,
+                shared.files,
+                shared.pulled as f64 / 1e6,
+                shared.offline.as_deref().map_or_else(String::new, |why| format!("; its cached copy serves: {why}"))
+            );
+            if let Some(base) = store.base()
+                && let Ok((chunks, vectors)) = base.store().counts().await
+                && chunks > 0
+                && chunks == vectors
+            {
+                root.embedded.store(true, Ordering::Relaxed);
+            }
+            *root.shared.lock().expect("shared lock") = Some(Ok(shared));
+            true
+        }
+        Err(e) => {
+            tracing::debug!("the shared index {uri} was not refreshed: {e}");
+            let mut slot = root.shared.lock().expect("shared lock");
+            match slot.as_mut() {
+                // The publication in use keeps serving; the status says the store is out of reach.
+                Some(Ok(s)) if have.is_some() => s.offline = Some(e.to_string()),
+                _ => *slot = Some(Err(e.to_string())),
+            }
+            false
+        }
+    }
+}
+
+/// Asks, every `[index] shared_check_secs`, whether the folder's shared index has a newer
+/// publication, and re-indexes over it when it has. Ends with the server or the folder.
+pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(state.config().index.shared_check_secs)).await;
+        if state.shutting_down.load(Ordering::Relaxed) || !state.roots().iter().any(|r| Arc::ptr_eq(r, &root)) {
+            return;
+        }
+        let Some(store) = root.store.get().cloned() else { continue };
+        if refresh_shared(&state, &root, &store).await {
+            run(Arc::clone(&state), Arc::clone(&root), false).await;
+        }
+    }
 }
 
 /// Starts the first indexing of every folder and asks the client to report file changes.
@@ -100,6 +197,9 @@ pub(super) async fn start(state: Arc<State>) {
     let roots = state.roots();
     if roots.is_empty() {
         tracing::warn!("no workspace folder: nothing to index");
+    }
+    for root in &roots {
+        tokio::spawn(watch_shared(Arc::clone(&state), Arc::clone(root)));
     }
     for root in roots {
         run(Arc::clone(&state), root, true).await;
@@ -189,6 +289,8 @@ fn panic_error(e: tokio::task::JoinError) -> RunError {
 async fn run_once(state: &Arc<State>, root: &Arc<Root>, report: bool) -> Result<(), RunError> {
     tracing::info!("indexing {}", root.path.display());
     let store = store(state, root).await?;
+    // First the newest publication, so that this run takes from it what it holds.
+    refresh_shared(state, root, &store).await;
     let embedder = state.embedder().await;
     let config = state.config();
     let options = IndexOptions {
@@ -322,6 +424,7 @@ pub(super) async fn folders_changed(state: &Arc<State>, event: WorkspaceFoldersC
         roots.extend(added.iter().cloned());
     }
     for root in added {
+        tokio::spawn(watch_shared(Arc::clone(state), Arc::clone(&root)));
         tokio::spawn(run(Arc::clone(state), root, true));
     }
 }

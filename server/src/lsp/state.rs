@@ -37,6 +37,9 @@ pub(super) struct Root {
     pub error: Mutex<Option<String>>,
     /// The shared index under this one, once opened (or why it is not used).
     pub shared: Mutex<Option<std::result::Result<session::SharedState, String>>>,
+    /// The shared index last asked for, and when (a newer publication is looked for at most every
+    /// `[index] shared_check_secs`).
+    pub shared_checked: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Root {
@@ -52,6 +55,7 @@ impl Root {
             optimize_due: AtomicBool::new(false),
             error: Mutex::new(None),
             shared: Mutex::new(None),
+            shared_checked: Mutex::new(None),
         }
     }
 }
