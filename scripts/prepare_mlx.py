@@ -17,6 +17,7 @@ On macOS the crate is copied unchanged. Nothing of mlx-sys or mlx-c is committed
 Usage: prepare_mlx.py MLX_PREFIX   (the `mlx` package directory of the mlx-cpu wheel; ignored on macOS)
 """
 
+import hashlib
 import os
 import platform
 import shutil
@@ -164,6 +165,20 @@ def main() -> int:
         return 2
     mlx = os.path.abspath(sys.argv[1])
     source = registry_copy()
+    with open(os.path.abspath(__file__), "rb") as f:
+        script = hashlib.sha256(f.read()).hexdigest()[:16]
+    openblas = next((p for p in OPENBLAS if os.path.isfile(p)), None)
+    stamp = (f"mlx-sys {VERSION} from {source}; mlx {mlx if platform.system() == 'Linux' else 'bundled (macOS)'}; "
+             f"openblas {openblas}; prepare_mlx.py {script}\n")
+    # Prepared the same way already: left as it is (new files would make cargo rebuild mlx-sys and
+    # everything above it).
+    try:
+        with open(os.path.join(DEST, ".kenning-prepared")) as f:
+            if f.read() == stamp:
+                print(f"ok    mlx-sys {VERSION:<16} {DEST} (prepared already)", file=sys.stderr)
+                return 0
+    except OSError:
+        pass
     partial = DEST + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
@@ -174,7 +189,7 @@ def main() -> int:
         patch_linux(partial, mlx)
         patch_bindings(partial)
     with open(os.path.join(partial, ".kenning-prepared"), "w") as f:
-        f.write(f"mlx-sys {VERSION} from {source}; mlx {mlx if platform.system() == 'Linux' else 'bundled (macOS)'}\n")
+        f.write(stamp)
     shutil.rmtree(DEST, ignore_errors=True)
     os.rename(partial, DEST)
     print(f"ok    mlx-sys {VERSION:<16} {DEST}", file=sys.stderr)
