@@ -130,6 +130,11 @@ pub struct EvalArgs {
     /// Print one JSON object with the figures.
     #[arg(long)]
     json: bool,
+    /// Generate nothing: print, one JSON line per task, the context its prompt would hold (path,
+    /// lines and source of each snippet, in prompt order). Two builds or settings compared this way
+    /// show which tasks a change of context selection touches.
+    #[arg(long, conflicts_with_all = ["all", "save_scores", "baseline", "typed_before"])]
+    context_only: bool,
     /// Print each task's prediction to stderr.
     #[arg(long)]
     verbose: bool,
@@ -472,6 +477,17 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = session::workspace_name(&root);
     let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo, typed_before: args.typed_before };
+    if args.context_only {
+        eval::contexts(&setup, &tasks, |task, snippets| {
+            let context: Vec<serde_json::Value> = snippets
+                .iter()
+                .map(|s| serde_json::json!({"path": s.path, "start_line": s.start_line, "end_line": s.end_line, "source": s.source}))
+                .collect();
+            println!("{}", serde_json::json!({"id": task.id, "context": context}));
+        })
+        .await;
+        return Ok(());
+    }
     let verbose = args.verbose;
     let (figures, timings) = eval::run(mode, &setup, &tasks, |task, score, predicted| {
         if verbose {

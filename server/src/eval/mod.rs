@@ -157,14 +157,7 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
     let mut timings = Timings::default();
     for task in tasks {
         let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
-        let request = complete::CompletionRequest {
-            repo: setup.repo.to_owned(),
-            language: Language::from_path(&task.path),
-            path: task.path.clone(),
-            text: format!("{}{}", task.prefix, task.suffix),
-            offset: task.prefix.len(),
-            buffers: Vec::new(),
-        };
+        let request = task_request(setup, task);
         let started = Instant::now();
         completer.prepare(&request, setup.retrieval).await;
         let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -191,6 +184,28 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
         scores.push(score);
     }
     Ok((Figures::new(mode, scores), timings))
+}
+
+/// What each task's prompt would hold as context (the ring after the one-shot gathering of
+/// [`run`]), nothing generated.
+pub async fn contexts(setup: &Setup<'_>, tasks: &[EvalTask], mut on_task: impl FnMut(&EvalTask, &[crate::prompt::Snippet])) {
+    for task in tasks {
+        let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
+        let request = task_request(setup, task);
+        completer.prepare(&request, setup.retrieval).await;
+        on_task(task, &completer.ring_snippets());
+    }
+}
+
+fn task_request(setup: &Setup<'_>, task: &EvalTask) -> complete::CompletionRequest {
+    complete::CompletionRequest {
+        repo: setup.repo.to_owned(),
+        language: Language::from_path(&task.path),
+        path: task.path.clone(),
+        text: format!("{}{}", task.prefix, task.suffix),
+        offset: task.prefix.len(),
+        buffers: Vec::new(),
+    }
 }
 
 /// Peak resident set size of this process, in bytes.
