@@ -221,7 +221,8 @@ fn published_once_searched_with_a_local_overlay_and_offline() {
     assert_eq!(again["index"]["files_unchanged"], 9, "{again}");
     let embedded = again["index"]["vectors_computed"].as_u64().unwrap();
     assert!((1..=2).contains(&embedded), "only the changed file's chunks are embedded: {again}");
-    assert!(again["uploaded"].as_u64().unwrap() < again["bytes"].as_u64().unwrap(), "{again}");
+    // Not compacted after a small change: what is new is uploaded, not a rewritten index.
+    assert!(again["uploaded"].as_u64().unwrap() * 4 < again["bytes"].as_u64().unwrap(), "{again}");
 
     // Until the developer has that change too, their own version of the file shadows the new one
     // (the next index run puts it in the overlay); once they pull it, the shared index serves it.

@@ -649,6 +649,14 @@ impl Store {
     pub async fn optimize(&self) -> Result<()> {
         for table in [&self.chunks, &self.vectors, &self.files] {
             table.optimize(OptimizeAction::All).await.map_err(|e| self.err(e))?;
+        }
+        self.prune().await
+    }
+
+    /// Deletes the files only versions before the current one need (no compaction: the data and
+    /// index files of the current version stay as they are).
+    pub async fn prune(&self) -> Result<()> {
+        for table in [&self.chunks, &self.vectors, &self.files] {
             table
                 .optimize(OptimizeAction::Prune {
                     older_than: Some(lancedb::table::optimize::Duration::zero()),
