@@ -571,9 +571,11 @@ async fn a_running_editor_follows_the_shared_index_as_it_is_published() {
     shop(&team);
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let publisher = dir.path().join("publisher-cache");
-    test_cache(&publisher);
-    let publish = || {
+    // Each publication from a CI machine of its own (a fresh cache): the second one pulls the
+    // first before it publishes over it.
+    let publish = |machine: &str| {
+        let publisher = dir.path().join(machine);
+        test_cache(&publisher);
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
             .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
             .env("KENNING_CACHE_DIR", &publisher)
@@ -609,7 +611,7 @@ async fn a_running_editor_follows_the_shared_index_as_it_is_published() {
 
     // Published: within seconds it is under the index, and this checkout's files, all as published,
     // leave the local index (their rows stay, without chunks).
-    publish();
+    publish("ci-1");
     let folder = until(&mut client, "the first publication under the index", |f| f["shared"]["files"] == json!(3) && chunks(f) == 0).await;
     assert_eq!(folder["shared"]["offline"], Value::Null, "{folder}");
     let ask = async |client: &mut Client, question: &str| {
@@ -624,7 +626,7 @@ async fn a_running_editor_follows_the_shared_index_as_it_is_published() {
     // taken from the newer publication, not embedded here.
     let refunds = "//! Refunds.\n\n/// Refunds part of a paid total, in cents, keeping a restocking fee.\npub fn refund_minus_restocking_fee_cents(paid_cents: u64, fee_cents: u64) -> u64 {\n    paid_cents.saturating_sub(fee_cents)\n}\n";
     write(&team, "src/refunds.rs", refunds);
-    publish();
+    publish("ci-2");
     write(&root, "src/refunds.rs", refunds);
     client.notify("workspace/didChangeWatchedFiles", json!({"changes": [{"uri": uri(&root.join("src/refunds.rs")), "type": 1}]})).await;
     let folder = until(&mut client, "the newer publication under the index", |f| f["shared"]["files"] == json!(4) && f["index"]["files"] == json!(4) && chunks(f) == 0).await;

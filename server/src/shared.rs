@@ -254,15 +254,15 @@ impl Remote {
     /// against its hash), then writes the snapshot there last. Files of `dir` that neither this
     /// snapshot nor the one `dir` held before names are removed. Returns the bytes downloaded.
     ///
-    /// One process pulls into `dir` at a time (an advisory lock on `<dir>.lock`): an editor and a
-    /// `kenning` command on one machine share the copy.
+    /// One process pulls into `dir` at a time (an advisory lock on `<dir>.pull.lock`): an editor
+    /// and a `kenning` command on one machine share the copy.
     pub async fn pull(&self, snapshot: &Snapshot, dir: &Path) -> Result<u64> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| SharedError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = PathBuf::from(format!("{}.lock", dir.display()));
+        let lock_path = PathBuf::from(format!("{}.pull.lock", dir.display()));
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
         let _lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
             .await

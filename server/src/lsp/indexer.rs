@@ -21,6 +21,8 @@ use crate::workspace::WalkOptions;
 
 /// Quiet time after a re-index before compaction runs.
 const IDLE_OPTIMIZE_AFTER: Duration = Duration::from_secs(5);
+/// The longest the shared-index watcher sleeps between looks at the configuration.
+const WATCH_SHARED_TICK: Duration = Duration::from_secs(30);
 /// At most one progress report per this interval.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
@@ -95,6 +97,9 @@ pub(super) async fn refresh_shared(state: &State, root: &Root, store: &Store) ->
     let config = state.config().index;
     let Some(uri) = config.shared else {
         if store.base().is_none() {
+            // A shared index that never opened is not reported once it is configured away.
+            *root.shared.lock().expect("shared lock") = None;
+            *root.shared_checked.lock().expect("shared lock") = None;
             return false;
         }
         if let Err(e) = store.set_base(None).await {
@@ -153,11 +158,22 @@ pub(super) async fn refresh_shared(state: &State, root: &Root, store: &Store) ->
         }
         Err(e) => {
             tracing::debug!("the shared index {uri} was not refreshed: {e}");
-            let mut slot = root.shared.lock().expect("shared lock");
-            match slot.as_mut() {
+            if let Some(Ok(s)) = root.shared.lock().expect("shared lock").as_mut()
+                && have.is_some()
+            {
                 // The publication in use keeps serving; the status says the store is out of reach.
-                Some(Ok(s)) if have.is_some() => s.offline = Some(e.to_string()),
-                _ => *slot = Some(Err(e.to_string())),
+                s.offline = Some(e.to_string());
+                return false;
+            }
+            *root.shared.lock().expect("shared lock") = Some(Err(e.to_string()));
+            // Another store is configured now and cannot be used: the one before goes too.
+            if store.base().is_some() {
+                if let Err(e) = store.set_base(None).await {
+                    tracing::warn!("cannot take the shared index from under {}: {e}", root.path.display());
+                    return false;
+                }
+                root.embedded.store(false, Ordering::Relaxed);
+                return true;
             }
             false
         }
@@ -168,12 +184,22 @@ pub(super) async fn refresh_shared(state: &State, root: &Root, store: &Store) ->
 /// publication, and re-indexes over it when it has. Ends with the server or the folder.
 pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(state.config().index.shared_check_secs)).await;
+        // Woken at least every WATCH_SHARED_TICK, so that a shorter interval, another store or none
+        // configured meanwhile is seen soon; the check itself runs when it is due.
+        let every = Duration::from_secs(state.config().index.shared_check_secs);
+        tokio::time::sleep(every.min(WATCH_SHARED_TICK)).await;
         if state.shutting_down.load(Ordering::Relaxed) || !state.roots().iter().any(|r| Arc::ptr_eq(r, &root)) {
             return;
         }
         let Some(store) = root.store.get().cloned() else { continue };
-        if refresh_shared(&state, &root, &store).await {
+        // Not beside an index run: the base it classifies against stays the one it started with.
+        // A change that came meanwhile (its run found the lock taken and marked the folder
+        // dirty) is indexed after.
+        let changed = {
+            let _running = root.indexing.lock().await;
+            refresh_shared(&state, &root, &store).await
+        };
+        if changed || root.dirty.load(Ordering::Relaxed) {
             run(Arc::clone(&state), Arc::clone(&root), false).await;
         }
     }
