@@ -64,8 +64,9 @@ fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-/// Identifiers in the lines around the cursor, nearest first, without keywords or short words.
-pub fn nearby_identifiers(text: &str, offset: usize, max: usize) -> Vec<String> {
+/// Where identifiers are looked for: from [`IDENT_LINES_ABOVE`] lines above the cursor to the end
+/// of its line (byte range of `text`).
+pub fn nearby_range(text: &str, offset: usize) -> std::ops::Range<usize> {
     let mut start = offset;
     for _ in 0..=IDENT_LINES_ABOVE {
         match text[..start].rfind('\n') {
@@ -77,6 +78,13 @@ pub fn nearby_identifiers(text: &str, offset: usize, max: usize) -> Vec<String> 
         }
     }
     let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    start..end
+}
+
+/// Identifiers in the lines around the cursor ([`nearby_range`]), nearest first, without keywords
+/// or short words.
+pub fn nearby_identifiers(text: &str, offset: usize, max: usize) -> Vec<String> {
+    let std::ops::Range { start, end } = nearby_range(text, offset);
     let mut found: Vec<(usize, &str)> = words(&text[start..end])
         .filter(|(_, w)| w.len() >= 3 && !KEYWORDS.contains(w))
         .map(|(at, w)| ((start + at).abs_diff(offset), w))
@@ -101,8 +109,8 @@ pub fn defined_name(symbol: &str) -> &str {
 /// pulls the model off).
 const DEFINITIONS_PER_NAME: usize = 8;
 
-/// Looks each identifier up in the index and keeps the chunks that define it (not in `current`),
-/// the nearest to `current` first ([`nearest_definitions`]).
+/// Looks each identifier up in the index and keeps the chunks that define it elsewhere than
+/// `current` (none when `current` defines it), the nearest to `current` first ([`nearest_definitions`]).
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
         let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
@@ -116,12 +124,17 @@ pub async fn definitions(store: &Store, identifiers: &[String], current: &str, p
 }
 
 /// Of the chunks defining one name, the `per_name` a file at `current` most likely means: none if
-/// the name is ambiguous ([`DEFINITIONS_PER_NAME`] defining chunks or more), none in `current`
-/// itself, none in test code unless `current` is test code (code outside tests cannot call it),
-/// and the rest by how many leading directories their path shares with `current` (a module's
-/// neighbours first: tokio's multi-thread scheduler means its own `Handle`), then in the order given.
+/// the name is ambiguous ([`DEFINITIONS_PER_NAME`] defining chunks or more) or if `current` defines
+/// it (the file means its own: tokio's `fs/open_options.rs` has an `enum Kind`, and the runtime
+/// builder's `Kind` in the prompt is another type), none in test code unless `current` is test code
+/// (code outside tests cannot call it), and the rest by how many leading directories their path
+/// shares with `current` (a module's neighbours first: tokio's multi-thread scheduler means its own
+/// `Handle`), then in the order given.
 pub fn nearest_definitions(found: Vec<Chunk>, current: &str, per_name: usize) -> Vec<Chunk> {
-    if found.len() >= DEFINITIONS_PER_NAME {
+    // An `impl` block is not a definition of its type: `impl Display for Handle` here leaves
+    // `struct Handle` to be found elsewhere.
+    let defines_here = |c: &Chunk| c.path == current && !c.symbol.rsplit(" > ").next().unwrap_or("").starts_with("impl ");
+    if found.len() >= DEFINITIONS_PER_NAME || found.iter().any(defines_here) {
         return Vec::new();
     }
     let in_tests = is_test_path(current);
@@ -320,6 +333,12 @@ mod tests {
         let everywhere: Vec<Chunk> = (0..DEFINITIONS_PER_NAME).map(|i| chunk(&format!("src/m{i}.rs"))).collect();
         assert!(nearest_definitions(everywhere, current, 1).is_empty(), "a name defined everywhere is a guess");
         assert!(nearest_definitions(vec![chunk(current)], current, 1).is_empty());
+        let mut own = found.clone();
+        own.push(chunk(current));
+        assert!(nearest_definitions(own, current, 9).is_empty(), "a name the file defines means the file's own");
+        let mut implemented = found.clone();
+        implemented.push(Chunk { symbol: "impl fmt::Display for Handle".into(), ..chunk(current) });
+        assert_eq!(nearest_definitions(implemented, current, 1).len(), 1, "an impl block here is not the type's definition");
     }
 
     #[test]

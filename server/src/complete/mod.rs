@@ -731,8 +731,13 @@ async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &c
     let (definitions, retrieved) = match &retrieval.store {
         Some(store) => {
             // A name the file takes from the standard library is not looked up: the workspace's
-            // chunk of the same name is another item (tokio's `Context` for `cx: &mut Context`).
-            let external = scope::standard_library_names(request.language, &request.text[..request.offset]);
+            // chunk of the same name is another item (tokio's `Context` for `cx: &mut Context`,
+            // or `task::Context` after `use std::task`). Nor is a name the code binds itself (a
+            // local `handle` is not a `fn handle` elsewhere).
+            let mut external = scope::standard_library_names(request.language, &request.text[..request.offset]);
+            let window = &request.text[context::nearby_range(&request.text, request.offset)];
+            external.extend(scope::standard_library_paths(request.language, window, &external));
+            external.extend(scope::locally_bound(request.language, window));
             let identifiers: Vec<String> =
                 context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS + external.len()).into_iter().filter(|n| !external.contains(n)).take(DEFINITION_LOOKUPS).collect();
             let similar = async {

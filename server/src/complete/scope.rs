@@ -87,8 +87,114 @@ pub fn standard_library_names(language: Language, text: &str) -> HashSet<String>
             let tree = statement.split_once("use ").map_or("", |(_, t)| t).trim_start_matches("::");
             matches!(tree.split("::").next().map(str::trim), Some("std" | "core" | "alloc"))
         })
-        .flat_map(|statement| use_leaves(statement))
+        .flat_map(|statement| {
+            let mut names = use_leaves(statement);
+            names.extend(self_imports(statement));
+            names
+        })
         .collect()
+}
+
+/// The modules a `use` statement imports with `self` (`io` in `use std::io::{self, Read};`).
+fn self_imports(statement: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in statement.match_indices("self") {
+        let (before, after) = (statement[..at].trim_end(), statement[at + 4..].trim_start());
+        let is_leaf = (before.ends_with('{') || before.ends_with(',')) && (after.starts_with(',') || after.starts_with('}'));
+        // The group's `{`, then the path segment before its `::`.
+        let Some(open) = is_leaf.then(|| before.rfind('{')).flatten() else { continue };
+        let path = statement[..open].trim_end().trim_end_matches("::");
+        let module = path.rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");
+        if is_identifier(module) {
+            out.push(module.to_owned());
+        }
+    }
+    out
+}
+
+/// Names `window` reaches through a path from the standard library: with `std_names` what the
+/// file imports from it ([`standard_library_names`]), `Context` and `Ready` in
+/// `cx: &mut task::Context<'_>` and `Poll::Ready(..)` after `use std::task::{self, Poll}`, `Result`
+/// in `std::io::Result`. Rust only; other languages: none.
+pub fn standard_library_paths(language: Language, window: &str, std_names: &HashSet<String>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    if language != Language::Rust {
+        return out;
+    }
+    let bytes = window.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    // Whether the identifier before the `::` being read names the standard library.
+    let mut from_std = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while i < bytes.len() && ident(bytes[i]) {
+                i += 1;
+            }
+            let word = &window[start..i];
+            let qualified = start >= 2 && &bytes[start - 2..start] == b"::";
+            if qualified && from_std {
+                out.insert(word.to_owned());
+            } else {
+                from_std = !qualified && (matches!(word, "std" | "core" | "alloc") || std_names.contains(word));
+            }
+        } else if bytes[i..].starts_with(b"::") {
+            i += 2;
+        } else {
+            from_std = false;
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Snake-case names `window` binds itself (Rust): `let` and `for` bindings, `Some(x)` / `Ok(x)` /
+/// `Err(x)` patterns, closure and function parameters, struct fields written `name: value`. A local
+/// `handle` is not tokio's `fn handle`: looking such a name up puts an unrelated body in the
+/// prompt. Other languages: none.
+pub fn locally_bound(language: Language, window: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    if language != Language::Rust {
+        return out;
+    }
+    let bytes = window.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let snake = |w: &str| w.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    // Identifiers with the text just before and just after each.
+    let mut words: Vec<(&str, &str, &str)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' {
+            let start = i;
+            while i < bytes.len() && ident(bytes[i]) {
+                i += 1;
+            }
+            words.push((window[..start].trim_end(), &window[start..i], window[i..].trim_start()));
+        } else {
+            i += 1;
+        }
+    }
+    // `before` ends with the word `w` (not with a longer identifier ending so).
+    let ends_with_word = |before: &str, w: &str| before.strip_suffix(w).is_some_and(|rest| !rest.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+    for (before, word, after) in words {
+        if !snake(word) || matches!(word, "mut" | "ref" | "self") {
+            continue;
+        }
+        let after_mut = before.strip_suffix("mut").filter(|rest| !rest.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')).map(str::trim_end);
+        // `Some(x)` binds `x` in a pattern; `Some(spawn(..))` calls `spawn`.
+        let wrapped = after.starts_with(')') || after.starts_with(',');
+        let pattern = |b: &str| ["let", "for"].iter().any(|w| ends_with_word(b, w)) || (wrapped && ["Some(", "Ok(", "Err("].iter().any(|w| ends_with_word(b, w)));
+        let bound = pattern(before)
+            || after_mut.is_some_and(pattern)
+            || (before.ends_with('|') && (after.starts_with('|') || after.starts_with(',') || after.starts_with(':')))
+            || (after.starts_with(':') && !after.starts_with("::"));
+        if bound {
+            out.insert(word.to_owned());
+        }
+    }
+    out
 }
 
 /// How a Rust `use` statement starts.
@@ -304,6 +410,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn names_reached_through_standard_library_paths() {
+        let file = "use std::{\n    pin::Pin,\n    task::{self, ready, Poll},\n};\nuse crate::io::{self, ReadBuf};\n";
+        let std_names = standard_library_names(Language::Rust, file);
+        assert!(std_names.contains("task") && std_names.contains("Poll") && !std_names.contains("io"), "{std_names:?}");
+        let window = "    fn poll_read(cx: &mut task::Context<'_>) -> Poll<std::io::Result<()>> {\n        crate::runtime::Handle::current();\n        return Poll::Ready(Ok(()));\n";
+        let mut found: Vec<String> = standard_library_paths(Language::Rust, window, &std_names).into_iter().collect();
+        found.sort();
+        assert_eq!(found, ["Context", "Ready", "Result", "io"]);
+        assert!(standard_library_paths(Language::Python, window, &std_names).is_empty());
+    }
+
+    #[test]
+    fn names_the_code_binds_itself() {
+        let window = "fn open(path: &Path, opts: Options) {\n    if let Ok(handle) = crate::runtime::Handle::try_current() {\n        let mut driver_handle = handle.inner.driver();\n        for entry in read_dir(path) {\n            items.iter().map(|item| item.size).sum::<u64>();\n            Config { depth: 2, ..Default::default() };\n            return Ok(parse_header(buf)?);\n        }\n    }\n    Err(invalid_data(path))\n";
+        let mut found: Vec<String> = locally_bound(Language::Rust, window).into_iter().collect();
+        found.sort();
+        assert_eq!(found, ["depth", "driver_handle", "entry", "handle", "item", "opts", "path"]);
+    }
 
     fn check_imports(language: Language, text: &str, expect: &[&str]) {
         assert_eq!(imported_names(language, text), expect, "{text}");
