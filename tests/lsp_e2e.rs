@@ -515,6 +515,18 @@ fn serve_over_stdio_survives_broken_frames_and_exits_on_exit() {
     assert_eq!(wait(&mut child), Some(1), "exit without shutdown");
 }
 
+/// Publishes the index of `team` to `store` (`kenning index --publish`) from a machine whose cache
+/// is `cache`.
+fn publish(team: &Path, store: &Path, cache: &Path) {
+    test_cache(cache);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
+        .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
+        .env("KENNING_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A workspace over the team's shared index (a directory store here; `shared_e2e` drives S3): the
 /// server pulls it when the folder opens, indexes only what differs, answers from both, and says
 /// which publication it uses.
@@ -524,14 +536,7 @@ async fn a_shared_index_serves_the_unchanged_files_and_the_status_names_it() {
     let team = dir.path().join("team");
     shop(&team);
     let store = dir.path().join("store");
-    let publisher = dir.path().join("publisher-cache");
-    test_cache(&publisher);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
-        .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
-        .env("KENNING_CACHE_DIR", &publisher)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    publish(&team, &store, &dir.path().join("publisher-cache"));
 
     // This machine's checkout: the cart edited.
     let root = dir.path().join("shop");
@@ -573,16 +578,7 @@ async fn a_running_editor_follows_the_shared_index_as_it_is_published() {
     std::fs::create_dir_all(&store).unwrap();
     // Each publication from a CI machine of its own (a fresh cache): the second one pulls the
     // first before it publishes over it.
-    let publish = |machine: &str| {
-        let publisher = dir.path().join(machine);
-        test_cache(&publisher);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))
-            .args(["index", team.to_str().unwrap(), "--publish", store.to_str().unwrap(), "--json"])
-            .env("KENNING_CACHE_DIR", &publisher)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    };
+    let publish = |machine: &str| publish(&team, &store, &dir.path().join(machine));
     let root = dir.path().join("shop");
     shop(&root);
     let root = root.canonicalize().unwrap();

@@ -360,11 +360,6 @@ impl Store {
         Ok(self.files().await?.into_values().filter(|f| hashes.get(&f.path).is_some_and(|h| *h != f.hash)).map(|f| f.path).collect())
     }
 
-    /// The base's paths this index hides.
-    pub fn shadowed(&self) -> Arc<HashSet<String>> {
-        self.base().map(|b| b.shadowed()).unwrap_or_default()
-    }
-
     /// Makes this handle see what other handles and processes have committed since it was opened
     /// (tables are not re-read on their own). Called by a writer once it holds the index's lock.
     pub async fn refresh(&self) -> Result<()> {

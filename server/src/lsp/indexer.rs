@@ -73,13 +73,12 @@ pub(super) async fn store(state: &State, root: &Root) -> Result<Arc<Store>, RunE
             }
             // An index completed by an earlier session (or a complete shared one) is searchable by
             // vector at once.
-            for index in [Some(store.clone()), store.base().map(|b| b.store().clone())].into_iter().flatten() {
-                if let Ok((chunks, vectors)) = index.counts().await
-                    && chunks > 0
-                    && chunks == vectors
-                {
-                    root.embedded.store(true, Ordering::Relaxed);
-                }
+            let base_embedded = match store.base() {
+                Some(base) => fully_embedded(base.store()).await,
+                None => false,
+            };
+            if base_embedded || fully_embedded(&store).await {
+                root.embedded.store(true, Ordering::Relaxed);
             }
             Ok(Arc::new(store))
         })
@@ -147,9 +146,7 @@ pub(super) async fn refresh_shared(state: &State, root: &Root, store: &Store) ->
                 shared.offline.as_deref().map_or_else(String::new, |why| format!("; its cached copy serves: {why}"))
             );
             if let Some(base) = store.base()
-                && let Ok((chunks, vectors)) = base.store().counts().await
-                && chunks > 0
-                && chunks == vectors
+                && fully_embedded(base.store()).await
             {
                 root.embedded.store(true, Ordering::Relaxed);
             }
@@ -203,6 +200,11 @@ pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
             run(Arc::clone(&state), Arc::clone(&root), false).await;
         }
     }
+}
+
+/// Whether every chunk of `store` has its vector (and there are chunks): searchable by vector.
+async fn fully_embedded(store: &Store) -> bool {
+    store.counts().await.is_ok_and(|(chunks, vectors)| chunks > 0 && chunks == vectors)
 }
 
 /// Starts the first indexing of every folder and asks the client to report file changes.
