@@ -347,3 +347,81 @@ fn two_places_keep_their_caches_and_a_warm_up_survives_the_requests_between_paus
     eprintln!("first warm-up {first:?}; the same warm-up after three requests {second:?}");
     assert!(second.complete && second.computed <= 1, "{second:?}");
 }
+
+/// Counts the generations an engine starts (a speculation starts in the background).
+struct Counting {
+    engine: LlamaEngine,
+    started: std::sync::atomic::AtomicUsize,
+}
+
+impl Generator for Counting {
+    fn model_name(&self) -> &str {
+        self.engine.model_name()
+    }
+    fn special(&self, token: SpecialToken) -> Option<String> {
+        self.engine.special(token)
+    }
+    fn count_tokens(&self, text: &str) -> Result<usize, GenerateError> {
+        self.engine.count_tokens(text)
+    }
+    fn generate(&self, request: GenerationRequest) -> Result<kenning::generate::Generation, GenerateError> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.engine.generate(request)
+    }
+    fn heals(&self) -> bool {
+        self.engine.heals()
+    }
+    fn warm(&self, prompt: String) -> Result<kenning::generate::Warming, GenerateError> {
+        self.engine.warm(prompt)
+    }
+    fn request_ahead(&self) -> kenning::generate::Ahead {
+        self.engine.request_ahead()
+    }
+    fn cache_slots(&self) -> usize {
+        self.engine.cache_slots()
+    }
+}
+
+/// Issue 12 (speculation): after a one-line suggestion, the next line is computed in the
+/// background as if the user accepted it and pressed Enter. The request at the new line is then
+/// answered from that work, and with what a completer that does not speculate computes there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_line_after_an_accepted_suggestion_is_ready_and_is_what_a_cold_request_gives() {
+    use kenning::complete::{Completer, CompletionRequest, Retrieval, Reuse};
+    use kenning::prompt::Family;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let counting = Arc::new(Counting { engine: load("qwen2.5-coder-0.5b"), started: Default::default() });
+    let speculating = Completer::new(counting.clone(), Family::QwenCoder, kenning::config::CompletionSettings::default());
+    let request = |text: String, offset: usize| CompletionRequest {
+        repo: "shop".into(),
+        path: "src/cart.rs".into(),
+        language: kenning::chunk::Language::Rust,
+        text,
+        offset,
+        buffers: Vec::new(),
+    };
+    let head = "/// Sums the prices of the items, in cents.\nfn total_cents(prices: &[u64]) -> u64 {\n    let mut total = ";
+    let tail = "\n}\n";
+    let shown = speculating.complete(request(format!("{head}{tail}"), head.len()), &Retrieval::default()).await.unwrap().expect("a suggestion");
+    assert!(!shown.text.contains('\n') && !shown.text.trim().is_empty(), "{shown:?}");
+    // The speculation is under way before the user accepts.
+    for _ in 0..600 {
+        if counting.started.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counting.started.load(Ordering::SeqCst), 2, "the next line was not computed in the background");
+
+    let accepted = format!("{head}{}\n    ", shown.text);
+    let next = speculating.complete(request(format!("{accepted}{tail}"), accepted.len()), &Retrieval::default()).await.unwrap().expect("a suggestion at the next line");
+    assert_eq!(next.reuse, Reuse::Cache, "{next:?}");
+
+    let cold = Completer::new(Arc::new(cold_qwen()), Family::QwenCoder, kenning::config::CompletionSettings { speculate: false, ..Default::default() });
+    let fresh = cold.complete(request(format!("{accepted}{tail}"), accepted.len()), &Retrieval::default()).await.unwrap().expect("a cold suggestion");
+    assert_eq!(fresh.reuse, Reuse::Fresh);
+    eprintln!("shown {:?}; next line from the speculation {:?}; cold {:?}", shown.text, next.text, fresh.text);
+    assert_eq!(next.text.lines().next(), fresh.text.lines().next());
+}
