@@ -15,9 +15,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use kenning::assets::Assets;
 use kenning::generate::llama::{LlamaEngine, LlamaOptions};
-use kenning::generate::{BundledModel, Generator, GenerationRequest};
+use kenning::generate::{Generator, GenerationRequest};
 use kenning::paths::Paths;
 
 use common::peak_rss_mb;
@@ -92,7 +91,6 @@ fn main() {
         Some(other) => panic!("unknown engine {other} (llama, mlx)"),
     };
     let paths = Paths::from_env();
-    let assets = Assets::new(paths.assets());
     let corpus = corpus();
     if mlx {
         println!("kenning generation benchmark (MLX engine, CPU, greedy; mlx_lm.generate on the same model and prompts)");
@@ -108,7 +106,7 @@ fn main() {
         let (engine, model_dir): (Box<dyn Generator>, Option<std::path::PathBuf>) = if mlx {
             load_mlx(name, &paths)
         } else {
-            let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
+            let path = kenning::models::resolve(name, &paths).unwrap_or_else(|e| panic!("{e}"));
             (Box::new(LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, ..LlamaOptions::default() }).unwrap()), None)
         };
         let engine = engine.as_ref();
@@ -149,7 +147,7 @@ fn main() {
         if !mlx {
             // How a generation reads its prompt: tokens per decode call. 64 was the only size
             // before; each size on its own engine, the same prompts (best of two runs).
-            let path = BundledModel::resolve(name, &assets).unwrap_or_else(|e| panic!("{e}"));
+            let path = kenning::models::resolve(name, &paths).unwrap_or_else(|e| panic!("{e}"));
             let mut line = String::from("  prompt read in chunks of");
             for chunk in [64, 128, 256, 512] {
                 let engine = LlamaEngine::load(&path, LlamaOptions { context: 4096, threads, prompt_chunk: chunk, ..LlamaOptions::default() }).unwrap();
@@ -172,7 +170,7 @@ fn main() {
 /// on one where both already hold long prompts of other places; each on a fresh engine, best of
 /// three prompts, with the decode speed of 32 tokens after it.
 fn new_place(name: &str, paths: &Paths, threads: usize, corpus: &str) {
-    let source = BundledModel::resolve(name, &Assets::new(paths.assets())).unwrap_or_else(|e| panic!("{e}"));
+    let source = kenning::models::resolve(name, paths).unwrap_or_else(|e| panic!("{e}"));
     let q8 = kenning::generate::llama::requantized_q8(&source, &paths.cache().join("weights")).unwrap();
     // Each prompt from its own part of the corpus: nothing of it is cached anywhere.
     let part = |k: usize| {

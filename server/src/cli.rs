@@ -397,7 +397,7 @@ async fn publish_cmd(paths: &Paths, args: &IndexArgs, root: &Path, uri: &str) ->
         std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
     }
     if fresh_copy && let Some(p) = &previous {
-        let pulled = remote.pull(p, &work).await?;
+        let (pulled, _lease) = remote.pull(p, &work).await?;
         eprintln!("kenning: pulled the publication of {} ({:.1} MB)", p.published_text(), pulled as f64 / 1e6);
     }
     let store = crate::session::open_index(&work).await.with_context(|| format!("cannot open {}", work.display()))?;

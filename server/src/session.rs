@@ -101,21 +101,23 @@ pub async fn open_shared_newer(paths: &Paths, uri: &str, have: Option<&crate::sh
                 ),
             });
         }
-        let pulled = remote.pull(&snapshot, &copy).await?;
-        Ok(Some((snapshot, pulled)))
+        let (pulled, lease) = remote.pull(&snapshot, &copy).await?;
+        Ok(Some((snapshot, pulled, lease)))
     };
-    let (snapshot, pulled, offline) = match current.await {
-        Ok(Some((snapshot, pulled))) => (snapshot, pulled, None),
+    let (snapshot, pulled, offline, lease) = match current.await {
+        Ok(Some((snapshot, pulled, lease))) => (snapshot, pulled, None, lease),
         Ok(None) => return Ok(None),
         // The copy pulled last serves while the store is out of reach (a model mismatch or an
         // empty store is a configuration to fix, not an outage).
-        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) if have.is_none() => match shared::local_snapshot(&copy) {
-            Some(snapshot) => (snapshot, 0, Some(e.to_string())),
+        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) if have.is_none() => match shared::lease_local(&copy).await? {
+            Some((snapshot, lease)) => (snapshot, 0, Some(e.to_string()), lease),
             None => return Err(e.into()),
         },
         Err(e) => return Err(e.into()),
     };
-    let store = Store::open_snapshot(&copy, FastEmbedder::MODEL_ID, FastEmbedder::DIM, &snapshot.versions).await?;
+    // The lease lives as long as the snapshot's store (searches hold it through the overlay's
+    // base): other processes' pulls keep these files meanwhile.
+    let store = Store::open_snapshot(&copy, FastEmbedder::MODEL_ID, FastEmbedder::DIM, &snapshot.versions).await?.holding(lease);
     let state = SharedState {
         uri: uri.to_owned(),
         commit: snapshot.commit.clone(),

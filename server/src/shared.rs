@@ -251,23 +251,15 @@ impl Remote {
     }
 
     /// Makes `dir` hold exactly the files of `snapshot` (downloading those it lacks, each checked
-    /// against its hash), then writes the snapshot there last. Files of `dir` that neither this
-    /// snapshot nor the one `dir` held before names are removed. Returns the bytes downloaded.
+    /// against its hash), then writes the snapshot there last. Files that neither this snapshot,
+    /// the one `dir` held before, nor a live [`Lease`] names are removed. Returns the bytes
+    /// downloaded and this process's lease on the snapshot (hold it while reading the copy).
     ///
     /// One process pulls into `dir` at a time (an advisory lock on `<dir>.pull.lock`): an editor
     /// and a `kenning` command on one machine share the copy.
-    pub async fn pull(&self, snapshot: &Snapshot, dir: &Path) -> Result<u64> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SharedError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = PathBuf::from(format!("{}.pull.lock", dir.display()));
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-        let _lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-            .await
-            .map_err(|e| SharedError::Io { path: lock_path.clone(), source: std::io::Error::other(e.to_string()) })?
-            .map_err(io(&lock_path))?;
+    pub async fn pull(&self, snapshot: &Snapshot, dir: &Path) -> Result<(u64, Lease)> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let _lock = pull_lock(dir).await?;
         let before = local_snapshot(dir);
         let wanted: Vec<(PathBuf, SnapshotFile)> = snapshot
             .files
@@ -280,15 +272,18 @@ impl Remote {
             .buffer_unordered(PARALLEL_TRANSFERS)
             .try_collect()
             .await?;
-        // Keep what the previous snapshot needs: a process may still be reading it.
-        let keep: HashSet<&String> = snapshot.files.keys().chain(before.iter().flat_map(|b| b.files.keys())).collect();
+        // Keep what the previous snapshot needs, and what any process still reading an older one
+        // has claimed.
+        let claimed = live_claims(dir);
+        let keep: HashSet<&String> =
+            snapshot.files.keys().chain(before.iter().flat_map(|b| b.files.keys())).chain(claimed.iter().flat_map(|c| c.files.keys())).collect();
         for path in list_dir(dir)? {
             if !keep.contains(&path) {
                 let _ = std::fs::remove_file(dir.join(&path));
             }
         }
         write_atomically(&dir.join(SNAPSHOT), &serde_json::to_vec_pretty(snapshot).expect("a snapshot serializes"))?;
-        Ok(downloaded.iter().sum())
+        Ok((downloaded.iter().sum(), Lease::take(dir, snapshot)?))
     }
 
     async fn download(&self, file: &SnapshotFile, to: PathBuf) -> Result<u64> {
@@ -413,6 +408,98 @@ pub fn local_snapshot(dir: &Path) -> Option<Snapshot> {
     std::fs::read(dir.join(SNAPSHOT)).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// The snapshot the copy in `dir` holds, with a lease on it (`None`: no complete copy): for a
+/// process that reads the copy without pulling (the store is out of reach).
+pub async fn lease_local(dir: &Path) -> Result<Option<(Snapshot, Lease)>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let _lock = pull_lock(dir).await?;
+    match local_snapshot(dir) {
+        Some(snapshot) => {
+            let lease = Lease::take(dir, &snapshot)?;
+            Ok(Some((snapshot, lease)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> SharedError {
+    let path = path.to_owned();
+    move |source| SharedError::Io { path, source }
+}
+
+/// Waits for, then holds, the copy's pull lock (`<dir>.pull.lock`).
+async fn pull_lock(dir: &Path) -> Result<std::fs::File> {
+    let path = PathBuf::from(format!("{}.pull.lock", dir.display()));
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_at(&path))?;
+    tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| SharedError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(io_at(&path))
+}
+
+/// Where the processes reading a copy claim their snapshots: `<dir>.readers/`.
+fn readers_dir(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.readers", dir.display()))
+}
+
+/// A process's claim on the files of the snapshot it reads from a local copy. A pull into the
+/// copy, by any process, keeps every file a live claim names, however many publications later it
+/// comes (without claims it keeps only the snapshot before its own, and an editor open for days
+/// would find its files gone). The claim is a file naming the snapshot, under an advisory lock
+/// that the system releases when the process ends, however it ends; the next pull removes a
+/// claim nobody holds. Dropping the lease ends the claim.
+#[derive(Debug)]
+pub struct Lease {
+    path: PathBuf,
+    _held: std::fs::File,
+}
+
+impl Lease {
+    /// Claims `snapshot` in the copy `dir`. Called under the copy's pull lock, so that no pull
+    /// sees the claim before it is locked.
+    fn take(dir: &Path, snapshot: &Snapshot) -> Result<Self> {
+        static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let readers = readers_dir(dir);
+        std::fs::create_dir_all(&readers).map_err(io_at(&readers))?;
+        let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = readers.join(format!("{}-{n}.json", std::process::id()));
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io_at(&path))?;
+        file.try_lock().map_err(|e| SharedError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(snapshot).expect("a snapshot serializes")).map_err(io_at(&path))?;
+        Ok(Self { path, _held: file })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The snapshots live processes claim in the copy `dir` (see [`Lease`]); claims whose holder is
+/// gone are removed. Called under the pull lock.
+fn live_claims(dir: &Path) -> Vec<Snapshot> {
+    let Ok(entries) = std::fs::read_dir(readers_dir(dir)) else { return Vec::new() };
+    let mut live = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        match file.try_lock() {
+            // Nobody holds it: its process ended.
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {
+                if let Some(snapshot) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                    live.push(snapshot);
+                }
+            }
+        }
+    }
+    live
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| SharedError::Io { path: path.to_owned(), source };
     let tmp = PathBuf::from(format!("{}.partial", path.display()));
@@ -533,15 +620,15 @@ mod tests {
         assert_eq!(first.files.keys().collect::<Vec<_>>(), ["kenning-index.json", "t.lance/data/a.lance"], "the lock is not published");
         assert_eq!(remote.push(src.path(), &first, None).await.unwrap(), 100_002);
         assert_eq!(remote.snapshot().await.unwrap().as_ref(), Some(&first));
-        assert_eq!(remote.pull(&first, copy.path()).await.unwrap(), 100_002);
+        assert_eq!(remote.pull(&first, copy.path()).await.unwrap().0, 100_002);
         assert_eq!(std::fs::read(copy.path().join("t.lance/data/a.lance")).unwrap(), vec![7u8; 100_000]);
         assert_eq!(local_snapshot(copy.path()).as_ref(), Some(&first));
-        assert_eq!(remote.pull(&first, copy.path()).await.unwrap(), 0, "nothing to pull twice");
+        assert_eq!(remote.pull(&first, copy.path()).await.unwrap().0, 0, "nothing to pull twice");
 
         std::fs::write(src.path().join("t.lance/data/b.lance"), b"new").unwrap();
         let second = Snapshot::of_dir(src.path(), "m", 4, None, BTreeMap::from([("t".into(), 4)])).unwrap();
         assert_eq!(remote.push(src.path(), &second, Some(&first)).await.unwrap(), 3, "only the new file");
-        assert_eq!(remote.pull(&second, copy.path()).await.unwrap(), 3);
+        assert_eq!(remote.pull(&second, copy.path()).await.unwrap().0, 3);
 
         // An object whose bytes are not the published ones is refused and leaves no file behind.
         let b = &second.files["t.lance/data/b.lance"];
@@ -554,5 +641,47 @@ mod tests {
         std::fs::remove_file(store.path().join(OBJECTS).join(&b.blake3)).unwrap();
         let e = remote.pull(&second, other.path()).await.unwrap_err().to_string();
         assert!(e.contains("incomplete"), "{e}");
+    }
+
+    /// A process reading an old snapshot keeps its files however many publications other
+    /// processes pull into the copy meanwhile; once it ends (or is killed) they go.
+    #[tokio::test]
+    async fn a_reader_keeps_its_snapshot_while_others_pull_newer_ones() {
+        let (src, store, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let copy = copy.path().join("copy");
+        let remote = Remote::open(store.path().to_str().unwrap()).unwrap();
+        let data = src.path().join("t.lance/data");
+        std::fs::create_dir_all(&data).unwrap();
+        // Publication n holds only the file `n.lance`.
+        let mut snapshots: Vec<Snapshot> = Vec::new();
+        for n in 0..4u64 {
+            if n > 0 {
+                std::fs::remove_file(data.join(format!("{}.lance", n - 1))).unwrap();
+            }
+            std::fs::write(data.join(format!("{n}.lance")), format!("version {n}")).unwrap();
+            let snapshot = Snapshot::of_dir(src.path(), "m", 4, None, BTreeMap::from([("t".into(), n)])).unwrap();
+            remote.push(src.path(), &snapshot, snapshots.last()).await.unwrap();
+            snapshots.push(snapshot);
+        }
+        let file = |n: usize| copy.join(format!("t.lance/data/{n}.lance"));
+
+        let (_, reader) = remote.pull(&snapshots[0], &copy).await.unwrap();
+        // A process killed while reading publication 1 leaves a claim nobody holds.
+        let (_, killed) = remote.pull(&snapshots[1], &copy).await.unwrap();
+        let orphan = copy.with_extension("readers").join("999999999-0.json");
+        std::fs::copy(&killed.path, &orphan).unwrap();
+        drop(killed);
+        remote.pull(&snapshots[2], &copy).await.unwrap();
+        remote.pull(&snapshots[3], &copy).await.unwrap();
+        assert!(file(0).exists(), "the reader of publication 0 still reads its file");
+        assert!(!file(1).exists() && !orphan.exists(), "a claim whose process is gone keeps nothing and is removed");
+        assert!(file(2).exists() && file(3).exists(), "the copy's previous and current publications");
+
+        drop(reader);
+        remote.pull(&snapshots[3], &copy).await.unwrap();
+        assert!(!file(0).exists(), "once its reader is gone, publication 0's file goes");
+        let (snapshot, _lease) = lease_local(&copy).await.unwrap().expect("a complete copy");
+        assert_eq!(snapshot, snapshots[3]);
+        assert!(lease_local(&copy.join("nothing")).await.unwrap().is_none());
     }
 }

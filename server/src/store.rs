@@ -127,6 +127,8 @@ pub struct Store {
     /// The shared snapshot this index overlays, if any. Shared by the handle's clones, and
     /// replaced whole when a newer publication is put under the index ([`Store::set_base`]).
     base: Arc<std::sync::RwLock<Option<Arc<Base>>>>,
+    /// Kept alive as long as any clone of the handle (a snapshot's [`crate::shared::Lease`]).
+    held: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The read-only snapshot under an overlay, and which of its paths the overlay hides.
@@ -268,7 +270,7 @@ impl Store {
             let json = serde_json::to_vec_pretty(&wanted).expect("meta serializes");
             std::fs::write(&meta_path, json).map_err(io)?;
         }
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default() })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default(), held: None })
     }
 
     /// Opens, read-only, the index in `dir` with each table at the version `versions` names (a
@@ -301,7 +303,13 @@ impl Store {
             tables.push(table);
         }
         let [chunks, vectors, files]: [Table; 3] = tables.try_into().map_err(|_| invalid("three tables".into()))?;
-        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default() })
+        Ok(Self { dir: dir.to_owned(), dim, chunks, vectors, files, text_indexed: Arc::new(AtomicBool::new(false)), base: Default::default(), held: None })
+    }
+
+    /// This handle and its clones keep `what` alive (a snapshot keeps its lease on the copy's files).
+    pub fn holding(mut self, what: impl std::any::Any + Send + Sync) -> Self {
+        self.held = Some(Arc::new(what));
+        self
     }
 
     /// The version of each table as it is now (what a snapshot of this index pins).

@@ -43,7 +43,7 @@ fn words(text: &str) -> HashSet<&str> {
 
 /// Statements starting with `keyword` (at a line start) up to `end` (inclusive), and the text that
 /// is not such a statement (the code that uses the names).
-fn statements<'a>(text: &'a str, starts: &[&str], end: impl Fn(&str) -> bool) -> (Vec<String>, String) {
+fn statements(text: &str, starts: &[&str], end: impl Fn(&str) -> bool) -> (Vec<String>, String) {
     let mut found = Vec::new();
     let mut body = String::new();
     let mut current: Option<String> = None;
