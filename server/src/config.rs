@@ -199,6 +199,11 @@ pub struct CompletionSettings {
     /// Leave out context that mostly repeats the code around the cursor (identifier sets more than
     /// half alike): such snippets can pull the model into copying a neighbour's line.
     pub drop_local_repeats: bool,
+    /// With retrieval: context also for a request at a line's start (only indentation before the
+    /// cursor: the whole line is to be guessed). Off = such a request is completed from the local
+    /// prefix and suffix alone (its prompt goes to the engine's other cache sequence; the ring is
+    /// kept for the requests that follow on the line).
+    pub line_start_context: bool,
     /// After a one-line suggestion, compute the next line's in the background, as if the user
     /// accepted it and pressed Enter: the request there is then answered at once when they do.
     pub speculate: bool,
@@ -236,6 +241,7 @@ impl Default for CompletionSettings {
             similar_code: true,
             imports: false,
             drop_local_repeats: false,
+            line_start_context: true,
             speculate: true,
             prepare_on_edit: false,
             layout: Layout::default(),

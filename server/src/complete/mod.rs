@@ -308,7 +308,10 @@ impl Completer {
                 self.gather_for_place(&request, retrieval).await;
             }
         }
-        let (snippets, warm) = self.ring_for(&request.path);
+        let (mut snippets, warm) = self.ring_for(&request.path);
+        if !self.settings.line_start_context && at_line_start(&request.text, request.offset) {
+            snippets.clear();
+        }
         let shape = self.prompt_shape(warm);
         let local = Local::new(&request, &shape);
         let context_ms = ms(started.elapsed());
@@ -505,10 +508,14 @@ impl Completer {
             if newer() {
                 return; // a request came meanwhile: it decides what runs next
             }
-            let (snippets, warm) = {
+            let (mut snippets, warm) = {
                 let state = context.lock().expect("context lock");
                 (state.ring.snippets_for(&next.path), state.place_warm)
             };
+            // The next line is asked for at its start: the same context the request there gets.
+            if !settings.line_start_context && at_line_start(&next.text, next.offset) {
+                snippets.clear();
+            }
             let shape = PromptShape { budget: if warm { shape.budget } else { shape.budget.first_request(settings.first_prompt_tokens) }, ..shape };
             let local = Local::new(&next, &shape);
             let built = shape.build(&next, &local, &snippets);
@@ -872,6 +879,12 @@ impl PromptShape {
     }
 }
 
+
+/// Whether only indentation comes before `offset` on its line (the whole line is to be guessed).
+fn at_line_start(text: &str, offset: usize) -> bool {
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    text[start..offset].chars().all(|c| c == ' ' || c == '\t')
+}
 
 /// The 0-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {

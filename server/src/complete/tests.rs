@@ -291,6 +291,33 @@ async fn the_ring_order_survives_keystrokes() {
     }
 }
 
+/// `completion.line_start_context = false`: a request with only indentation before the cursor is
+/// completed from the local text alone (the prompt a completer without context builds); one
+/// further on the line keeps the ring, which the line-start request left as it was.
+#[tokio::test]
+async fn without_line_start_context_a_line_start_gets_the_local_prompt_and_the_ring_stays() {
+    let g = Scripted::new(vec!["x"], 1);
+    let settings = config::CompletionSettings { speculate: false, line_start_context: false, ..config::CompletionSettings::default() };
+    let c = Completer::new(Arc::clone(&g) as Arc<dyn Generator>, Family::QwenCoder, settings.clone());
+    let bare = Completer::new(Arc::clone(&g) as Arc<dyn Generator>, Family::QwenCoder, settings);
+    let start = "fn total(item: &Item, coupon: &Coupon) -> u64 {\n";
+    c.prepare(&request_with_buffer(&format!("{start}    let price = ")), &Retrieval::default()).await;
+    assert_eq!(c.ring_snippets().len(), 1, "the open buffer's window joined the ring");
+    for text in [format!("{start}    "), format!("{start}\t"), format!("{start}    let price = ")] {
+        c.complete(request_with_buffer(&text), &Retrieval::default()).await.unwrap();
+    }
+    // The same line start, with no context to be had.
+    bare.complete(CompletionRequest { path: "src/cart.rs".into(), ..request(&format!("{start}    ")) }, &Retrieval::default()).await.unwrap();
+    let seen = g.seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    for r in &seen[..2] {
+        assert!(!r.prompt.contains("discounted_price"), "a line start carries no context: {}", r.prompt);
+    }
+    assert_eq!(seen[0].prompt, seen[3].prompt, "the prompt of a completer without context");
+    assert!(context_part(&seen[2].prompt).contains("pub fn discounted_price"), "further on the line the ring is back: {}", seen[2].prompt);
+    assert_eq!(c.ring_snippets().len(), 1);
+}
+
 #[tokio::test]
 async fn the_first_request_at_a_new_place_carries_its_context_and_later_ones_keep_it() {
     let g = Scripted::new(vec!["x"], 1);
