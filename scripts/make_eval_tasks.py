@@ -15,7 +15,8 @@ declaration or an attribute); the expected text is the rest of that line:
 
 Each task line is `{"id", "kind", "path", "prefix", "suffix", "expected"}`; prefix + expected +
 suffix is the file (up to the expected line's trailing spaces). The expected text never occurs in
-the prompt's prefix or suffix by construction (it is cut out of them); retrieval may still find
+the prompt's prefix or suffix: it is cut out of them, and a line whose expected part occurs
+elsewhere in its file is not a task (it would be copied, not predicted). Retrieval may still find
 the same line in another file, which is what retrieval is for.
 
 Usage: scripts/make_eval_tasks.py REPO OUT.jsonl [--kind api|line|rest] [--count 40] [--seed 0]
@@ -88,6 +89,15 @@ def lines_of(text: str):
         offset += len(line) + 1
 
 
+def leaks(text: str, cursor: int) -> bool:
+    """Whether the rest of the cursor's line (what the task expects) also occurs in the prompt's
+    prefix or suffix: a repeated line would be copied, not predicted."""
+    line_end = text.find("\n", cursor)
+    line_end = len(text) if line_end < 0 else line_end
+    expected = text[cursor:line_end].strip()
+    return not expected or expected in text[:cursor] or expected in text[line_end:]
+
+
 def cross_file_calls(files: dict[str, str], per_file: int, kind: str) -> list[tuple[str, int]]:
     """(path, cursor) of lines calling a name defined in another file."""
     definers: dict[str, set[str]] = {}
@@ -113,7 +123,7 @@ def cross_file_calls(files: dict[str, str], per_file: int, kind: str) -> list[tu
                     continue
                 indent = len(line) - len(line.lstrip())
                 cursor = m.start() if kind == "api" else indent
-                if len(line[cursor:].strip()) < 8 or (kind == "api" and not line[: m.start()].strip()):
+                if len(line[cursor:].strip()) < 8 or (kind == "api" and not line[: m.start()].strip()) or leaks(text, start + cursor):
                     continue
                 found.append((path, start + cursor))
                 in_file += 1
@@ -131,7 +141,11 @@ def rest_of_line_cuts(files: dict[str, str], per_file: int, rng: random.Random) 
             if len(body) < MIN_REST_LINE or len(line) > MAX_LINE or skipped(line):
                 continue
             indent = len(line) - len(line.lstrip())
-            cuts = [m.start() for m in re.finditer(r"\b", line) if indent + MIN_REST_SIDE <= m.start() <= len(line.rstrip()) - MIN_REST_SIDE]
+            cuts = [
+                m.start()
+                for m in re.finditer(r"\b", line)
+                if indent + MIN_REST_SIDE <= m.start() <= len(line.rstrip()) - MIN_REST_SIDE and not leaks(text, start + m.start())
+            ]
             if cuts:
                 here.append((path, start + rng.choice(cuts)))
         found.extend(rng.sample(here, min(per_file, len(here))))

@@ -1,0 +1,61 @@
+//! `scripts/make_eval_tasks.py`, the generator of the public task sets (issue 18), on a small
+//! repository: every task is a cut in its file, and none leaks what it expects into its prompt.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// The tasks of `kind` the generator makes from `repo`, as JSON values.
+fn tasks(repo: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make_eval_tasks.py");
+    let run = Command::new("python3")
+        .arg(&script)
+        .arg(repo)
+        .arg(out.path())
+        .args(["--kind", kind, "--count", "50", "--per-file", "10", "--seed", "0"])
+        .output()
+        .expect("python3 runs");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    fs::read_to_string(out.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn tasks_are_cuts_of_their_files_and_never_leak_the_expected_text() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write(root, "src/price.rs", "/// Applies a coupon.\npub fn discounted_price(cents: u64, coupon: u64) -> u64 {\n    cents.saturating_sub(coupon)\n}\n");
+    // One call appears twice, word for word: the model could copy it from the prompt.
+    write(
+        root,
+        "src/cart.rs",
+        "use crate::price;\n\npub fn totals(a: u64, b: u64) -> (u64, u64) {\n    let first = price::discounted_price(a, 10);\n    let again = price::discounted_price(a, 10);\n    let shipped = price::discounted_price(b, 25) + 300;\n    let first = price::discounted_price(a, 10);\n    (first, again + shipped)\n}\n",
+    );
+    write(root, "app/models.py", "class Basket:\n    def total_with_tax(self, rate):\n        return sum(self.items) * (1 + rate)\n");
+    write(root, "app/views.py", "from app.models import Basket\n\n\ndef render(basket, rate):\n    amount = basket.total_with_tax(rate)\n    return f\"{amount:.2f}\"\n");
+
+    let mut seen = 0;
+    for kind in ["line", "api", "rest"] {
+        for task in tasks(root, kind) {
+            let field = |k: &str| task[k].as_str().unwrap().to_owned();
+            let (path, prefix, suffix, expected) = (field("path"), field("prefix"), field("suffix"), field("expected"));
+            let file = fs::read_to_string(root.join(&path)).unwrap();
+            assert!(file.starts_with(&format!("{prefix}{expected}")) && file.ends_with(&suffix), "{kind} {task}");
+            let wanted = expected.trim();
+            assert!(!wanted.is_empty() && !prefix.contains(wanted) && !suffix.contains(wanted), "{kind} task leaks its answer: {task}");
+            assert_ne!(expected.trim(), "let first = price::discounted_price(a, 10);", "{task}");
+            seen += 1;
+        }
+    }
+    // The unrepeated calls make tasks of each kind: the filter is not all that passes.
+    let lines = tasks(root, "line");
+    assert!(lines.iter().any(|t| t["expected"] == "let shipped = price::discounted_price(b, 25) + 300;"), "{lines:?}");
+    assert!(lines.iter().any(|t| t["expected"] == "amount = basket.total_with_tax(rate)"), "{lines:?}");
+    assert!(seen >= 5, "{seen} tasks");
+}
