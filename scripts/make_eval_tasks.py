@@ -132,7 +132,8 @@ def cross_file_calls(files: dict[str, str], per_file: int, kind: str) -> list[tu
 
 
 def rest_of_line_cuts(files: dict[str, str], per_file: int, rng: random.Random) -> list[tuple[str, int]]:
-    """(path, cursor) of cuts inside code lines, at word boundaries."""
+    """(path, cursor) of cuts inside code lines, at word boundaries: lines taken in a random order,
+    each cut at one random boundary, until `per_file` cuts do not leak."""
     found = []
     for path, text in files.items():
         here = []
@@ -141,14 +142,18 @@ def rest_of_line_cuts(files: dict[str, str], per_file: int, rng: random.Random) 
             if len(body) < MIN_REST_LINE or len(line) > MAX_LINE or skipped(line):
                 continue
             indent = len(line) - len(line.lstrip())
-            cuts = [
-                m.start()
-                for m in re.finditer(r"\b", line)
-                if indent + MIN_REST_SIDE <= m.start() <= len(line.rstrip()) - MIN_REST_SIDE and not leaks(text, start + m.start())
-            ]
+            cuts = [m.start() for m in re.finditer(r"\b", line) if indent + MIN_REST_SIDE <= m.start() <= len(line.rstrip()) - MIN_REST_SIDE]
             if cuts:
-                here.append((path, start + rng.choice(cuts)))
-        found.extend(rng.sample(here, min(per_file, len(here))))
+                here.append(start + rng.choice(cuts))
+        rng.shuffle(here)
+        taken = []
+        # One by one: each check reads the whole file.
+        for cursor in here:
+            if len(taken) == per_file:
+                break
+            if not leaks(text, cursor):
+                taken.append(cursor)
+        found.extend((path, cursor) for cursor in taken)
     return found
 
 

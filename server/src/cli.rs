@@ -397,7 +397,8 @@ async fn publish_cmd(paths: &Paths, args: &IndexArgs, root: &Path, uri: &str) ->
         std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
     }
     if fresh_copy && let Some(p) = &previous {
-        let (pulled, _lease) = remote.pull(p, &work).await?;
+        // Nobody else reads the publisher's copy: no claim on it is kept.
+        let (pulled, _) = remote.pull(p, &work).await?;
         eprintln!("kenning: pulled the publication of {} ({:.1} MB)", p.published_text(), pulled as f64 / 1e6);
     }
     let store = crate::session::open_index(&work).await.with_context(|| format!("cannot open {}", work.display()))?;

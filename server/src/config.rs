@@ -202,7 +202,8 @@ pub struct CompletionSettings {
     /// With retrieval: context also for a request at a line's start (only indentation before the
     /// cursor: the whole line is to be guessed). Off = such a request is completed from the local
     /// prefix and suffix alone (its prompt goes to the engine's other cache sequence; the ring is
-    /// kept for the requests that follow on the line).
+    /// kept for the requests that follow on the line). With an engine that keeps one cache (HTTP
+    /// servers), every line start and the request after it compute their whole prompt.
     pub line_start_context: bool,
     /// After a one-line suggestion, compute the next line's in the background, as if the user
     /// accepted it and pressed Enter: the request there is then answered at once when they do.

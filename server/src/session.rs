@@ -105,13 +105,21 @@ pub async fn open_shared_newer(paths: &Paths, uri: &str, have: Option<&crate::sh
         Ok(Some((snapshot, pulled, lease)))
     };
     let (snapshot, pulled, offline, lease) = match current.await {
-        Ok(Some((snapshot, pulled, lease))) => (snapshot, pulled, None, lease),
+        Ok(Some((snapshot, pulled, lease))) => (snapshot, pulled, None, Some(lease)),
         Ok(None) => return Ok(None),
         // The copy pulled last serves while the store is out of reach (a model mismatch or an
         // empty store is a configuration to fix, not an outage).
-        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) if have.is_none() => match shared::lease_local(&copy).await? {
-            Some((snapshot, lease)) => (snapshot, 0, Some(e.to_string()), lease),
-            None => return Err(e.into()),
+        Err(e @ (SharedError::Unreachable { .. } | SharedError::Io { .. })) if have.is_none() => match shared::lease_local(&copy).await {
+            Ok(Some((snapshot, lease))) => (snapshot, 0, Some(e.to_string()), Some(lease)),
+            Ok(None) => return Err(e.into()),
+            // A copy that cannot be claimed (a read-only cache) still serves, unclaimed.
+            Err(claim) => match shared::local_snapshot(&copy) {
+                Some(snapshot) => {
+                    tracing::warn!("the shared index's copy serves without a claim on its files: {claim}");
+                    (snapshot, 0, Some(e.to_string()), None)
+                }
+                None => return Err(e.into()),
+            },
         },
         Err(e) => return Err(e.into()),
     };

@@ -273,13 +273,13 @@ impl Remote {
             .try_collect()
             .await?;
         // Keep what the previous snapshot needs, and what any process still reading an older one
-        // has claimed.
-        let claimed = live_claims(dir);
-        let keep: HashSet<&String> =
-            snapshot.files.keys().chain(before.iter().flat_map(|b| b.files.keys())).chain(claimed.iter().flat_map(|c| c.files.keys())).collect();
-        for path in list_dir(dir)? {
-            if !keep.contains(&path) {
-                let _ = std::fs::remove_file(dir.join(&path));
+        // has claimed (everything, when a claim cannot be read).
+        if let Some(claimed) = claimed_files(dir) {
+            let keep: HashSet<&String> = snapshot.files.keys().chain(before.iter().flat_map(|b| b.files.keys())).chain(&claimed).collect();
+            for path in list_dir(dir)? {
+                if !keep.contains(&path) {
+                    let _ = std::fs::remove_file(dir.join(&path));
+                }
             }
         }
         write_atomically(&dir.join(SNAPSHOT), &serde_json::to_vec_pretty(snapshot).expect("a snapshot serializes"))?;
@@ -449,55 +449,85 @@ fn readers_dir(dir: &Path) -> PathBuf {
 /// comes (without claims it keeps only the snapshot before its own, and an editor open for days
 /// would find its files gone). The claim is a file naming the snapshot, under an advisory lock
 /// that the system releases when the process ends, however it ends; the next pull removes a
-/// claim nobody holds. Dropping the lease ends the claim.
+/// claim nobody holds. Dropping the lease ends the claim. The copy is meant for a local file
+/// system (the cache): where locks are emulated (NFS, SMB), a claim whose lock cannot be told
+/// keeps its files.
 #[derive(Debug)]
 pub struct Lease {
     path: PathBuf,
     _held: std::fs::File,
 }
 
+/// This process's claims, by path, with the files each names: a pull here never opens them
+/// (closing any handle on a file drops the process's lock where locks are per process).
+static OWN_CLAIMS: std::sync::Mutex<BTreeMap<PathBuf, Vec<String>>> = std::sync::Mutex::new(BTreeMap::new());
+
 impl Lease {
     /// Claims `snapshot` in the copy `dir`. Called under the copy's pull lock, so that no pull
-    /// sees the claim before it is locked.
+    /// sees the claim before it is locked. The name is new (another machine or container sharing
+    /// the cache may have the same process id): no one else's claim is ever opened for writing.
     fn take(dir: &Path, snapshot: &Snapshot) -> Result<Self> {
         static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let readers = readers_dir(dir);
         std::fs::create_dir_all(&readers).map_err(io_at(&readers))?;
-        let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = readers.join(format!("{}-{n}.json", std::process::id()));
-        let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io_at(&path))?;
-        file.try_lock().map_err(|e| SharedError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
-        std::io::Write::write_all(&mut file, &serde_json::to_vec(snapshot).expect("a snapshot serializes")).map_err(io_at(&path))?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let (path, mut file) = loop {
+            let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = readers.join(format!("{}-{n}-{nanos:09}.json", std::process::id()));
+            match std::fs::OpenOptions::new().create_new(true).write(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        };
+        let lock_error = |e: std::fs::TryLockError| SharedError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) };
+        if let Err(e) = file.try_lock() {
+            let _ = std::fs::remove_file(&path);
+            return Err(lock_error(e));
+        }
+        if let Err(e) = std::io::Write::write_all(&mut file, &serde_json::to_vec(snapshot).expect("a snapshot serializes")) {
+            let _ = std::fs::remove_file(&path);
+            return Err(io_at(&path)(e));
+        }
+        OWN_CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone(), snapshot.files.keys().cloned().collect());
         Ok(Self { path, _held: file })
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        OWN_CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// The snapshots live processes claim in the copy `dir` (see [`Lease`]); claims whose holder is
-/// gone are removed. Called under the pull lock.
-fn live_claims(dir: &Path) -> Vec<Snapshot> {
-    let Ok(entries) = std::fs::read_dir(readers_dir(dir)) else { return Vec::new() };
-    let mut live = Vec::new();
+/// The files that live claims in the copy `dir` name (see [`Lease`]); claims whose holder is gone
+/// are removed. `None` when a claim is held but cannot be read (a newer kenning's, or a lock that
+/// cannot be told): nothing may be removed then. Called under the pull lock.
+fn claimed_files(dir: &Path) -> Option<HashSet<String>> {
+    let own = OWN_CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut files: HashSet<String> = HashSet::new();
+    let Ok(entries) = std::fs::read_dir(readers_dir(dir)) else { return Some(files) };
     for path in entries.flatten().map(|e| e.path()) {
-        let Ok(file) = std::fs::File::open(&path) else { continue };
+        if let Some(names) = own.get(&path) {
+            files.extend(names.iter().cloned());
+            continue;
+        }
+        // Read and write: an exclusive lock emulated over byte ranges needs a writable handle.
+        let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else { continue };
         match file.try_lock() {
             // Nobody holds it: its process ended.
             Ok(()) => {
                 let _ = std::fs::remove_file(&path);
             }
-            Err(_) => {
-                if let Some(snapshot) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                    live.push(snapshot);
-                }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let snapshot: Snapshot = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
+                files.extend(snapshot.files.into_keys());
             }
+            Err(std::fs::TryLockError::Error(_)) => return None,
         }
     }
-    live
+    Some(files)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -644,7 +674,7 @@ mod tests {
     }
 
     /// A process reading an old snapshot keeps its files however many publications other
-    /// processes pull into the copy meanwhile; once it ends (or is killed) they go.
+    /// processes pull into the copy meanwhile; once it ends (here: killed) they go.
     #[tokio::test]
     async fn a_reader_keeps_its_snapshot_while_others_pull_newer_ones() {
         let (src, store, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -665,17 +695,30 @@ mod tests {
         }
         let file = |n: usize| copy.join(format!("t.lance/data/{n}.lance"));
 
+        // This process reads publication 0; another process reads publication 1.
         let (_, reader) = remote.pull(&snapshots[0], &copy).await.unwrap();
-        // A process killed while reading publication 1 leaves a claim nobody holds.
-        let (_, killed) = remote.pull(&snapshots[1], &copy).await.unwrap();
-        let orphan = copy.with_extension("readers").join("999999999-0.json");
-        std::fs::copy(&killed.path, &orphan).unwrap();
-        drop(killed);
+        drop(remote.pull(&snapshots[1], &copy).await.unwrap());
+        let mut other = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "shared::tests::hold_a_claim_until_killed", "--nocapture"])
+            .env(HOLD_CLAIM_ON, &copy)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut out = std::io::BufReader::new(other.stdout.take().unwrap());
+        while !said.contains("claimed") {
+            assert!(std::io::BufRead::read_line(&mut out, &mut said).unwrap() > 0, "the other process ended: {said}");
+        }
         remote.pull(&snapshots[2], &copy).await.unwrap();
         remote.pull(&snapshots[3], &copy).await.unwrap();
-        assert!(file(0).exists(), "the reader of publication 0 still reads its file");
-        assert!(!file(1).exists() && !orphan.exists(), "a claim whose process is gone keeps nothing and is removed");
+        assert!(file(0).exists() && file(1).exists(), "both readers still read their files");
         assert!(file(2).exists() && file(3).exists(), "the copy's previous and current publications");
+
+        other.kill().unwrap();
+        other.wait().unwrap();
+        remote.pull(&snapshots[3], &copy).await.unwrap();
+        assert!(!file(1).exists() && file(0).exists(), "the killed reader's claim keeps nothing; this one's still does");
+        assert_eq!(std::fs::read_dir(copy.with_extension("readers")).unwrap().count(), 1, "the killed reader's claim is removed");
 
         drop(reader);
         remote.pull(&snapshots[3], &copy).await.unwrap();
@@ -683,5 +726,18 @@ mod tests {
         let (snapshot, _lease) = lease_local(&copy).await.unwrap().expect("a complete copy");
         assert_eq!(snapshot, snapshots[3]);
         assert!(lease_local(&copy.join("nothing")).await.unwrap().is_none());
+    }
+
+    /// Where [`hold_a_claim_until_killed`] claims the copy.
+    const HOLD_CLAIM_ON: &str = "KENNING_TEST_HOLD_CLAIM_ON";
+
+    /// The other process of the test above (run by it, in a process of its own).
+    #[tokio::test]
+    #[ignore = "run by a_reader_keeps_its_snapshot_while_others_pull_newer_ones in a process of its own"]
+    async fn hold_a_claim_until_killed() {
+        let copy = std::env::var_os(HOLD_CLAIM_ON).expect("run by the test above");
+        let (_, _lease) = lease_local(Path::new(&copy)).await.unwrap().expect("a complete copy");
+        println!("claimed");
+        tokio::time::sleep(Duration::from_secs(300)).await;
     }
 }
