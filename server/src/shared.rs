@@ -336,9 +336,22 @@ impl Remote {
                 uploads.entry(file.blake3.as_str()).or_insert_with(|| (dir.join(path), file.clone()));
             }
         }
+        // Another publisher published meanwhile: its collection keeps only its two latest
+        // publications (and what is younger than GARBAGE_AGE), so the objects this one takes from
+        // `previous` are checked and uploaded again if gone.
+        if self.snapshot().await?.as_ref() != previous {
+            for (path, file) in &snapshot.files {
+                if had.contains(file.blake3.as_str()) {
+                    uploads.entry(file.blake3.as_str()).or_insert_with(|| (dir.join(path), file.clone()));
+                }
+            }
+        }
         let uploads: Vec<(PathBuf, SnapshotFile)> = uploads.into_values().collect();
         let uploaded: Vec<u64> = futures::stream::iter(uploads)
-            .map(|(from, file)| async move { self.upload(from, &file).await })
+            .map(|(from, file)| {
+                let named = had.contains(file.blake3.as_str());
+                async move { self.upload(from, &file, named).await }
+            })
             .buffer_unordered(PARALLEL_TRANSFERS)
             .try_collect()
             .await?;
@@ -366,10 +379,14 @@ impl Remote {
         Ok(uploaded.iter().sum())
     }
 
-    async fn upload(&self, from: PathBuf, file: &SnapshotFile) -> Result<u64> {
+    /// Uploads `file` unless the store has it: an object of the previous publication (`named`)
+    /// that is still there, or any other that is there and new. An old object no publication
+    /// names (one cut short) is written again, which makes it new: another publisher's
+    /// collection could take it before this publication names it.
+    async fn upload(&self, from: PathBuf, file: &SnapshotFile, named: bool) -> Result<u64> {
         let key = self.object(file);
-        // Content-addressed: an object already there holds these bytes (a publication cut short).
-        if self.store.head(&key).await.is_ok_and(|meta| meta.size == file.size) {
+        let fresh = |meta: &object_store::ObjectMeta| chrono_now().saturating_sub(meta.last_modified.timestamp().max(0) as u64) < GARBAGE_AGE.as_secs() / 2;
+        if self.store.head(&key).await.is_ok_and(|meta| meta.size == file.size && (named || fresh(&meta))) {
             return Ok(0);
         }
         let mut reader = tokio::fs::File::open(&from).await.map_err(|source| SharedError::Io { path: from.clone(), source })?;
@@ -671,6 +688,42 @@ mod tests {
         std::fs::remove_file(store.path().join(OBJECTS).join(&b.blake3)).unwrap();
         let e = remote.pull(&second, other.path()).await.unwrap_err().to_string();
         assert!(e.contains("incomplete"), "{e}");
+    }
+
+    /// Two publishers: what one takes from the publication it started from is uploaded again when
+    /// the other's collection removed it meanwhile, and an old object no publication names (left
+    /// by one cut short) is written again rather than trusted to outlive the next collection.
+    #[tokio::test]
+    async fn a_publisher_does_not_rely_on_objects_another_may_collect() {
+        let (src, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let remote = Remote::open(store.path().to_str().unwrap()).unwrap();
+        let data = src.path().join("t.lance/data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("a.lance"), b"kept from the first publication").unwrap();
+        let first = Snapshot::of_dir(src.path(), "m", 4, None, BTreeMap::from([("t".into(), 1)])).unwrap();
+        remote.push(src.path(), &first, None).await.unwrap();
+        let object = |f: &SnapshotFile| store.path().join(OBJECTS).join(&f.blake3);
+
+        // Meanwhile another publisher published, and its collection took `a.lance`'s object.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("t.lance/data")).unwrap();
+        std::fs::write(other.path().join("t.lance/data/z.lance"), b"theirs").unwrap();
+        let theirs = Snapshot::of_dir(other.path(), "m", 4, None, BTreeMap::from([("t".into(), 9)])).unwrap();
+        remote.push(other.path(), &theirs, Some(&first)).await.unwrap();
+        std::fs::remove_file(object(&first.files["t.lance/data/a.lance"])).unwrap();
+
+        // This publisher started from the first publication, and adds `b.lance`, whose object a
+        // publication cut short two hours ago left behind.
+        std::fs::write(data.join("b.lance"), b"new here").unwrap();
+        let second = Snapshot::of_dir(src.path(), "m", 4, None, BTreeMap::from([("t".into(), 2)])).unwrap();
+        let b = &second.files["t.lance/data/b.lance"];
+        std::fs::write(object(b), b"new here").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(object(b)).unwrap().set_modified(two_hours_ago).unwrap();
+        let uploaded = remote.push(src.path(), &second, Some(&first)).await.unwrap();
+        assert_eq!(uploaded, 31 + 8, "the collected object and the old one, both written");
+        let copy = tempfile::tempdir().unwrap();
+        remote.pull(&second, copy.path()).await.expect("the publication is whole");
     }
 
     /// A process reading an old snapshot keeps its files however many publications other
