@@ -543,3 +543,77 @@ async fn an_overlay_indexes_only_what_differs_from_its_base_and_hides_the_rest()
     assert_eq!(found("beta_original_marker").await.len(), 1);
     assert!(found("beta_edited_marker").await.is_empty());
 }
+
+/// Issue 18, context chosen for what the line needs, in each language: with the cursor (`$0`)
+/// after a receiver whose type another file defines, the context holds that type's definition,
+/// and nothing of the file being written (its own text is the prompt's).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receivers_type_defined_elsewhere_is_in_the_context_in_each_language() {
+    use kenning::chunk::Language;
+    use kenning::complete::{Completer, CompletionRequest, Retrieval};
+
+    struct Case {
+        language: Language,
+        type_file: (&'static str, &'static str),
+        noise_file: (&'static str, &'static str),
+        current: (&'static str, &'static str),
+        definition: &'static str,
+    }
+    let cases = [
+        Case {
+            language: Language::Rust,
+            type_file: ("src/cart.rs", "/// A shopping cart.\npub struct Cart {\n    pub items: Vec<u64>,\n}\n\nimpl Cart {\n    /// Adds an item's price in cents.\n    pub fn add_item(&mut self, cents: u64) {\n        self.items.push(cents);\n    }\n}\n"),
+            noise_file: ("src/report.rs", "/// Prints a line of the monthly report.\npub fn print_report_line(month: u32, total: u64) {\n    println!(\"{month}: {total}\");\n}\n"),
+            current: ("src/checkout.rs", "use crate::cart::Cart;\n\n/// Adds the shipping fee to the cart.\npub fn add_shipping(cart: &mut Cart, cents: u64) {\n    cart.$0\n}\n"),
+            definition: "pub struct Cart",
+        },
+        Case {
+            language: Language::Python,
+            type_file: ("shop/basket.py", "class Basket:\n    \"\"\"A customer's basket.\"\"\"\n\n    def __init__(self):\n        self.items = []\n\n    def total_with_tax(self, rate):\n        return sum(self.items) * (1 + rate)\n"),
+            noise_file: ("shop/report.py", "def print_report_line(month, total):\n    print(f\"{month}: {total}\")\n"),
+            current: ("shop/views.py", "from shop.basket import Basket\n\n\ndef render(basket: Basket, rate):\n    return basket.$0\n"),
+            definition: "class Basket",
+        },
+        Case {
+            language: Language::TypeScript,
+            type_file: ("web/cart.ts", "/** A shopping cart. */\nexport class ShoppingCart {\n  items: number[] = [];\n\n  totalWithTax(rate: number): number {\n    return this.items.reduce((a, b) => a + b, 0) * (1 + rate);\n  }\n}\n"),
+            noise_file: ("web/report.ts", "export function printReportLine(month: number, total: number): void {\n  console.log(`${month}: ${total}`);\n}\n"),
+            current: ("web/view.ts", "import { ShoppingCart } from './cart';\n\nexport function render(cart: ShoppingCart): string {\n  return cart.$0\n}\n"),
+            definition: "class ShoppingCart",
+        },
+        Case {
+            language: Language::Go,
+            type_file: ("cart/cart.go", "package cart\n\n// Cart holds prices in cents.\ntype Cart struct {\n\tItems []int\n}\n\n// Total sums the prices.\nfunc (c *Cart) Total() int {\n\tt := 0\n\tfor _, i := range c.Items {\n\t\tt += i\n\t}\n\treturn t\n}\n"),
+            noise_file: ("report/report.go", "package report\n\nimport \"fmt\"\n\n// PrintLine prints a line of the monthly report.\nfunc PrintLine(month int, total int) {\n\tfmt.Println(month, total)\n}\n"),
+            current: ("cmd/shop/main.go", "package main\n\nimport \"example.com/shop/cart\"\n\nfunc render(c *cart.Cart) int {\n\treturn c.$0\n}\n"),
+            definition: "type Cart struct",
+        },
+    ];
+    let embedder = embedder();
+    let model = kenning::models::resolve("qwen2.5-coder-0.5b", &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
+    let engine: Arc<dyn kenning::generate::Generator> = Arc::new(kenning::generate::llama::LlamaEngine::load(&model, kenning::generate::llama::LlamaOptions::default()).unwrap());
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let index_dir = tempfile::tempdir().unwrap();
+        let (current_path, marked) = case.current;
+        let offset = marked.find("$0").unwrap();
+        let text = marked.replace("$0", "");
+        for (path, body) in [case.type_file, case.noise_file, (current_path, text.as_str())] {
+            write(dir.path(), path, body);
+        }
+        let store = Store::open(index_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap();
+        index(dir.path(), &store, &embedder).await;
+        let completer = Completer::new(Arc::clone(&engine), kenning::prompt::Family::QwenCoder, kenning::config::CompletionSettings::default());
+        let request = CompletionRequest { repo: "shop".into(), path: current_path.into(), language: case.language, text: text.clone(), offset, buffers: Vec::new() };
+        completer.prepare(&request, &Retrieval { store: Some(Arc::new(store)), embedder: Some(Arc::clone(&embedder)) }).await;
+        let ring = completer.ring_snippets();
+        let shown: Vec<String> = ring.iter().map(|s| format!("{}:{}-{} {:?}", s.path, s.start_line, s.end_line, s.source)).collect();
+        assert!(
+            ring.iter().any(|s| s.path == case.type_file.0 && s.text.contains(case.definition)),
+            "{:?}: the receiver's type ({}) is not in the context: {shown:?}",
+            case.language,
+            case.definition
+        );
+        assert!(ring.iter().all(|s| s.path != current_path), "{:?}: the file being written is the prompt's, not context: {shown:?}", case.language);
+    }
+}
