@@ -546,9 +546,15 @@ async fn an_overlay_indexes_only_what_differs_from_its_base_and_hides_the_rest()
 
 /// Issue 18, context chosen for what the line needs, in each language: with the cursor (`$0`)
 /// after a receiver whose type another file defines, the context holds that type's definition,
-/// and nothing of the file being written (its own text is the prompt's).
+/// found as a definition (search for similar code and imported signatures are off here, so no
+/// other route brings it), and nothing of the file being written (its own text is the prompt's).
+/// The type is named in the receiver's declaration: a receiver whose type would have to be
+/// inferred (`let c = load(); c.`) is not resolved. Go is not among the cases: a small Go file
+/// (`type Cart struct` with its methods) is one chunk whose symbol (`type Cart, func Cart.Total`)
+/// defines only its last item by name, so the type is found there only by search (ARCHITECTURE,
+/// known gaps).
 #[tokio::test(flavor = "multi_thread")]
-async fn the_receivers_type_defined_elsewhere_is_in_the_context_in_each_language() {
+async fn the_receivers_type_defined_elsewhere_is_in_the_context_in_rust_python_and_typescript() {
     use kenning::chunk::Language;
     use kenning::complete::{Completer, CompletionRequest, Retrieval};
 
@@ -581,13 +587,6 @@ async fn the_receivers_type_defined_elsewhere_is_in_the_context_in_each_language
             current: ("web/view.ts", "import { ShoppingCart } from './cart';\n\nexport function render(cart: ShoppingCart): string {\n  return cart.$0\n}\n"),
             definition: "class ShoppingCart",
         },
-        Case {
-            language: Language::Go,
-            type_file: ("cart/cart.go", "package cart\n\n// Cart holds prices in cents.\ntype Cart struct {\n\tItems []int\n}\n\n// Total sums the prices.\nfunc (c *Cart) Total() int {\n\tt := 0\n\tfor _, i := range c.Items {\n\t\tt += i\n\t}\n\treturn t\n}\n"),
-            noise_file: ("report/report.go", "package report\n\nimport \"fmt\"\n\n// PrintLine prints a line of the monthly report.\nfunc PrintLine(month int, total int) {\n\tfmt.Println(month, total)\n}\n"),
-            current: ("cmd/shop/main.go", "package main\n\nimport \"example.com/shop/cart\"\n\nfunc render(c *cart.Cart) int {\n\treturn c.$0\n}\n"),
-            definition: "type Cart struct",
-        },
     ];
     let embedder = embedder();
     let model = kenning::models::resolve("qwen2.5-coder-0.5b", &Paths::from_env()).unwrap_or_else(|e| panic!("{e}"));
@@ -603,13 +602,14 @@ async fn the_receivers_type_defined_elsewhere_is_in_the_context_in_each_language
         }
         let store = Store::open(index_dir.path(), embedder.model_id(), embedder.dim()).await.unwrap();
         index(dir.path(), &store, &embedder).await;
-        let completer = Completer::new(Arc::clone(&engine), kenning::prompt::Family::QwenCoder, kenning::config::CompletionSettings::default());
+        let settings = kenning::config::CompletionSettings { similar_code: false, imports: false, ..Default::default() };
+        let completer = Completer::new(Arc::clone(&engine), kenning::prompt::Family::QwenCoder, settings);
         let request = CompletionRequest { repo: "shop".into(), path: current_path.into(), language: case.language, text: text.clone(), offset, buffers: Vec::new() };
         completer.prepare(&request, &Retrieval { store: Some(Arc::new(store)), embedder: Some(Arc::clone(&embedder)) }).await;
         let ring = completer.ring_snippets();
         let shown: Vec<String> = ring.iter().map(|s| format!("{}:{}-{} {:?}", s.path, s.start_line, s.end_line, s.source)).collect();
         assert!(
-            ring.iter().any(|s| s.path == case.type_file.0 && s.text.contains(case.definition)),
+            ring.iter().any(|s| s.path == case.type_file.0 && s.source == kenning::prompt::Source::Definition && s.text.contains(case.definition)),
             "{:?}: the receiver's type ({}) is not in the context: {shown:?}",
             case.language,
             case.definition

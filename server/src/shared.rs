@@ -327,38 +327,34 @@ impl Remote {
 
     /// Publishes the index in `dir` as `snapshot` (made from it): uploads the objects `previous`
     /// (the snapshot published before, if any) does not already hold, then the snapshot, then
-    /// deletes objects neither names that are older than an hour. Returns the bytes uploaded.
+    /// deletes objects that neither, nor the store's publication at the start, names and that are
+    /// older than an hour. Returns the bytes uploaded.
+    ///
+    /// Another publisher's collection keeps only what its own and the one it started from name,
+    /// and objects younger than an hour. So when the store's publication is no longer `previous`,
+    /// the objects taken from `previous` are treated as new ones: written again unless they are
+    /// there and recent, and then no collection can take them before this snapshot names them.
     pub async fn push(&self, dir: &Path, snapshot: &Snapshot, previous: Option<&Snapshot>) -> Result<u64> {
+        let current = self.snapshot().await?;
+        let moved_on = current.as_ref() != previous;
         let had: HashSet<&str> = previous.iter().flat_map(|p| p.files.values().map(|f| f.blake3.as_str())).collect();
         let mut uploads: HashMap<&str, (PathBuf, SnapshotFile)> = HashMap::new();
         for (path, file) in &snapshot.files {
-            if !had.contains(file.blake3.as_str()) {
+            if moved_on || !had.contains(file.blake3.as_str()) {
                 uploads.entry(file.blake3.as_str()).or_insert_with(|| (dir.join(path), file.clone()));
-            }
-        }
-        // Another publisher published meanwhile: its collection keeps only its two latest
-        // publications (and what is younger than GARBAGE_AGE), so the objects this one takes from
-        // `previous` are checked and uploaded again if gone.
-        if self.snapshot().await?.as_ref() != previous {
-            for (path, file) in &snapshot.files {
-                if had.contains(file.blake3.as_str()) {
-                    uploads.entry(file.blake3.as_str()).or_insert_with(|| (dir.join(path), file.clone()));
-                }
             }
         }
         let uploads: Vec<(PathBuf, SnapshotFile)> = uploads.into_values().collect();
         let uploaded: Vec<u64> = futures::stream::iter(uploads)
-            .map(|(from, file)| {
-                let named = had.contains(file.blake3.as_str());
-                async move { self.upload(from, &file, named).await }
-            })
+            .map(|(from, file)| async move { self.upload(from, &file).await })
             .buffer_unordered(PARALLEL_TRANSFERS)
             .try_collect()
             .await?;
         let json = serde_json::to_vec_pretty(snapshot).expect("a snapshot serializes");
         self.store.put(&self.key(SNAPSHOT), PutPayload::from(json)).await.map_err(|e| self.explain(e))?;
 
-        let live: HashSet<String> = snapshot.files.values().chain(previous.iter().flat_map(|p| p.files.values())).map(|f| f.blake3.clone()).collect();
+        let live: HashSet<String> =
+            [Some(snapshot), previous, current.as_ref()].into_iter().flatten().flat_map(|p| p.files.values()).map(|f| f.blake3.clone()).collect();
         let objects = self.key(OBJECTS);
         let now = chrono_now();
         let garbage: Vec<ObjectPath> = self
@@ -379,14 +375,13 @@ impl Remote {
         Ok(uploaded.iter().sum())
     }
 
-    /// Uploads `file` unless the store has it: an object of the previous publication (`named`)
-    /// that is still there, or any other that is there and new. An old object no publication
-    /// names (one cut short) is written again, which makes it new: another publisher's
+    /// Uploads `file` unless the store has it, written less than half an hour ago (a publication
+    /// cut short). An older one is written again, which makes it new: another publisher's
     /// collection could take it before this publication names it.
-    async fn upload(&self, from: PathBuf, file: &SnapshotFile, named: bool) -> Result<u64> {
+    async fn upload(&self, from: PathBuf, file: &SnapshotFile) -> Result<u64> {
         let key = self.object(file);
         let fresh = |meta: &object_store::ObjectMeta| chrono_now().saturating_sub(meta.last_modified.timestamp().max(0) as u64) < GARBAGE_AGE.as_secs() / 2;
-        if self.store.head(&key).await.is_ok_and(|meta| meta.size == file.size && (named || fresh(&meta))) {
+        if self.store.head(&key).await.is_ok_and(|meta| meta.size == file.size && fresh(&meta)) {
             return Ok(0);
         }
         let mut reader = tokio::fs::File::open(&from).await.map_err(|source| SharedError::Io { path: from.clone(), source })?;
