@@ -1,15 +1,13 @@
 //! `scripts/make_eval_tasks.py`, the generator of the public task sets (issue 18), on a small
 //! repository: every task is a cut in its file, and none leaks what it expects into its prompt.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
+use common::write;
 
 /// The tasks of `kind` the generator makes from `repo`, as JSON values.
 fn tasks(repo: &Path, kind: &str) -> Vec<serde_json::Value> {

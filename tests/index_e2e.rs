@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::write;
 use kenning::assets::Assets;
 use kenning::embed::{Embedder, FastEmbedder, Purpose};
 use kenning::index::{IndexOptions, IndexSummary, NoProgress, index_workspace};
@@ -22,12 +23,6 @@ fn embedder() -> Arc<dyn Embedder> {
         Ok(e) => Arc::new(e),
         Err(e) => panic!("{e}"),
     }
-}
-
-fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
 }
 
 /// A small polyglot project with one obvious answer per natural-language question.

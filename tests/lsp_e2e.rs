@@ -7,14 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::lsp::{Client, frame, read_frame, uri};
-use common::test_cache;
+use common::{test_cache, write};
 use serde_json::{Value, json};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A small shop whose pricing function has a name no model can guess.
 fn shop(root: &Path) {

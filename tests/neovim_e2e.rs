@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::test_cache;
+use common::{test_cache, write};
 
 fn nvim() -> PathBuf {
     if let Some(path) = std::env::var_os("KENNING_NVIM") {
@@ -17,12 +17,6 @@ fn nvim() -> PathBuf {
     let path = kenning::paths::Paths::from_env().cache().join("tools/neovim/bin/nvim");
     assert!(path.is_file(), "Neovim is missing at {}: run scripts/setup (or set KENNING_NVIM)", path.display());
     path
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 /// Kills Neovim (and with it the server) when the test ends, passing or not.

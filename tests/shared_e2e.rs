@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::write;
 use serde_json::Value;
 
 const BUCKET: &str = "team-bucket";
@@ -124,12 +125,6 @@ fn text(output: &Output) -> String {
     format!("status {}\nstdout: {}\nstderr: {}", output.status, String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-fn write(root: &Path, rel: &str, content: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
-}
-
 /// A project with one distinctive word per file, so that what a search finds tells where it came from.
 fn project(root: &Path) {
     write(root, "src/billing.rs", "/// Charges the customer's card.\npub fn charge_card(amount_cents: u64) -> Result<Receipt, Declined> {\n    let receipt = gateway_submit(amount_cents)?;\n    Ok(receipt)\n}\n");
@@ -137,7 +132,7 @@ fn project(root: &Path) {
     write(root, "src/ledger.rs", "/// Books a transaction into the general ledger.\npub fn post_journal_entry(debit: Account, credit: Account, amount: i64) {\n    journal().append(debit, credit, amount);\n}\n");
     write(root, "src/audit.rs", "/// Writes an audit trail record.\npub fn record_audit_event(actor: &str, action: &str) {\n    audit_log().push(format!(\"{actor} {action}\"));\n}\n");
     for i in 0..6 {
-        write(root, &format!("src/util_{i}.rs"), &format!("/// Helper number {i}.\npub fn helper_{i}(x: u32) -> u32 {{\n    x.wrapping_mul({i}) + 7\n}}\n"));
+        write(root, &format!("src/util_{i}.rs"), format!("/// Helper number {i}.\npub fn helper_{i}(x: u32) -> u32 {{\n    x.wrapping_mul({i}) + 7\n}}\n"));
     }
 }
 
@@ -188,7 +183,7 @@ fn published_once_searched_with_a_local_overlay_and_offline() {
     write(work.path(), "src/shipping.rs", "/// Picks the courier for a parcel, drones for light ones.\npub fn choose_courier(weight_grams: u32) -> Courier {\n    if weight_grams < 500 { Courier::Drone } else { Courier::Post }\n}\n");
     std::fs::remove_file(work.path().join("src/ledger.rs")).unwrap();
     write(work.path(), "src/loyalty.rs", "/// Awards loyalty points for a purchase.\npub fn award_loyalty_points(customer: CustomerId, cents: u64) -> u32 {\n    (cents / 100) as u32\n}\n");
-    write(work.path(), "kenning.toml", &format!("[index]\nshared = \"{uri}\"\n"));
+    write(work.path(), "kenning.toml", format!("[index]\nshared = \"{uri}\"\n"));
 
     let overlay = dev.json(&["index", work.path().to_str().unwrap()]);
     // kenning.toml itself is a new file of the checkout too.

@@ -1,8 +1,16 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests (each test crate uses some of them).
+#![allow(dead_code)]
 
 pub mod lsp;
 
 use std::path::Path;
+
+/// Writes `content` to `rel` under `root`, making its directories.
+pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
 
 /// The cache root for a test: a fresh directory whose `assets` (and `weights`) point at the
 /// installed ones.
