@@ -12,14 +12,17 @@ declaration or an attribute); the expected text is the rest of that line:
         guess *that* the line calls it).
   rest  any code line of 24 characters or more, cut at a word boundary in its middle (what a user
         sees most often while typing; context matters less).
+  block the body of a short function (2 to 10 lines; a Python docstring stays in the prompt): the
+        cursor sits after the first body line's indentation and the whole body is expected
+        (RepoEval's function tasks, cut to what one completion shows). Scored on all its lines.
 
 Each task line is `{"id", "kind", "path", "prefix", "suffix", "expected"}`; prefix + expected +
-suffix is the file (up to the expected line's trailing spaces). The expected text never occurs in
-the prompt's prefix or suffix: it is cut out of them, and a line whose expected part occurs
-elsewhere in its file is not a task (it would be copied, not predicted). Retrieval may still find
+suffix is the file (up to the expected text's trailing spaces). The expected text never occurs in
+the prompt's prefix or suffix: it is cut out of them, and a line (a body) whose expected part
+occurs elsewhere in its file is not a task (it would be copied, not predicted). Retrieval may still find
 the same line in another file, which is what retrieval is for.
 
-Usage: scripts/make_eval_tasks.py REPO OUT.jsonl [--kind api|line|rest] [--count 40] [--seed 0]
+Usage: scripts/make_eval_tasks.py REPO OUT.jsonl [--kind api|line|rest|block] [--count 40] [--seed 0]
                                   [--ext rs,py,...] [--per-file 1]
 Deterministic for a given repository, kind, count, seed and per-file cap.
 """
@@ -157,11 +160,95 @@ def rest_of_line_cuts(files: dict[str, str], per_file: int, rng: random.Random) 
     return found
 
 
+# A function's opening line: a definition ending its line with `{` (`:` in Python).
+BLOCK_OPENER = {
+    "rs": re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?(?:const\s+|async\s+|unsafe\s+)*fn\s+\w.*\{\s*$"),
+    "go": re.compile(r"^func\b.*\{\s*$"),
+    "py": re.compile(r"^\s*(?:async\s+)?def\s+\w+\s*\(.*\).*:\s*$"),
+    "ts": re.compile(r"^\s*(?:export\s+)?(?:async\s+)?function\b.*\{\s*$"
+                     r"|^\s+(?:(?:public|private|protected|static|async)\s+)*\w+\s*\(.*\)(?:\s*:\s*[^={]+)?\s*\{\s*$"),
+    "js": re.compile(r"^\s*(?:export\s+)?(?:async\s+)?function\b.*\{\s*$"),
+    "java": re.compile(r"^\s+(?:(?:public|private|protected|static|final|synchronized)\s+)+[\w<>\[\], ]+\s+\w+\s*\(.*\)[^;{]*\{\s*$"),
+}
+# Non-blank body lines of a block task, and its characters at most (one completion shows at most
+# `completion.max_tokens_multiline`, 128 tokens).
+MIN_BODY, MAX_BODY, MAX_BODY_CHARS = 2, 10, 400
+# A TypeScript method opener must not be a statement: `if (…) {`.
+STATEMENTS = {"if", "for", "while", "switch", "catch", "return", "else", "function"}
+DOCSTRING = ('"""', "'''")
+
+
+def indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def python_body(lines: list[tuple[int, str]], i: int) -> list[int]:
+    """Indices of the body lines of the `def` on line i, its docstring left out."""
+    indent, body, j = indent_of(lines[i][1]), [], i + 1
+    while j < len(lines) and (not lines[j][1].strip() or indent_of(lines[j][1]) > indent):
+        body.append(j)
+        j += 1
+    while body and not lines[body[-1]][1].strip():
+        body.pop()
+    if body:
+        first = lines[body[0]][1].strip().lstrip("rbu")
+        quote = first[:3]
+        if quote in DOCSTRING:
+            # The docstring ends on the line holding its closing quotes.
+            k = 0 if first.count(quote) >= 2 else next((k for k in range(1, len(body)) if quote in lines[body[k]][1]), len(body))
+            body = body[k + 1 :]
+    return body
+
+
+def braced_body(lines: list[tuple[int, str]], i: int) -> list[int]:
+    """Indices of the lines between the opener on line i and its `}` at the same indentation
+    (none when a line at that indentation or less comes first)."""
+    indent, body, j = indent_of(lines[i][1]), [], i + 1
+    while j < len(lines):
+        line = lines[j][1]
+        if line.strip() and indent_of(line) <= indent:
+            return body if indent_of(line) == indent and line.strip().startswith("}") else []
+        body.append(j)
+        j += 1
+    return []
+
+
+def block_bodies(files: dict[str, str], per_file: int, rng: random.Random) -> list[tuple[str, int, int]]:
+    """(path, cursor, end) of short function bodies: the cursor after the first body line's
+    indentation, `end` the end of the last body line. At most `per_file` per file, at random."""
+    found = []
+    for path, text in files.items():
+        ext = path.rsplit(".", 1)[-1]
+        opener = BLOCK_OPENER.get(ext)
+        if opener is None:
+            continue
+        lines = list(lines_of(text))
+        here = []
+        for i, (_, line) in enumerate(lines):
+            head = line.strip().split("(")[0].split()
+            if len(line) > MAX_LINE or not opener.match(line) or (head and head[-1] in STATEMENTS and head[0] != "function"):
+                continue
+            body = python_body(lines, i) if ext == "py" else braced_body(lines, i)
+            code = [k for k in body if lines[k][1].strip()]
+            if not MIN_BODY <= len(code) <= MAX_BODY or any(len(lines[k][1]) > MAX_LINE for k in body) or skipped(lines[code[0]][1]):
+                continue
+            first_start, first_line = lines[code[0]]
+            last_start, last_line = lines[code[-1]]
+            cursor, end = first_start + indent_of(first_line), last_start + len(last_line.rstrip())
+            expected = text[cursor:end]
+            if len(expected) > MAX_BODY_CHARS or expected in text[:cursor] or expected in text[end:]:
+                continue
+            here.append((path, cursor, end))
+        rng.shuffle(here)
+        found.extend(here[:per_file])
+    return found
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repo")
     ap.add_argument("out")
-    ap.add_argument("--kind", choices=["api", "line", "rest"], default="api")
+    ap.add_argument("--kind", choices=["api", "line", "rest", "block"], default="api")
     ap.add_argument("--count", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ext", default="rs,py,go,js,ts,java")
@@ -171,10 +258,15 @@ def main() -> int:
 
     files = read_files(args.repo, exts)
     rng = random.Random(args.seed)
+    # (path, cursor), or (path, cursor, end) when the expected text ends before the line's end.
     if args.kind == "rest":
         candidates = rest_of_line_cuts(files, args.per_file, random.Random(args.seed + 1))
+    elif args.kind == "block":
+        candidates = block_bodies(files, args.per_file, random.Random(args.seed + 1))
     else:
         candidates = cross_file_calls(files, args.per_file, args.kind)
+    ends = {(c[0], c[1]): c[2] for c in candidates if len(c) == 3}
+    candidates = [(c[0], c[1]) for c in candidates]
 
     chosen = sorted(rng.sample(candidates, min(args.count, len(candidates))))
     with open(args.out, "w", encoding="utf-8") as out:
@@ -182,7 +274,7 @@ def main() -> int:
             text = files[path]
             line_start = text.rfind("\n", 0, cursor) + 1
             line_end = text.find("\n", cursor)
-            line_end = len(text) if line_end < 0 else line_end
+            line_end = ends.get((path, cursor), len(text) if line_end < 0 else line_end)
             task = {
                 "id": f"{path}:{text.count(chr(10), 0, line_start) + 1}",
                 "kind": args.kind,

@@ -57,3 +57,35 @@ fn tasks_are_cuts_of_their_files_and_never_leak_the_expected_text() {
     assert!(lines.iter().any(|t| t["expected"] == "amount = basket.total_with_tax(rate)"), "{lines:?}");
     assert!(seen >= 5, "{seen} tasks");
 }
+
+#[test]
+fn block_tasks_expect_a_whole_short_body_and_leave_a_docstring_in_the_prompt() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write(
+        root,
+        "src/cart.rs",
+        "pub struct Cart {\n    items: Vec<u64>,\n}\n\nimpl Cart {\n    pub fn total(&self) -> u64 {\n        let sum: u64 = self.items.iter().sum();\n        sum + 300\n    }\n\n    pub fn is_empty(&self) -> bool {\n        self.items.is_empty()\n    }\n}\n",
+    );
+    write(
+        root,
+        "app/tax.py",
+        "def with_tax(amount, rate):\n    \"\"\"The amount with tax.\n\n    Rounded to cents.\n    \"\"\"\n    taxed = amount * (1 + rate)\n    return round(taxed, 2)\n\n\ndef rate_for(region):\n    if region == \"eu\":\n        return 0.2\n    return 0.0\n",
+    );
+    let blocks = tasks(root, "block");
+    let expected: Vec<&str> = blocks.iter().map(|t| t["expected"].as_str().unwrap()).collect();
+    // Bodies of two lines or more, whole; a one-line body is not a block task.
+    assert!(expected.contains(&"let sum: u64 = self.items.iter().sum();\n        sum + 300"), "{expected:?}");
+    assert!(expected.contains(&"taxed = amount * (1 + rate)\n    return round(taxed, 2)"), "{expected:?}");
+    assert!(expected.contains(&"if region == \"eu\":\n        return 0.2\n    return 0.0"), "{expected:?}");
+    assert!(!expected.iter().any(|e| e.contains("is_empty()")), "{expected:?}");
+    for task in &blocks {
+        let field = |k: &str| task[k].as_str().unwrap().to_owned();
+        let file = fs::read_to_string(root.join(field("path"))).unwrap();
+        assert_eq!(format!("{}{}{}", field("prefix"), field("expected"), field("suffix")), file, "{task}");
+        assert!(!field("prefix").contains(&field("expected")) && !field("suffix").contains(&field("expected")), "{task}");
+        // The cursor sits after the first body line's indentation.
+        assert!(field("prefix").ends_with("\n    ") || field("prefix").ends_with("\n        "), "{task}");
+    }
+    assert_eq!(blocks.len(), 3, "{expected:?}");
+}

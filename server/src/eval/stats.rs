@@ -30,10 +30,17 @@ pub struct TaskScore {
 }
 
 impl TaskScore {
-    /// Scores `predicted` against `expected` on their first non-empty lines.
+    /// Scores `predicted` against `expected` on their first non-empty lines; when `expected` holds
+    /// several (a block's body), on all their lines, each trimmed, blank ones left out.
     pub fn new(id: &str, path: &str, predicted: &str, expected: &str, latency_ms: f64) -> Self {
-        let (p, e) = (first_line(predicted), first_line(expected));
-        Self { id: id.to_owned(), path: path.to_owned(), exact: p == e, similarity: edit_similarity(p, e), latency_ms }
+        let (exact, similarity) = if code_lines(expected).nth(1).is_some() {
+            let (p, e) = (code_lines(predicted).collect::<Vec<_>>().join("\n"), code_lines(expected).collect::<Vec<_>>().join("\n"));
+            (p == e, edit_similarity(&p, &e))
+        } else {
+            let (p, e) = (first_line(predicted), first_line(expected));
+            (p == e, edit_similarity(p, e))
+        };
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms }
     }
 }
 
@@ -150,7 +157,12 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 /// The first non-empty line, trimmed.
 pub fn first_line(text: &str) -> &str {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    code_lines(text).next().unwrap_or("")
+}
+
+/// The non-empty lines, trimmed.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty())
 }
 
 /// 1 − Levenshtein distance / longer length, over characters (1 for two empty strings).
@@ -189,6 +201,21 @@ mod tests {
         assert_eq!(edit_similarity("abc", ""), 0.0);
         assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
         assert!((edit_similarity("é", "e") - 0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_line_is_scored_on_its_first_line_and_a_block_on_all_of_its_lines() {
+        // One expected line: what follows the predicted line does not count.
+        let line = TaskScore::new("t", "a.rs", "total(cart)\n}\nfn next() {}", "total(cart)", 0.0);
+        assert!(line.exact && line.similarity == 1.0);
+        // A body: indentation and blank lines aside, every line counts.
+        let body = "let sum = a + b;\n\n        sum * 2";
+        let same = TaskScore::new("t", "a.rs", "let sum = a + b;\n    sum * 2\n", body, 0.0);
+        assert!(same.exact, "{same:?}");
+        let short = TaskScore::new("t", "a.rs", "let sum = a + b;", body, 0.0);
+        assert!(!short.exact && short.similarity < 0.7, "{short:?}");
+        let longer = TaskScore::new("t", "a.rs", "let sum = a + b;\nsum * 2\nprintln!()", body, 0.0);
+        assert!(!longer.exact && longer.similarity < 1.0, "{longer:?}");
     }
 
     #[test]
