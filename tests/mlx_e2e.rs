@@ -284,3 +284,67 @@ fn eval_all_compares_the_four_modes_on_held_out_lines() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("need an adapter") && stderr.contains("kenning train"), "{stderr}");
 }
+
+/// A repository of `n` small Rust files, each a function of its own (enough for a held-out split).
+fn small_repo(root: &std::path::Path, n: usize) {
+    for i in 0..n {
+        let path = root.join("src").join(format!("part{i}.rs"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = format!(
+            "/// The total of part {i} for `items`, in cents.\npub fn part{i}_total(items: &[u64]) -> u64 {{\n    let base: u64 = items.iter().sum();\n    let fee = base / {};\n    base * {} / 100 + fee\n}}\n",
+            7 + i,
+            100 + i
+        );
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+#[test]
+fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
+    let kenning = std::path::Path::new(env!("CARGO_BIN_EXE_kenning"));
+    let trainer = kenning.with_file_name(format!("kenning-train{}", std::env::consts::EXE_SUFFIX));
+    assert!(trainer.is_file(), "{} is missing: `cargo build -p kenning-training` first (scripts/test does)", trainer.display());
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    small_repo(&repo, 16);
+    let config = repo.join("kenning.toml");
+    let train = |extra: &[&str]| {
+        let out = std::process::Command::new(kenning)
+            .arg("train")
+            .arg(&repo)
+            .args(["--model", "smollm2-135m", "--iters", "2", "--num-layers", "2", "--max-seq-length", "64", "--eval-tasks", "6", "--eval-threads", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "kenning train {extra:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+
+    // A gain no adapter can show (100 points): measured, reported, and not switched on.
+    let out = train(&["--min-gain", "100"]);
+    assert!(out.contains("ft - none: edit similarity"), "{out}");
+    assert!(out.contains("not registered"), "{out}");
+    assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");
+
+    // A bar every adapter passes: the same measurement (with retrieval, now that the repository is
+    // indexed) switches it on.
+    let index = std::process::Command::new(kenning).arg("index").arg(&repo).output().unwrap();
+    assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    let out = train(&["--min-gain", "-100"]);
+    assert!(out.contains("hybrid - rag: edit similarity") && out.contains("registered the adapter"), "{out}");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains("[generation]") && written.contains("adapter = "), "{written}");
+
+    // --register never trains and leaves the configuration alone, measuring nothing.
+    std::fs::remove_file(&config).unwrap();
+    let out = train(&["--register", "never"]);
+    assert!(!out.contains("measuring") && !config.exists(), "{out}");
+
+    // What the runs left in the cache (the index and the training directory of a temporary repository).
+    let paths = Paths::from_env();
+    let root = repo.canonicalize().unwrap();
+    for left in [paths.index_for(&root), paths.training_for(&root)] {
+        let _ = std::fs::remove_dir_all(left);
+    }
+}

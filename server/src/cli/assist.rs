@@ -533,6 +533,55 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kenning eval --json` on a task file in a process of its own, so that each mode's peak memory
+/// is its own (`--all`, and `kenning train` measuring its adapter).
+pub(super) struct EvalProcess<'a> {
+    pub paths: &'a Paths,
+    pub root: &'a Path,
+    /// The index retrieval reads, when not the workspace's own.
+    pub index_dir: Option<&'a Path>,
+    /// `--model` (default: the workspace's configuration).
+    pub model: Option<&'a str>,
+    pub threads: Option<usize>,
+    /// `--set KEY=VALUE` settings.
+    pub set: &'a [String],
+    pub typed_before: usize,
+}
+
+impl EvalProcess<'_> {
+    /// The figures of `mode` on the tasks in `tasks_file`; its progress and errors go to stderr.
+    pub fn run(&self, mode: Condition, tasks_file: &Path, adapter: Option<&Path>) -> Result<Figures> {
+        let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+        let mut command = std::process::Command::new(&exe);
+        command.arg("--cache-dir").arg(self.paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
+        command.arg("--tasks").arg(tasks_file).arg("--workspace").arg(self.root);
+        if let Some(d) = self.index_dir {
+            command.arg("--index-dir").arg(d);
+        }
+        if let Some(m) = self.model {
+            command.arg("--model").arg(m);
+        }
+        if let Some(t) = self.threads {
+            command.arg("--threads").arg(t.to_string());
+        }
+        for setting in self.set {
+            command.arg("--set").arg(setting);
+        }
+        if self.typed_before > 0 {
+            command.arg("--typed-before").arg(self.typed_before.to_string());
+        }
+        if let Some(a) = adapter {
+            command.arg("--adapter").arg(a);
+        }
+        let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match (output.status.success(), stdout.lines().last().and_then(|l| serde_json::from_str::<Figures>(l).ok())) {
+            (true, Some(f)) => Ok(f),
+            _ => bail!("failed ({})", output.status),
+        }
+    }
+}
+
 /// `--all`: each mode in a process of its own (so peak memory is each mode's), on the same tasks.
 /// `index`: the index retrieval reads (the time split's snapshot), else `--index-dir` or the
 /// workspace's own.
@@ -545,7 +594,15 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
         lines.push('\n');
     }
     std::fs::write(&tasks_file, lines)?;
-    let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+    let process = EvalProcess {
+        paths,
+        root,
+        index_dir: index.or(args.target.index_dir.as_deref()),
+        model: args.model.model.as_deref(),
+        threads: args.model.threads,
+        set: &args.model.set,
+        typed_before: args.typed_before,
+    };
     let mut rows = Vec::new();
     for mode in Condition::ALL {
         if mode.adapter() && adapter.is_none() {
@@ -553,37 +610,10 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
             rows.push(Err(format!("{}: no adapter (run {train}, or give --adapter DIR)", mode.name())));
             continue;
         }
-        let mut command = std::process::Command::new(&exe);
-        command.arg("--cache-dir").arg(paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
-        command.arg("--tasks").arg(&tasks_file).arg("--workspace").arg(root);
-        if let Some(d) = index.or(args.target.index_dir.as_deref()) {
-            command.arg("--index-dir").arg(d);
-        }
-        if let Some(m) = &args.model.model {
-            command.arg("--model").arg(m);
-        }
-        if let Some(t) = args.model.threads {
-            command.arg("--threads").arg(t.to_string());
-        }
-        for setting in &args.model.set {
-            command.arg("--set").arg(setting);
-        }
-        if args.typed_before > 0 {
-            command.arg("--typed-before").arg(args.typed_before.to_string());
-        }
-        if let Some(a) = adapter {
-            command.arg("--adapter").arg(a);
-        }
         if !args.json {
             eprintln!("{}…", mode.name());
         }
-        let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let parsed = stdout.lines().last().and_then(|l| serde_json::from_str::<Figures>(l).ok());
-        rows.push(match (output.status.success(), parsed) {
-            (true, Some(f)) => Ok(f),
-            _ => Err(format!("{}: failed ({})", mode.name(), output.status)),
-        });
+        rows.push(process.run(mode, &tasks_file, adapter.filter(|_| mode.adapter())).map_err(|e| format!("{}: {e:#}", mode.name())));
     }
     if args.json {
         let figures: Vec<&Figures> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
