@@ -138,6 +138,10 @@ pub struct EvalArgs {
     /// Print each task's prediction to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Print to stderr how many tasks are done and an estimate of the time left (`--all` and
+    /// `kenning train` ask their runs for it).
+    #[arg(long)]
+    progress: bool,
     /// Write the figures with every task's score to this file (JSON), to compare a later run with.
     #[arg(long, value_name = "FILE")]
     save_scores: Option<PathBuf>,
@@ -489,9 +493,13 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let verbose = args.verbose;
+    let mut progress = args.progress.then(|| Progress::new(mode.name(), tasks.len()));
     let (figures, timings) = eval::run(mode, &setup, &tasks, |task, score, predicted| {
         if verbose {
             eprintln!("{} sim {:.2}\n  expected  {}\n  predicted {}", task.id, score.similarity, first_line(&task.expected), first_line(predicted));
+        }
+        if let Some(p) = &mut progress {
+            p.done_one();
         }
     })
     .await?;
@@ -533,6 +541,45 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Tasks done and the time left, on stderr: one line rewritten on a terminal, else a line at every
+/// tenth of the tasks (logs).
+struct Progress {
+    label: &'static str,
+    total: usize,
+    done: usize,
+    started: std::time::Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: usize) -> Self {
+        use std::io::IsTerminal;
+        Self { label, total, done: 0, started: std::time::Instant::now(), terminal: std::io::stderr().is_terminal() }
+    }
+
+    fn done_one(&mut self) {
+        self.done += 1;
+        let step = self.total.div_ceil(10).max(1);
+        if !self.terminal && self.done % step != 0 && self.done != self.total {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = elapsed / self.done as f64 * (self.total - self.done) as f64;
+        let line = format!("{}: {}/{} tasks, {} elapsed, about {} left", self.label, self.done, self.total, clock(elapsed), clock(left));
+        if self.terminal {
+            eprint!("\r{line}   {}", if self.done == self.total { "\n" } else { "" });
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Seconds as `m:ss` (`h:mm:ss` from an hour).
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+}
+
 /// `kenning eval --json` on a task file in a process of its own, so that each mode's peak memory
 /// is its own (`--all`, and `kenning train` measuring its adapter).
 pub(super) struct EvalProcess<'a> {
@@ -546,6 +593,8 @@ pub(super) struct EvalProcess<'a> {
     /// `--set KEY=VALUE` settings.
     pub set: &'a [String],
     pub typed_before: usize,
+    /// Ask the run for its progress on stderr.
+    pub progress: bool,
 }
 
 impl EvalProcess<'_> {
@@ -572,6 +621,9 @@ impl EvalProcess<'_> {
         }
         if let Some(a) = adapter {
             command.arg("--adapter").arg(a);
+        }
+        if self.progress {
+            command.arg("--progress");
         }
         let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -602,6 +654,7 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
         threads: args.model.threads,
         set: &args.model.set,
         typed_before: args.typed_before,
+        progress: !args.json,
     };
     let mut rows = Vec::new();
     for mode in Condition::ALL {
@@ -660,6 +713,13 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_times() {
+        assert_eq!(clock(0.4), "0:00");
+        assert_eq!(clock(75.0), "1:15");
+        assert_eq!(clock(3725.0), "1:02:05");
+    }
 
     #[test]
     fn positions() {

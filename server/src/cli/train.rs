@@ -197,7 +197,7 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
         Backend::Llama => (Some(args.model.as_str()), Vec::new()),
         Backend::Mlx => (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(args.model.clone()))]),
     };
-    let process = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0 };
+    let process = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
     let without = process.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {}", modes.0.name()))?;
     let with = process.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
