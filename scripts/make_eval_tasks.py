@@ -170,12 +170,32 @@ BLOCK_OPENER = {
     "js": re.compile(r"^\s*(?:export\s+)?(?:async\s+)?function\b.*\{\s*$"),
     "java": re.compile(r"^\s+(?:(?:public|private|protected|static|final|synchronized)\s+)+[\w<>\[\], ]+\s+\w+\s*\(.*\)[^;{]*\{\s*$"),
 }
-# Non-blank body lines of a block task, and its characters at most (one completion shows at most
+# Non-blank body lines of a block task, its lines at most (blank ones too: one completion shows at
+# most `completion.max_lines`, 12), and its characters at most (and at most
 # `completion.max_tokens_multiline`, 128 tokens).
-MIN_BODY, MAX_BODY, MAX_BODY_CHARS = 2, 10, 400
+MIN_BODY, MAX_BODY, MAX_SPAN, MAX_BODY_CHARS = 2, 10, 12, 400
 # A TypeScript method opener must not be a statement: `if (…) {`.
 STATEMENTS = {"if", "for", "while", "switch", "catch", "return", "else", "function"}
 DOCSTRING = ('"""', "'''")
+# A block's closing line.
+CLOSERS = {"}", "};", "},"}
+
+
+def balanced(text: str) -> bool:
+    """Whether `text` closes every bracket it opens and every multi-line string: a body cut inside
+    a string (a raw JSON literal in a Go test, an SQL string in Python) is not a block."""
+    if any(text.count(q) % 2 for q in (*DOCSTRING, "`")):
+        return False
+    depth = {"(": 0, "[": 0, "{": 0}
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for c in text:
+        if c in depth:
+            depth[c] += 1
+        elif c in pairs:
+            depth[pairs[c]] -= 1
+            if depth[pairs[c]] < 0:
+                return False
+    return not any(depth.values())
 
 
 def indent_of(line: str) -> int:
@@ -191,12 +211,15 @@ def python_body(lines: list[tuple[int, str]], i: int) -> list[int]:
     while body and not lines[body[-1]][1].strip():
         body.pop()
     if body:
-        first = lines[body[0]][1].strip().lstrip("rbu")
+        first = lines[body[0]][1].strip().lstrip("rbuRBU")
         quote = first[:3]
         if quote in DOCSTRING:
             # The docstring ends on the line holding its closing quotes.
             k = 0 if first.count(quote) >= 2 else next((k for k in range(1, len(body)) if quote in lines[body[k]][1]), len(body))
             body = body[k + 1 :]
+        elif re.fullmatch(r"(\"[^\"]*\"|'[^']*')", first):
+            # A docstring in single quotes.
+            body = body[1:]
     return body
 
 
@@ -207,7 +230,7 @@ def braced_body(lines: list[tuple[int, str]], i: int) -> list[int]:
     while j < len(lines):
         line = lines[j][1]
         if line.strip() and indent_of(line) <= indent:
-            return body if indent_of(line) == indent and line.strip().startswith("}") else []
+            return body if indent_of(line) == indent and line.strip() in CLOSERS else []
         body.append(j)
         j += 1
     return []
@@ -228,15 +251,18 @@ def block_bodies(files: dict[str, str], per_file: int, rng: random.Random) -> li
             head = line.strip().split("(")[0].split()
             if len(line) > MAX_LINE or not opener.match(line) or (head and head[-1] in STATEMENTS and head[0] != "function"):
                 continue
+            # A `def` inside a string (a docstring's example) is not code.
+            if ext == "py" and any(text[: lines[i][0]].count(q) % 2 for q in DOCSTRING):
+                continue
             body = python_body(lines, i) if ext == "py" else braced_body(lines, i)
             code = [k for k in body if lines[k][1].strip()]
-            if not MIN_BODY <= len(code) <= MAX_BODY or any(len(lines[k][1]) > MAX_LINE for k in body) or skipped(lines[code[0]][1]):
+            if not MIN_BODY <= len(code) <= MAX_BODY or code[-1] - code[0] >= MAX_SPAN or any(len(lines[k][1]) > MAX_LINE for k in body) or skipped(lines[code[0]][1]):
                 continue
             first_start, first_line = lines[code[0]]
             last_start, last_line = lines[code[-1]]
             cursor, end = first_start + indent_of(first_line), last_start + len(last_line.rstrip())
             expected = text[cursor:end]
-            if len(expected) > MAX_BODY_CHARS or expected in text[:cursor] or expected in text[end:]:
+            if len(expected) > MAX_BODY_CHARS or not balanced(expected) or expected in text[:cursor] or expected in text[end:]:
                 continue
             here.append((path, cursor, end))
         rng.shuffle(here)

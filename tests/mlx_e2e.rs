@@ -306,8 +306,13 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert!(trainer.is_file(), "{} is missing: `cargo build -p kenning-training` first (scripts/test does)", trainer.display());
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    small_repo(&repo, 16);
+    // 60 files: 6 held out (the split hashes paths), enough for a measurement to decide on.
+    small_repo(&repo, 60);
     let config = repo.join("kenning.toml");
+    let paths = Paths::from_env();
+    let root = repo.canonicalize().unwrap();
+    let adapter = paths.training_for(&root).join("adapters");
+    let candidate = paths.training_for(&root).join("adapters.candidate");
     let train = |extra: &[&str]| {
         let out = std::process::Command::new(kenning)
             .arg("train")
@@ -321,29 +326,31 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         stdout
     };
 
-    // A gain no adapter can show (100 points): measured, reported, and not switched on.
+    // A gain no adapter can show (100 points): measured without retrieval (nothing is indexed),
+    // reported, and not switched on; the adapter stays beside where it would go.
     let out = train(&["--min-gain", "100"]);
-    assert!(out.contains("ft - none: edit similarity"), "{out}");
-    assert!(out.contains("not registered"), "{out}");
+    assert!(out.contains("ft - none: edit similarity") && out.contains("not registered"), "{out}");
     assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");
+    assert!(candidate.join("adapters.safetensors").is_file() && !adapter.exists(), "{out}");
 
-    // A bar every adapter passes: the same measurement (with retrieval, now that the repository is
-    // indexed) switches it on.
+    // A bar every adapter passes: the same measurement, with retrieval now that the repository is
+    // indexed, switches it on.
     let index = std::process::Command::new(kenning).arg("index").arg(&repo).output().unwrap();
     assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
     let out = train(&["--min-gain", "-100"]);
     assert!(out.contains("hybrid - rag: edit similarity") && out.contains("registered the adapter"), "{out}");
     let written = std::fs::read_to_string(&config).unwrap();
-    assert!(written.contains("[generation]") && written.contains("adapter = "), "{written}");
+    assert!(written.contains("[generation]") && written.contains(&format!("adapter = {:?}", adapter.display().to_string())), "{written}");
+    let in_use = std::fs::read(adapter.join("adapters.safetensors")).unwrap();
 
-    // --register never trains and leaves the configuration alone, measuring nothing.
-    std::fs::remove_file(&config).unwrap();
-    let out = train(&["--register", "never"]);
-    assert!(!out.contains("measuring") && !config.exists(), "{out}");
+    // Trained again (another learning rate: other weights), an adapter that does not pass replaces
+    // neither the configuration nor the adapter it names.
+    let out = train(&["--min-gain", "100", "--learning-rate", "0.001"]);
+    assert!(out.contains("not registered") && out.contains("still completes with"), "{out}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "the adapter in use was replaced");
 
     // What the runs left in the cache (the index and the training directory of a temporary repository).
-    let paths = Paths::from_env();
-    let root = repo.canonicalize().unwrap();
     for left in [paths.index_for(&root), paths.training_for(&root)] {
         let _ = std::fs::remove_dir_all(left);
     }

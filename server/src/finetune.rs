@@ -116,17 +116,32 @@ pub enum Registered {
     AlreadyConfigured { path: PathBuf, section: String },
 }
 
+/// The `[generation]` section that completes with `model` and `adapter` on `backend`.
+pub fn section(model: &str, adapter: &Path, backend: Backend) -> String {
+    format!(
+        "[generation]\nbackend = \"{}\"\nmodel = {}\nadapter = {}\n",
+        if backend == Backend::Llama { "llama" } else { "mlx" },
+        toml::Value::String(model.to_owned()),
+        toml::Value::String(adapter.display().to_string())
+    )
+}
+
+/// Whether the workspace's `kenning.toml` completes with the adapter at `adapter` (its
+/// `[generation]` names that directory).
+pub fn configured_adapter_is(root: &Path, adapter: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(root.join(crate::config::FILE_NAME)) else { return false };
+    let Ok(table) = toml::from_str::<toml::Table>(&text) else { return false };
+    let Some(named) = table.get("generation").and_then(|g| g.get("adapter")).and_then(|a| a.as_str()) else { return false };
+    let same = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    same(&root.join(named)) == same(adapter)
+}
+
 /// Points the workspace's `kenning.toml` at the adapter, unless it already configures generation.
 /// An invalid `kenning.toml` is an error and is left as it is.
 pub fn register(root: &Path, model: &str, adapter: &Path, backend: Backend) -> Result<Registered, FinetuneError> {
     let path = root.join(crate::config::FILE_NAME);
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let section = format!(
-        "[generation]\nbackend = \"{}\"\nmodel = {}\nadapter = {}\n",
-        if backend == Backend::Llama { "llama" } else { "mlx" },
-        toml::Value::String(model.to_owned()),
-        toml::Value::String(adapter.display().to_string())
-    );
+    let section = section(model, adapter, backend);
     let parsed: toml::Table = toml::from_str(&existing).map_err(|e| file_error(&path, format!("not valid TOML: {e}")))?;
     if parsed.contains_key("generation") {
         return Ok(Registered::AlreadyConfigured { path, section });

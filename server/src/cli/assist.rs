@@ -493,7 +493,8 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let verbose = args.verbose;
-    let mut progress = args.progress.then(|| Progress::new(mode.name(), tasks.len()));
+    // A line rewritten in place would run into the --verbose lines.
+    let mut progress = args.progress.then(|| Progress::new(mode.name(), tasks.len(), !verbose));
     let (figures, timings) = eval::run(mode, &setup, &tasks, |task, score, predicted| {
         if verbose {
             eprintln!("{} sim {:.2}\n  expected  {}\n  predicted {}", task.id, score.similarity, first_line(&task.expected), first_line(predicted));
@@ -552,9 +553,10 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: &'static str, total: usize) -> Self {
+    /// `rewrite`: rewrite one line in place when stderr is a terminal.
+    fn new(label: &'static str, total: usize, rewrite: bool) -> Self {
         use std::io::IsTerminal;
-        Self { label, total, done: 0, started: std::time::Instant::now(), terminal: std::io::stderr().is_terminal() }
+        Self { label, total, done: 0, started: std::time::Instant::now(), terminal: rewrite && std::io::stderr().is_terminal() }
     }
 
     fn done_one(&mut self) {
@@ -570,6 +572,15 @@ impl Progress {
             eprint!("\r{line}   {}", if self.done == self.total { "\n" } else { "" });
         } else {
             eprintln!("{line}");
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// A run cut short leaves its line ended, so what follows (an error) starts a line of its own.
+    fn drop(&mut self) {
+        if self.terminal && self.done < self.total {
+            eprintln!();
         }
     }
 }
@@ -654,7 +665,7 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
         threads: args.model.threads,
         set: &args.model.set,
         typed_before: args.typed_before,
-        progress: !args.json,
+        progress: args.progress || !args.json,
     };
     let mut rows = Vec::new();
     for mode in Condition::ALL {

@@ -128,25 +128,35 @@ pub struct TrainArgs {
     /// on lines of the held-out test files: with it, completions beat the same setup without it
     /// (retrieval on both sides when the workspace is indexed), the whole 95 % interval of the
     /// difference in edit similarity above --min-gain.
+    /// Until it passes, the new adapter is kept beside the old one (`<adapter path>.candidate`),
+    /// so an adapter in use is replaced only by one that passed.
     #[arg(long, value_enum, default_value_t = RegisterWhen::Auto)]
     register: RegisterWhen,
     /// The same as `--register never`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "register")]
     no_register: bool,
     /// Held-out tasks the adapter is measured on before `--register auto` decides (more: a
     /// narrower interval and a longer wait; about 1 to 10 s each on a laptop's CPU).
-    #[arg(long, default_value_t = 100)]
-    eval_tasks: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    eval_tasks: u32,
     /// Points of edit similarity the interval's lower end must be above for `--register auto`.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = finite)]
     min_gain: f64,
-    /// CPU threads of the model while measuring (default: the cores, at most 4).
+    /// llama.cpp's CPU threads while measuring (default: the cores, at most 4; MLX chooses its own).
     #[arg(long)]
     eval_threads: Option<usize>,
     /// Recompute adapted layers in the backward pass (less memory for long examples, slower).
     #[arg(long)]
     grad_checkpoint: bool,
 }
+
+fn finite(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| format!("{s:?} is not a number of points"))
+}
+
+/// Fewest held-out files a measurement decides on: its interval resamples files, and with fewer
+/// it says little (with one file, the interval is a single point).
+const MIN_HELD_OUT_FILES: usize = 5;
 
 /// When `kenning train` switches its adapter on for completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,7 +180,13 @@ struct Measured {
 /// the adapter, each run in a process of its own, and compares them task by task.
 fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend: Backend) -> Result<Measured> {
     let test_files = eval::held_out_files(paths, root)?;
-    let tasks = dataset::eval_tasks(root, &test_files, args.eval_tasks, 0);
+    if test_files.len() < MIN_HELD_OUT_FILES {
+        bail!(
+            "the repository has {} held-out test file(s); a measurement needs at least {MIN_HELD_OUT_FILES} (its interval resamples files)",
+            test_files.len()
+        );
+    }
+    let tasks = dataset::eval_tasks(root, &test_files, args.eval_tasks as usize, 0);
     if tasks.is_empty() {
         bail!("the {} held-out test files have no lines to complete", test_files.len());
     }
@@ -195,7 +211,11 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     // The trained model, whatever the workspace configures.
     let (model, set) = match backend {
         Backend::Llama => (Some(args.model.as_str()), Vec::new()),
-        Backend::Mlx => (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(args.model.clone()))]),
+        Backend::Mlx => {
+            let family = serde_json::to_value(Family::detect(&args.model))?;
+            let family = family.as_str().context("a family is named by a string")?;
+            (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(args.model.clone())), format!("generation.family=\"{family}\"")])
+        }
     };
     let process = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
     let without = process.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {}", modes.0.name()))?;
@@ -209,13 +229,23 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let work = paths.training_for(&root);
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
+    let when = if args.no_register { RegisterWhen::Never } else { args.register };
+    // Measured before it replaces anything: an adapter in use (kenning.toml may name this very
+    // directory) is replaced only by one that passed.
+    let trained = if when == RegisterWhen::Auto { candidate_dir(&adapter) } else { adapter.clone() };
+    if trained != adapter {
+        match std::fs::remove_dir_all(&trained) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", trained.display())),
+            _ => {}
+        }
+    }
     let family = Family::detect(&args.model);
     mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
     let trainer = finetune::trainer();
     let run = TrainRun {
         model: &args.model,
         data: &data_dir,
-        adapter: &adapter,
+        adapter: &trained,
         iters: args.iters,
         num_layers: args.num_layers,
         max_seq_length: args.max_seq_length,
@@ -223,23 +253,34 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         grad_checkpoint: args.grad_checkpoint,
     };
     finetune::run_trainer(&trainer, &run)?;
-    let when = if args.no_register { RegisterWhen::Never } else { args.register };
     if when == RegisterWhen::Never {
-        out(&format!("adapter written to {}", adapter.display()));
+        out(&format!("adapter written to {}", trained.display()));
         return Ok(());
     }
     let backend = Backend::for_model(&args.model);
     if backend == Backend::Llama {
         // Exported now, so that a problem shows here and the server starts at once.
-        let exported = lora_gguf::for_llama(&adapter)?;
+        let exported = lora_gguf::for_llama(&trained)?;
         out(&format!("llama.cpp adapter: {}", exported.display()));
     }
+    let in_use = finetune::configured_adapter_is(&root, &adapter);
     if when == RegisterWhen::Auto {
-        let always = format!("`kenning train {} --register always`, or `adapter = {}` in [generation]", root.display(), toml::Value::String(adapter.display().to_string()));
-        let measured = match measure(paths, &root, &args, &adapter, backend) {
+        let anyway = |reason: &str| {
+            let keep = if in_use { format!("; {} still completes with the adapter in {}", crate::config::FILE_NAME, adapter.display()) } else { String::new() };
+            format!(
+                "adapter written to {}; not registered: {reason}{keep}. To use it anyway, set in {}:\n{}",
+                trained.display(),
+                root.join(crate::config::FILE_NAME).display(),
+                finetune::section(&args.model, &trained, backend)
+            )
+        };
+        if !in_use && configures_generation(&root) {
+            out("note: kenning.toml already configures generation, so the adapter will not be registered whatever the measurement says; it only tells whether the adapter helps");
+        }
+        let measured = match measure(paths, &root, &args, &trained, backend) {
             Ok(m) => m,
             Err(e) => {
-                out(&format!("adapter written to {}; not registered: it could not be measured ({e:#}). To use it anyway: {always}", adapter.display()));
+                out(&anyway(&format!("it could not be measured ({e:#})")));
                 return Ok(());
             }
         };
@@ -253,14 +294,15 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
             p.edit_similarity.mean, p.edit_similarity.low, p.edit_similarity.high, p.exact_match.mean, p.exact_match.low, p.exact_match.high, p.files, p.helped * 100.0, p.hurt * 100.0, p.tasks
         ));
         if p.edit_similarity.low <= args.min_gain {
-            out(&format!(
-                "adapter written to {}; not registered: the gain's interval is not above {:+.1} points, so it may not help (kenning.toml left as it was). To use it anyway: {always}",
-                adapter.display(),
-                args.min_gain
-            ));
+            out(&anyway(&format!("the gain's interval is not above {:+.1} points, so it may not help ({} left as it was)", args.min_gain, crate::config::FILE_NAME)));
             return Ok(());
         }
         out(&format!("the adapter helps: the gain's interval is above {:+.1} points", args.min_gain));
+        replace_dir(&trained, &adapter)?;
+    }
+    if in_use {
+        out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
+        return Ok(());
     }
     match finetune::register(&root, &args.model, &adapter, backend)? {
         Registered::Written { path, needs_mlx } => {
@@ -272,6 +314,27 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `--register auto` trains before the adapter passes: beside `adapter`.
+fn candidate_dir(adapter: &Path) -> PathBuf {
+    let mut name = adapter.file_name().map_or_else(|| "adapters".into(), |n| n.to_os_string());
+    name.push(".candidate");
+    adapter.with_file_name(name)
+}
+
+/// Whether the workspace's kenning.toml has a `[generation]` section.
+fn configures_generation(root: &Path) -> bool {
+    std::fs::read_to_string(root.join(crate::config::FILE_NAME)).ok().and_then(|t| toml::from_str::<toml::Table>(&t).ok()).is_some_and(|t| t.contains_key("generation"))
+}
+
+/// Moves the directory `from` to `to`, replacing what is there.
+fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", to.display())),
+        _ => {}
+    }
+    std::fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
 }
 
 #[derive(Debug, Args)]
@@ -318,4 +381,21 @@ pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
         out(&line);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_sits_beside_the_adapter() {
+        assert_eq!(candidate_dir(Path::new("/w/adapters")), Path::new("/w/adapters.candidate"));
+        assert_eq!(candidate_dir(Path::new("out/mine")), Path::new("out/mine.candidate"));
+    }
+
+    #[test]
+    fn a_gain_must_be_a_finite_number() {
+        assert_eq!(finite("-2.5"), Ok(-2.5));
+        assert!(finite("nan").is_err() && finite("inf").is_err() && finite("x").is_err());
+    }
 }

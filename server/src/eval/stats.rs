@@ -31,10 +31,12 @@ pub struct TaskScore {
 
 impl TaskScore {
     /// Scores `predicted` against `expected` on their first non-empty lines; when `expected` holds
-    /// several (a block's body), on all their lines, each trimmed, blank ones left out.
+    /// several (a block's body), on all their non-blank lines with their indentation (a Python
+    /// line nested one level off is not the same code), but the first line's (the cursor sits
+    /// after it).
     pub fn new(id: &str, path: &str, predicted: &str, expected: &str, latency_ms: f64) -> Self {
         let (exact, similarity) = if code_lines(expected).nth(1).is_some() {
-            let (p, e) = (code_lines(predicted).collect::<Vec<_>>().join("\n"), code_lines(expected).collect::<Vec<_>>().join("\n"));
+            let (p, e) = (block_lines(predicted), block_lines(expected));
             (p == e, edit_similarity(&p, &e))
         } else {
             let (p, e) = (first_line(predicted), first_line(expected));
@@ -160,6 +162,13 @@ pub fn first_line(text: &str) -> &str {
     code_lines(text).next().unwrap_or("")
 }
 
+/// A block's non-blank lines, one string: trailing spaces left out, and the first line's indentation.
+fn block_lines(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim_end).filter(|l| !l.is_empty());
+    let first = lines.next().map(str::trim_start).unwrap_or("");
+    std::iter::once(first).chain(lines).collect::<Vec<_>>().join("\n")
+}
+
 /// The non-empty lines, trimmed.
 fn code_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines().map(str::trim).filter(|l| !l.is_empty())
@@ -210,8 +219,12 @@ mod tests {
         assert!(line.exact && line.similarity == 1.0);
         // A body: indentation and blank lines aside, every line counts.
         let body = "let sum = a + b;\n\n        sum * 2";
-        let same = TaskScore::new("t", "a.rs", "let sum = a + b;\n    sum * 2\n", body, 0.0);
+        let same = TaskScore::new("t", "a.rs", "  let sum = a + b;  \n        sum * 2\n\n", body, 0.0);
         assert!(same.exact, "{same:?}");
+        // Python: a line one level off is other code.
+        let nested = "if x:\n            return 1\n        return 0";
+        let moved = TaskScore::new("t", "a.py", "if x:\n            return 1\n            return 0", nested, 0.0);
+        assert!(!moved.exact && moved.similarity < 1.0, "{moved:?}");
         let short = TaskScore::new("t", "a.rs", "let sum = a + b;", body, 0.0);
         assert!(!short.exact && short.similarity < 0.7, "{short:?}");
         let longer = TaskScore::new("t", "a.rs", "let sum = a + b;\nsum * 2\nprintln!()", body, 0.0);
