@@ -562,7 +562,7 @@ impl Progress {
     fn done_one(&mut self) {
         self.done += 1;
         let step = self.total.div_ceil(10).max(1);
-        if !self.terminal && self.done % step != 0 && self.done != self.total {
+        if !self.terminal && !self.done.is_multiple_of(step) && self.done != self.total {
             return;
         }
         let elapsed = self.started.elapsed().as_secs_f64();
