@@ -234,10 +234,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     // directory) is replaced only by one that passed.
     let trained = if when == RegisterWhen::Auto { candidate_dir(&adapter) } else { adapter.clone() };
     if trained != adapter {
-        match std::fs::remove_dir_all(&trained) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", trained.display())),
-            _ => {}
-        }
+        remove_dir_if_there(&trained)?;
     }
     let family = Family::detect(&args.model);
     mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
@@ -330,11 +327,16 @@ fn configures_generation(root: &Path) -> bool {
 
 /// Moves the directory `from` to `to`, replacing what is there.
 fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(to) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", to.display())),
-        _ => {}
-    }
+    remove_dir_if_there(to)?;
     std::fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
+}
+
+/// Removes the directory `dir` with what it holds; one that is not there is fine.
+fn remove_dir_if_there(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Args)]
