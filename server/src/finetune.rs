@@ -126,12 +126,21 @@ pub fn section(model: &str, adapter: &Path, backend: Backend) -> String {
     )
 }
 
+/// The `[generation]` table of the workspace's kenning.toml; `None` when there is none (or the
+/// file is not there or not valid TOML: `register` says so when it would write).
+pub fn configured_generation(root: &Path) -> Option<toml::Table> {
+    let text = std::fs::read_to_string(root.join(crate::config::FILE_NAME)).ok()?;
+    match toml::from_str::<toml::Table>(&text).ok()?.remove("generation")? {
+        toml::Value::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
 /// Whether the workspace's `kenning.toml` completes with the adapter at `adapter` (its
 /// `[generation]` names that directory).
 pub fn configured_adapter_is(root: &Path, adapter: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(root.join(crate::config::FILE_NAME)) else { return false };
-    let Ok(table) = toml::from_str::<toml::Table>(&text) else { return false };
-    let Some(named) = table.get("generation").and_then(|g| g.get("adapter")).and_then(|a| a.as_str()) else { return false };
+    let Some(generation) = configured_generation(root) else { return false };
+    let Some(named) = generation.get("adapter").and_then(|a| a.as_str()) else { return false };
     let same = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
     same(&root.join(named)) == same(adapter)
 }
@@ -180,6 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kenning.toml"), "[completion]\ndebounce_ms = 50").unwrap();
         let adapter = dir.path().join("my adapters").join("run \"1\"");
+        assert!(configured_generation(dir.path()).is_none() && !configured_adapter_is(dir.path(), &adapter));
         register(dir.path(), "smollm2-135m", &adapter, Backend::Llama).unwrap();
         let config = Layers::from_workspace(dir.path()).unwrap().resolve().unwrap();
         match &config.generation {
@@ -187,6 +197,8 @@ mod tests {
             other => panic!("not registered: {other:?}"),
         }
         assert_eq!(config.completion.debounce_ms, 50, "the existing settings stay");
+        assert!(configured_generation(dir.path()).is_some_and(|g| g.get("model").and_then(|m| m.as_str()) == Some("smollm2-135m")));
+        assert!(configured_adapter_is(dir.path(), &adapter) && !configured_adapter_is(dir.path(), &dir.path().join("elsewhere")));
 
         // A workspace that already chose its generation keeps it.
         let before = std::fs::read_to_string(dir.path().join("kenning.toml")).unwrap();

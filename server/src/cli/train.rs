@@ -271,7 +271,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
                 finetune::section(&args.model, &trained, backend)
             )
         };
-        if !in_use && configures_generation(&root) {
+        if !in_use && finetune::configured_generation(&root).is_some() {
             out("note: kenning.toml already configures generation, so the adapter will not be registered whatever the measurement says; it only tells whether the adapter helps");
         }
         let measured = match measure(paths, &root, &args, &trained, backend) {
@@ -318,11 +318,6 @@ fn candidate_dir(adapter: &Path) -> PathBuf {
     let mut name = adapter.file_name().map_or_else(|| "adapters".into(), |n| n.to_os_string());
     name.push(".candidate");
     adapter.with_file_name(name)
-}
-
-/// Whether the workspace's kenning.toml has a `[generation]` section.
-fn configures_generation(root: &Path) -> bool {
-    std::fs::read_to_string(root.join(crate::config::FILE_NAME)).ok().and_then(|t| toml::from_str::<toml::Table>(&t).ok()).is_some_and(|t| t.contains_key("generation"))
 }
 
 /// Moves the directory `from` to `to`, replacing what is there.
