@@ -46,6 +46,9 @@ enum Command {
     Complete(assist::CompleteArgs),
     /// Measure completion quality on tasks (exact match, edit similarity, latency).
     Eval(assist::EvalArgs),
+    /// Compare runs saved by `kenning eval --save-scores` task by task (one or many repositories):
+    /// overall and per repository, language and task kind, with 95 % intervals.
+    Compare(assist::CompareArgs),
     /// Index a workspace (incremental: only changed files are re-read and re-embedded).
     Index(IndexArgs),
     /// Search the index: keyword (BM25) and semantic (vector) results, fused.
@@ -227,6 +230,7 @@ pub async fn run() -> Result<()> {
         Command::Ask(args) => assist::ask_cmd(&paths, args).await,
         Command::Complete(args) => assist::complete_cmd(&paths, args).await,
         Command::Eval(args) => assist::eval_cmd(&paths, args).await,
+        Command::Compare(args) => assist::compare_cmd(args),
         Command::Index(args) => index_cmd(&paths, args).await,
         Command::Search(args) => search_cmd(&paths, args).await,
         Command::Status(args) => status_cmd(&paths, args).await,

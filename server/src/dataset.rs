@@ -274,6 +274,10 @@ pub struct EvalTask {
     pub prefix: String,
     pub suffix: String,
     pub expected: String,
+    /// The task's category when its maker gave one (`scripts/make_eval_tasks.py`: line, api,
+    /// rest, block): comparisons are also broken down by it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// Whether a line's code (indentation taken off) begins like a comment or a docstring in one of the
@@ -324,6 +328,7 @@ pub fn eval_tasks(root: &Path, files: &[String], count: usize, seed: u64) -> Vec
                     prefix: text[..s].to_owned(),
                     suffix: text[e..].to_owned(),
                     expected: text[s..e].to_owned(),
+                    kind: String::new(),
                 });
             }
         }

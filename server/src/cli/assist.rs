@@ -393,6 +393,66 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
 }
 
 /// One line of a paired comparison: `b` against `a`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The runs compared against (files written by `kenning eval --save-scores`; any number, on
+    /// one or many repositories).
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    base: Vec<PathBuf>,
+    /// The runs compared with them, task by task (matched by repository and task id).
+    #[arg(long = "with", required = true, num_args = 1.., value_name = "FILE")]
+    other: Vec<PathBuf>,
+    /// Print one JSON object with every group.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn compare_cmd(args: CompareArgs) -> Result<()> {
+    let read = |files: &[PathBuf]| -> Result<Vec<Figures>> {
+        files
+            .iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{} is not a file written by `kenning eval --save-scores`", file.display()))
+            })
+            .collect()
+    };
+    let (base, other) = (read(&args.base)?, read(&args.other)?);
+    let c = eval::compare::compare(&base, &other, 0).map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&c)?);
+        return Ok(());
+    }
+    let mode = |runs: &[Figures]| runs.iter().map(|f| f.mode.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("+");
+    let (a, b) = match (mode(&base), mode(&other)) {
+        (a, b) if a == b => ("base".to_owned(), "other".to_owned()),
+        ab => ab,
+    };
+    println!("{b} against {a}: differences in points with 95 % intervals (bootstrap over files)");
+    println!("{:<22} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22} {:>6} {:>5}", "", "tasks", "files", "ES", "ES", "edit similarity", "exact match", "helped", "hurt");
+    println!("{:<22} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}", "", "", "", a, b, format!("{b} - {a}"), format!("{b} - {a}"));
+    for g in &c.groups {
+        let p = &g.paired;
+        let interval = |i: &eval::Interval| format!("{:+5.1} [{:+5.1}, {:+5.1}]", i.mean, i.low, i.high);
+        println!(
+            "{:<22} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22} {:>5.0}% {:>4.0}%",
+            g.label,
+            p.tasks,
+            p.files,
+            g.base_similarity,
+            g.other_similarity,
+            interval(&p.edit_similarity),
+            interval(&p.exact_match),
+            p.helped * 100.0,
+            p.hurt * 100.0
+        );
+    }
+    if c.only_base + c.only_other > 0 {
+        println!("left out: {} tasks only the base ran, {} only the other", c.only_base, c.only_other);
+    }
+    Ok(())
+}
+
 fn print_paired(label: &str, p: &eval::Paired) {
     let verdict = |i: &eval::Interval| if i.above_zero() { "better" } else if i.below_zero() { "worse" } else { "no clear difference" };
     println!(

@@ -313,6 +313,7 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
                 prefix: text[..cursor].to_owned(),
                 suffix: text[expected_end..].to_owned(),
                 expected: text[cursor..expected_end].to_owned(),
+                kind: String::new(),
             });
         }
         set.candidates += found.len();

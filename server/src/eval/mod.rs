@@ -3,6 +3,7 @@
 //! one-shot requests, and the figures (exact match, edit similarity, latency, peak memory). The
 //! statistics, pure, are in [`stats`]; the CLI parses arguments and prints.
 
+pub mod compare;
 pub mod history;
 pub mod stats;
 
@@ -67,6 +68,9 @@ pub struct Figures {
     pub p50_latency_ms: f64,
     /// The process's peak resident memory (model, index, runtime), in MiB.
     pub peak_rss_mib: f64,
+    /// The workspace's name: runs on several repositories are compared task by task within each.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workspace: String,
     #[serde(default)]
     pub scores: Vec<TaskScore>,
 }
@@ -84,6 +88,7 @@ impl Figures {
             mean_latency_ms: latencies.iter().sum::<f64>() / n,
             p50_latency_ms: percentile(&mut latencies, 0.5),
             peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+            workspace: String::new(),
             scores,
         }
     }
@@ -179,11 +184,11 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
             timings.first_token.push(c.first_token_ms);
         }
         let predicted = completion.map(|c| c.text).unwrap_or_default();
-        let score = TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms);
+        let score = TaskScore { kind: task.kind.clone(), ..TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms) };
         on_task(task, &score, &predicted);
         scores.push(score);
     }
-    Ok((Figures::new(mode, scores), timings))
+    Ok((Figures { workspace: setup.repo.to_owned(), ..Figures::new(mode, scores) }, timings))
 }
 
 /// What each task's prompt would hold as context (the ring after the one-shot gathering of
@@ -221,7 +226,7 @@ mod tests {
     use super::*;
 
     fn score(id: &str, exact: bool, similarity: f64, latency_ms: f64) -> TaskScore {
-        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms }
+        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new() }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct TaskScore {
     /// 0 to 1.
     pub similarity: f64,
     pub latency_ms: f64,
+    /// The task's category (see [`EvalTask::kind`](crate::dataset::EvalTask::kind)); empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 impl TaskScore {
@@ -42,7 +45,7 @@ impl TaskScore {
             let (p, e) = (first_line(predicted), first_line(expected));
             (p == e, edit_similarity(p, e))
         };
-        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms }
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new() }
     }
 }
 
@@ -200,7 +203,7 @@ mod tests {
     use super::*;
 
     fn score(id: usize, path: &str, similarity: f64, exact: bool) -> TaskScore {
-        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0 }
+        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new() }
     }
 
     #[test]
