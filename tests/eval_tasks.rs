@@ -89,3 +89,60 @@ fn block_tasks_expect_a_whole_short_body_and_leave_a_docstring_in_the_prompt() {
     }
     assert_eq!(blocks.len(), 3, "{expected:?}");
 }
+
+/// A run saved by `kenning eval --save-scores` on `workspace`: (id, path, kind, edit similarity).
+fn saved_run(dir: &Path, name: &str, workspace: &str, tasks: &[(&str, &str, &str, f64)]) -> std::path::PathBuf {
+    let scores: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|&(id, path, kind, similarity)| serde_json::json!({"id": id, "path": path, "kind": kind, "exact": similarity == 1.0, "similarity": similarity, "latency_ms": 1.0}))
+        .collect();
+    let run = serde_json::json!({"mode": "rag", "tasks": tasks.len(), "exact_match": 0.0, "edit_similarity": 0.0, "mean_latency_ms": 1.0,
+        "p50_latency_ms": 1.0, "peak_rss_mib": 1.0, "workspace": workspace, "scores": scores});
+    let path = dir.join(name);
+    fs::write(&path, run.to_string()).unwrap();
+    path
+}
+
+/// `kenning compare` on runs saved in pieces on two repositories: one table, per repository,
+/// language and kind; and its output cut short by a reader that went away is not a crash.
+#[test]
+fn saved_runs_of_several_repositories_compare_task_by_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = [
+        saved_run(d, "a-none.json", "alpha", &[("lib.rs:1:line", "lib.rs", "line", 0.5), ("lib.rs:2:api", "lib.rs", "api", 0.5)]),
+        saved_run(d, "b-none.json", "beta", &[("lib.rs:1:line", "lib.rs", "line", 0.2), ("m.py:3:api", "m.py", "api", 0.4)]),
+    ];
+    let other = [
+        saved_run(d, "a-rag.json", "alpha", &[("lib.rs:1:line", "lib.rs", "line", 1.0), ("lib.rs:2:api", "lib.rs", "api", 0.3)]),
+        saved_run(d, "b-rag.json", "beta", &[("lib.rs:1:line", "lib.rs", "line", 0.4), ("m.py:3:api", "m.py", "api", 0.4)]),
+    ];
+    let compare = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kenning"));
+        c.arg("compare").arg("--base").args(&base).arg("--with").args(&other);
+        c
+    };
+    let run = compare().output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8(run.stdout).unwrap();
+    let row = |label: &str| text.lines().find(|l| l.split("  ").next() == Some(label)).unwrap_or_else(|| panic!("no row {label:?} in\n{text}")).to_owned();
+    // (+50 − 20 + 20 + 0) / 4 tasks, from 3 files (each repository's lib.rs is its own).
+    let all: Vec<String> = row("all").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(&all[1..5], ["4", "3", "40.0", "52.5"], "{text}");
+    assert_eq!(all[5], "+12.5", "{text}");
+    assert!(row("repository beta").contains("+10.0"), "{text}");
+    assert!(row("language python").split_whitespace().nth(2) == Some("1"), "{text}");
+    assert!(row("kind api").contains("-10.0"), "{text}");
+
+    // The reader is gone before anything is printed.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let cut = compare().stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&cut.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(cut.status.code(), Some(141), "{stderr}");
+
+    let missing = compare().arg("--with").arg(d.join("nowhere.json")).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere.json"));
+}
