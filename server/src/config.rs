@@ -193,6 +193,9 @@ pub struct CompletionSettings {
     /// With retrieval: also code found by hybrid search for the text at the cursor (similar code);
     /// off = definitions of names near the cursor and open buffers only.
     pub similar_code: bool,
+    /// With `similar_code`: also prose and the other files kenning does not parse as code (docs,
+    /// READMEs, configuration); off = similar code from source files only.
+    pub similar_prose: bool,
     /// With retrieval: also the signatures of what the file imports (Rust `use`, Python `from …
     /// import`, JavaScript/TypeScript and Java `import`), names not used yet first.
     pub imports: bool,
@@ -240,6 +243,7 @@ impl Default for CompletionSettings {
             max_lines: 12,
             retrieval: true,
             similar_code: true,
+            similar_prose: true,
             imports: false,
             drop_local_repeats: false,
             line_start_context: true,

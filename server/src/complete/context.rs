@@ -181,14 +181,17 @@ pub async fn signatures(store: &Store, names: &[String], current: &str) -> Vec<S
 }
 
 /// Hybrid search for the code at the cursor, without hits from `current`.
-pub async fn retrieved(store: &Store, embedder: Option<Arc<dyn Embedder>>, query: &str, current: &str, k: usize) -> Vec<Snippet> {
+pub async fn retrieved(store: &Store, embedder: Option<Arc<dyn Embedder>>, query: &str, current: &str, k: usize, prose: bool) -> Vec<Snippet> {
     let mut request = SearchRequest::new(query);
+    // Room for the current file's hit and a prose one left out (asking for more changes the
+    // fused ranking of the rest).
     request.k = k + 2;
     request.per_file = 1;
+    let text = crate::chunk::Language::Text.name();
     match retrieve::search(store, embedder, &request).await {
         Ok(hits) => hits
             .into_iter()
-            .filter(|h| h.citation.path != current)
+            .filter(|h| h.citation.path != current && (prose || h.language != text))
             .take(k)
             .map(|h| Snippet {
                 path: h.citation.path,

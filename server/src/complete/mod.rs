@@ -749,7 +749,7 @@ async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &c
                 context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS + external.len()).into_iter().filter(|n| !external.contains(n)).take(DEFINITION_LOOKUPS).collect();
             let similar = async {
                 if settings.similar_code {
-                    context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS).await
+                    context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS, settings.similar_prose).await
                 } else {
                     Vec::new()
                 }

@@ -505,3 +505,25 @@ async fn imported_definitions_reach_the_ring_as_signatures_only_when_asked() {
     c.prepare(&request, &retrieval).await;
     assert!(c.ring_snippets().iter().all(|s| s.path != "src/price.rs"), "{:?}", c.ring_snippets());
 }
+
+/// `completion.similar_prose = false`: similar code comes from source files only, not from the
+/// docs that mention the same words.
+#[tokio::test]
+async fn similar_prose_is_left_out_of_the_similar_code_when_asked() {
+    let guide = "# Shipping\n\nThe shipping fee is added to the cart total at checkout: `add_shipping_fee(cart, fee_cents)`.\nFree shipping above the threshold.\n";
+    let code = "pub fn add_shipping_fee(cart: &mut Cart, fee_cents: u64) {\n    if cart.total_cents < FREE_SHIPPING_THRESHOLD {\n        cart.total_cents += fee_cents;\n    }\n}\n";
+    let (_dir, store) = indexed(&[("docs/shipping.md", guide), ("src/shipping.rs", code)]).await;
+    let retrieval = Retrieval { store: Some(store), embedder: None };
+    let text = "pub fn checkout(cart: &mut Cart, fee_cents: u64) {\n    // shipping fee added to the cart total at checkout\n    ";
+    let request = CompletionRequest { path: "src/checkout.rs".into(), ..request(text) };
+    let mut rings = Vec::new();
+    for prose in [true, false] {
+        let settings = config::CompletionSettings { similar_prose: prose, ..config::CompletionSettings::default() };
+        let c = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings);
+        c.prepare(&request, &retrieval).await;
+        rings.push(c.ring_snippets().into_iter().map(|s| s.path).collect::<Vec<_>>());
+    }
+    let (with, without) = (&rings[0], &rings[1]);
+    assert!(with.iter().any(|p| p == "docs/shipping.md") && with.iter().any(|p| p == "src/shipping.rs"), "{with:?}");
+    assert!(without.iter().all(|p| p != "docs/shipping.md") && without.iter().any(|p| p == "src/shipping.rs"), "{without:?}");
+}
