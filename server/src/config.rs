@@ -194,7 +194,8 @@ pub struct CompletionSettings {
     /// off = definitions of names near the cursor and open buffers only.
     pub similar_code: bool,
     /// With `similar_code`: also prose and the other files kenning does not parse as code (docs,
-    /// READMEs, configuration); off = similar code from source files only.
+    /// READMEs, configuration); off = similar code from source files only (a prose hit is dropped,
+    /// not replaced by the next code hit: asking the search for more reorders what it finds).
     pub similar_prose: bool,
     /// With retrieval: also the signatures of what the file imports (Rust `use`, Python `from …
     /// import`, JavaScript/TypeScript and Java `import`), names not used yet first.
