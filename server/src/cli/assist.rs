@@ -392,7 +392,6 @@ pub async fn complete_cmd(paths: &Paths, args: CompleteArgs) -> Result<()> {
     Ok(())
 }
 
-/// One line of a paired comparison: `b` against `a`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// The runs compared against (files written by `kenning eval --save-scores`; any number, on
@@ -408,15 +407,7 @@ pub struct CompareArgs {
 }
 
 pub fn compare_cmd(args: CompareArgs) -> Result<()> {
-    let read = |files: &[PathBuf]| -> Result<Vec<Figures>> {
-        files
-            .iter()
-            .map(|file| {
-                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{} is not a file written by `kenning eval --save-scores`", file.display()))
-            })
-            .collect()
-    };
+    let read = |files: &[PathBuf]| files.iter().map(|f| read_saved(f)).collect::<Result<Vec<Figures>>>();
     let (base, other) = (read(&args.base)?, read(&args.other)?);
     let c = eval::compare::compare(&base, &other, 0).map_err(anyhow::Error::msg)?;
     if args.json {
@@ -453,6 +444,13 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// A run written by `kenning eval --save-scores`.
+fn read_saved(file: &Path) -> Result<Figures> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a file written by `kenning eval --save-scores`", file.display()))
+}
+
+/// One line of a paired comparison: `b` against `a`.
 fn print_paired(label: &str, p: &eval::Paired) {
     let verdict = |i: &eval::Interval| if i.above_zero() { "better" } else if i.below_zero() { "worse" } else { "no clear difference" };
     println!(
@@ -570,8 +568,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     }
     let baseline = match &args.baseline {
         Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let saved: Figures = serde_json::from_str(&text).with_context(|| format!("{} is not a file written by --save-scores", file.display()))?;
+            let saved = read_saved(file)?;
             Some(eval::paired(&saved.scores, &figures.scores, 0).with_context(|| format!("{} has none of these tasks", file.display()))?)
         }
         None => None,
