@@ -317,7 +317,8 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         let out = std::process::Command::new(kenning)
             .arg("train")
             .arg(&repo)
-            .args(["--model", "smollm2-135m", "--iters", "2", "--num-layers", "2", "--max-seq-length", "64", "--eval-tasks", "6", "--eval-threads", "1"])
+            .args(["--model", "smollm2-135m", "--num-layers", "2", "--max-seq-length", "64", "--eval-tasks", "6", "--eval-threads", "1"])
+            .args(if extra.contains(&"--iters") { &[][..] } else { &["--iters", "2"][..] })
             .args(extra)
             .output()
             .unwrap();
@@ -337,7 +338,9 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     // indexed, switches it on.
     let index = std::process::Command::new(kenning).arg("index").arg(&repo).output().unwrap();
     assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    // The same data and training settings as the candidate left there: it is not trained again.
     let out = train(&["--min-gain", "-100"]);
+    assert!(out.contains("All 2 iterations were done already"), "{out}");
     assert!(out.contains("hybrid - rag: edit similarity") && out.contains("registered the adapter"), "{out}");
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.contains("[generation]") && written.contains(&format!("adapter = {:?}", adapter.display().to_string())), "{written}");
@@ -349,6 +352,14 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert!(out.contains("not registered") && out.contains("still completes with"), "{out}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "the adapter in use was replaced");
+
+    // A run saved with other settings is not carried on: it starts over and says what changed
+    // (`--register never` trains where the adapter in use is, which holds the second run's state).
+    let out = train(&["--register", "never", "--iters", "3"]);
+    assert!(out.contains("asked something else (iters: 2 -> 3)") && out.contains("Starting training"), "{out}");
+    // --fresh trains again what was done already.
+    let out = train(&["--register", "never", "--iters", "3", "--fresh"]);
+    assert!(!out.contains("done already") && out.contains("Starting training"), "{out}");
 
     // What the runs left in the cache (the index and the training directory of a temporary repository).
     for left in [paths.index_for(&root), paths.training_for(&root)] {

@@ -191,13 +191,13 @@ pub fn file_splits(root: &Path, options: &DatasetOptions) -> std::collections::B
 
 /// Mines the dataset, sizing examples at `options.bytes_per_token`.
 pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
-    mine_counted(root, options, None)
+    mine_counted(root, options, None, &mut |_, _| {})
 }
 
 /// Mines the dataset with the model's tokenizer: bytes per token measured on a sample of the
 /// files, every example counted, none longer than `max_seq_length` tokens with the end-of-sequence
-/// token the trainer appends.
-pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>) -> Dataset {
+/// token the trainer appends. `progress` is told the files mined so far of how many, as it goes.
+pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>, progress: &mut dyn FnMut(usize, usize)) -> Dataset {
     let (files, skipped) = source_files(root);
     let measured = counter.and_then(|count| measure_bytes_per_token(files.iter().map(|f| f.text.as_str()), count));
     let options = &DatasetOptions { bytes_per_token: measured.unwrap_or(options.bytes_per_token), ..options.clone() };
@@ -220,7 +220,8 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
     // The trainer appends an end-of-sequence token.
     let limit = options.max_seq_length.saturating_sub(1).max(1);
     let mut seen = HashSet::new();
-    for (file, split) in files.iter().zip(splits) {
+    for (done, (file, split)) in files.iter().zip(splits).enumerate() {
+        progress(done, files.len());
         dataset.files.insert(file.meta.rel_path.clone(), split);
         let language = Language::from_path(&file.meta.rel_path);
         let mut examples = next_token_examples(&file.text, options);
@@ -262,6 +263,7 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
             dataset.examples.push(Example { path: file.meta.rel_path.clone(), split, span, text });
         }
     }
+    progress(files.len(), files.len());
     dataset
 }
 

@@ -23,6 +23,9 @@ pub enum FinetuneError {
     NoTrainer { path: PathBuf, error: std::io::Error },
     #[error("{} failed ({status})", path.display())]
     TrainerFailed { path: PathBuf, status: ExitStatus },
+    /// Ctrl-C: the trainer saved its weights and state and stopped (status 130).
+    #[error("training was stopped before its last iteration; the same command carries on from where it stopped")]
+    TrainerStopped,
 }
 
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> FinetuneError {
@@ -66,7 +69,14 @@ pub struct TrainRun<'a> {
     pub max_seq_length: usize,
     pub learning_rate: f32,
     pub grad_checkpoint: bool,
+    /// Carry on the run saved in `adapter` when it was asked the same (the trainer checks; else it
+    /// starts over).
+    pub resume: bool,
 }
+
+/// Iterations between the trainer's checkpoints: a stopped or killed `kenning train` loses at most
+/// this many when it is run again.
+pub const SAVE_EVERY: usize = 20;
 
 /// Runs `trainer` (see [`trainer`]) on a dataset directory; its progress goes to this process's
 /// output as it comes.
@@ -76,17 +86,20 @@ pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneErr
         .args(["--iters", &run.iters.to_string(), "--num-layers", &run.num_layers.to_string()])
         .args(["--max-seq-length", &run.max_seq_length.to_string(), "--learning-rate", &run.learning_rate.to_string()])
         .args(["--warmup", &(run.iters / 20).to_string()])
+        .args(["--save-every", &SAVE_EVERY.to_string()])
         .args(run.grad_checkpoint.then_some("--grad-checkpoint"))
+        .args(run.resume.then_some("--resume"))
         .arg("--data")
         .arg(run.data)
         .arg("--adapter-path")
         .arg(run.adapter)
         .status()
         .map_err(|error| FinetuneError::NoTrainer { path: trainer.to_owned(), error })?;
-    if !status.success() {
-        return Err(FinetuneError::TrainerFailed { path: trainer.to_owned(), status });
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err(FinetuneError::TrainerStopped),
+        _ => Err(FinetuneError::TrainerFailed { path: trainer.to_owned(), status }),
     }
-    Ok(())
 }
 
 /// The engine a registered adapter runs on.

@@ -1,9 +1,12 @@
 //! The LoRA training loop: masked cross-entropy on the adapter's weights only (the base model is a
 //! constant of the loss function, so it is frozen by construction), AdamW with linear warmup and
 //! cosine decay, gradient accumulation, periodic validation, checkpoints, and a stop flag (Ctrl-C)
-//! that ends the run with the last weights saved.
+//! that ends the run with the last weights saved. A checkpoint carries the run's whole [`State`]
+//! (optimizer moments, batch order, iteration), so a stopped or killed run carries on exactly where
+//! its last checkpoint was.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -177,8 +180,119 @@ impl AdamW {
     }
 }
 
-/// Where checkpoints go, called with the iteration and the weights; returns the written path.
-pub type Checkpoint<'a> = dyn FnMut(usize, &[Array]) -> Result<PathBuf, ModelError> + 'a;
+/// Where a run stands after an iteration: with the same examples and options, training on from it
+/// gives the weights an uninterrupted run would (dropout > 0 aside: its masks come from MLX's random
+/// state, which is not kept).
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Iterations done.
+    pub iter: usize,
+    /// The batch shuffler's state.
+    pub rng: u64,
+    /// Batches of this epoch not yet trained on (taken from the end).
+    pub order: Vec<usize>,
+    /// AdamW's updates so far, and its moments per parameter.
+    pub adam_step: i32,
+    pub m: Vec<Array>,
+    pub v: Vec<Array>,
+    /// Gradients summed so far towards the next update (gradient accumulation).
+    pub pending: Option<Vec<Array>>,
+    pub trained_tokens: usize,
+    pub first_val_loss: Option<f32>,
+}
+
+/// The files of a saved [`State`], in the adapter directory beside the weights.
+pub const STATE_FILE: &str = "trainer_state.json";
+const MOMENTS_FILE: &str = "trainer_state.safetensors";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    /// What the run was asked to do ([`State::save`]'s caller decides; a state is resumed only by a
+    /// run whose fingerprint is the same).
+    fingerprint: String,
+    iter: usize,
+    rng: u64,
+    order: Vec<usize>,
+    adam_step: i32,
+    parameters: usize,
+    pending: bool,
+    trained_tokens: usize,
+    first_val_loss: Option<f32>,
+}
+
+impl State {
+    /// Writes the state into `dir` (the moments, then the JSON that names them: a state whose JSON
+    /// is there is whole).
+    pub fn save(&self, dir: &Path, fingerprint: &str) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        let mut arrays: Vec<(String, &Array)> = Vec::new();
+        for (name, list) in [("m", Some(&self.m)), ("v", Some(&self.v)), ("pending", self.pending.as_ref())] {
+            arrays.extend(list.into_iter().flatten().enumerate().map(|(i, a)| (format!("{name}.{i}"), a)));
+        }
+        let moments = dir.join(MOMENTS_FILE);
+        let partial = dir.join(format!(".{MOMENTS_FILE}.partial.safetensors"));
+        Array::save_safetensors(arrays, None, &partial).map_err(|e| ModelError::file(&partial, e))?;
+        let json = dir.join(STATE_FILE);
+        // The old JSON goes first: a stop between the two renames leaves no state rather than one
+        // whose moments belong to another iteration.
+        match std::fs::remove_file(&json) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ModelError::file(&json, e)),
+            _ => {}
+        }
+        std::fs::rename(&partial, &moments).map_err(|e| ModelError::file(&moments, e))?;
+        let file = StateFile {
+            fingerprint: fingerprint.to_owned(),
+            iter: self.iter,
+            rng: self.rng,
+            order: self.order.clone(),
+            adam_step: self.adam_step,
+            parameters: self.m.len(),
+            pending: self.pending.is_some(),
+            trained_tokens: self.trained_tokens,
+            first_val_loss: self.first_val_loss,
+        };
+        let text = serde_json::to_string(&file).map_err(|e| ModelError::file(&json, e))?;
+        let partial = dir.join(format!(".{STATE_FILE}.partial"));
+        std::fs::write(&partial, text).map_err(|e| ModelError::file(&partial, e))?;
+        std::fs::rename(&partial, &json).map_err(|e| ModelError::file(&json, e))
+    }
+
+    /// The state saved in `dir` and its fingerprint; `None` when there is none.
+    pub fn load(dir: &Path) -> Result<Option<(State, String)>, ModelError> {
+        let json = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&json) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ModelError::file(&json, e)),
+        };
+        let file: StateFile = serde_json::from_str(&text).map_err(|e| ModelError::file(&json, e))?;
+        let moments = dir.join(MOMENTS_FILE);
+        let mut tensors: HashMap<String, Array> = Array::load_safetensors(&moments).map_err(|e| ModelError::file(&moments, e))?;
+        let mut take = |name: &str| -> Result<Vec<Array>, ModelError> {
+            (0..file.parameters)
+                .map(|i| tensors.remove(&format!("{name}.{i}")).ok_or_else(|| ModelError::file(&moments, format!("{name}.{i} is missing"))))
+                .collect()
+        };
+        let (m, v) = (take("m")?, take("v")?);
+        let pending = if file.pending { Some(take("pending")?) } else { None };
+        let state = State {
+            iter: file.iter,
+            rng: file.rng,
+            order: file.order,
+            adam_step: file.adam_step,
+            m,
+            v,
+            pending,
+            trained_tokens: file.trained_tokens,
+            first_val_loss: file.first_val_loss,
+        };
+        Ok(Some((state, file.fingerprint)))
+    }
+}
+
+/// Where checkpoints go, called with the weights and the run's state after `state.iter`
+/// iterations; returns the written path.
+pub type Checkpoint<'a> = dyn FnMut(&[Array], &State) -> Result<PathBuf, ModelError> + 'a;
 
 /// The examples of a run.
 #[derive(Clone, Copy)]
@@ -187,13 +301,17 @@ pub struct Splits<'a> {
     pub valid: &'a [Example],
 }
 
-/// How the caller steers a run: a stop flag (Ctrl-C) and where checkpoints go.
+/// How the caller steers a run: a stop flag (Ctrl-C), where checkpoints go, and the state of an
+/// earlier run of the same examples and options to carry on from (`params` then being the weights
+/// saved with it).
 pub struct Control<'a, 'b> {
     pub stop: &'a AtomicBool,
     pub checkpoint: &'a mut Checkpoint<'b>,
+    pub resume: Option<State>,
 }
 
-/// Trains `params` (the adapter's weights) in place.
+/// Trains `params` (the adapter's weights) in place. A checkpoint is written every
+/// `save_every` iterations, at the last one, and when the stop flag ends the run.
 pub fn train(
     model: &Llama,
     lora: &Lora,
@@ -203,7 +321,7 @@ pub fn train(
     control: Control<'_, '_>,
     mut report: impl FnMut(Progress),
 ) -> Result<Outcome, ModelError> {
-    let Control { stop, checkpoint } = control;
+    let Control { stop, checkpoint, resume } = control;
     let (train_set, valid_set) = (splits.train, splits.valid);
     let train_batches = batches(train_set, options.batch_size);
     let valid_batches = batches(valid_set, options.batch_size);
@@ -217,9 +335,23 @@ pub fn train(
     let updates = options.iters.div_ceil(accumulation);
     let mut optimizer = AdamW::new(params)?;
     let mut outcome = Outcome::default();
+    let mut pending: Option<Vec<Array>> = None;
+    let mut start = 1;
+    if let Some(state) = resume {
+        let fits = |arrays: &[Array]| arrays.len() == params.len() && arrays.iter().zip(params.iter()).all(|(a, p)| a.shape() == p.shape());
+        if !fits(&state.m) || !fits(&state.v) || state.pending.as_deref().is_some_and(|p| !fits(p)) || state.order.iter().any(|&i| i >= train_batches.len())
+        {
+            return Err(ModelError::Load { path: STATE_FILE.into(), message: "the saved state does not fit this adapter and these examples".into() });
+        }
+        (rng, order, pending) = (state.rng, state.order, state.pending);
+        optimizer = AdamW { m: state.m, v: state.v, step: state.adam_step };
+        outcome.trained_tokens = state.trained_tokens;
+        outcome.first_val_loss = state.first_val_loss;
+        outcome.iters = state.iter;
+        start = state.iter + 1;
+    }
     let started = Instant::now();
     let mut window = (Instant::now(), 0.0f64, 0usize, 0usize); // (since, loss·steps, steps, tokens)
-    let mut pending: Option<Vec<Array>> = None;
     let evaluate_at = |iter: usize, params: &[Array], outcome: &mut Outcome| -> Result<Option<Progress>, ModelError> {
         if valid_batches.is_empty() {
             return Ok(None);
@@ -231,11 +363,12 @@ pub fn train(
         Ok(Some(Progress::Val { iter, loss: val, seconds: t.elapsed().as_secs_f32() }))
     };
     if options.steps_per_eval > 0
+        && start == 1
         && let Some(p) = evaluate_at(0, params, &mut outcome)?
     {
         report(p);
     }
-    for iter in 1..=options.iters {
+    for iter in start..=options.iters {
         if order.is_empty() {
             order = (0..train_batches.len()).collect();
             shuffle(&mut order, &mut rng);
@@ -295,8 +428,19 @@ pub fn train(
             }
             window.0 = Instant::now();
         }
-        if stopping || (options.save_every > 0 && iter % options.save_every == 0) {
-            let path = checkpoint(iter, params)?;
+        if stopping || iter == options.iters || (options.save_every > 0 && iter % options.save_every == 0) {
+            let state = State {
+                iter,
+                rng,
+                order: order.clone(),
+                adam_step: optimizer.step,
+                m: optimizer.m.clone(),
+                v: optimizer.v.clone(),
+                pending: pending.clone(),
+                trained_tokens: outcome.trained_tokens,
+                first_val_loss: outcome.first_val_loss,
+            };
+            let path = checkpoint(params, &state)?;
             report(Progress::Saved { iter, path });
             window.0 = Instant::now();
         }

@@ -101,10 +101,13 @@ fn train_run(model: &TextModel, lora: &Lora, weights: &mut [Array], iters: usize
     let train_set = tokenized(model, train_texts);
     let valid_set = tokenized(model, valid);
     let mut losses = Vec::new();
-    let mut no_checkpoint = |_: usize, _: &[Array]| -> Result<PathBuf, kenning_training::model::ModelError> { unreachable!("save_every is 0") };
+    let mut no_checkpoint = |_: &[Array], state: &train::State| -> Result<PathBuf, kenning_training::model::ModelError> {
+        assert_eq!(state.iter, iters, "save_every is 0: only the last iteration is checkpointed");
+        Ok(PathBuf::new())
+    };
     let splits = train::Splits { train: &train_set, valid: &valid_set };
     let stop = AtomicBool::new(false);
-    let control = train::Control { stop: &stop, checkpoint: &mut no_checkpoint };
+    let control = train::Control { stop: &stop, checkpoint: &mut no_checkpoint, resume: None };
     let outcome = train::train(&model.model, lora, weights, splits, &options(iters, lr), control, |p| {
         if let train::Progress::Train { loss, .. } = p {
             losses.push(loss);
@@ -173,17 +176,89 @@ fn training_on_real_code_lowers_the_loss_and_checkpoints_resume() {
     assert!((resumed - last).abs() < 1e-4, "resumed weights evaluate to {resumed}, trained to {last}");
 }
 
+/// Trains `iters` iterations of batches of 2 from `weights` (and `resume`'s state), with gradient
+/// accumulation over 2 micro-batches; stops after `stop_after` iterations when given (the flag is
+/// read after each iteration, before its report: it is raised at the report of the one before).
+/// Returns the weights and the state of the last checkpoint.
+fn run_to(model: &TextModel, lora: &Lora, mut weights: Vec<Array>, iters: usize, stop_after: Option<usize>, resume: Option<train::State>) -> (Vec<Array>, train::State) {
+    let texts = code_windows();
+    let train_set = tokenized(model, &texts[6..14]);
+    let options = TrainOptions { grad_accumulation: 2, warmup: 2, steps_per_eval: 0, ..options(iters, 2e-4) };
+    let mut last = None;
+    let mut checkpoint = |_: &[Array], state: &train::State| -> Result<PathBuf, kenning_training::model::ModelError> {
+        last = Some(state.clone());
+        Ok(PathBuf::new())
+    };
+    let stop = AtomicBool::new(false);
+    let control = train::Control { stop: &stop, checkpoint: &mut checkpoint, resume };
+    train::train(&model.model, lora, &mut weights, train::Splits { train: &train_set, valid: &[] }, &options, control, |p| {
+        if let train::Progress::Train { iter, .. } = p
+            && Some(iter + 1) == stop_after
+        {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    (weights, last.expect("a checkpoint at the end"))
+}
+
+#[test]
+fn a_stopped_run_resumed_from_its_saved_state_ends_with_the_weights_of_an_uninterrupted_one() {
+    let model = TextModel::load(&model_dir()).unwrap();
+    let lora = Lora::new(&model.model.config, 2, LoraParameters { rank: 4, dropout: 0.0, scale: 20.0 });
+    mlx_rs::random::seed(3).unwrap();
+    let fresh = lora.init(&model.model.config).unwrap();
+    // 9 iterations over 4 batches (8 examples, 2 a batch): epochs end and reshuffle inside the run,
+    // and a stop after iteration 5 falls in the middle of an accumulated update.
+    let (straight, _) = run_to(&model, &lora, fresh.clone(), 9, None, None);
+
+    let (stopped, state) = run_to(&model, &lora, fresh.clone(), 9, Some(5), None);
+    assert_eq!(state.iter, 5, "the stop is checkpointed");
+    assert!(state.pending.is_some(), "iteration 5 is half of an update of 2 micro-batches");
+    let dir = tempfile::tempdir().unwrap();
+    lora.save(&stopped, dir.path(), "0000005_adapters.safetensors", &serde_json::Map::new()).unwrap();
+    state.save(dir.path(), "same run").unwrap();
+    let (loaded, fingerprint) = train::State::load(dir.path()).unwrap().expect("a saved state");
+    assert_eq!(fingerprint, "same run");
+    assert_eq!((loaded.iter, loaded.rng, &loaded.order, loaded.adam_step), (state.iter, state.rng, &state.order, state.adam_step));
+    let (_, weights) = Lora::load_file(dir.path(), &dir.path().join("0000005_adapters.safetensors"), &model.model.config).unwrap();
+    let (resumed, end) = run_to(&model, &lora, weights, 9, None, Some(loaded));
+    assert_eq!(end.iter, 9);
+    let mut moved = 0.0f32;
+    for ((a, b), f) in straight.iter().zip(&resumed).zip(&fresh) {
+        let (a, b, f) = (a.as_slice::<f32>(), b.as_slice::<f32>(), f.as_slice::<f32>());
+        assert!(max_diff(a, b) < 1e-6, "resumed vs uninterrupted: {}", max_diff(a, b));
+        moved = moved.max(max_diff(a, f));
+    }
+    assert!(moved > 1e-4, "training moved the weights ({moved})");
+
+    // Resumed from the state at the start of the run instead, it would not match: the state matters.
+    let (restarted, _) = run_to(&model, &lora, stopped, 9, None, None);
+    let apart = straight.iter().zip(&restarted).map(|(a, b)| max_diff(a.as_slice::<f32>(), b.as_slice::<f32>())).fold(0.0, f32::max);
+    assert!(apart > 1e-6, "training on from the weights alone (a fresh optimizer, batch order and schedule) differs");
+    assert!(train::State::load(&dir.path().join("elsewhere")).unwrap().is_none());
+
+    // Damaged (a cut write, a hand edit): an error to say, not a state to train on.
+    let moments = dir.path().join("trainer_state.safetensors");
+    let bytes = std::fs::read(&moments).unwrap();
+    std::fs::write(&moments, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(train::State::load(dir.path()).is_err(), "half the moments");
+    std::fs::write(dir.path().join(train::STATE_FILE), "{\"iter\": ").unwrap();
+    assert!(train::State::load(dir.path()).is_err(), "cut JSON");
+}
+
 #[test]
 fn adapters_trained_here_load_in_mlx_lm_and_mlx_lm_adapters_load_here() {
     let model = TextModel::load(&model_dir()).unwrap();
     let ids = model.encode(PROMPT).unwrap();
     let base = last_logits(&model.model, &ids);
 
-    // Rust → mlx_lm: a few steps at a high learning rate, so the adapter visibly moves the logits.
+    // Rust → mlx_lm: a few steps at a high learning rate, so the adapter visibly moves the logits
+    // (the data is this crate's sources: enough steps that an edit to them keeps it visible).
     let lora = Lora::new(&model.model.config, 2, LoraParameters { rank: 4, dropout: 0.0, scale: 20.0 });
     mlx_rs::random::seed(3).unwrap();
     let mut weights = lora.init(&model.model.config).unwrap();
-    train_run(&model, &lora, &mut weights, 4, 1e-3);
+    train_run(&model, &lora, &mut weights, 8, 1e-3);
     let dir = tempfile::tempdir().unwrap();
     let ours_dir = dir.path().join("kenning");
     lora.save(&weights, &ours_dir, "adapters.safetensors", &serde_json::Map::new()).unwrap();

@@ -420,13 +420,15 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
         ab => ab,
     };
     println!("{b} against {a}: differences in points with 95 % intervals (bootstrap over files)");
-    println!("{:<22} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22} {:>6} {:>5}", "", "tasks", "files", "ES", "ES", "edit similarity", "exact match", "helped", "hurt");
-    println!("{:<22} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}", "", "", "", a, b, format!("{b} - {a}"), format!("{b} - {a}"));
+    // The label column fits the longest label (a repository's directory name can be long).
+    let w = c.groups.iter().map(|g| g.label.chars().count()).max().unwrap_or(0).max(22);
+    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22} {:>6} {:>5}", "", "tasks", "files", "ES", "ES", "edit similarity", "exact match", "helped", "hurt");
+    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}", "", "", "", a, b, format!("{b} - {a}"), format!("{b} - {a}"));
     for g in &c.groups {
         let p = &g.paired;
         let interval = |i: &eval::Interval| format!("{:+5.1} [{:+5.1}, {:+5.1}]", i.mean, i.low, i.high);
         println!(
-            "{:<22} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22} {:>5.0}% {:>4.0}%",
+            "{:<w$} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22} {:>5.0}% {:>4.0}%",
             g.label,
             p.tasks,
             p.files,

@@ -67,7 +67,14 @@ fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, opti
             None
         }
     };
-    let data = dataset::mine_counted(&root, options, counter.as_deref().map(|c| c as dataset::TokenCounter));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} files, eta {eta}").expect("valid template").progress_chars("=> "));
+    bar.set_prefix("mining");
+    let data = dataset::mine_counted(&root, options, counter.as_deref().map(|c| c as dataset::TokenCounter), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
     data.write(out_dir).with_context(|| format!("writing {}", out_dir.display()))?;
     out(&format!("dataset {} ({:?} format) from {}", out_dir.display(), options.family, root.display()));
     let tokens = if data.tokens_counted { "tokens" } else { "≈tokens" };
@@ -148,6 +155,11 @@ pub struct TrainArgs {
     /// Recompute adapted layers in the backward pass (less memory for long examples, slower).
     #[arg(long)]
     grad_checkpoint: bool,
+    /// Train from the start even when a stopped run of the same data and settings could be carried
+    /// on (by default the same command run again continues from its last checkpoint, and a run that
+    /// finished is not trained again).
+    #[arg(long)]
+    fresh: bool,
 }
 
 fn finite(s: &str) -> Result<f64, String> {
@@ -233,7 +245,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     // Measured before it replaces anything: an adapter in use (kenning.toml may name this very
     // directory) is replaced only by one that passed.
     let trained = if when == RegisterWhen::Auto { candidate_dir(&adapter) } else { adapter.clone() };
-    if trained != adapter {
+    if trained != adapter && args.fresh {
         remove_dir_if_there(&trained)?;
     }
     let family = Family::detect(&args.model);
@@ -248,6 +260,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         max_seq_length: args.max_seq_length,
         learning_rate: args.learning_rate,
         grad_checkpoint: args.grad_checkpoint,
+        resume: !args.fresh,
     };
     finetune::run_trainer(&trainer, &run)?;
     if when == RegisterWhen::Never {

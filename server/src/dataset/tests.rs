@@ -171,7 +171,12 @@ fn with_a_tokenizer_examples_are_sized_and_counted_in_its_tokens() {
     let options = DatasetOptions { max_seq_length: 40, fim_per_kb: 8.0, ..DatasetOptions::default() };
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path());
-    let dataset = mine_counted(dir.path(), &options, Some(&two_bytes_a_token));
+    let mut told = Vec::new();
+    let dataset = mine_counted(dir.path(), &options, Some(&two_bytes_a_token), &mut |done, total| told.push((done, total)));
+    let files = dataset.files.len();
+    assert_eq!(told.first(), Some(&(0, files)), "progress starts at 0 of the files");
+    assert_eq!(told.last(), Some(&(files, files)), "and ends with all of them");
+    assert!(told.windows(2).all(|w| w[0].0 < w[1].0), "and only goes forward: {told:?}");
     assert!(dataset.tokens_counted);
     assert!((dataset.bytes_per_token - 1.8).abs() < 0.05, "measured {} bytes per token", dataset.bytes_per_token);
     assert!(dataset.examples.iter().any(|e| e.span.is_some()) && dataset.examples.iter().any(|e| e.span.is_none()));
@@ -189,7 +194,7 @@ fn with_a_tokenizer_examples_are_sized_and_counted_in_its_tokens() {
     assert!(estimated.examples.iter().any(|e| two_bytes_a_token(&e.text).unwrap() > 40));
 
     // A tokenizer that fails leaves the estimate in place.
-    let failing = mine_counted(dir.path(), &options, Some(&|_: &str| None));
+    let failing = mine_counted(dir.path(), &options, Some(&|_: &str| None), &mut |_, _| {});
     assert!(!failing.tokens_counted);
     assert_eq!(failing.examples, estimated.examples);
 }

@@ -82,8 +82,13 @@ struct TrainArgs {
     #[arg(long, default_value = "adapters")]
     adapter_path: PathBuf,
     /// Start from these adapter weights (a checkpoint file of the same shape).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     resume_adapter_file: Option<PathBuf>,
+    /// Carry on the run whose last checkpoint is in --adapter-path, exactly where it stopped, when
+    /// it was asked to do the same (model, data, iterations and every training setting); otherwise
+    /// start over, saying why.
+    #[arg(long)]
+    resume: bool,
     #[arg(long, default_value_t = 100)]
     save_every: usize,
     #[arg(long, default_value_t = 10)]
@@ -144,11 +149,29 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Stopped>() => {
+            eprintln!("{e}");
+            ExitCode::from(Stopped::EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A run ended early by Ctrl-C, its weights and state saved: the process exits with status 130 (as
+/// a program stopped by SIGINT does), so that a caller (`kenning train`) does not take the
+/// adapter for a finished one.
+#[derive(Debug, thiserror::Error)]
+#[error("training stopped at iteration {iter} of {iters}; run again with --resume (for `kenning train`, the same command) to carry on")]
+struct Stopped {
+    iter: usize,
+    iters: usize,
+}
+
+impl Stopped {
+    const EXIT_CODE: u8 = 130;
 }
 
 fn say(line: &str) {
@@ -187,17 +210,27 @@ fn run(args: &TrainArgs) -> Result<()> {
     let valid_texts = split("valid")?.unwrap_or_default();
     let config = &model.model.config;
     let params = LoraParameters { rank: args.rank, dropout: args.dropout, scale: args.scale };
-    let (lora, mut weights) = if let Some(file) = &args.resume_adapter_file {
+    let fingerprint = fingerprint(args, &model_dir, &train_texts, &valid_texts);
+    let resumed = if args.train && args.resume { resumable(&args.adapter_path, &fingerprint, config)? } else { None };
+    if args.train && !args.resume {
+        // A fresh run: a state left by another one is not this run's to carry on.
+        remove_if_there(&args.adapter_path.join(train::STATE_FILE))?;
+    }
+    let (lora, mut weights, resume) = if let Some((lora, weights, state)) = resumed {
+        (lora, weights, Some(state))
+    } else if let Some(file) = &args.resume_adapter_file {
         let dir = file.parent().unwrap_or(Path::new("."));
         say(&format!("Loading fine-tuned weights from {}", file.display()));
-        Lora::load_file(dir, file, config)?
+        let (lora, w) = Lora::load_file(dir, file, config)?;
+        (lora, w, None)
     } else if args.train {
         let lora = Lora::new(config, args.num_layers, params);
         mlx_rs::random::seed(args.seed).context("seeding MLX")?;
         let w = lora.init(config)?;
-        (lora, w)
+        (lora, w, None)
     } else {
-        Lora::load(&args.adapter_path, config)?
+        let (lora, w) = Lora::load(&args.adapter_path, config)?;
+        (lora, w, None)
     };
     if args.train {
         if args.grad_checkpoint && args.dropout > 0.0 {
@@ -258,19 +291,30 @@ fn run(args: &TrainArgs) -> Result<()> {
         let adapter_path = args.adapter_path.clone();
         let lora_for_save = lora.clone();
         let save_extra = extra.clone();
-        let mut checkpoint = move |iter: usize, w: &[mlx_rs::Array]| {
-            lora_for_save.save(w, &adapter_path, &format!("{iter:07}_adapters.safetensors"), &save_extra)?;
+        let saved_fingerprint = fingerprint.clone();
+        // The numbered weights first, the state that names their iteration last: a state on disk
+        // always has its weights.
+        let mut checkpoint = move |w: &[mlx_rs::Array], state: &train::State| {
+            lora_for_save.save(w, &adapter_path, &checkpoint_name(state.iter), &save_extra)?;
             lora_for_save.save(w, &adapter_path, "adapters.safetensors", &save_extra)?;
+            state.save(&adapter_path, &saved_fingerprint)?;
             Ok(adapter_path.join("adapters.safetensors"))
         };
-        say(&format!("Starting training..., iters: {}", args.iters));
+        match &resume {
+            Some(state) if state.iter >= args.iters => say(&format!("All {} iterations were done already ({}); nothing to train", args.iters, args.adapter_path.display())),
+            Some(state) => say(&format!("Resuming training from iteration {} of {} ({})", state.iter, args.iters, args.adapter_path.display())),
+            None => say(&format!("Starting training..., iters: {}", args.iters)),
+        }
         let splits = train::Splits { train: &train_set, valid: &valid_set };
-        let control = train::Control { stop: &stop, checkpoint: &mut checkpoint };
+        let first = resume.as_ref().map_or(0, |s| s.iter);
+        let control = train::Control { stop: &stop, checkpoint: &mut checkpoint, resume };
+        let started = std::time::Instant::now();
         let outcome = train::train(&model.model, &lora, &mut weights, splits, &options, control, |p| match p {
             Progress::Train { iter, loss, learning_rate, iters_per_sec, tokens_per_sec, trained_tokens, peak_memory } => say(&format!(
                 "Iter {iter}: Train loss {loss:.3}, Learning Rate {learning_rate:.3e}, It/sec {iters_per_sec:.3}, \
-                 Tokens/sec {tokens_per_sec:.3}, Trained Tokens {trained_tokens}, Peak mem {:.3} GB",
-                peak_memory as f64 / 1e9
+                 Tokens/sec {tokens_per_sec:.3}, Trained Tokens {trained_tokens}, Peak mem {:.3} GB, {}",
+                peak_memory as f64 / 1e9,
+                time_left(started.elapsed().as_secs_f64(), iter - first, iter, args.iters)
             )),
             Progress::Val { iter, loss, seconds } => say(&format!("Iter {iter}: Val loss {loss:.3}, Val took {seconds:.3}s")),
             Progress::Saved { iter, path } => say(&format!("Iter {iter}: Saved adapter weights to {}", path.display())),
@@ -284,6 +328,9 @@ fn run(args: &TrainArgs) -> Result<()> {
             outcome.seconds,
             if outcome.stopped { ", stopped early" } else { "" }
         ));
+        if outcome.stopped {
+            return Err(Stopped { iter: outcome.iters, iters: args.iters }.into());
+        }
     }
     if args.test {
         let test_texts = split("test")?.with_context(|| format!("no test.jsonl in {}", args.data.display()))?;
@@ -293,6 +340,106 @@ fn run(args: &TrainArgs) -> Result<()> {
         say(&format!("Test loss {loss:.3}, Test ppl {:.3}.", loss.exp()));
     }
     Ok(())
+}
+
+/// Where a run stands after `iter` of `iters` iterations, `done` of them in this process in
+/// `elapsed` seconds (validation included): the share done and how long the rest takes at that pace.
+fn time_left(elapsed: f64, done: usize, iter: usize, iters: usize) -> String {
+    let s = (elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64).round() as u64;
+    let clock = if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) };
+    format!("{:.0}% done, about {clock} left", 100.0 * iter as f64 / iters.max(1) as f64)
+}
+
+/// The file of the weights checkpointed after `iter` iterations (mlx_lm's name).
+fn checkpoint_name(iter: usize) -> String {
+    format!("{iter:07}_adapters.safetensors")
+}
+
+/// What a run is asked to do, as `key=value` words: a saved state is carried on only by a run with
+/// the same words. The data counts by its content (FNV-1a of the texts), not its path.
+fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[String], valid: &[String]) -> String {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for text in train.iter().chain([&String::new()]).chain(valid) {
+        for b in text.bytes().chain([0]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let schedule = match args.lr_schedule {
+        LrSchedule::Constant => "constant",
+        LrSchedule::Cosine => "cosine",
+    };
+    format!(
+        "model={} data={hash:016x} iters={} batch_size={} num_layers={} rank={} scale={} dropout={} learning_rate={} lr_schedule={schedule} \
+         warmup={} weight_decay={} grad_accumulation_steps={} max_seq_length={} seed={}",
+        model_dir.display(),
+        args.iters,
+        args.batch_size,
+        args.num_layers,
+        args.rank,
+        args.scale,
+        args.dropout,
+        args.learning_rate,
+        args.warmup,
+        args.weight_decay,
+        args.grad_accumulation_steps,
+        args.max_seq_length,
+        args.seed
+    )
+}
+
+/// The words of two fingerprints that differ, as `key: old -> new`.
+fn differences(saved: &str, now: &str) -> Vec<String> {
+    let words = |s: &str| s.split(' ').filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>();
+    let (old, new) = (words(saved), words(now));
+    let mut out = Vec::new();
+    for (k, v) in &new {
+        match old.iter().find(|(o, _)| o == k) {
+            Some((_, w)) if w == v => {}
+            Some((_, w)) => out.push(format!("{k}: {w} -> {v}")),
+            None => out.push(format!("{k}: (not recorded) -> {v}")),
+        }
+    }
+    out
+}
+
+/// The saved run in `dir` to carry on, with its adapter and the weights of its last checkpoint;
+/// `None` (said why) when there is none, it was asked something else, or what was saved does not
+/// read (a damaged state is no reason to fail a run: it only costs the iterations it held).
+fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Config) -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
+    let (state, saved) = match train::State::load(dir) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => {
+            say(&format!("No saved training state in {}: starting over", dir.display()));
+            return Ok(None);
+        }
+        Err(e) => {
+            say(&format!("The training state saved in {} does not read ({e}): starting over", dir.display()));
+            remove_if_there(&dir.join(train::STATE_FILE))?;
+            return Ok(None);
+        }
+    };
+    if saved != fingerprint {
+        say(&format!("The run saved in {} was asked something else ({}): starting over", dir.display(), differences(&saved, fingerprint).join(", ")));
+        remove_if_there(&dir.join(train::STATE_FILE))?;
+        return Ok(None);
+    }
+    let file = dir.join(checkpoint_name(state.iter));
+    match Lora::load_file(dir, &file, config) {
+        Ok((lora, weights)) => Ok(Some((lora, weights, state))),
+        Err(e) => {
+            say(&format!("The weights saved with the run in {} do not load ({e}): starting over", dir.display()));
+            remove_if_there(&dir.join(train::STATE_FILE))?;
+            Ok(None)
+        }
+    }
+}
+
+/// Removes a file; one that is not there is fine.
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        _ => Ok(()),
+    }
 }
 
 fn fuse(args: &FuseArgs) -> Result<()> {
@@ -340,4 +487,33 @@ fn export(args: &ExportArgs) -> Result<()> {
         bail!("{} export-adapter failed ({status})", kenning.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_changed_between_two_runs_is_named() {
+        let args = Cli::parse_from(["kenning-train", "--train", "--iters", "200"]).train;
+        let texts = ["fn a() {}".to_owned()];
+        let saved = fingerprint(&args, Path::new("/m"), &texts, &[]);
+        assert_eq!(saved, fingerprint(&args, Path::new("/m"), &texts, &[]), "the same run, the same words");
+        assert!(differences(&saved, &saved).is_empty());
+        let other = Cli::parse_from(["kenning-train", "--train", "--iters", "300", "--learning-rate", "2e-4"]).train;
+        assert_eq!(differences(&saved, &fingerprint(&other, Path::new("/m"), &texts, &[])), ["iters: 200 -> 300", "learning_rate: 0.00001 -> 0.0002"]);
+        // Other data (even the same texts split otherwise) is another run.
+        let moved = fingerprint(&args, Path::new("/m"), &[], &texts);
+        assert_eq!(differences(&saved, &moved).len(), 1);
+        assert!(differences(&saved, &moved)[0].starts_with("data: "));
+    }
+
+    #[test]
+    fn the_time_left_is_the_pace_of_this_process_times_the_iterations_left() {
+        assert_eq!(time_left(30.0, 10, 10, 100), "10% done, about 4:30 left");
+        // Resumed at 50: 10 iterations here in 20 s, 40 left.
+        assert_eq!(time_left(20.0, 10, 60, 100), "60% done, about 1:20 left");
+        assert_eq!(time_left(3600.0, 1, 1, 3), "33% done, about 2:00:00 left");
+        assert_eq!(time_left(5.0, 0, 0, 0), "0% done, about 0:00 left");
+    }
 }
