@@ -366,3 +366,54 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         let _ = std::fs::remove_dir_all(left);
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn kenning_train_stopped_with_ctrl_c_carries_on_when_run_again() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::CommandExt;
+    let kenning = std::path::Path::new(env!("CARGO_BIN_EXE_kenning"));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    small_repo(&repo, 20);
+    let root = repo.canonicalize().unwrap();
+    let paths = Paths::from_env();
+    let command = || {
+        let mut c = std::process::Command::new(kenning);
+        c.arg("train").arg(&repo).args(["--model", "smollm2-135m", "--iters", "60", "--num-layers", "2", "--max-seq-length", "64", "--register", "never"]);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c
+    };
+
+    // As a terminal does: Ctrl-C sends SIGINT to the whole foreground process group (kenning and
+    // its trainer), here once the trainer has reported iteration 10.
+    let mut child = command().process_group(0).spawn().unwrap();
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.starts_with("Iter 10: Train loss") {
+            nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+        }
+        line.clear();
+    }
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success() && seen.contains("stopped early"), "{status}\n{seen}\n{stderr}");
+    assert!(stderr.contains("training was stopped") && stderr.contains("carries on"), "kenning waited for its trainer and said so: {stderr}");
+    assert!(!seen.contains("adapter written to"), "a stopped run is not reported as an adapter: {seen}");
+
+    let again = command().output().unwrap();
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{out}\n{}", String::from_utf8_lossy(&again.stderr));
+    let from: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Resuming training from iteration ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("not resumed: {out}"));
+    assert!((10..60).contains(&from), "resumed from iteration {from}: {out}");
+    assert!(out.contains("(60 iterations,") && !out.contains("Iter 10: Train loss"), "iteration 10 is not trained again: {out}");
+    let _ = std::fs::remove_dir_all(paths.training_for(&root));
+}

@@ -81,7 +81,7 @@ pub const SAVE_EVERY: usize = 20;
 /// Runs `trainer` (see [`trainer`]) on a dataset directory; its progress goes to this process's
 /// output as it comes.
 pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneError> {
-    let status = std::process::Command::new(trainer)
+    let mut child = std::process::Command::new(trainer)
         .args(["--model", run.model, "--train", "--test", "--batch-size", "2", "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])
         .args(["--iters", &run.iters.to_string(), "--num-layers", &run.num_layers.to_string()])
         .args(["--max-seq-length", &run.max_seq_length.to_string(), "--learning-rate", &run.learning_rate.to_string()])
@@ -93,12 +93,52 @@ pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneErr
         .arg(run.data)
         .arg("--adapter-path")
         .arg(run.adapter)
-        .status()
+        .spawn()
         .map_err(|error| FinetuneError::NoTrainer { path: trainer.to_owned(), error })?;
+    let status = {
+        // A Ctrl-C in the terminal reaches the trainer too (the same process group): it saves and
+        // exits with 130. This process waits for that rather than dying first and leaving the
+        // trainer running behind the shell's prompt.
+        let _ignoring = IgnoreInterrupts::new();
+        child.wait().map_err(|error| FinetuneError::NoTrainer { path: trainer.to_owned(), error })?
+    };
     match status.code() {
         Some(0) => Ok(()),
         Some(130) => Err(FinetuneError::TrainerStopped),
         _ => Err(FinetuneError::TrainerFailed { path: trainer.to_owned(), status }),
+    }
+}
+
+/// SIGINT ignored in this process while it lives, the previous disposition restored after.
+struct IgnoreInterrupts {
+    #[cfg(unix)]
+    previous: Option<nix::sys::signal::SigAction>,
+}
+
+impl IgnoreInterrupts {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+            let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+            // SAFETY: SIG_IGN runs no code in this process, so no handler can break async-signal safety.
+            let previous = unsafe { sigaction(Signal::SIGINT, &ignore) }.ok();
+            Self { previous }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(previous) = &self.previous {
+            // SAFETY: puts back the disposition that was there before `new`.
+            let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, previous) };
+        }
     }
 }
 

@@ -84,6 +84,7 @@ impl Lora {
         let partial = dir.join(format!(".{file_name}.partial.safetensors"));
         let arrays: Vec<(String, &Array)> = self.names().into_iter().zip(params).collect();
         Array::save_safetensors(arrays, None, &partial).map_err(|e| ModelError::file(&partial, e))?;
+        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| ModelError::file(&partial, e))?;
         std::fs::rename(&partial, &weights).map_err(|e| ModelError::file(&weights, e))?;
         let mut config = AdapterConfig::lora(self.params, self.num_layers);
         config.extra = extra.clone();

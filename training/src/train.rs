@@ -181,8 +181,8 @@ impl AdamW {
 }
 
 /// Where a run stands after an iteration: with the same examples and options, training on from it
-/// gives the weights an uninterrupted run would (dropout > 0 aside: its masks come from MLX's random
-/// state, which is not kept).
+/// gives the weights an uninterrupted run would (dropout's masks too: MLX's random state is seeded
+/// per iteration).
 #[derive(Debug, Clone)]
 pub struct State {
     /// Iterations done.
@@ -220,18 +220,28 @@ struct StateFile {
     first_val_loss: Option<f32>,
 }
 
+/// A saved [`State`] read as far as its JSON: what it was asked (its fingerprint) and how far it
+/// got, so that the caller can load the weights of that iteration before the moments.
+pub struct Saved {
+    pub fingerprint: String,
+    pub iter: usize,
+    file: StateFile,
+}
+
 impl State {
-    /// Writes the state into `dir` (the moments, then the JSON that names them: a state whose JSON
-    /// is there is whole).
-    pub fn save(&self, dir: &Path, fingerprint: &str) -> Result<(), ModelError> {
+    /// Writes the state into `dir`, the moments keyed by the names of the parameters they belong to
+    /// (`names`, in parameter order), then the JSON that names the iteration: a state whose JSON is
+    /// there is whole. Each file is flushed to the disk before it is moved into place.
+    pub fn save(&self, dir: &Path, fingerprint: &str, names: &[String]) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
         let mut arrays: Vec<(String, &Array)> = Vec::new();
-        for (name, list) in [("m", Some(&self.m)), ("v", Some(&self.v)), ("pending", self.pending.as_ref())] {
-            arrays.extend(list.into_iter().flatten().enumerate().map(|(i, a)| (format!("{name}.{i}"), a)));
+        for (kind, list) in [("m", Some(&self.m)), ("v", Some(&self.v)), ("pending", self.pending.as_ref())] {
+            arrays.extend(list.into_iter().flatten().zip(names).map(|(a, name)| (format!("{kind}.{name}"), a)));
         }
         let moments = dir.join(MOMENTS_FILE);
         let partial = dir.join(format!(".{MOMENTS_FILE}.partial.safetensors"));
         Array::save_safetensors(arrays, None, &partial).map_err(|e| ModelError::file(&partial, e))?;
+        sync(&partial)?;
         let json = dir.join(STATE_FILE);
         // The old JSON goes first: a stop between the two renames leaves no state rather than one
         // whose moments belong to another iteration.
@@ -254,11 +264,12 @@ impl State {
         let text = serde_json::to_string(&file).map_err(|e| ModelError::file(&json, e))?;
         let partial = dir.join(format!(".{STATE_FILE}.partial"));
         std::fs::write(&partial, text).map_err(|e| ModelError::file(&partial, e))?;
+        sync(&partial)?;
         std::fs::rename(&partial, &json).map_err(|e| ModelError::file(&json, e))
     }
 
-    /// The state saved in `dir` and its fingerprint; `None` when there is none.
-    pub fn load(dir: &Path) -> Result<Option<(State, String)>, ModelError> {
+    /// The JSON of the state saved in `dir`; `None` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<Saved>, ModelError> {
         let json = dir.join(STATE_FILE);
         let text = match std::fs::read_to_string(&json) {
             Ok(t) => t,
@@ -266,16 +277,28 @@ impl State {
             Err(e) => return Err(ModelError::file(&json, e)),
         };
         let file: StateFile = serde_json::from_str(&text).map_err(|e| ModelError::file(&json, e))?;
+        Ok(Some(Saved { fingerprint: file.fingerprint.clone(), iter: file.iter, file }))
+    }
+}
+
+impl Saved {
+    /// The whole state, its moments matched to the parameters by `names` (in parameter order).
+    pub fn load(self, dir: &Path, names: &[String]) -> Result<State, ModelError> {
+        let file = self.file;
         let moments = dir.join(MOMENTS_FILE);
+        if names.len() != file.parameters {
+            return Err(ModelError::file(&moments, format!("{} parameters saved, {} to train", file.parameters, names.len())));
+        }
         let mut tensors: HashMap<String, Array> = Array::load_safetensors(&moments).map_err(|e| ModelError::file(&moments, e))?;
-        let mut take = |name: &str| -> Result<Vec<Array>, ModelError> {
-            (0..file.parameters)
-                .map(|i| tensors.remove(&format!("{name}.{i}")).ok_or_else(|| ModelError::file(&moments, format!("{name}.{i} is missing"))))
+        let mut take = |kind: &str| -> Result<Vec<Array>, ModelError> {
+            names
+                .iter()
+                .map(|name| tensors.remove(&format!("{kind}.{name}")).ok_or_else(|| ModelError::file(&moments, format!("{kind}.{name} is missing"))))
                 .collect()
         };
         let (m, v) = (take("m")?, take("v")?);
         let pending = if file.pending { Some(take("pending")?) } else { None };
-        let state = State {
+        Ok(State {
             iter: file.iter,
             rng: file.rng,
             order: file.order,
@@ -285,9 +308,14 @@ impl State {
             pending,
             trained_tokens: file.trained_tokens,
             first_val_loss: file.first_val_loss,
-        };
-        Ok(Some((state, file.fingerprint)))
+        })
     }
+}
+
+/// Flushes a written file to the disk (so that a rename after it never names a file whose content
+/// a power loss took).
+fn sync(path: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| ModelError::file(path, e))
 }
 
 /// Where checkpoints go, called with the weights and the run's state after `state.iter`
@@ -328,7 +356,6 @@ pub fn train(
     if train_batches.is_empty() {
         return Err(ModelError::Load { path: "train.jsonl".into(), message: "no training examples".into() });
     }
-    mlx_rs::random::seed(options.seed)?;
     let mut rng = options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut order: Vec<usize> = Vec::new();
     let accumulation = options.grad_accumulation.max(1);
@@ -369,6 +396,9 @@ pub fn train(
         report(p);
     }
     for iter in start..=options.iters {
+        // Dropout's masks come from MLX's random state, seeded per iteration: a resumed run draws
+        // the masks the uninterrupted one would have.
+        mlx_rs::random::seed(options.seed.wrapping_add(iter as u64))?;
         if order.is_empty() {
             order = (0..train_batches.len()).collect();
             shuffle(&mut order, &mut rng);
@@ -408,7 +438,8 @@ pub fn train(
         window.3 += batch.tokens;
         outcome.trained_tokens += batch.tokens;
         outcome.iters = iter;
-        let stopping = stop.load(Ordering::Relaxed);
+        // A stop asked during the last iteration ends the run as it would have ended anyway.
+        let stopping = stop.load(Ordering::Relaxed) && iter < options.iters;
         if iter % options.steps_per_report.max(1) == 0 || iter == options.iters || stopping {
             let secs = window.0.elapsed().as_secs_f32().max(1e-6);
             report(Progress::Train {

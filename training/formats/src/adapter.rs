@@ -155,11 +155,19 @@ impl AdapterConfig {
         Ok(config)
     }
 
-    /// Writes `dir`'s `adapter_config.json` (pretty, as mlx_lm does).
+    /// Writes `dir`'s `adapter_config.json` (pretty, as mlx_lm does): aside, flushed, then moved into
+    /// place, so that a stop mid-write leaves the old file whole.
     pub fn write(&self, dir: &Path) -> Result<(), FormatError> {
         let path = dir.join(CONFIG_FILE);
         let text = serde_json::to_string_pretty(self).map_err(|e| file_error(&path, e))?;
-        std::fs::write(&path, text + "\n").map_err(|e| file_error(&path, e))
+        let partial = dir.join(format!(".{CONFIG_FILE}.partial"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&partial)?;
+            std::io::Write::write_all(&mut file, (text + "\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&partial, &path)
+        };
+        write().map_err(|e| file_error(&path, e))
     }
 }
 

@@ -210,7 +210,7 @@ fn run(args: &TrainArgs) -> Result<()> {
     let valid_texts = split("valid")?.unwrap_or_default();
     let config = &model.model.config;
     let params = LoraParameters { rank: args.rank, dropout: args.dropout, scale: args.scale };
-    let fingerprint = fingerprint(args, &model_dir, &train_texts, &valid_texts);
+    let fingerprint = fingerprint(args, &model_dir, &train_texts, &valid_texts)?;
     let resumed = if args.train && args.resume { resumable(&args.adapter_path, &fingerprint, config)? } else { None };
     if args.train && !args.resume {
         // A fresh run: a state left by another one is not this run's to carry on.
@@ -297,7 +297,7 @@ fn run(args: &TrainArgs) -> Result<()> {
         let mut checkpoint = move |w: &[mlx_rs::Array], state: &train::State| {
             lora_for_save.save(w, &adapter_path, &checkpoint_name(state.iter), &save_extra)?;
             lora_for_save.save(w, &adapter_path, "adapters.safetensors", &save_extra)?;
-            state.save(&adapter_path, &saved_fingerprint)?;
+            state.save(&adapter_path, &saved_fingerprint, &lora_for_save.names())?;
             Ok(adapter_path.join("adapters.safetensors"))
         };
         match &resume {
@@ -355,41 +355,56 @@ fn checkpoint_name(iter: usize) -> String {
     format!("{iter:07}_adapters.safetensors")
 }
 
-/// What a run is asked to do, as `key=value` words: a saved state is carried on only by a run with
-/// the same words. The data counts by its content (FNV-1a of the texts), not its path.
-fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[String], valid: &[String]) -> String {
+/// FNV-1a of texts, each ended by a 0 byte, and how many there are.
+fn texts_hash(texts: &[String]) -> String {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for text in train.iter().chain([&String::new()]).chain(valid) {
-        for b in text.bytes().chain([0]) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+    for b in texts.iter().flat_map(|t| t.bytes().chain([0])) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    format!("{hash:016x}/{}", texts.len())
+}
+
+/// What a run is asked to do, as `key=value` lines: a saved state is carried on only by a run with
+/// the same lines. The data counts by its content, not its path; the starting weights by the seed
+/// that draws them or the content of `--resume-adapter-file`.
+fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[String], valid: &[String]) -> Result<String> {
     let schedule = match args.lr_schedule {
         LrSchedule::Constant => "constant",
         LrSchedule::Cosine => "cosine",
     };
-    format!(
-        "model={} data={hash:016x} iters={} batch_size={} num_layers={} rank={} scale={} dropout={} learning_rate={} lr_schedule={schedule} \
-         warmup={} weight_decay={} grad_accumulation_steps={} max_seq_length={} seed={}",
-        model_dir.display(),
-        args.iters,
-        args.batch_size,
-        args.num_layers,
-        args.rank,
-        args.scale,
-        args.dropout,
-        args.learning_rate,
-        args.warmup,
-        args.weight_decay,
-        args.grad_accumulation_steps,
-        args.max_seq_length,
-        args.seed
-    )
+    let init = match &args.resume_adapter_file {
+        Some(file) => {
+            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            format!("file {}", texts_hash(&[String::from_utf8_lossy(&bytes).into_owned()]))
+        }
+        None => "fresh".to_owned(),
+    };
+    let model = model_dir.canonicalize().unwrap_or_else(|_| model_dir.to_owned());
+    Ok([
+        format!("model={}", model.display()),
+        format!("train_data={}", texts_hash(train)),
+        format!("valid_data={}", texts_hash(valid)),
+        format!("init={init}"),
+        format!("iters={}", args.iters),
+        format!("batch_size={}", args.batch_size),
+        format!("num_layers={}", args.num_layers),
+        format!("rank={}", args.rank),
+        format!("scale={}", args.scale),
+        format!("dropout={}", args.dropout),
+        format!("learning_rate={}", args.learning_rate),
+        format!("lr_schedule={schedule}"),
+        format!("warmup={}", args.warmup),
+        format!("weight_decay={}", args.weight_decay),
+        format!("grad_accumulation_steps={}", args.grad_accumulation_steps),
+        format!("max_seq_length={}", args.max_seq_length),
+        format!("seed={}", args.seed),
+    ]
+    .join("\n"))
 }
 
-/// The words of two fingerprints that differ, as `key: old -> new`.
+/// The lines of two fingerprints that differ, as `key: old -> new`.
 fn differences(saved: &str, now: &str) -> Vec<String> {
-    let words = |s: &str| s.split(' ').filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>();
+    let words = |s: &str| s.lines().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>();
     let (old, new) = (words(saved), words(now));
     let mut out = Vec::new();
     for (k, v) in &new {
@@ -406,31 +421,28 @@ fn differences(saved: &str, now: &str) -> Vec<String> {
 /// `None` (said why) when there is none, it was asked something else, or what was saved does not
 /// read (a damaged state is no reason to fail a run: it only costs the iterations it held).
 fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Config) -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
-    let (state, saved) = match train::State::load(dir) {
-        Ok(Some(saved)) => saved,
-        Ok(None) => {
-            say(&format!("No saved training state in {}: starting over", dir.display()));
-            return Ok(None);
-        }
-        Err(e) => {
-            say(&format!("The training state saved in {} does not read ({e}): starting over", dir.display()));
-            remove_if_there(&dir.join(train::STATE_FILE))?;
-            return Ok(None);
-        }
-    };
-    if saved != fingerprint {
-        say(&format!("The run saved in {} was asked something else ({}): starting over", dir.display(), differences(&saved, fingerprint).join(", ")));
+    let start_over = |why: String| -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
+        say(&format!("{why}: starting over"));
         remove_if_there(&dir.join(train::STATE_FILE))?;
-        return Ok(None);
+        Ok(None)
+    };
+    let saved = match train::State::read(dir) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return start_over(format!("No saved training state in {}", dir.display())),
+        Err(e) => return start_over(format!("The training state saved in {} does not read ({e})", dir.display())),
+    };
+    if saved.fingerprint != fingerprint {
+        return start_over(format!("The run saved in {} was asked something else ({})", dir.display(), differences(&saved.fingerprint, fingerprint).join(", ")));
     }
-    let file = dir.join(checkpoint_name(state.iter));
-    match Lora::load_file(dir, &file, config) {
-        Ok((lora, weights)) => Ok(Some((lora, weights, state))),
-        Err(e) => {
-            say(&format!("The weights saved with the run in {} do not load ({e}): starting over", dir.display()));
-            remove_if_there(&dir.join(train::STATE_FILE))?;
-            Ok(None)
-        }
+    let iter = saved.iter;
+    let (lora, weights) = match Lora::load_file(dir, &dir.join(checkpoint_name(iter)), config) {
+        Ok(loaded) => loaded,
+        Err(e) => return start_over(format!("The weights saved with the run in {} do not load ({e})", dir.display())),
+    };
+    // The moments by the names of the weights they belong to, whatever order the file lists them in.
+    match saved.load(dir, &lora.names()) {
+        Ok(state) => Ok(Some((lora, weights, state))),
+        Err(e) => start_over(format!("The training state saved in {} does not read ({e})", dir.display())),
     }
 }
 
@@ -497,15 +509,29 @@ mod tests {
     fn what_changed_between_two_runs_is_named() {
         let args = Cli::parse_from(["kenning-train", "--train", "--iters", "200"]).train;
         let texts = ["fn a() {}".to_owned()];
-        let saved = fingerprint(&args, Path::new("/m"), &texts, &[]);
-        assert_eq!(saved, fingerprint(&args, Path::new("/m"), &texts, &[]), "the same run, the same words");
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("my model");
+        std::fs::create_dir(&model).unwrap();
+        let print = |args: &TrainArgs, train: &[String], valid: &[String]| fingerprint(args, &model, train, valid).unwrap();
+        let saved = print(&args, &texts, &[]);
+        assert_eq!(saved, print(&args, &texts, &[]), "the same run, the same lines");
         assert!(differences(&saved, &saved).is_empty());
+        // The same directory spelt otherwise is the same model (a path with a space reads whole).
+        let spelt = fingerprint(&args, &model.join("..").join("my model"), &texts, &[]).unwrap();
+        assert!(differences(&saved, &spelt).is_empty(), "{:?}", differences(&saved, &spelt));
         let other = Cli::parse_from(["kenning-train", "--train", "--iters", "300", "--learning-rate", "2e-4"]).train;
-        assert_eq!(differences(&saved, &fingerprint(&other, Path::new("/m"), &texts, &[])), ["iters: 200 -> 300", "learning_rate: 0.00001 -> 0.0002"]);
-        // Other data (even the same texts split otherwise) is another run.
-        let moved = fingerprint(&args, Path::new("/m"), &[], &texts);
-        assert_eq!(differences(&saved, &moved).len(), 1);
-        assert!(differences(&saved, &moved)[0].starts_with("data: "));
+        assert_eq!(differences(&saved, &print(&other, &texts, &[])), ["iters: 200 -> 300", "learning_rate: 0.00001 -> 0.0002"]);
+        // Other data, even the same texts split otherwise, is another run.
+        let moved = differences(&saved, &print(&args, &[], &texts));
+        assert!(moved.len() == 2 && moved[0].starts_with("train_data: ") && moved[1].starts_with("valid_data: "), "{moved:?}");
+        let split = |a: &[&str], b: &[&str]| print(&args, &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &b.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_ne!(split(&["x"], &["y", ""]), split(&["x", "", "y"], &[]));
+        // Other starting weights too.
+        let file = dir.path().join("start.safetensors");
+        std::fs::write(&file, b"weights").unwrap();
+        let from_file = Cli::parse_from(["kenning-train", "--train", "--iters", "200", "--resume-adapter-file", file.to_str().unwrap()]).train;
+        assert_eq!(differences(&saved, &print(&from_file, &texts, &[])).len(), 1);
+        assert!(differences(&saved, &print(&from_file, &texts, &[]))[0].starts_with("init: fresh -> file "));
     }
 
     #[test]
