@@ -84,7 +84,7 @@ impl Lora {
         let partial = dir.join(format!(".{file_name}.partial.safetensors"));
         let arrays: Vec<(String, &Array)> = self.names().into_iter().zip(params).collect();
         Array::save_safetensors(arrays, None, &partial).map_err(|e| ModelError::file(&partial, e))?;
-        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| ModelError::file(&partial, e))?;
+        sync(&partial)?;
         std::fs::rename(&partial, &weights).map_err(|e| ModelError::file(&weights, e))?;
         let mut config = AdapterConfig::lora(self.params, self.num_layers);
         config.extra = extra.clone();
@@ -159,4 +159,10 @@ impl Hook for Lora {
         };
         y.add(z.multiply(Array::from_f32(self.params.scale))?)
     }
+}
+
+/// Flushes a written file to the disk, so that a rename after it never names a file whose content
+/// a power loss took (the adapter's weights here, the training state in `train`).
+pub(crate) fn sync(path: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| ModelError::file(path, e))
 }

@@ -14,7 +14,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::{Array, transforms};
 
 use crate::data::{Batch, Example, batches};
-use crate::lora::Lora;
+use crate::lora::{Lora, sync};
 use crate::model::{Adapter, Llama, ModelError};
 
 /// How the learning rate moves over the run.
@@ -223,8 +223,6 @@ struct StateFile {
 /// A saved [`State`] read as far as its JSON: what it was asked (its fingerprint) and how far it
 /// got, so that the caller can load the weights of that iteration before the moments.
 pub struct Saved {
-    pub fingerprint: String,
-    pub iter: usize,
     file: StateFile,
 }
 
@@ -277,11 +275,21 @@ impl State {
             Err(e) => return Err(ModelError::file(&json, e)),
         };
         let file: StateFile = serde_json::from_str(&text).map_err(|e| ModelError::file(&json, e))?;
-        Ok(Some(Saved { fingerprint: file.fingerprint.clone(), iter: file.iter, file }))
+        Ok(Some(Saved { file }))
     }
 }
 
 impl Saved {
+    /// What the saved run was asked to do.
+    pub fn fingerprint(&self) -> &str {
+        &self.file.fingerprint
+    }
+
+    /// Iterations it had done.
+    pub fn iter(&self) -> usize {
+        self.file.iter
+    }
+
     /// The whole state, its moments matched to the parameters by `names` (in parameter order).
     pub fn load(self, dir: &Path, names: &[String]) -> Result<State, ModelError> {
         let file = self.file;
@@ -310,12 +318,6 @@ impl Saved {
             first_val_loss: file.first_val_loss,
         })
     }
-}
-
-/// Flushes a written file to the disk (so that a rename after it never names a file whose content
-/// a power loss took).
-fn sync(path: &Path) -> Result<(), ModelError> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| ModelError::file(path, e))
 }
 
 /// Where checkpoints go, called with the weights and the run's state after `state.iter`

@@ -220,7 +220,7 @@ fn a_stopped_run_resumed_from_its_saved_state_ends_with_the_weights_of_an_uninte
     lora.save(&stopped, dir.path(), "0000005_adapters.safetensors", &serde_json::Map::new()).unwrap();
     state.save(dir.path(), "same run", &lora.names()).unwrap();
     let saved = train::State::read(dir.path()).unwrap().expect("a saved state");
-    assert_eq!((saved.fingerprint.as_str(), saved.iter), ("same run", 5));
+    assert_eq!((saved.fingerprint(), saved.iter()), ("same run", 5));
     // As kenning-train resumes: the adapter and weights from the checkpoint file, the moments by name.
     let (again, weights) = Lora::load_file(dir.path(), &dir.path().join("0000005_adapters.safetensors"), &model.model.config).unwrap();
     let loaded = saved.load(dir.path(), &again.names()).unwrap();

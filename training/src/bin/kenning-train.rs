@@ -431,10 +431,10 @@ fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Co
         Ok(None) => return start_over(format!("No saved training state in {}", dir.display())),
         Err(e) => return start_over(format!("The training state saved in {} does not read ({e})", dir.display())),
     };
-    if saved.fingerprint != fingerprint {
-        return start_over(format!("The run saved in {} was asked something else ({})", dir.display(), differences(&saved.fingerprint, fingerprint).join(", ")));
+    if saved.fingerprint() != fingerprint {
+        return start_over(format!("The run saved in {} was asked something else ({})", dir.display(), differences(saved.fingerprint(), fingerprint).join(", ")));
     }
-    let iter = saved.iter;
+    let iter = saved.iter();
     let (lora, weights) = match Lora::load_file(dir, &dir.join(checkpoint_name(iter)), config) {
         Ok(loaded) => loaded,
         Err(e) => return start_over(format!("The weights saved with the run in {} do not load ({e})", dir.display())),
