@@ -345,6 +345,14 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.contains("[generation]") && written.contains(&format!("adapter = {:?}", adapter.display().to_string())), "{written}");
     let in_use = std::fs::read(adapter.join("adapters.safetensors")).unwrap();
+    assert!(!candidate.exists(), "the candidate that passed became the adapter");
+
+    // The same command again: the adapter in use is that run's result, so nothing is trained or
+    // measured again.
+    let out = train(&["--min-gain", "-100"]);
+    assert!(out.contains("was trained on this data with these settings already: nothing to do"), "{out}");
+    assert!(!out.contains("Starting training") && !out.contains("hybrid - rag"), "{out}");
+    assert!(!candidate.exists() && std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "{out}");
 
     // Trained again (another learning rate: other weights), an adapter that does not pass replaces
     // neither the configuration nor the adapter it names.
@@ -353,13 +361,21 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "the adapter in use was replaced");
 
-    // A run saved with other settings is not carried on: it starts over and says what changed
-    // (`--register never` trains where the adapter in use is, which holds the second run's state).
-    let out = train(&["--register", "never", "--iters", "3"]);
+    // A run saved with other settings is not carried on: it starts over and says what changed.
+    // `--register never` leaves the adapter in use as it is: the new one stays beside it.
+    let out = train(&["--register", "never", "--iters", "3", "--learning-rate", "0.001"]);
     assert!(out.contains("asked something else (iters: 2 -> 3)") && out.contains("Starting training"), "{out}");
+    assert!(out.contains("left as it was") && candidate.join("adapters.safetensors").is_file(), "{out}");
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "--register never replaced the adapter in use: {out}");
     // --fresh trains again what was done already.
-    let out = train(&["--register", "never", "--iters", "3", "--fresh"]);
+    let out = train(&["--register", "never", "--iters", "3", "--learning-rate", "0.001", "--fresh"]);
     assert!(!out.contains("done already") && out.contains("Starting training"), "{out}");
+    // --register always replaces it without a measurement.
+    let out = train(&["--register", "always", "--iters", "3", "--learning-rate", "0.001"]);
+    assert!(out.contains("All 3 iterations were done already") && !out.contains("hybrid - rag"), "{out}");
+    assert!(out.contains("the new adapter replaced the one there") && !candidate.exists(), "{out}");
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() != in_use, "{out}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
 
     // What the runs left in the cache (the index and the training directory of a temporary repository).
     for left in [paths.index_for(&root), paths.training_for(&root)] {

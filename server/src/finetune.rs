@@ -189,6 +189,10 @@ pub fn configured_generation(root: &Path) -> Option<toml::Table> {
     }
 }
 
+/// The file of an adapter directory that holds the training run's state (kenning-train writes it
+/// last in a checkpoint, so it is there only with the weights it describes).
+pub const TRAINER_STATE: &str = "trainer_state.json";
+
 /// Whether the workspace's `kenning.toml` completes with the adapter at `adapter` (its
 /// `[generation]` names that directory).
 pub fn configured_adapter_is(root: &Path, adapter: &Path) -> bool {

@@ -175,7 +175,9 @@ const MIN_HELD_OUT_FILES: usize = 5;
 enum RegisterWhen {
     /// When it measurably helps (see `--eval-tasks`, `--min-gain`).
     Auto,
+    /// Whatever it measures (not measured): it replaces the adapter in use.
     Always,
+    /// Only trains; an adapter in use stays as it is and the new one stays beside it.
     Never,
 }
 
@@ -242,12 +244,20 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let when = if args.no_register { RegisterWhen::Never } else { args.register };
-    // Measured before it replaces anything: an adapter in use (kenning.toml may name this very
-    // directory) is replaced only by one that passed.
-    let trained = if when == RegisterWhen::Auto { candidate_dir(&adapter) } else { adapter.clone() };
-    if trained != adapter && args.fresh {
+    // Trained beside the adapter and moved over it only at the end (for --register auto, only once
+    // it passed): an adapter in use (kenning.toml may name this very directory) is never half
+    // replaced, nor replaced by one that was not asked to replace it.
+    let trained = candidate_dir(&adapter);
+    if args.fresh {
         remove_dir_if_there(&trained)?;
     }
+    // Once moved over the adapter, a run is carried on from there: the same command run again
+    // does not train again what the adapter already is.
+    let seeded = !args.fresh && !trained.exists() && adapter.join(finetune::TRAINER_STATE).is_file();
+    if seeded {
+        copy_files(&adapter, &trained)?;
+    }
+    let state_before = std::fs::read(trained.join(finetune::TRAINER_STATE)).ok();
     let family = Family::detect(&args.model);
     mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
     let trainer = finetune::trainer();
@@ -263,17 +273,34 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         resume: !args.fresh,
     };
     finetune::run_trainer(&trainer, &run)?;
+    let in_use = finetune::configured_adapter_is(&root, &adapter);
+    let untouched = state_before.is_some() && std::fs::read(trained.join(finetune::TRAINER_STATE)).ok() == state_before;
+    if seeded && untouched && (in_use || when == RegisterWhen::Never) {
+        remove_dir_if_there(&trained)?;
+        let used = if in_use { format!(", which {} completes with,", crate::config::FILE_NAME) } else { String::new() };
+        out(&format!(
+            "the adapter in {}{used} was trained on this data with these settings already: nothing to do (--fresh trains it again)",
+            adapter.display()
+        ));
+        return Ok(());
+    }
     if when == RegisterWhen::Never {
-        out(&format!("adapter written to {}", trained.display()));
+        if in_use {
+            out(&format!(
+                "adapter written to {}; {} completes with the adapter in {}, left as it was (--register always replaces it, --register auto if the new one helps)",
+                trained.display(),
+                crate::config::FILE_NAME,
+                adapter.display()
+            ));
+        } else {
+            replace_dir(&trained, &adapter)?;
+            out(&format!("adapter written to {}", adapter.display()));
+        }
         return Ok(());
     }
     let backend = Backend::for_model(&args.model);
-    if backend == Backend::Llama {
-        // Exported now, so that a problem shows here and the server starts at once.
-        let exported = lora_gguf::for_llama(&trained)?;
-        out(&format!("llama.cpp adapter: {}", exported.display()));
-    }
-    let in_use = finetune::configured_adapter_is(&root, &adapter);
+    // Exported now, so that a problem shows here and the server starts at once.
+    let exported = if backend == Backend::Llama { Some(lora_gguf::for_llama(&trained)?) } else { None };
     if when == RegisterWhen::Auto {
         let anyway = |reason: &str| {
             let keep = if in_use { format!("; {} still completes with the adapter in {}", crate::config::FILE_NAME, adapter.display()) } else { String::new() };
@@ -308,7 +335,10 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
             return Ok(());
         }
         out(&format!("the adapter helps: the gain's interval is above {:+.1} points", args.min_gain));
-        replace_dir(&trained, &adapter)?;
+    }
+    replace_dir(&trained, &adapter)?;
+    if let Some(name) = exported.as_deref().and_then(Path::file_name) {
+        out(&format!("llama.cpp adapter: {}", adapter.join(name).display()));
     }
     if in_use {
         out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
@@ -337,6 +367,24 @@ fn candidate_dir(adapter: &Path) -> PathBuf {
 fn replace_dir(from: &Path, to: &Path) -> Result<()> {
     remove_dir_if_there(to)?;
     std::fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
+}
+
+/// Copies the files directly in `from` (an adapter directory holds no others) into a new
+/// directory `to`, written aside and renamed into place, so that a stopped copy is never taken
+/// for a run to carry on.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    let mut part = to.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    remove_dir_if_there(&part)?;
+    std::fs::create_dir_all(&part).with_context(|| format!("creating {}", part.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), part.join(entry.file_name())).with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    std::fs::rename(&part, to).with_context(|| format!("moving {} to {}", part.display(), to.display()))
 }
 
 /// Removes the directory `dir` with what it holds; one that is not there is fine.
