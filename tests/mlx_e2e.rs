@@ -350,9 +350,10 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     // The same command again: the adapter in use is that run's result, so nothing is trained or
     // measured again.
     let out = train(&["--min-gain", "-100"]);
-    assert!(out.contains("was trained on this data with these settings already: nothing to do"), "{out}");
+    assert!(out.contains("was trained on this data with these settings already: it is left as it is"), "{out}");
     assert!(!out.contains("Starting training") && !out.contains("hybrid - rag"), "{out}");
     assert!(!candidate.exists() && std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "{out}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
 
     // Trained again (another learning rate: other weights), an adapter that does not pass replaces
     // neither the configuration nor the adapter it names.
@@ -374,8 +375,22 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let out = train(&["--register", "always", "--iters", "3", "--learning-rate", "0.001"]);
     assert!(out.contains("All 3 iterations were done already") && !out.contains("hybrid - rag"), "{out}");
     assert!(out.contains("the new adapter replaced the one there") && !candidate.exists(), "{out}");
-    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() != in_use, "{out}");
+    let replaced = std::fs::read(adapter.join("adapters.safetensors")).unwrap();
+    assert!(replaced != in_use, "{out}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
+    // And once more: carried on from the adapter itself, which is that run's result.
+    let out = train(&["--register", "always", "--iters", "3", "--learning-rate", "0.001"]);
+    assert!(out.contains("it is left as it is") && !candidate.exists(), "{out}");
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == replaced, "{out}");
+
+    // A directory that holds more than an adapter is not taken for one (it would be replaced whole).
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).arg("--adapter-path").arg(&mine).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("which is not an adapter's"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
 
     // What the runs left in the cache (the index and the training directory of a temporary repository).
     for left in [paths.index_for(&root), paths.training_for(&root)] {
@@ -431,5 +446,8 @@ fn kenning_train_stopped_with_ctrl_c_carries_on_when_run_again() {
         .unwrap_or_else(|| panic!("not resumed: {out}"));
     assert!((10..60).contains(&from), "resumed from iteration {from}: {out}");
     assert!(out.contains("(60 iterations,") && !out.contains("Iter 10: Train loss"), "iteration 10 is not trained again: {out}");
+    let adapter = paths.training_for(&root).join("adapters");
+    assert!(out.contains("adapter written to") && adapter.join("adapters.safetensors").is_file(), "{out}");
+    assert!(!paths.training_for(&root).join("adapters.candidate").exists(), "the finished run was moved over the adapter: {out}");
     let _ = std::fs::remove_dir_all(paths.training_for(&root));
 }

@@ -193,6 +193,20 @@ pub fn configured_generation(root: &Path) -> Option<toml::Table> {
 /// last in a checkpoint, so it is there only with the weights it describes).
 pub const TRAINER_STATE: &str = "trainer_state.json";
 
+/// Whether a file named `name` belongs in an adapter directory: the weights and their numbered
+/// checkpoints, the config, the training state, llama.cpp's export, and the half-written copies
+/// of these that a stopped writer leaves (hidden `.….partial…` files, `adapter-llama.gguf.partial`).
+pub fn is_adapter_file(name: &str) -> bool {
+    let checkpoint = name.strip_suffix("_adapters.safetensors").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let partial = name.starts_with('.') && name.contains(".partial");
+    checkpoint
+        || partial
+        || matches!(
+            name,
+            "adapters.safetensors" | "adapter_config.json" | TRAINER_STATE | "trainer_state.safetensors" | "adapter-llama.gguf" | "adapter-llama.gguf.partial"
+        )
+}
+
 /// Whether the workspace's `kenning.toml` completes with the adapter at `adapter` (its
 /// `[generation]` names that directory).
 pub fn configured_adapter_is(root: &Path, adapter: &Path) -> bool {

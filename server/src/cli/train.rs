@@ -244,22 +244,39 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let when = if args.no_register { RegisterWhen::Never } else { args.register };
+    if adapter.file_name().is_none() {
+        bail!("--adapter-path {} names no directory of its own: give one, e.g. {}", adapter.display(), Path::new(&adapter).join("adapters").display());
+    }
     // Trained beside the adapter and moved over it only at the end (for --register auto, only once
     // it passed): an adapter in use (kenning.toml may name this very directory) is never half
     // replaced, nor replaced by one that was not asked to replace it.
     let trained = candidate_dir(&adapter);
+    restore_interrupted_swap(&adapter)?;
+    for dir in [&adapter, &trained] {
+        match not_an_adapter_file(dir)? {
+            Some(other) if &other == dir => bail!("{} is not a directory: give --adapter-path a directory of its own", dir.display()),
+            Some(other) => bail!("{} holds {}, which is not an adapter's: give --adapter-path a directory of its own (kenning train replaces it whole)", dir.display(), other.display()),
+            None => {}
+        }
+    }
+    if finetune::configured_adapter_is(&root, &trained) {
+        bail!(
+            "{} completes with {}, where kenning train trains: point it at {} (`kenning train --register always` with the same settings moves the candidate there without training it again)",
+            crate::config::FILE_NAME,
+            trained.display(),
+            adapter.display()
+        );
+    }
     if args.fresh {
         remove_dir_if_there(&trained)?;
     }
-    // Once moved over the adapter, a run is carried on from there: the same command run again
-    // does not train again what the adapter already is.
-    let seeded = !args.fresh && !trained.exists() && adapter.join(finetune::TRAINER_STATE).is_file();
-    if seeded {
-        copy_files(&adapter, &trained)?;
-    }
-    let state_before = std::fs::read(trained.join(finetune::TRAINER_STATE)).ok();
     let family = Family::detect(&args.model);
     mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
+    // Once moved over the adapter, a run is carried on from there: the same command run again
+    // does not train again what the adapter already is.
+    if !args.fresh && !trained.exists() && adapter.join(finetune::TRAINER_STATE).is_file() {
+        link_files(&adapter, &trained)?;
+    }
     let trainer = finetune::trainer();
     let run = TrainRun {
         model: &args.model,
@@ -274,12 +291,14 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     };
     finetune::run_trainer(&trainer, &run)?;
     let in_use = finetune::configured_adapter_is(&root, &adapter);
-    let untouched = state_before.is_some() && std::fs::read(trained.join(finetune::TRAINER_STATE)).ok() == state_before;
-    if seeded && untouched && (in_use || when == RegisterWhen::Never) {
+    // The trainer found the adapter's own run done: the candidate is the adapter.
+    let state = |dir: &Path| std::fs::read(dir.join(finetune::TRAINER_STATE)).ok();
+    let same = state(&adapter).is_some() && state(&adapter) == state(&trained);
+    if same && (in_use || when == RegisterWhen::Never) {
         remove_dir_if_there(&trained)?;
         let used = if in_use { format!(", which {} completes with,", crate::config::FILE_NAME) } else { String::new() };
         out(&format!(
-            "the adapter in {}{used} was trained on this data with these settings already: nothing to do (--fresh trains it again)",
+            "the adapter in {}{used} was trained on this data with these settings already: it is left as it is (--fresh trains it again)",
             adapter.display()
         ));
         return Ok(());
@@ -305,10 +324,8 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         let anyway = |reason: &str| {
             let keep = if in_use { format!("; {} still completes with the adapter in {}", crate::config::FILE_NAME, adapter.display()) } else { String::new() };
             format!(
-                "adapter written to {}; not registered: {reason}{keep}. To use it anyway, set in {}:\n{}",
-                trained.display(),
-                root.join(crate::config::FILE_NAME).display(),
-                finetune::section(&args.model, &trained, backend)
+                "adapter written to {}; not registered: {reason}{keep}. To use it anyway, run the same command with --register always (it is not trained again)",
+                trained.display()
             )
         };
         if !in_use && finetune::configured_generation(&root).is_some() {
@@ -356,32 +373,78 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `--register auto` trains before the adapter passes: beside `adapter`.
+/// Where `kenning train` trains before the adapter is moved over `adapter`: beside it.
 fn candidate_dir(adapter: &Path) -> PathBuf {
-    let mut name = adapter.file_name().map_or_else(|| "adapters".into(), |n| n.to_os_string());
-    name.push(".candidate");
-    adapter.with_file_name(name)
+    beside(adapter, ".candidate")
 }
 
-/// Moves the directory `from` to `to`, replacing what is there.
+/// `path` with `suffix` added to its last component.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map_or_else(|| "adapters".into(), |n| n.to_os_string());
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// The first entry of the directory `dir` that an adapter directory does not hold (kenning train
+/// replaces the directory whole); `None` when there is none or the directory is not there.
+fn not_an_adapter_file(dir: &Path) -> Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(Some(dir.to_owned())),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !(entry.file_type()?.is_file() && entry.file_name().to_str().is_some_and(finetune::is_adapter_file)) {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Moves the directory `from` over `to`: `to` is first renamed aside (`<to>.old`), so that at
+/// every moment one whole adapter is at `to` or at `<to>.old`, never a half-removed one;
+/// `restore_interrupted_swap` puts the old one back if the process was stopped in between.
 fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    remove_dir_if_there(to)?;
-    std::fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
+    let old = beside(to, ".old");
+    remove_dir_if_there(&old)?;
+    match std::fs::rename(to, &old) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("moving {} aside", to.display())),
+        _ => {}
+    }
+    std::fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    remove_dir_if_there(&old)
 }
 
-/// Copies the files directly in `from` (an adapter directory holds no others) into a new
-/// directory `to`, written aside and renamed into place, so that a stopped copy is never taken
-/// for a run to carry on.
-fn copy_files(from: &Path, to: &Path) -> Result<()> {
-    let mut part = to.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
+/// After a `replace_dir` that was stopped: the adapter back at its place when only the copy set
+/// aside is there, the copy removed when the new one was moved in.
+fn restore_interrupted_swap(adapter: &Path) -> Result<()> {
+    let old = beside(adapter, ".old");
+    if !old.exists() {
+        return Ok(());
+    }
+    if adapter.exists() {
+        return remove_dir_if_there(&old);
+    }
+    std::fs::rename(&old, adapter).with_context(|| format!("moving {} back to {}", old.display(), adapter.display()))
+}
+
+/// Links the files of the adapter directory `from` into a new directory `to` (copies them where
+/// the file system has no hard links), made aside and renamed into place, so that a stopped copy
+/// is never taken for a run to carry on. Linking is safe: kenning-train and the llama.cpp export
+/// write every file aside and rename it over the old one, never into it.
+fn link_files(from: &Path, to: &Path) -> Result<()> {
+    let part = beside(to, ".part");
     remove_dir_if_there(&part)?;
     std::fs::create_dir_all(&part).with_context(|| format!("creating {}", part.display()))?;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), part.join(entry.file_name())).with_context(|| format!("copying {}", entry.path().display()))?;
+            let (source, target) = (entry.path(), part.join(entry.file_name()));
+            if std::fs::hard_link(&source, &target).is_err() {
+                std::fs::copy(&source, &target).with_context(|| format!("copying {}", source.display()))?;
+            }
         }
     }
     std::fs::rename(&part, to).with_context(|| format!("moving {} to {}", part.display(), to.display()))
@@ -449,6 +512,59 @@ mod tests {
     fn a_candidate_sits_beside_the_adapter() {
         assert_eq!(candidate_dir(Path::new("/w/adapters")), Path::new("/w/adapters.candidate"));
         assert_eq!(candidate_dir(Path::new("out/mine")), Path::new("out/mine.candidate"));
+    }
+
+    #[test]
+    fn only_an_adapter_s_files_are_taken_for_an_adapter_directory() {
+        for name in ["adapters.safetensors", "adapter_config.json", "0000020_adapters.safetensors", "trainer_state.json", "trainer_state.safetensors", "adapter-llama.gguf", ".adapters.safetensors.partial.safetensors", ".trainer_state.json.partial"] {
+            assert!(finetune::is_adapter_file(name), "{name}");
+        }
+        for name in ["notes.txt", "_adapters.safetensors", "x_adapters.safetensors", "main.rs", "adapters.safetensors.bak"] {
+            assert!(!finetune::is_adapter_file(name), "{name}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = dir.path().join("adapters");
+        assert_eq!(not_an_adapter_file(&adapter).unwrap(), None, "a directory that is not there holds nothing");
+        std::fs::create_dir(&adapter).unwrap();
+        std::fs::write(adapter.join("adapters.safetensors"), "w").unwrap();
+        assert_eq!(not_an_adapter_file(&adapter).unwrap(), None);
+        std::fs::create_dir(adapter.join("sub")).unwrap();
+        assert_eq!(not_an_adapter_file(&adapter).unwrap(), Some(adapter.join("sub")));
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        assert_eq!(not_an_adapter_file(&dir.path().join("file")).unwrap(), Some(dir.path().join("file")));
+    }
+
+    #[test]
+    fn a_stopped_replacement_leaves_one_whole_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (adapter, candidate, old) = (dir.path().join("adapters"), dir.path().join("adapters.candidate"), dir.path().join("adapters.old"));
+        let write = |d: &Path, text: &str| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("adapters.safetensors"), text).unwrap();
+        };
+        let read = |d: &Path| std::fs::read_to_string(d.join("adapters.safetensors")).unwrap();
+        write(&adapter, "old");
+        write(&candidate, "new");
+        replace_dir(&candidate, &adapter).unwrap();
+        assert_eq!(read(&adapter), "new");
+        assert!(!candidate.exists() && !old.exists());
+        // Stopped after the old one was set aside: it is put back.
+        std::fs::rename(&adapter, &old).unwrap();
+        restore_interrupted_swap(&adapter).unwrap();
+        assert_eq!(read(&adapter), "new");
+        assert!(!old.exists());
+        // Stopped after the new one was moved in: the set-aside copy goes.
+        write(&old, "older");
+        restore_interrupted_swap(&adapter).unwrap();
+        assert_eq!(read(&adapter), "new");
+        assert!(!old.exists());
+        // Linked back into a candidate: the same files, and the adapter is untouched when the
+        // candidate's are replaced (as the trainer replaces them: written aside, renamed over).
+        link_files(&adapter, &candidate).unwrap();
+        assert_eq!(read(&candidate), "new");
+        std::fs::write(candidate.join("next"), "newer").unwrap();
+        std::fs::rename(candidate.join("next"), candidate.join("adapters.safetensors")).unwrap();
+        assert_eq!(read(&adapter), "new");
     }
 
     #[test]
