@@ -373,6 +373,9 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The suffix of where `replace_dir` sets the adapter it replaces aside.
+const SWAP: &str = ".kenning-swap";
+
 /// Where `kenning train` trains before the adapter is moved over `adapter`: beside it.
 fn candidate_dir(adapter: &Path) -> PathBuf {
     beside(adapter, ".candidate")
@@ -403,11 +406,12 @@ fn not_an_adapter_file(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Moves the directory `from` over `to`: `to` is first renamed aside (`<to>.old`), so that at
-/// every moment one whole adapter is at `to` or at `<to>.old`, never a half-removed one;
+/// Moves the directory `from` over `to`: `to` is first renamed aside (`<to>.kenning-swap`, a name
+/// no one else picks: the next run removes it), so that at every moment one whole adapter is at
+/// `to` or aside, never a half-removed one;
 /// `restore_interrupted_swap` puts the old one back if the process was stopped in between.
 fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    let old = beside(to, ".old");
+    let old = beside(to, SWAP);
     remove_dir_if_there(&old)?;
     match std::fs::rename(to, &old) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("moving {} aside", to.display())),
@@ -420,7 +424,7 @@ fn replace_dir(from: &Path, to: &Path) -> Result<()> {
 /// After a `replace_dir` that was stopped: the adapter back at its place when only the copy set
 /// aside is there, the copy removed when the new one was moved in.
 fn restore_interrupted_swap(adapter: &Path) -> Result<()> {
-    let old = beside(adapter, ".old");
+    let old = beside(adapter, SWAP);
     if !old.exists() {
         return Ok(());
     }
@@ -537,7 +541,7 @@ mod tests {
     #[test]
     fn a_stopped_replacement_leaves_one_whole_adapter() {
         let dir = tempfile::tempdir().unwrap();
-        let (adapter, candidate, old) = (dir.path().join("adapters"), dir.path().join("adapters.candidate"), dir.path().join("adapters.old"));
+        let (adapter, candidate, old) = (dir.path().join("adapters"), dir.path().join("adapters.candidate"), dir.path().join("adapters.kenning-swap"));
         let write = |d: &Path, text: &str| {
             std::fs::create_dir_all(d).unwrap();
             std::fs::write(d.join("adapters.safetensors"), text).unwrap();
