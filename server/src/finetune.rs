@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use kenning_formats::adapter::{CONFIG_FILE, WEIGHTS_FILE};
+use kenning_formats::adapter::{CONFIG_FILE, MOMENTS_FILE, STATE_FILE, WEIGHTS_FILE};
 
 use crate::formats::lora_gguf;
 use crate::generate::llama::{LlamaEngine, LlamaOptions};
@@ -191,17 +191,11 @@ pub fn configured_generation(root: &Path) -> Option<toml::Table> {
     }
 }
 
-/// The file of an adapter directory that holds the training run's state (kenning-train writes it
-/// last in a checkpoint, so it is there only with the weights it describes).
-pub const TRAINER_STATE: &str = "trainer_state.json";
-/// The training run's AdamW moments, beside `TRAINER_STATE`.
-const TRAINER_MOMENTS: &str = "trainer_state.safetensors";
-
 /// Whether a file named `name` belongs in an adapter directory: the weights and their numbered
 /// checkpoints, the config, the training state, llama.cpp's export, and the half-written copies
 /// of these that a stopped writer leaves (hidden `.….partial…` files, `adapter-llama.gguf.partial`).
 pub fn is_adapter_file(name: &str) -> bool {
-    let known = [WEIGHTS_FILE, CONFIG_FILE, TRAINER_STATE, TRAINER_MOMENTS, lora_gguf::EXPORT_NAME];
+    let known = [WEIGHTS_FILE, CONFIG_FILE, STATE_FILE, MOMENTS_FILE, lora_gguf::EXPORT_NAME];
     let checkpoint = name.strip_suffix(WEIGHTS_FILE).and_then(|n| n.strip_suffix('_')).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     let partial = (name.starts_with('.') && name.contains(".partial")) || name.strip_suffix(".partial") == Some(lora_gguf::EXPORT_NAME);
     known.contains(&name) || checkpoint || partial

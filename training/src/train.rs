@@ -202,8 +202,8 @@ pub struct State {
 }
 
 /// The files of a saved [`State`], in the adapter directory beside the weights.
-pub const STATE_FILE: &str = "trainer_state.json";
-const MOMENTS_FILE: &str = "trainer_state.safetensors";
+pub use kenning_formats::adapter::STATE_FILE;
+use kenning_formats::adapter::MOMENTS_FILE;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StateFile {

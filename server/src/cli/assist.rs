@@ -500,7 +500,7 @@ fn eval_adapter(paths: &Paths, root: &Path, config: &Config, args: &EvalArgs) ->
         return Some(a.clone());
     }
     let trained = paths.training_for(root).join("adapters");
-    trained.join("adapters.safetensors").is_file().then_some(trained)
+    trained.join(kenning_formats::adapter::WEIGHTS_FILE).is_file().then_some(trained)
 }
 
 pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use kenning_formats::adapter::STATE_FILE;
 
 use super::assist::EvalProcess;
 use crate::dataset::{self, DatasetOptions, Split};
@@ -274,7 +275,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
     // Once moved over the adapter, a run is carried on from there: the same command run again
     // does not train again what the adapter already is.
-    if !args.fresh && !trained.exists() && adapter.join(finetune::TRAINER_STATE).is_file() {
+    if !args.fresh && !trained.exists() && adapter.join(STATE_FILE).is_file() {
         link_files(&adapter, &trained)?;
     }
     let trainer = finetune::trainer();
@@ -292,7 +293,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
     finetune::run_trainer(&trainer, &run)?;
     let in_use = finetune::configured_adapter_is(&root, &adapter);
     // The trainer found the adapter's own run done: the candidate is the adapter.
-    let state = |dir: &Path| std::fs::read(dir.join(finetune::TRAINER_STATE)).ok();
+    let state = |dir: &Path| std::fs::read(dir.join(STATE_FILE)).ok();
     let same = state(&adapter).is_some() && state(&adapter) == state(&trained);
     if same && (in_use || when == RegisterWhen::Never) {
         remove_dir_if_there(&trained)?;

@@ -16,6 +16,11 @@ use serde_json::{Map, Value};
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The weights of an adapter directory.
 pub const WEIGHTS_FILE: &str = "adapters.safetensors";
+/// The training run's state beside the weights it describes (iteration, losses, what the run was
+/// asked to do), written last in a checkpoint, so it is there only with those weights.
+pub const STATE_FILE: &str = "trainer_state.json";
+/// The training run's AdamW moments, beside [`STATE_FILE`].
+pub const MOMENTS_FILE: &str = "trainer_state.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
