@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use kenning_formats::adapter::{CONFIG_FILE, MOMENTS_FILE, STATE_FILE, WEIGHTS_FILE};
+use kenning_formats::adapter::{checkpoint_iter, CONFIG_FILE, MOMENTS_FILE, STATE_FILE, WEIGHTS_FILE};
 
 use crate::formats::lora_gguf;
 use crate::generate::llama::{LlamaEngine, LlamaOptions};
@@ -196,7 +196,7 @@ pub fn configured_generation(root: &Path) -> Option<toml::Table> {
 /// of these that a stopped writer leaves (hidden `.….partial…` files, `adapter-llama.gguf.partial`).
 pub fn is_adapter_file(name: &str) -> bool {
     let known = [WEIGHTS_FILE, CONFIG_FILE, STATE_FILE, MOMENTS_FILE, lora_gguf::EXPORT_NAME];
-    let checkpoint = name.strip_suffix(WEIGHTS_FILE).and_then(|n| n.strip_suffix('_')).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let checkpoint = checkpoint_iter(name).is_some();
     let partial = (name.starts_with('.') && name.contains(".partial")) || name.strip_suffix(".partial") == Some(lora_gguf::EXPORT_NAME);
     known.contains(&name) || checkpoint || partial
 }

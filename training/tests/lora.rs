@@ -163,8 +163,9 @@ fn training_on_real_code_lowers_the_loss_and_checkpoints_resume() {
 
     // A checkpoint holds exactly the weights; loading it resumes from them.
     let dir = tempfile::tempdir().unwrap();
-    lora.save(&weights, dir.path(), "0000016_adapters.safetensors", &serde_json::Map::new()).unwrap();
-    let (again, loaded) = Lora::load_file(dir.path(), &dir.path().join("0000016_adapters.safetensors"), &model.model.config).unwrap();
+    let name = kenning_formats::adapter::checkpoint_file(16);
+    lora.save(&weights, dir.path(), &name, &serde_json::Map::new()).unwrap();
+    let (again, loaded) = Lora::load_file(dir.path(), &dir.path().join(&name), &model.model.config).unwrap();
     assert_eq!(again.slots(), lora.slots());
     for (a, b) in weights.iter().zip(&loaded) {
         assert_eq!(a.as_slice::<f32>(), b.as_slice::<f32>());
@@ -249,7 +250,7 @@ fn a_stopped_run_resumed_from_its_saved_state_ends_with_the_weights_of_an_uninte
     std::fs::write(&moments, &bytes[..bytes.len() / 2]).unwrap();
     let saved = train::State::read(dir.path()).unwrap().expect("the JSON is whole");
     assert!(saved.load(dir.path(), &again.names()).is_err(), "half the moments");
-    std::fs::write(dir.path().join(train::STATE_FILE), "{\"iter\": ").unwrap();
+    std::fs::write(dir.path().join(kenning_formats::adapter::STATE_FILE), "{\"iter\": ").unwrap();
     assert!(train::State::read(dir.path()).is_err(), "cut JSON");
 }
 

@@ -22,6 +22,21 @@ pub const STATE_FILE: &str = "trainer_state.json";
 /// The training run's AdamW moments, beside [`STATE_FILE`].
 pub const MOMENTS_FILE: &str = "trainer_state.safetensors";
 
+/// The file of the weights checkpointed after `iter` iterations: mlx_lm's name, the iteration in
+/// seven digits before [`WEIGHTS_FILE`] (`0000050_adapters.safetensors`).
+pub fn checkpoint_file(iter: usize) -> String {
+    format!("{iter:07}_{WEIGHTS_FILE}")
+}
+
+/// The iteration a checkpoint's file name ([`checkpoint_file`]) carries; `None` for any other name.
+pub fn checkpoint_iter(name: &str) -> Option<usize> {
+    let digits = name.strip_suffix(WEIGHTS_FILE)?.strip_suffix('_')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("{}: {reason}", path.display())]
@@ -179,6 +194,17 @@ impl AdapterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_names_carry_their_iteration() {
+        assert_eq!(checkpoint_file(50), "0000050_adapters.safetensors");
+        for iter in [0, 7, 1_234_567, 99_999_999] {
+            assert_eq!(checkpoint_iter(&checkpoint_file(iter)), Some(iter));
+        }
+        for other in [WEIGHTS_FILE, "_adapters.safetensors", "x_adapters.safetensors", "0000050adapters.safetensors", "0000050_adapters.safetensors.bak", "-1_adapters.safetensors"] {
+            assert_eq!(checkpoint_iter(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn tensor_names_round_trip_and_reject_other_names() {

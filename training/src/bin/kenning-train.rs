@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kenning_formats::adapter::{STATE_FILE, checkpoint_file};
 use kenning_training::data::{self, Example};
 use kenning_training::lora::{Lora, LoraParameters};
 use kenning_training::models;
@@ -214,7 +215,7 @@ fn run(args: &TrainArgs) -> Result<()> {
     let resumed = if args.train && args.resume { resumable(&args.adapter_path, &fingerprint, config)? } else { None };
     if args.train && !args.resume {
         // A fresh run: a state left by another one is not this run's to carry on.
-        remove_if_there(&args.adapter_path.join(train::STATE_FILE))?;
+        remove_if_there(&args.adapter_path.join(STATE_FILE))?;
     }
     let (lora, mut weights, resume) = if let Some((lora, weights, state)) = resumed {
         (lora, weights, Some(state))
@@ -295,7 +296,7 @@ fn run(args: &TrainArgs) -> Result<()> {
         // The numbered weights first, the state that names their iteration last: a state on disk
         // always has its weights.
         let mut checkpoint = move |w: &[mlx_rs::Array], state: &train::State| {
-            lora_for_save.save(w, &adapter_path, &checkpoint_name(state.iter), &save_extra)?;
+            lora_for_save.save(w, &adapter_path, &checkpoint_file(state.iter), &save_extra)?;
             lora_for_save.save(w, &adapter_path, "adapters.safetensors", &save_extra)?;
             state.save(&adapter_path, &saved_fingerprint, &lora_for_save.names())?;
             Ok(adapter_path.join("adapters.safetensors"))
@@ -348,11 +349,6 @@ fn time_left(elapsed: f64, done: usize, iter: usize, iters: usize) -> String {
     let s = (elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64).round() as u64;
     let clock = if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) };
     format!("{:.0}% done, about {clock} left", 100.0 * iter as f64 / iters.max(1) as f64)
-}
-
-/// The file of the weights checkpointed after `iter` iterations (mlx_lm's name).
-fn checkpoint_name(iter: usize) -> String {
-    format!("{iter:07}_adapters.safetensors")
 }
 
 /// FNV-1a of texts, each ended by a 0 byte, and how many there are.
@@ -423,7 +419,7 @@ fn differences(saved: &str, now: &str) -> Vec<String> {
 fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Config) -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
     let start_over = |why: String| -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
         say(&format!("{why}: starting over"));
-        remove_if_there(&dir.join(train::STATE_FILE))?;
+        remove_if_there(&dir.join(STATE_FILE))?;
         Ok(None)
     };
     let saved = match train::State::read(dir) {
@@ -435,7 +431,7 @@ fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Co
         return start_over(format!("The run saved in {} was asked something else ({})", dir.display(), differences(saved.fingerprint(), fingerprint).join(", ")));
     }
     let iter = saved.iter();
-    let (lora, weights) = match Lora::load_file(dir, &dir.join(checkpoint_name(iter)), config) {
+    let (lora, weights) = match Lora::load_file(dir, &dir.join(checkpoint_file(iter)), config) {
         Ok(loaded) => loaded,
         Err(e) => return start_over(format!("The weights saved with the run in {} do not load ({e})", dir.display())),
     };
