@@ -124,10 +124,9 @@ pub struct SourceFile {
 /// its size and mtime match, and its unchanged chunks keep their vectors.
 pub const CONTENT_FILTER_VERSION: u32 = 2;
 
-/// How the hashes of this version's content filters and chunker ([`crate::chunk::CHUNKER_VERSION`])
-/// begin: a file read or cut by another version is indexed again.
+/// How the hashes of this version's content filters begin.
 pub fn hash_prefix() -> String {
-    format!("f{CONTENT_FILTER_VERSION}c{}:", crate::chunk::CHUNKER_VERSION)
+    format!("f{CONTENT_FILTER_VERSION}:")
 }
 
 /// Options of a walk.

@@ -24,10 +24,6 @@ use tree_sitter::{Node, Parser};
 pub const MAX_CHUNK_BYTES: usize = 1200;
 /// Neighbouring chunks smaller than this are merged when the result still fits.
 pub const MIN_CHUNK_BYTES: usize = 250;
-/// Bumped when chunks are cut or named differently: every file of an index made by another version
-/// is chunked again (unchanged chunks keep their vectors). 2: JavaScript/TypeScript bindings at a
-/// module's top level are named definitions (`const parse`).
-pub const CHUNKER_VERSION: u32 = 2;
 /// Most definitions named in the symbol of a chunk that holds several.
 const MAX_LABELS: usize = 3;
 /// Most characters of a symbol path (longer ones are cut with `…`).
@@ -291,37 +287,9 @@ impl Cutter<'_> {
     /// wrappers such as decorators, `export` and templates).
     fn definition_label(&self, node: Node<'_>) -> Option<String> {
         let node = unwrap_definition(node);
-        if let Some(label) = self.module_binding(node) {
-            return Some(label);
-        }
         let label = self.language.definition_label(node.kind())?;
         let name = self.definition_name(node);
         Some(if name.is_empty() { label.to_owned() } else { format!("{label} {name}") })
-    }
-
-    /// `const parse` for a JavaScript/TypeScript binding of one name at a module's top level
-    /// (`export const parse = (…) => …`, `let cache = new Map()`): what other files import and
-    /// call, as much a definition as a `function`. A binding inside a function body, or one that
-    /// destructures, is not one.
-    fn module_binding(&self, node: Node<'_>) -> Option<String> {
-        use Language::*;
-        if !matches!(self.language, JavaScript | TypeScript | Tsx) || !matches!(node.kind(), "lexical_declaration" | "variable_declaration") {
-            return None;
-        }
-        let mut parent = node.parent()?;
-        if parent.kind() == "export_statement" {
-            parent = parent.parent()?;
-        }
-        if parent.kind() != "program" {
-            return None;
-        }
-        let mut cursor = node.walk();
-        let declarators: Vec<Node<'_>> = node.named_children(&mut cursor).filter(|c| c.kind() == "variable_declarator").collect();
-        let [declarator] = declarators[..] else { return None };
-        let name = declarator.child_by_field_name("name").filter(|n| n.kind() == "identifier")?;
-        let keyword = node.child(0).map_or("var", |k| k.kind());
-        let keyword = if matches!(keyword, "const" | "let") { keyword } else { "var" };
-        Some(format!("{keyword} {}", &self.text[name.byte_range()]))
     }
 
     fn definition_name(&self, node: Node<'_>) -> String {
@@ -355,53 +323,6 @@ impl Cutter<'_> {
             _ => node.child_by_field_name("name").map(text).unwrap_or_default(),
         }
     }
-}
-
-/// The labels a chunk's symbol path ends with, one per definition the chunk holds: `impl Parser >
-/// fn new, fn parse` → `fn new`, `fn parse`. What a long group's `(+N more)` leaves unnamed, and
-/// a label cut short by `…`, are not among them.
-pub fn defined_labels(symbol: &str) -> impl Iterator<Item = &str> {
-    let last = symbol.rsplit(" > ").next().unwrap_or(symbol);
-    let last = last.split(" (+").next().unwrap_or(last);
-    last.split(", ").filter(|label| !label.is_empty() && !label.ends_with('…'))
-}
-
-/// The name a label defines: `fn parse_expr` → `parse_expr`, `func Store.Get` → `Get`,
-/// `fn Circle::area` → `area`, `impl Display for Handle` → `Handle`.
-pub fn label_name(label: &str) -> &str {
-    let name = label.rsplit(' ').next().unwrap_or(label);
-    let name = name.rsplit("::").next().unwrap_or(name);
-    name.rsplit('.').next().unwrap_or(name)
-}
-
-/// The label of a chunk's symbol path that defines `name` (any definition the chunk holds, not
-/// only its last), if one does.
-pub fn label_defining<'a>(symbol: &'a str, name: &str) -> Option<&'a str> {
-    defined_labels(symbol).find(|label| label_name(label) == name)
-}
-
-/// The lines (0-based, first and last) of the item at the top level of `text` (a chunk's text)
-/// that defines `name`, with the comments and attributes attached before it: the one definition
-/// asked for out of a chunk that holds several. `None` if no top-level item of `text` defines it
-/// (a chunk cut from inside a class, say).
-pub fn definition_lines(language: Language, text: &str, name: &str) -> Option<(usize, usize)> {
-    let tree = parse(language, text)?;
-    let cutter = Cutter { language, text, budget: Budget::default(), spans: Vec::new() };
-    let root = tree.root_node();
-    let mut cursor = root.walk();
-    let mut lead: Option<Node<'_>> = None;
-    for child in root.children(&mut cursor) {
-        if language.attaches_forward(child.kind()) {
-            lead.get_or_insert(child);
-            continue;
-        }
-        let first = lead.take().unwrap_or(child);
-        if cutter.definition_label(child).is_some_and(|label| label_name(&label) == name) {
-            let last = child.end_position().row - usize::from(child.end_position().column == 0 && child.end_position().row > child.start_position().row);
-            return Some((first.start_position().row, last));
-        }
-    }
-    None
 }
 
 /// Looks through nodes that wrap a definition without being one.

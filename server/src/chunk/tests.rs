@@ -168,60 +168,6 @@ export function isAdmin(user: User, roles: Map<Id, Role>): boolean {
 }
 
 #[test]
-fn symbol_paths_name_every_definition_a_chunk_holds() {
-    fn names(symbol: &str) -> Vec<&str> {
-        defined_labels(symbol).map(label_name).collect()
-    }
-    assert_eq!(names("impl Parser > fn parse_expr"), ["parse_expr"]);
-    assert_eq!(names("struct Cart"), ["Cart"]);
-    assert_eq!(names("func Store.Get"), ["Get"]);
-    assert_eq!(names("namespace geo > fn Circle::area"), ["area"]);
-    assert_eq!(names("interface User, type Id, enum Role"), ["User", "Id", "Role"]);
-    assert_eq!(names("fn add_0, fn add_1, fn add_2 (+13 more)"), ["add_0", "add_1", "add_2"]);
-    assert!(names("mod very > fn long_na…").is_empty());
-    assert!(names("").is_empty());
-    assert_eq!(label_defining("class Cache > method get, method set", "set"), Some("method set"));
-    assert_eq!(label_defining("impl Display for Handle", "Handle"), Some("impl Display for Handle"));
-    assert_eq!(label_defining("impl Parser > fn new", "Parser"), None, "an enclosing definition is not one the chunk holds");
-}
-
-#[test]
-fn the_one_definition_asked_for_is_found_in_a_chunk_holding_several() {
-    let text = "/// Adds.\n#[inline]\nfn add(a: u8, b: u8) -> u8 {\n    a + b\n}\n\n// Subtracts.\nfn sub(a: u8, b: u8) -> u8 {\n    a - b\n}\n";
-    assert_eq!(definition_lines(Language::Rust, text, "add"), Some((0, 4)));
-    assert_eq!(definition_lines(Language::Rust, text, "sub"), Some((6, 9)));
-    assert_eq!(definition_lines(Language::Rust, text, "mul"), None);
-    let ts = "export const formatPrice = (cents: number): string =>\n  `${cents / 100}`;\n\nexport function parseCents(text: string): number {\n  return Math.round(parseFloat(text) * 100);\n}\n";
-    assert_eq!(definition_lines(Language::TypeScript, ts, "formatPrice"), Some((0, 1)));
-    assert_eq!(definition_lines(Language::TypeScript, ts, "parseCents"), Some((3, 5)));
-    assert_eq!(definition_lines(Language::Text, "fn add() {}\n", "add"), None);
-}
-
-#[test]
-fn module_level_bindings_are_definitions_and_local_ones_are_not() {
-    check(
-        "src/observable.ts",
-        r#"export const map = <A, B>(self: Observable<A>, f: (a: A) => B): Observable<B> =>
-  make((emit) => self.subscribe((a) => emit(f(a))));
-
-let globalState = new Map<string, number>();
-var count = 0, total = 1;
-const { a, b } = config;
-
-export function flush(pending: Array<() => void>): void {
-  const queue = pending.splice(0);
-  for (const run of queue) run();
-}
-"#,
-        expect![[r#"
-            1-2 const map
-            4-6 let globalState
-            8-11 function flush
-        "#]],
-    );
-}
-
-#[test]
 fn go_methods_carry_their_receiver() {
     check(
         "pkg/store.go",

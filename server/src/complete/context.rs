@@ -3,12 +3,11 @@
 //! hybrid search hits for that code. The pure parts (which identifiers, which windows, dedupe) are
 //! separate from the store lookups.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::scope;
-use crate::chunk::{self, Chunk, Language, defined_labels, label_defining};
+use crate::chunk::Chunk;
 use crate::embed::Embedder;
 use crate::prompt::{Snippet, Source};
 use crate::retrieve::{self, SearchRequest};
@@ -82,59 +81,26 @@ pub fn nearby_range(text: &str, offset: usize) -> std::ops::Range<usize> {
     start..end
 }
 
-/// Identifiers in the code of the lines around the cursor ([`nearby_range`]; comments and string
-/// literals left out, [`code_only`]), nearest first, without keywords or short words.
-pub fn nearby_identifiers(language: Language, text: &str, offset: usize, max: usize) -> Vec<String> {
+/// Identifiers in the lines around the cursor ([`nearby_range`]), nearest first, without keywords
+/// or short words.
+pub fn nearby_identifiers(text: &str, offset: usize, max: usize) -> Vec<String> {
     let std::ops::Range { start, end } = nearby_range(text, offset);
-    let code = code_only(language, &text[start..end]);
-    let mut found: Vec<(usize, String)> = words(&code)
+    let mut found: Vec<(usize, &str)> = words(&text[start..end])
         .filter(|(_, w)| w.len() >= 3 && !KEYWORDS.contains(w))
-        .map(|(at, w)| ((start + at).abs_diff(offset), w.to_owned()))
+        .map(|(at, w)| ((start + at).abs_diff(offset), w))
         .collect();
     found.sort_by_key(|(distance, _)| *distance);
     let mut seen = HashSet::new();
-    found.into_iter().filter(|(_, w)| seen.insert(w.clone())).take(max).map(|(_, w)| w).collect()
+    found.into_iter().filter(|(_, w)| seen.insert(*w)).take(max).map(|(_, w)| w.to_owned()).collect()
 }
 
-/// `text` with its comments and string literals blanked out, as the syntax tree of `language`
-/// tells (the same length, line breaks kept): the words of `// observe it` or of an error message
-/// name nothing the code calls, and looking them up puts unrelated definitions in the prompt. Text
-/// of a language without a grammar (or too deep to parse) stays as it is.
-pub fn code_only(language: Language, text: &str) -> Cow<'_, str> {
-    let Some(tree) = chunk::parse(language, text) else { return Cow::Borrowed(text) };
-    let mut bytes = text.as_bytes().to_vec();
-    let mut blanked = false;
-    let mut cursor = tree.walk();
-    'walk: loop {
-        let node = cursor.node();
-        let kind = node.kind();
-        let literal = kind.contains("comment") || kind.ends_with("string") || kind.ends_with("string_literal") || kind == "char_literal";
-        if literal && node.is_named() {
-            for b in &mut bytes[node.byte_range()] {
-                if *b != b'\n' {
-                    *b = b' ';
-                }
-            }
-            blanked = true;
-        } else if cursor.goto_first_child() {
-            continue;
-        }
-        while !cursor.goto_next_sibling() {
-            if !cursor.goto_parent() {
-                break 'walk;
-            }
-        }
-    }
-    if !blanked {
-        return Cow::Borrowed(text);
-    }
-    // Whole ranges of characters were replaced by ASCII spaces: still UTF-8.
-    Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|_| text.to_owned()))
-}
-
-/// Whether a label is an `impl` block (of a type, or of a trait for it): not the type's definition.
-fn is_impl(label: &str) -> bool {
-    label.strip_prefix("impl").is_some_and(|rest| rest.starts_with([' ', '<']))
+/// The name a chunk's symbol path defines: `impl Parser > fn parse_expr` → `parse_expr`,
+/// `func Store.Get` → `Get`, `namespace geo > fn Circle::area` → `area`.
+pub fn defined_name(symbol: &str) -> &str {
+    let last = symbol.rsplit(" > ").next().unwrap_or(symbol);
+    let name = last.rsplit(' ').next().unwrap_or(last);
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.rsplit('.').next().unwrap_or(name)
 }
 
 /// Chunks defining one name read at most. A name with this many defining chunks or more (`new`,
@@ -148,26 +114,13 @@ const DEFINITIONS_PER_NAME: usize = 8;
 pub async fn definitions(store: &Store, identifiers: &[String], current: &str, per_name: usize) -> Vec<Snippet> {
     let lookups = identifiers.iter().map(|name| async move {
         let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
-        let found: Vec<Chunk> = found.into_iter().filter(|c| label_defining(&c.symbol, name).is_some()).collect();
-        nearest_definitions(found, name, current, per_name).into_iter().map(|c| definition_snippet(c, name)).collect::<Vec<_>>()
+        let found: Vec<Chunk> = found.into_iter().filter(|c| defined_name(&c.symbol) == name.as_str()).collect();
+        nearest_definitions(found, current, per_name)
+            .into_iter()
+            .map(|c| Snippet { text: c.text, path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Definition })
+            .collect::<Vec<_>>()
     });
     futures::future::join_all(lookups).await.into_iter().flatten().collect()
-}
-
-/// What a lookup of `name` shows of `chunk`: the one item that defines it when the chunk holds
-/// several ([`chunk::definition_lines`]: `fn add, fn sub, fn mul` gives `sub` alone), else the
-/// whole chunk.
-fn definition_snippet(chunk: Chunk, name: &str) -> Snippet {
-    let several = defined_labels(&chunk.symbol).nth(1).is_some() || chunk.symbol.contains(" (+");
-    let lines = several.then(|| chunk::definition_lines(chunk.language, &chunk.text, name)).flatten();
-    let (text, start_line, end_line) = match lines {
-        Some((first, last)) => {
-            let text: Vec<&str> = chunk.text.lines().skip(first).take(last + 1 - first).collect();
-            (text.join("\n") + "\n", chunk.start_line + first as u32, chunk.start_line + last as u32)
-        }
-        None => (chunk.text, chunk.start_line, chunk.end_line),
-    };
-    Snippet { text, path: chunk.path, start_line, end_line, source: Source::Definition }
 }
 
 /// Of the chunks defining one name, the `per_name` a file at `current` most likely means: none if
@@ -177,10 +130,10 @@ fn definition_snippet(chunk: Chunk, name: &str) -> Snippet {
 /// (code outside tests cannot call it), and the rest by how many leading directories their path
 /// shares with `current` (a module's neighbours first: tokio's multi-thread scheduler means its own
 /// `Handle`), then in the order given.
-pub fn nearest_definitions(found: Vec<Chunk>, name: &str, current: &str, per_name: usize) -> Vec<Chunk> {
+pub fn nearest_definitions(found: Vec<Chunk>, current: &str, per_name: usize) -> Vec<Chunk> {
     // An `impl` block is not a definition of its type: `impl Display for Handle` here leaves
     // `struct Handle` to be found elsewhere.
-    let defines_here = |c: &Chunk| c.path == current && label_defining(&c.symbol, name).is_some_and(|label| !is_impl(label));
+    let defines_here = |c: &Chunk| c.path == current && !c.symbol.rsplit(" > ").next().unwrap_or("").starts_with("impl ");
     if found.len() >= DEFINITIONS_PER_NAME || found.iter().any(defines_here) {
         return Vec::new();
     }
@@ -219,7 +172,7 @@ pub fn is_test_path(path: &str) -> bool {
 pub async fn signatures(store: &Store, names: &[String], current: &str) -> Vec<Snippet> {
     let lookups = names.iter().map(|name| async move {
         let found = store.definitions_named(name, DEFINITIONS_PER_NAME).await.unwrap_or_default();
-        found.into_iter().filter(|c| c.path != current && label_defining(&c.symbol, name).is_some()).find_map(|c| {
+        found.into_iter().filter(|c| c.path != current && defined_name(&c.symbol) == name.as_str()).find_map(|c| {
             let text = scope::signature(c.language, &c.text, name)?;
             Some(Snippet { text: text + "\n", path: c.path, start_line: c.start_line, end_line: c.end_line, source: Source::Signature })
         })
@@ -329,28 +282,17 @@ mod tests {
     #[test]
     fn identifiers_nearest_the_cursor_come_first() {
         let text = "use crate::cart::Cart;\nfn total(cart: &Cart) -> u64 {\n    let sum = price_of(cart.items);\n    sum";
-        let ids = nearby_identifiers(Language::Rust, text, text.len(), 4);
+        let ids = nearby_identifiers(text, text.len(), 4);
         assert_eq!(ids, vec!["sum", "items", "cart", "price_of"]);
     }
 
     #[test]
-    fn words_of_comments_and_strings_are_not_looked_up() {
-        let ts = "if (dep.diffValue === 1) {\n    // it wasn't observed, let's observe it\n    throw die(\"observable arrays are not supported\", `at ${where}`)\n    ";
-        let ids = nearby_identifiers(Language::TypeScript, ts, ts.len(), 20);
-        assert_eq!(ids, ["die", "diffValue", "dep"]);
-        let py = "def load(path):\n    \"\"\"Reads the configuration file.\"\"\"\n    # parse settings first\n    return parse_config(path, 'utf-8')\n";
-        assert_eq!(nearby_identifiers(Language::Python, py, py.len(), 20), ["path", "parse_config", "load"]);
-        let rust = "/// Returns the handle.\nfn handle(name: &str) -> Handle { lookup(\"a handle named … 名前\") }";
-        assert_eq!(nearby_identifiers(Language::Rust, rust, rust.len(), 20), ["lookup", "Handle", "name", "handle"]);
-        assert_eq!(code_only(Language::Text, "# a heading\n"), "# a heading\n");
-        let masked = code_only(Language::Rust, "let s = \"é\"; // ü\nf(s)");
-        assert_eq!(masked, format!("let s = {};{}\nf(s)", " ".repeat(4), " ".repeat(6)));
-    }
-
-    #[test]
-    fn impl_blocks_are_told_from_other_labels() {
-        assert!(is_impl("impl Display for Handle") && is_impl("impl<T> Stack<T>") && is_impl("impl Parser"));
-        assert!(!is_impl("fn implement") && !is_impl("struct Impl") && !is_impl("impl"));
+    fn defined_names_come_from_symbol_paths() {
+        assert_eq!(defined_name("impl Parser > fn parse_expr"), "parse_expr");
+        assert_eq!(defined_name("struct Cart"), "Cart");
+        assert_eq!(defined_name("func Store.Get"), "Get");
+        assert_eq!(defined_name("namespace geo > fn Circle::area"), "area");
+        assert_eq!(defined_name(""), "");
     }
 
     #[test]
@@ -384,34 +326,22 @@ mod tests {
             chunk("src/runtime/scheduler/current_thread/mod.rs"),
         ];
         let paths = |v: Vec<Chunk>| v.into_iter().map(|c| c.path).collect::<Vec<_>>();
-        assert_eq!(paths(nearest_definitions(found.clone(), "Handle", current, 1)), ["src/runtime/scheduler/multi_thread/handle.rs"]);
+        assert_eq!(paths(nearest_definitions(found.clone(), current, 1)), ["src/runtime/scheduler/multi_thread/handle.rs"]);
         assert_eq!(
-            paths(nearest_definitions(found.clone(), "Handle", current, 9)),
+            paths(nearest_definitions(found.clone(), current, 9)),
             ["src/runtime/scheduler/multi_thread/handle.rs", "src/runtime/scheduler/current_thread/mod.rs", "src/runtime/handle.rs"],
             "test code is left out, ties keep their order"
         );
-        assert_eq!(paths(nearest_definitions(found.clone(), "Handle", "tests/rt_common.rs", 1)), ["tests/support/handle.rs"]);
+        assert_eq!(paths(nearest_definitions(found.clone(), "tests/rt_common.rs", 1)), ["tests/support/handle.rs"]);
         let everywhere: Vec<Chunk> = (0..DEFINITIONS_PER_NAME).map(|i| chunk(&format!("src/m{i}.rs"))).collect();
-        assert!(nearest_definitions(everywhere, "Handle", current, 1).is_empty(), "a name defined everywhere is a guess");
-        assert!(nearest_definitions(vec![chunk(current)], "Handle", current, 1).is_empty());
+        assert!(nearest_definitions(everywhere, current, 1).is_empty(), "a name defined everywhere is a guess");
+        assert!(nearest_definitions(vec![chunk(current)], current, 1).is_empty());
         let mut own = found.clone();
         own.push(chunk(current));
-        assert!(nearest_definitions(own, "Handle", current, 9).is_empty(), "a name the file defines means the file's own");
+        assert!(nearest_definitions(own, current, 9).is_empty(), "a name the file defines means the file's own");
         let mut implemented = found.clone();
         implemented.push(Chunk { symbol: "impl fmt::Display for Handle".into(), ..chunk(current) });
-        assert_eq!(nearest_definitions(implemented, "Handle", current, 1).len(), 1, "an impl block here is not the type's definition");
-    }
-
-    #[test]
-    fn a_definition_in_a_chunk_of_several_is_shown_alone() {
-        let text = "fn add(a: u8, b: u8) -> u8 {\n    a + b\n}\n\n/// Subtracts.\nfn sub(a: u8, b: u8) -> u8 {\n    a - b\n}\n".to_owned();
-        let grouped = Chunk { symbol: "fn add, fn sub".into(), text: text.clone(), start_line: 10, end_line: 17, ..chunk("src/ops.rs") };
-        let sub = definition_snippet(grouped.clone(), "sub");
-        assert_eq!((sub.text.as_str(), sub.start_line, sub.end_line), ("/// Subtracts.\nfn sub(a: u8, b: u8) -> u8 {\n    a - b\n}\n", 14, 17));
-        let add = definition_snippet(grouped, "add");
-        assert_eq!((add.start_line, add.end_line), (10, 12));
-        let alone = definition_snippet(Chunk { symbol: "fn add".into(), text: text.clone(), start_line: 10, end_line: 17, ..chunk("src/ops.rs") }, "add");
-        assert_eq!((alone.text, alone.start_line, alone.end_line), (text, 10, 17), "a chunk of one definition is shown whole");
+        assert_eq!(nearest_definitions(implemented, current, 1).len(), 1, "an impl block here is not the type's definition");
     }
 
     #[test]

@@ -746,7 +746,7 @@ async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &c
             external.extend(scope::standard_library_paths(request.language, window, &external));
             external.extend(scope::locally_bound(request.language, window));
             let identifiers: Vec<String> =
-                context::nearby_identifiers(request.language, &request.text, request.offset, DEFINITION_LOOKUPS + external.len()).into_iter().filter(|n| !external.contains(n)).take(DEFINITION_LOOKUPS).collect();
+                context::nearby_identifiers(&request.text, request.offset, DEFINITION_LOOKUPS + external.len()).into_iter().filter(|n| !external.contains(n)).take(DEFINITION_LOOKUPS).collect();
             let similar = async {
                 if settings.similar_code {
                     context::retrieved(store, retrieval.embedder.clone(), &query, &request.path, RETRIEVED_SNIPPETS, settings.similar_prose).await
