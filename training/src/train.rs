@@ -201,7 +201,7 @@ pub struct State {
     pub first_val_loss: Option<f32>,
 }
 
-/// The files of a saved [`State`], in the adapter directory beside the weights.
+// The files of a saved [`State`], in the adapter directory beside the weights.
 use kenning_formats::adapter::STATE_FILE;
 use kenning_formats::adapter::MOMENTS_FILE;
 

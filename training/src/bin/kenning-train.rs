@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kenning_formats::adapter::{STATE_FILE, checkpoint_file};
+use kenning_formats::adapter::{STATE_FILE, WEIGHTS_FILE, checkpoint_file};
 use kenning_training::data::{self, Example};
 use kenning_training::lora::{Lora, LoraParameters};
 use kenning_training::models;
@@ -297,9 +297,9 @@ fn run(args: &TrainArgs) -> Result<()> {
         // always has its weights.
         let mut checkpoint = move |w: &[mlx_rs::Array], state: &train::State| {
             lora_for_save.save(w, &adapter_path, &checkpoint_file(state.iter), &save_extra)?;
-            lora_for_save.save(w, &adapter_path, "adapters.safetensors", &save_extra)?;
+            lora_for_save.save(w, &adapter_path, WEIGHTS_FILE, &save_extra)?;
             state.save(&adapter_path, &saved_fingerprint, &lora_for_save.names())?;
-            Ok(adapter_path.join("adapters.safetensors"))
+            Ok(adapter_path.join(WEIGHTS_FILE))
         };
         match &resume {
             Some(state) if state.iter >= args.iters => say(&format!("All {} iterations were done already ({}); nothing to train", args.iters, args.adapter_path.display())),
@@ -320,10 +320,10 @@ fn run(args: &TrainArgs) -> Result<()> {
             Progress::Val { iter, loss, seconds } => say(&format!("Iter {iter}: Val loss {loss:.3}, Val took {seconds:.3}s")),
             Progress::Saved { iter, path } => say(&format!("Iter {iter}: Saved adapter weights to {}", path.display())),
         })?;
-        lora.save(&weights, &args.adapter_path, "adapters.safetensors", &extra)?;
+        lora.save(&weights, &args.adapter_path, WEIGHTS_FILE, &extra)?;
         say(&format!(
             "Saved final weights to {} ({} iterations, {} tokens, {:.1}s{})",
-            args.adapter_path.join("adapters.safetensors").display(),
+            args.adapter_path.join(WEIGHTS_FILE).display(),
             outcome.iters,
             outcome.trained_tokens,
             outcome.seconds,
