@@ -76,6 +76,9 @@ pub struct TrainRun<'a> {
     pub resume: bool,
 }
 
+/// Examples in each of the trainer's batches (`--batch-size`).
+pub const BATCH_SIZE: usize = 2;
+
 /// Iterations between the trainer's checkpoints: a stopped or killed `kenning train` loses at most
 /// this many when it is run again.
 pub const SAVE_EVERY: usize = 20;
@@ -84,7 +87,7 @@ pub const SAVE_EVERY: usize = 20;
 /// output as it comes.
 pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneError> {
     let mut child = std::process::Command::new(trainer)
-        .args(["--model", run.model, "--train", "--test", "--batch-size", "2", "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])
+        .args(["--model", run.model, "--train", "--test", "--batch-size", &BATCH_SIZE.to_string(), "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])
         .args(["--iters", &run.iters.to_string(), "--num-layers", &run.num_layers.to_string()])
         .args(["--max-seq-length", &run.max_seq_length.to_string(), "--learning-rate", &run.learning_rate.to_string()])
         .args(["--warmup", &(run.iters / 20).to_string()])

@@ -121,8 +121,10 @@ pub struct TrainArgs {
     /// MLX model to fine-tune: a bundled model's name or a model directory.
     #[arg(long, default_value = "smollm2-135m")]
     model: String,
-    #[arg(long, default_value_t = 200)]
-    iters: usize,
+    /// Training iterations (batches of 2 examples). Default: about 90,000 training tokens' worth
+    /// (half an hour on two laptop cores), at most two passes over the examples.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: Option<u32>,
     #[arg(long, default_value_t = 8)]
     num_layers: usize,
     #[arg(long, default_value_t = 512)]
@@ -165,6 +167,38 @@ pub struct TrainArgs {
 
 fn finite(s: &str) -> Result<f64, String> {
     s.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| format!("{s:?} is not a number of points"))
+}
+
+/// Tokens a default run trains on: at about 50 training tokens a second on two laptop cores
+/// (SmolLM2-135M, 8 layers; 2 AMD EPYC cores, see README), half an hour, so that mining, training
+/// and measuring fit in an hour.
+const TRAIN_TOKENS: usize = 90_000;
+
+/// Passes over the training examples a default run makes at most: a small repository's few
+/// examples are not repeated until they are learnt by heart.
+const MAX_EPOCHS: usize = 2;
+
+/// The iterations of a default run over `examples` training examples of `tokens` tokens in all:
+/// [`TRAIN_TOKENS`] worth, at most [`MAX_EPOCHS`] passes, at least one iteration.
+fn default_iters(examples: usize, tokens: usize) -> usize {
+    let batch = finetune::BATCH_SIZE;
+    let per_iter = (tokens * batch).div_ceil(examples.max(1)).max(1);
+    let by_tokens = TRAIN_TOKENS.div_ceil(per_iter);
+    let by_epochs = (MAX_EPOCHS * examples).div_ceil(batch);
+    by_tokens.min(by_epochs).max(1)
+}
+
+/// `145350` → `145,350`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Fewest held-out files a measurement decides on: its interval resamples files, and with fewer
@@ -239,7 +273,46 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     Ok(Measured { modes, paired, without, with })
 }
 
+/// Where a run's time went, phase by phase: printed when it ends, whichever way it ends.
+struct Phases {
+    started: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self { started: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    fn time<T>(&mut self, phase: &'static str, work: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let result = work();
+        self.done.push((phase, started.elapsed()));
+        result
+    }
+
+    /// `mining 0:12, training 31:02, measuring 8:30 (total 39:51)`, the total from the start of the
+    /// run (what is between phases included); `None` before any phase ran.
+    fn summary(&self) -> Option<String> {
+        let clock = |d: std::time::Duration| {
+            let s = d.as_secs_f64().round() as u64;
+            if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+        };
+        let phases: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {}", clock(*d))).collect();
+        (!phases.is_empty()).then(|| format!("{} (total {})", phases.join(", "), clock(self.started.elapsed())))
+    }
+}
+
 pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
+    let mut phases = Phases::new();
+    let result = train(paths, args, &mut phases);
+    if let Some(summary) = phases.summary() {
+        out(&format!("time: {summary}"));
+    }
+    result
+}
+
+fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
     let work = paths.training_for(&root);
     let data_dir = work.join("data");
@@ -272,7 +345,17 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         remove_dir_if_there(&trained)?;
     }
     let family = Family::detect(&args.model);
-    mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0))?;
+    let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0)))?;
+    let train = data.stats(Split::Train);
+    let iters = match args.iters {
+        Some(iters) => iters as usize,
+        None => {
+            let iters = default_iters(train.fim + train.next_token, train.tokens);
+            let epochs = (iters * finetune::BATCH_SIZE) as f64 / (train.fim + train.next_token).max(1) as f64;
+            out(&format!("training {iters} iterations: about {} tokens, {epochs:.1} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / (train.fim + train.next_token).max(1))));
+            iters
+        }
+    };
     // Once moved over the adapter, a run is carried on from there: the same command run again
     // does not train again what the adapter already is.
     if !args.fresh && !trained.exists() && adapter.join(STATE_FILE).is_file() {
@@ -283,14 +366,14 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         model: &args.model,
         data: &data_dir,
         adapter: &trained,
-        iters: args.iters,
+        iters,
         num_layers: args.num_layers,
         max_seq_length: args.max_seq_length,
         learning_rate: args.learning_rate,
         grad_checkpoint: args.grad_checkpoint,
         resume: !args.fresh,
     };
-    finetune::run_trainer(&trainer, &run)?;
+    phases.time("training", || finetune::run_trainer(&trainer, &run))?;
     let in_use = finetune::configured_adapter_is(&root, &adapter);
     // The trainer found the adapter's own run done: the candidate is the adapter.
     let state = |dir: &Path| std::fs::read(dir.join(STATE_FILE)).ok();
@@ -332,7 +415,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
         if !in_use && finetune::configured_generation(&root).is_some() {
             out("note: kenning.toml already configures generation, so the adapter will not be registered whatever the measurement says; it only tells whether the adapter helps");
         }
-        let measured = match measure(paths, &root, &args, &trained, backend) {
+        let measured = match phases.time("measuring", || measure(paths, &root, &args, &trained, backend)) {
             Ok(m) => m,
             Err(e) => {
                 out(&anyway(&format!("it could not be measured ({e:#})")));
@@ -512,6 +595,36 @@ pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_run_trains_a_token_budget_or_two_passes_whichever_is_less() {
+        // flask 3.0.3: 357 examples, 130,000 tokens: 124 iterations of about 727 tokens.
+        let iters = default_iters(357, 130_000);
+        assert_eq!(iters, TRAIN_TOKENS.div_ceil(729));
+        assert!((iters * 729).abs_diff(TRAIN_TOKENS) < 729);
+        // A small repository: two passes, not the budget.
+        assert_eq!(default_iters(30, 9_000), 30);
+        assert_eq!(default_iters(1, 10), 1);
+        assert_eq!(default_iters(0, 0), 1);
+        // A large one: the budget, whatever its size.
+        assert_eq!(default_iters(100_000, 40_000_000), TRAIN_TOKENS.div_ceil(800));
+        assert_eq!(thousands(145_350), "145,350");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn the_time_summary_names_every_phase_in_order() {
+        let mut phases = Phases::new();
+        assert_eq!(phases.summary(), None);
+        let mined = phases.time("mining", || 7);
+        assert_eq!(mined, 7);
+        phases.time("training", || ());
+        phases.done[1].1 = std::time::Duration::from_secs(3 * 3600 + 62);
+        phases.done[0].1 = std::time::Duration::from_millis(12_600);
+        let summary = phases.summary().unwrap();
+        assert!(summary.starts_with("mining 0:13, training 3:01:02 (total 0:0"), "{summary}");
+    }
 
     #[test]
     fn a_candidate_sits_beside_the_adapter() {
