@@ -598,7 +598,7 @@ mod tests {
 
     #[test]
     fn a_default_run_trains_a_token_budget_or_two_passes_whichever_is_less() {
-        // flask 3.0.3: 357 examples, 130,000 tokens: 124 iterations of about 727 tokens.
+        // flask 3.0.3: 357 examples, about 130,000 tokens: 124 iterations of about 729 tokens.
         let iters = default_iters(357, 130_000);
         assert_eq!(iters, TRAIN_TOKENS.div_ceil(729));
         assert!((iters * 729).abs_diff(TRAIN_TOKENS) < 729);
