@@ -202,8 +202,7 @@ pub struct State {
 }
 
 // The files of a saved [`State`], in the adapter directory beside the weights.
-use kenning_formats::adapter::STATE_FILE;
-use kenning_formats::adapter::MOMENTS_FILE;
+use kenning_formats::adapter::{MOMENTS_FILE, STATE_FILE};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StateFile {

@@ -294,10 +294,7 @@ impl Phases {
     /// `mining 0:12, training 31:02, measuring 8:30 (total 39:51)`, the total from the start of the
     /// run (what is between phases included); `None` before any phase ran.
     fn summary(&self) -> Option<String> {
-        let clock = |d: std::time::Duration| {
-            let s = d.as_secs_f64().round() as u64;
-            if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
-        };
+        use kenning_formats::clock;
         let phases: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {}", clock(*d))).collect();
         (!phases.is_empty()).then(|| format!("{} (total {})", phases.join(", "), clock(self.started.elapsed())))
     }
@@ -350,9 +347,10 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     let iters = match args.iters {
         Some(iters) => iters as usize,
         None => {
-            let iters = default_iters(train.fim + train.next_token, train.tokens);
-            let epochs = (iters * finetune::BATCH_SIZE) as f64 / (train.fim + train.next_token).max(1) as f64;
-            out(&format!("training {iters} iterations: about {} tokens, {epochs:.1} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / (train.fim + train.next_token).max(1))));
+            let examples = train.fim + train.next_token;
+            let iters = default_iters(examples, train.tokens);
+            let epochs = (iters * finetune::BATCH_SIZE) as f64 / examples.max(1) as f64;
+            out(&format!("training {iters} iterations: about {} tokens, {epochs:.1} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / examples.max(1))));
             iters
         }
     };

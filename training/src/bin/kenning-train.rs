@@ -346,9 +346,8 @@ fn run(args: &TrainArgs) -> Result<()> {
 /// Where a run stands after `iter` of `iters` iterations, `done` of them in this process in
 /// `elapsed` seconds (validation included): the share done and how long the rest takes at that pace.
 fn time_left(elapsed: f64, done: usize, iter: usize, iters: usize) -> String {
-    let s = (elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64).round() as u64;
-    let clock = if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) };
-    format!("{:.0}% done, about {clock} left", 100.0 * iter as f64 / iters.max(1) as f64)
+    let left = std::time::Duration::from_secs_f64((elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64).max(0.0));
+    format!("{:.0}% done, about {} left", 100.0 * iter as f64 / iters.max(1) as f64, kenning_formats::clock(left))
 }
 
 /// FNV-1a of texts, each ended by a 0 byte, and how many there are.
