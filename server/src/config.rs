@@ -203,6 +203,10 @@ pub struct CompletionSettings {
     /// Leave out context that mostly repeats the code around the cursor (identifier sets more than
     /// half alike): such snippets can pull the model into copying a neighbour's line.
     pub drop_local_repeats: bool,
+    /// A snippet too long for the room the better ones leave in the ring is cut down to fit
+    /// instead of left out: a definition to its first lines (signature and doc), other code to
+    /// its window most like the code around the cursor.
+    pub trim_to_fit: bool,
     /// With retrieval: context also for a request at a line's start (only indentation before the
     /// cursor: the whole line is to be guessed). Off = such a request is completed from the local
     /// prefix and suffix alone (its prompt goes to the engine's other cache sequence; the ring is
@@ -247,6 +251,7 @@ impl Default for CompletionSettings {
             similar_prose: true,
             imports: false,
             drop_local_repeats: false,
+            trim_to_fit: false,
             line_start_context: true,
             speculate: true,
             prepare_on_edit: false,

@@ -27,16 +27,33 @@ pub const MAX_RING_SIMILARITY: f64 = 0.9;
 /// Lines around the cursor that make "the code at the cursor" for [`MAX_SIMILARITY`].
 const LOCAL_LINES: usize = 20;
 
+/// A snippet cut to fit keeps at least this many lines (fewer is not worth its place).
+const MIN_TRIMMED_LINES: usize = 3;
+
+/// What the ring does with the code around the cursor that [`Ring::add`] is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Leave out a snippet whose identifiers are more than [`MAX_SIMILARITY`] alike to it.
+    pub drop_local_repeats: bool,
+    /// Cut a snippet too long for the room left down to fit (see [`trimmed`]) instead of leaving it out.
+    pub trim_to_fit: bool,
+}
+
 /// The ring itself: snippets oldest first, within a budget of estimated tokens.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ring {
     chunks: Vec<Snippet>,
     budget: usize,
+    policy: Policy,
 }
 
 impl Ring {
     pub fn new(budget: usize) -> Self {
-        Self { chunks: Vec::new(), budget }
+        Self::with_policy(budget, Policy::default())
+    }
+
+    pub fn with_policy(budget: usize, policy: Policy) -> Self {
+        Self { chunks: Vec::new(), budget, policy }
     }
 
     /// The snippets in prompt order (oldest first), without those of `path` (the file being
@@ -73,8 +90,8 @@ impl Ring {
 
     /// Adds `candidates` (best first) gathered for the cursor in `local` (the lines around it):
     /// each that fits in the budget beside the better ones taken before it (one that does not is
-    /// skipped, and a smaller one after it may still fit); older snippets are evicted for them.
-    /// Returns whether the ring changed.
+    /// skipped, or cut to fit under [`Policy::trim_to_fit`], and a smaller one after it may still
+    /// fit); older snippets are evicted for them. Returns whether the ring changed.
     ///
     /// Taking every candidate and evicting down to the budget instead dropped the last ones
     /// whole, the code found by search (gathered after the definitions), when one long
@@ -85,12 +102,16 @@ impl Ring {
         let mut added = Vec::new();
         let mut room = self.budget;
         for snippet in candidates {
-            let c = cost(&snippet);
-            if c > room {
+            let snippet = if cost(&snippet) <= room {
+                snippet
+            } else if let Some(cut) = self.policy.trim_to_fit.then(|| trimmed(&snippet, room, &local_ids)).flatten() {
+                cut
+            } else {
                 continue;
-            }
+            };
+            let c = cost(&snippet);
             let ids = identifiers(&snippet.text);
-            let repeats_local = jaccard(&ids, &local_ids) > MAX_SIMILARITY;
+            let repeats_local = self.policy.drop_local_repeats && jaccard(&ids, &local_ids) > MAX_SIMILARITY;
             let known = self.chunks.iter().chain(&added).any(|c: &Snippet| {
                 (c.path == snippet.path && c.start_line <= snippet.end_line && snippet.start_line <= c.end_line)
                     || jaccard(&identifiers(&c.text), &ids) > MAX_RING_SIMILARITY
@@ -166,6 +187,36 @@ pub fn local_window(text: &str, offset: usize) -> &str {
     &text[start..end]
 }
 
+/// `snippet` cut down to at most `room` tokens, or `None` if fewer than [`MIN_TRIMMED_LINES`]
+/// lines would fit: a definition or signature keeps its first lines (the signature and doc come
+/// first), other code the window of lines sharing the most identifiers with `local` (the first
+/// such window; its first lines when `local` is empty).
+fn trimmed(snippet: &Snippet, room: usize, local: &HashSet<&str>) -> Option<Snippet> {
+    let lines: Vec<&str> = snippet.text.lines().collect();
+    let fixed = prompt::estimate_tokens(&snippet.path) + 4;
+    // The text ends in a newline: a token more, at most.
+    let fits = |a: usize, b: usize| fixed + prompt::estimate_tokens(&lines[a..b].join("\n")) < room;
+    let head = matches!(snippet.source, Source::Definition | Source::Signature) || local.is_empty();
+    let starts = if head { 0..lines.len().min(1) } else { 0..lines.len() };
+    let mut best: Option<(usize, usize, usize)> = None; // (shared identifiers, start, end)
+    for start in starts {
+        let mut end = start;
+        while end < lines.len() && fits(start, end + 1) {
+            end += 1;
+        }
+        if end - start < MIN_TRIMMED_LINES {
+            continue;
+        }
+        let shared = if head { 0 } else { identifiers(&lines[start..end].join("\n")).intersection(local).count() };
+        if best.is_none_or(|(s, _, _)| shared > s) {
+            best = Some((shared, start, end));
+        }
+    }
+    let (_, start, end) = best?;
+    let text = lines[start..end].join("\n") + "\n";
+    Some(Snippet { start_line: snippet.start_line + start as u32, end_line: snippet.start_line + end as u32 - 1, text, ..snippet.clone() })
+}
+
 fn cost(s: &Snippet) -> usize {
     prompt::estimate_tokens(&s.text) + prompt::estimate_tokens(&s.path) + 4
 }
@@ -227,11 +278,43 @@ mod tests {
     }
 
     #[test]
+    fn a_snippet_too_long_for_the_room_left_is_cut_to_fit_under_the_policy() {
+        let body: Vec<String> = (0..30).map(|i| format!("    let step_{i} = stage_{i}(input);")).collect();
+        let long = format!("fn pipeline(input: Input) -> Output {{\n{}\n    finish(step_29)\n}}", body.join("\n"));
+        let local = "let cached = stage_17(input);\nlet more = stage_18(cached);";
+        // Without the policy the long one does not fit and is left out.
+        let mut ring = Ring::new(120);
+        assert!(!ring.add(vec![snippet("p.rs", 100, &long)], local));
+        // With it, the window sharing the most names with the cursor's code stays, its lines cited.
+        let mut ring = Ring::with_policy(120, Policy { trim_to_fit: true, ..Policy::default() });
+        assert!(ring.add(vec![snippet("p.rs", 100, &long)], local));
+        let kept = &ring.snippets_for("")[0];
+        assert!(ring.tokens() <= 120, "{}", ring.tokens());
+        assert!(kept.text.contains("stage_17(input)") && kept.text.contains("stage_18(input)"), "{}", kept.text);
+        assert!(!kept.text.contains("fn pipeline"), "{}", kept.text);
+        let first = long.lines().position(|l| kept.text.starts_with(l)).unwrap() as u32;
+        assert_eq!((kept.start_line, kept.end_line), (100 + first, 100 + first + kept.text.lines().count() as u32 - 1));
+        // A definition keeps its head: the signature (and doc) come first.
+        let mut ring = Ring::with_policy(120, Policy { trim_to_fit: true, ..Policy::default() });
+        let definition = Snippet { source: Source::Definition, ..snippet("p.rs", 100, &long) };
+        assert!(ring.add(vec![definition], local));
+        let kept = &ring.snippets_for("")[0];
+        assert!(kept.text.starts_with("fn pipeline(input: Input) -> Output {\n"), "{}", kept.text);
+        assert_eq!(kept.start_line, 100);
+        // Too little room for three lines: left out.
+        let mut ring = Ring::with_policy(14, Policy { trim_to_fit: true, ..Policy::default() });
+        assert!(!ring.add(vec![snippet("p.rs", 100, &long)], local));
+    }
+
+    #[test]
     fn near_copies_of_the_cursor_code_and_of_ring_snippets_are_dropped() {
         let local = "let total = cart.items.iter().map(|item| item.price * item.quantity).sum();";
         let copy = "let total = order.items.iter().map(|item| item.price * item.quantity).sum();";
         let useful = "pub struct Cart { pub items: Vec<Item>, pub coupon: Option<Coupon> }";
         let mut ring = Ring::new(1_000);
+        ring.add(vec![snippet("other.rs", 10, copy), snippet("cart.rs", 1, useful)], local);
+        assert_eq!(paths(&ring), ["cart.rs:1", "other.rs:10"], "repeats of the cursor code are kept unless the policy drops them");
+        let mut ring = Ring::with_policy(1_000, Policy { drop_local_repeats: true, ..Policy::default() });
         ring.add(vec![snippet("other.rs", 10, copy), snippet("cart.rs", 1, useful)], local);
         assert_eq!(paths(&ring), ["cart.rs:1"]);
         let renamed = "pub struct Cart { pub items: Vec<Item>, pub coupon: Option<Coupon>, }";
