@@ -626,7 +626,7 @@ impl Progress {
         }
         let elapsed = self.started.elapsed().as_secs_f64();
         let left = elapsed / self.done as f64 * (self.total - self.done) as f64;
-        let line = format!("{}: {}/{} tasks, {} elapsed, about {} left", self.label, self.done, self.total, clock(elapsed), clock(left));
+        let line = format!("{}: {}/{} tasks, {} elapsed, about {} left", self.label, self.done, self.total, kenning_formats::clock(elapsed), kenning_formats::clock(left));
         if self.terminal {
             eprint!("\r{line}   {}", if self.done == self.total { "\n" } else { "" });
         } else {
@@ -642,12 +642,6 @@ impl Drop for Progress {
             eprintln!();
         }
     }
-}
-
-/// Seconds as `m:ss` (`h:mm:ss` from an hour).
-fn clock(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
 }
 
 /// `kenning eval --json` on a task file in a process of its own, so that each mode's peak memory
@@ -783,13 +777,6 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, t
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clock_times() {
-        assert_eq!(clock(0.4), "0:00");
-        assert_eq!(clock(75.0), "1:15");
-        assert_eq!(clock(3725.0), "1:02:05");
-    }
 
     #[test]
     fn positions() {

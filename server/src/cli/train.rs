@@ -295,8 +295,8 @@ impl Phases {
     /// run (what is between phases included); `None` before any phase ran.
     fn summary(&self) -> Option<String> {
         use kenning_formats::clock;
-        let phases: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {}", clock(*d))).collect();
-        (!phases.is_empty()).then(|| format!("{} (total {})", phases.join(", "), clock(self.started.elapsed())))
+        let phases: Vec<String> = self.done.iter().map(|(name, d)| format!("{name} {}", clock(d.as_secs_f64()))).collect();
+        (!phases.is_empty()).then(|| format!("{} (total {})", phases.join(", "), clock(self.started.elapsed().as_secs_f64())))
     }
 }
 

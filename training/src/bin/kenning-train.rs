@@ -346,7 +346,7 @@ fn run(args: &TrainArgs) -> Result<()> {
 /// Where a run stands after `iter` of `iters` iterations, `done` of them in this process in
 /// `elapsed` seconds (validation included): the share done and how long the rest takes at that pace.
 fn time_left(elapsed: f64, done: usize, iter: usize, iters: usize) -> String {
-    let left = std::time::Duration::from_secs_f64((elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64).max(0.0));
+    let left = elapsed / done.max(1) as f64 * iters.saturating_sub(iter) as f64;
     format!("{:.0}% done, about {} left", 100.0 * iter as f64 / iters.max(1) as f64, kenning_formats::clock(left))
 }
 
