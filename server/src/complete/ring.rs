@@ -39,6 +39,13 @@ pub struct Policy {
     pub trim_to_fit: bool,
 }
 
+impl Policy {
+    /// Whether [`Ring::add`] reads the code around the cursor it is given (otherwise it can be empty).
+    pub fn reads_local(self) -> bool {
+        self.drop_local_repeats || self.trim_to_fit
+    }
+}
+
 /// The ring itself: snippets oldest first, within a budget of estimated tokens.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ring {
