@@ -253,15 +253,17 @@ fn eval_all_compares_the_four_modes_on_held_out_lines() {
     let adapter = dir.path().join("adapter");
     random_adapter(&model, &adapter, 2);
     let (index, repo_arg) = (dir.path().join("index"), repo.to_str().unwrap());
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kenning")).args(args).arg("--index-dir").arg(&index).output().unwrap();
     let kenning = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kenning")).args(args).arg("--index-dir").arg(&index).output().unwrap();
+        let out = run(args);
         assert!(out.status.success(), "kenning {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     kenning(&["index", repo_arg]);
     let common = ["eval", "--json", "--model", "smollm2-135m", "--threads", "1", "--limit", "3", "-w", repo_arg];
     let out = kenning(&[&common[..], &["--all", "--adapter", adapter.to_str().unwrap()]].concat());
-    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let parse = |out: &str| -> Vec<serde_json::Value> { serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}")) };
+    let rows = parse(&out);
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["none", "rag", "ft", "hybrid"]);
     for row in &rows {
@@ -272,6 +274,29 @@ fn eval_all_compares_the_four_modes_on_held_out_lines() {
         // The model alone is ≈ 100 MiB; each mode measures its own process.
         assert!(row["peak_rss_mib"].as_f64().unwrap() > 60.0, "{row}");
     }
+
+    // Kept with --out, two runs at a time, and stopped with one mode's chunk not done: the same
+    // command carries on, runs only what is missing, and ends with the figures of a whole run.
+    let kept = dir.path().join("kept");
+    let with_out = [&common[..], &["--all", "--adapter", adapter.to_str().unwrap(), "--out", kept.to_str().unwrap(), "--jobs", "2"]].concat();
+    let same = |a: &[serde_json::Value], b: &[serde_json::Value]| {
+        let key = |r: &serde_json::Value| (r["mode"].to_string(), r["tasks"].to_string(), r["exact_match"].to_string(), r["edit_similarity"].to_string());
+        assert_eq!(a.iter().map(key).collect::<Vec<_>>(), b.iter().map(key).collect::<Vec<_>>());
+    };
+    same(&parse(&kenning(&with_out)), &rows);
+    std::fs::remove_file(kept.join("scores").join("rag-000.json")).unwrap();
+    let again = run(&[&with_out[..], &["--progress"]].concat());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && stderr.contains("(3 runs already done)") && stderr.contains("rag on chunk 1/1"), "{stderr}");
+    assert!(!stderr.contains("none on chunk"), "what was done is not run again: {stderr}");
+    same(&parse(&String::from_utf8_lossy(&again.stdout)), &rows);
+    let compared = std::process::Command::new(env!("CARGO_BIN_EXE_kenning")).arg("compare").arg("--base").arg(kept.join("none.json")).arg("--with").arg(kept.join("hybrid.json")).arg("--json").output().unwrap();
+    let compared = String::from_utf8_lossy(&compared.stdout);
+    assert!(compared.contains("\"tasks\":3"), "{compared}");
+    // Carrying on with a setting changed would mix two runs: refused, saying what changed.
+    let other = run(&[&with_out[..], &["--set", "completion.prompt_tokens=512"]].concat());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("holds another run") && stderr.contains("completion"), "{stderr}");
 
     // ft without an adapter anywhere is a clear error, before any model loads.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kenning"))

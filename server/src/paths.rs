@@ -65,6 +65,28 @@ impl Paths {
     }
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a sibling first, then renamed over it (its
+/// directory is created). A reader never sees half a file, and a stopped writer leaves the old one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = unique_sibling(path);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// `PATH.kenning-PID-N`: a name no other writer (process or thread) uses at the same time.
+pub fn unique_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".kenning-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    PathBuf::from(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

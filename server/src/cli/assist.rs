@@ -98,6 +98,15 @@ pub struct EvalArgs {
     /// Run the four modes, each in a process of its own, and print them side by side.
     #[arg(long)]
     all: bool,
+    /// With --all: keep the run in DIR as it goes (chunks of 25 tasks, every mode's scores on each):
+    /// stopped at any point, the same command carries on where it was. At the end DIR/MODE.json
+    /// holds each mode's scores (for `kenning compare`).
+    #[arg(long, value_name = "DIR", requires = "all")]
+    out: Option<PathBuf>,
+    /// With --all: how many runs at once (each a process of its own, with its share of the cores
+    /// unless --threads says).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
     /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote;
     /// with --split time, only the one `kenning train SNAPSHOT` wrote).
     #[arg(long)]
@@ -525,7 +534,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         None => eval_adapter(paths, &root, &config, &args),
     };
     if args.all {
-        return eval_all(paths, &root, searched_index.as_deref(), &args, &tasks, adapter.as_deref());
+        return eval_all(paths, &root, searched_index.as_deref(), &args, &config, &tasks, adapter.as_deref());
     }
     let wanted = if mode.adapter() {
         Some(adapter.clone().context("ft and hybrid need an adapter: run `kenning train`, or give --adapter DIR")?)
@@ -698,39 +707,135 @@ impl EvalProcess<'_> {
     }
 }
 
-/// `--all`: each mode in a process of its own (so peak memory is each mode's), on the same tasks.
-/// `index`: the index retrieval reads (the time split's snapshot), else `--index-dir` or the
-/// workspace's own.
-fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, tasks: &[EvalTask], adapter: Option<&Path>) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tasks_file = dir.path().join("tasks.jsonl");
-    let mut lines = String::new();
-    for t in tasks {
-        lines.push_str(&serde_json::to_string(t)?);
-        lines.push('\n');
+/// What decides an `--all` run's scores besides its tasks: carrying on a run kept with `--out` is
+/// refused when any of it changed. Threads are left out (they change the time, not the text).
+fn run_setup(config: &Config, adapter: Option<&Path>, index: Option<&Path>, typed_before: usize) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut generation = serde_json::to_value(&config.generation)?;
+    if let Some(g) = generation.as_object_mut() {
+        g.remove("threads");
+        g.remove("prefill_threads");
     }
-    std::fs::write(&tasks_file, lines)?;
+    let weights = match adapter {
+        Some(a) => {
+            let file = if a.is_dir() { a.join(kenning_formats::adapter::WEIGHTS_FILE) } else { a.to_owned() };
+            let bytes = std::fs::read(&file).with_context(|| format!("reading the adapter {}", file.display()))?;
+            Some(blake3::hash(&bytes).to_hex().to_string())
+        }
+        None => None,
+    };
+    let setup = serde_json::json!({
+        "generation": generation,
+        "completion": config.completion,
+        "adapter": adapter,
+        "adapter_weights": weights,
+        "index": index,
+        "typed_before": typed_before,
+    });
+    Ok(setup.as_object().cloned().unwrap_or_default())
+}
+
+/// `--all`: each mode on the same tasks, in chunks, each chunk of each mode in a process of its own
+/// (so peak memory is each mode's), `--jobs` of them at once; with `--out`, kept as it goes and
+/// carried on. `index`: the index retrieval reads (the time split's snapshot), else `--index-dir` or
+/// the workspace's own.
+fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, config: &Config, tasks: &[EvalTask], adapter: Option<&Path>) -> Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let index_dir = index.or(args.target.index_dir.as_deref());
+    let temporary;
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = tempfile::tempdir()?;
+            temporary.path().join("run")
+        }
+    };
+    let run = eval::run_dir::RunDir::open(&out, tasks, run_setup(config, adapter, index_dir, args.typed_before)?)?;
+    let jobs = usize::from(args.jobs);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let process = EvalProcess {
         paths,
         root,
-        index_dir: index.or(args.target.index_dir.as_deref()),
+        index_dir,
         model: args.model.model.as_deref(),
-        threads: args.model.threads,
+        threads: args.model.threads.or((jobs > 1).then(|| (cores / jobs).max(1))),
         set: &args.model.set,
         typed_before: args.typed_before,
-        progress: args.progress || !args.json,
+        progress: false,
     };
+    let modes: Vec<Condition> = Condition::ALL.into_iter().filter(|m| !m.adapter() || adapter.is_some()).collect();
+    // Chunk by chunk, every mode on each: a run stopped early has all of them on the same tasks.
+    let units: Vec<(usize, Condition)> = (0..run.chunks()).flat_map(|i| modes.iter().map(move |&m| (i, m))).filter(|&(i, m)| run.done(m, i).is_none()).collect();
+    let show = args.progress || !args.json;
+    if show {
+        let already = run.chunks() * modes.len() - units.len();
+        let kept = args.out.as_ref().map_or_else(String::new, |d| format!(", kept in {}", d.display()));
+        eprintln!(
+            "{} tasks in {} chunks × {} modes{kept}{}; {} job(s)",
+            tasks.len(),
+            run.chunks(),
+            modes.len(),
+            if already > 0 { format!(" ({already} runs already done)") } else { String::new() },
+            jobs
+        );
+    }
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<std::collections::BTreeMap<&'static str, String>> = Mutex::default();
+    let finished = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(&(i, mode)) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(mode.name()) {
+                        continue;
+                    }
+                    let ran = Instant::now();
+                    let result = process.run(mode, &run.chunk_file(i), adapter.filter(|_| mode.adapter())).and_then(|f| run.save(mode, i, &f).map(|()| f));
+                    let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
+                    match result {
+                        Ok(f) if show => {
+                            let elapsed = started.elapsed().as_secs_f64();
+                            let left = elapsed / done as f64 * (units.len() - done) as f64;
+                            eprintln!(
+                                "{} on chunk {}/{}: {:.1} % edit similarity ({} tasks in {}); {done}/{} runs, {} elapsed, about {} left",
+                                mode.name(),
+                                i + 1,
+                                run.chunks(),
+                                f.edit_similarity * 100.0,
+                                f.tasks,
+                                kenning_formats::clock(ran.elapsed().as_secs_f64()),
+                                units.len(),
+                                kenning_formats::clock(elapsed),
+                                kenning_formats::clock(left),
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let message = format!("chunk {}/{}: {e:#}", i + 1, run.chunks());
+                            eprintln!("{}: {message}", mode.name());
+                            failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(mode.name(), message);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut rows = Vec::new();
     for mode in Condition::ALL {
         if mode.adapter() && adapter.is_none() {
             let train = if index.is_some() { "`kenning train` on the snapshot named above".to_owned() } else { format!("`kenning train {}`", root.display()) };
             rows.push(Err(format!("{}: no adapter (run {train}, or give --adapter DIR)", mode.name())));
-            continue;
+        } else if let Some(message) = failed.get(mode.name()) {
+            rows.push(Err(format!("{}: {message}", mode.name())));
+        } else {
+            match run.merged(mode)? {
+                Some((f, _)) => rows.push(Ok(f)),
+                None => rows.push(Err(format!("{}: no chunk done", mode.name()))),
+            }
         }
-        if !args.json {
-            eprintln!("{}…", mode.name());
-        }
-        rows.push(process.run(mode, &tasks_file, adapter.filter(|_| mode.adapter())).map_err(|e| format!("{}: {e:#}", mode.name())));
     }
     if args.json {
         let figures: Vec<&Figures> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();

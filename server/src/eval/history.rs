@@ -71,8 +71,6 @@ pub fn prepare(paths: &crate::paths::Paths, root: &Path, at: Option<&str>, until
 pub const TAIL_SHARE: f64 = 0.10;
 /// Lines shorter than this (after indentation) are not tasks: `}`, `Ok(())`, `else {`.
 const MIN_LINE_CHARS: usize = 10;
-/// Tasks taken from one file at most, so that one big new file does not make the whole set.
-const MAX_PER_FILE: usize = 8;
 
 /// A commit, full hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +283,9 @@ pub struct TaskSet {
 /// Up to `count` line tasks (the cursor after the indentation, the rest of the line expected)
 /// from the lines added after the split, read from the end's files in `files` (path → text). A line
 /// that exists anywhere in `before` (the code at the split, trimmed) is refused; comments and
-/// short lines are not tasks. At most [`MAX_PER_FILE`] per file, chosen by `seed`.
+/// short lines are not tasks. Files give their lines in turn (each file's in an order chosen by
+/// `seed`): no file gives a second task before every file gave one, so one big new file does not
+/// make the whole set; a file gives more than the others only when they have run out.
 pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usize>>, before: &HashSet<String>, count: usize, seed: u64) -> TaskSet {
     let mut set = TaskSet::default();
     let mut per_file: Vec<Vec<EvalTask>> = Vec::new();
@@ -318,7 +318,6 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
         }
         set.candidates += found.len();
         SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes())).shuffle(&mut found);
-        found.truncate(MAX_PER_FILE);
         per_file.push(found);
     }
     // In turn from each file (in a seeded order: not the first paths alphabetically), so that a
@@ -513,5 +512,21 @@ mod tests {
         assert_eq!((task.id.as_str(), task.expected.as_str()), ("src/main.rs:2", "let total = compute_total(&items);"));
         assert_eq!(format!("{}{}{}", task.prefix, task.expected, task.suffix), text);
         assert!(task.prefix.ends_with("{\n    "));
+    }
+
+    #[test]
+    fn files_give_their_lines_in_turn_and_a_big_one_more_only_when_the_others_ran_out() {
+        let file = |n: usize| (1..=n).map(|i| format!("    let value_{i} = compute_{i}(input);\n")).collect::<String>();
+        let files = BTreeMap::from([("big.rs".to_owned(), file(40)), ("a.rs".to_owned(), file(3)), ("b.rs".to_owned(), file(5))]);
+        let added: BTreeMap<String, Vec<usize>> = files.iter().map(|(p, t)| (p.clone(), (1..=t.lines().count()).collect())).collect();
+        let count = |set: &TaskSet, path: &str| set.tasks.iter().filter(|t| t.path == path).count();
+        let set = tasks(&files, &added, &HashSet::new(), 9, 7);
+        assert_eq!((count(&set, "big.rs"), count(&set, "a.rs"), count(&set, "b.rs")), (3, 3, 3), "three rounds of three files");
+        assert_eq!(set.candidates, 48);
+        let set = tasks(&files, &added, &HashSet::new(), 30, 7);
+        assert_eq!((count(&set, "big.rs"), count(&set, "a.rs"), count(&set, "b.rs")), (22, 3, 5), "the big file fills in once the others are out");
+        let ids: HashSet<&str> = set.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids.len(), 30, "no line twice");
+        assert_eq!(tasks(&files, &added, &HashSet::new(), 500, 7).tasks.len(), 48, "fewer than asked when that is all there is");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod history;
+pub mod run_dir;
 pub mod stats;
 
 pub use stats::*;
@@ -76,8 +77,13 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// The figures of `scores` (at least one).
+    /// The figures of `scores` (at least one), with this process's peak memory.
     pub fn new(mode: Condition, scores: Vec<TaskScore>) -> Self {
+        Self::with_peak(mode, scores, peak_rss_bytes() as f64 / (1024.0 * 1024.0))
+    }
+
+    /// The figures of `scores` (at least one) with the peak memory of the processes that ran them.
+    pub fn with_peak(mode: Condition, scores: Vec<TaskScore>, peak_rss_mib: f64) -> Self {
         let n = scores.len() as f64;
         let mut latencies: Vec<f64> = scores.iter().map(|s| s.latency_ms).collect();
         Self {
@@ -87,7 +93,7 @@ impl Figures {
             edit_similarity: scores.iter().map(|s| s.similarity).sum::<f64>() / n,
             mean_latency_ms: latencies.iter().sum::<f64>() / n,
             p50_latency_ms: percentile(&mut latencies, 0.5),
-            peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+            peak_rss_mib,
             workspace: String::new(),
             scores,
         }

@@ -26,6 +26,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::paths::{unique_sibling, write_atomic};
+
 /// Where the hub is, unless `HF_ENDPOINT` says otherwise.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -488,25 +490,6 @@ fn link_blob(target: &Path, file: &str, blob_name: &str) -> std::io::Result<()> 
     })
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let tmp = unique_sibling(path);
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
-/// `PATH.kenning-PID-N`: a name no other writer (process or thread) uses at the same time.
-fn unique_sibling(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".kenning-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    PathBuf::from(name)
-}
 
 fn is_commit(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
