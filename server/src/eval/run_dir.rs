@@ -10,6 +10,7 @@
 //!
 //! ```text
 //! DIR/run.json               what the run is (tasks' hash, what else decides the scores)
+//! DIR/lock                   held by the process carrying the run on
 //! DIR/chunks/003.jsonl       the tasks of chunk 3
 //! DIR/scores/rag-003.json    rag's figures on chunk 3 (written whole)
 //! DIR/rag.json               rag's figures on every task, once all its chunks are done
@@ -29,6 +30,7 @@ use crate::paths::write_atomic;
 pub const CHUNK_TASKS: usize = 25;
 
 const RUN_FILE: &str = "run.json";
+const LOCK_FILE: &str = "lock";
 
 /// What a run is: carrying on is allowed only with the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ struct About {
 pub struct RunDir {
     dir: PathBuf,
     chunks: usize,
+    /// Held while the run is open (an exclusive advisory lock on `DIR/lock`).
+    _lock: std::fs::File,
 }
 
 impl RunDir {
@@ -54,6 +58,18 @@ impl RunDir {
         let lines: Vec<String> = tasks.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
         let about = About { tasks: tasks.len(), tasks_hash: blake3::hash(lines.join("\n").as_bytes()).to_hex().to_string(), setup };
         let run_file = dir.join(RUN_FILE);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !run_file.exists() && std::fs::read_dir(dir)?.flatten().any(|e| e.file_name() != LOCK_FILE) {
+            bail!("{} is not empty and holds no run: give a new or empty directory to --out", dir.display());
+        }
+        // One process carries a run on at a time: a second would do the same work again.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!("another kenning eval is carrying on the run in {} (wait for it, or stop it)", dir.display()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+        }
         match std::fs::read_to_string(&run_file) {
             Ok(text) => {
                 let was: About = serde_json::from_str(&text).with_context(|| format!("{} is not a run's description", run_file.display()))?;
@@ -61,14 +77,10 @@ impl RunDir {
                     bail!("{} holds another run ({difference}): carry it on with what it was run with, or give another --out", dir.display());
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                    bail!("{} is not empty and holds no run: give a new or empty directory to --out", dir.display());
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", run_file.display())),
         }
-        let run = Self { dir: dir.to_owned(), chunks: tasks.len().div_ceil(CHUNK_TASKS) };
+        let run = Self { dir: dir.to_owned(), chunks: tasks.len().div_ceil(CHUNK_TASKS), _lock: lock };
         for (i, chunk) in lines.chunks(CHUNK_TASKS).enumerate() {
             let file = run.chunk_file(i);
             if !file.is_file() {
@@ -165,7 +177,8 @@ mod tests {
         let tasks: Vec<EvalTask> = (0..CHUNK_TASKS * 2 + 3).map(task).collect();
         let run = RunDir::open(&out, &tasks, setup("smollm2-135m")).unwrap();
         assert_eq!(run.chunks(), 3);
-        let chunk = |i: usize| crate::eval::read_tasks(&run.chunk_file(i), None).unwrap();
+        let files: Vec<PathBuf> = (0..3).map(|i| run.chunk_file(i)).collect();
+        let chunk = |i: usize| crate::eval::read_tasks(&files[i], None).unwrap();
         assert_eq!(chunk(2).len(), 3);
         assert_eq!(chunk(1)[0].id, tasks[CHUNK_TASKS].id, "chunks keep the tasks' order");
         assert!(run.merged(Condition::Rag).unwrap().is_none(), "nothing done yet");
@@ -177,7 +190,11 @@ mod tests {
         assert_eq!((done, partial.tasks, partial.peak_rss_mib), (2, CHUNK_TASKS + 3, 900.0));
         assert!(!out.join("rag.json").exists(), "written only when every chunk is done");
 
-        // The same command again carries on: what was done is still there.
+        // While one process carries the run on, a second is refused; the same command afterwards
+        // carries on, and what was done is still there.
+        let error = RunDir::open(&out, &tasks, setup("smollm2-135m")).unwrap_err().to_string();
+        assert!(error.contains("another kenning eval is carrying on"), "{error}");
+        drop(run);
         let again = RunDir::open(&out, &tasks, setup("smollm2-135m")).unwrap();
         assert!(again.done(Condition::Rag, 0).is_some() && again.done(Condition::Rag, 1).is_none());
         again.save(Condition::Rag, 1, &figures(Condition::Rag, &chunk(1), 800.0)).unwrap();
@@ -191,6 +208,8 @@ mod tests {
         let saved: Figures = serde_json::from_str(&std::fs::read_to_string(out.join("rag.json")).unwrap()).unwrap();
         assert_eq!(saved.tasks, tasks.len());
 
+        drop(again);
+
         // Anything that decides the scores changed: refused, saying what.
         let error = RunDir::open(&out, &tasks, setup("qwen2.5-coder-0.5b")).unwrap_err().to_string();
         assert!(error.contains(r#"model: "smollm2-135m" then, "qwen2.5-coder-0.5b" now"#), "{error}");
@@ -199,7 +218,8 @@ mod tests {
         let mut other = tasks.clone();
         other[4].expected = "changed".into();
         assert!(RunDir::open(&out, &other, setup("smollm2-135m")).unwrap_err().to_string().contains("other tasks"));
-        assert!(again.done(Condition::Rag, 1).is_some(), "a refused run touches nothing");
+        let reopened = RunDir::open(&out, &tasks, setup("smollm2-135m")).unwrap();
+        assert_eq!(reopened.merged(Condition::Rag).unwrap().unwrap().1, 3, "a refused run touches nothing");
 
         // A directory holding something else is not taken over.
         let busy = dir.path().join("busy");
