@@ -87,7 +87,7 @@ pub const SAVE_EVERY: usize = 20;
 /// output as it comes.
 pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneError> {
     let mut child = std::process::Command::new(trainer)
-        .args(["--model", run.model, "--train", "--test", "--batch-size", &BATCH_SIZE.to_string(), "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8"])
+        .args(["--model", run.model, "--train", "--test", "--batch-size", &BATCH_SIZE.to_string(), "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8", "--test-batches", "8"])
         .args(["--iters", &run.iters.to_string(), "--num-layers", &run.num_layers.to_string()])
         .args(["--max-seq-length", &run.max_seq_length.to_string(), "--learning-rate", &run.learning_rate.to_string()])
         .args(["--warmup", &(run.iters / 20).to_string()])

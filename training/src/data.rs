@@ -101,6 +101,18 @@ pub fn batches(examples: &[Example], batch_size: usize) -> Vec<Batch> {
     order.chunks(batch_size.max(1)).map(|chunk| make_batch(chunk.iter().map(|&i| &examples[i]))).collect()
 }
 
+/// `n` of `items` spread evenly from the first to the last (all of them when `n` is 0 or not
+/// fewer): a sample of batches sorted by length that covers every length, not only the shortest.
+pub fn spread<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if n == 0 || n >= items.len() {
+        return items.to_vec();
+    }
+    if n == 1 {
+        return vec![items[items.len() / 2].clone()];
+    }
+    (0..n).map(|i| items[i * (items.len() - 1) / (n - 1)].clone()).collect()
+}
+
 fn make_batch<'a>(examples: impl Iterator<Item = &'a Example> + Clone) -> Batch {
     let batch = examples.clone().count();
     let len = examples.clone().map(|e| e.tokens.len() - 1).max().unwrap_or(0);
@@ -122,6 +134,18 @@ fn make_batch<'a>(examples: impl Iterator<Item = &'a Example> + Clone) -> Batch 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_sample_runs_from_the_first_to_the_last() {
+        let items: Vec<usize> = (0..10).collect();
+        assert_eq!(spread(&items, 4), [0, 3, 6, 9]);
+        assert_eq!(spread(&items, 2), [0, 9]);
+        assert_eq!(spread(&items, 1), [5]);
+        assert_eq!(spread(&items, 0), items);
+        assert_eq!(spread(&items, 10), items);
+        assert_eq!(spread(&items, 25), items);
+        assert!(spread::<usize>(&[], 3).is_empty());
+    }
 
     fn chars(text: &str) -> Result<Vec<u32>, String> {
         Ok(text.chars().map(|c| if c == '|' { 1 } else { c as u32 }).collect())

@@ -99,6 +99,10 @@ struct TrainArgs {
     /// Validation batches per evaluation (-1 or 0: all).
     #[arg(long, default_value_t = 25, allow_negative_numbers = true)]
     val_batches: i64,
+    /// Test batches for --test (-1 or 0: all). Batches are sorted by length; a part of them is
+    /// taken evenly from the shortest to the longest (mlx_lm takes the shortest).
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
+    test_batches: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -336,7 +340,7 @@ fn run(args: &TrainArgs) -> Result<()> {
     if args.test {
         let test_texts = split("test")?.with_context(|| format!("no test.jsonl in {}", args.data.display()))?;
         let test_set = examples(&model, &test_texts, args.max_seq_length, "test")?;
-        let batches = data::batches(&test_set, args.batch_size);
+        let batches = data::spread(&data::batches(&test_set, args.batch_size), usize::try_from(args.test_batches).unwrap_or(0));
         let loss = train::evaluate(&model.model, &lora, &weights, &batches, 0)?;
         say(&format!("Test loss {loss:.3}, Test ppl {:.3}.", loss.exp()));
     }
