@@ -65,14 +65,22 @@ impl Paths {
     }
 }
 
-/// Writes `bytes` to `path` whole or not at all: into a sibling first, then renamed over it (its
-/// directory is created). A reader never sees half a file, and a stopped writer leaves the old one.
+/// Writes `bytes` to `path` whole or not at all: into a sibling first, synced, then renamed over it
+/// (its directory is created). A reader never sees half a file, and a stopped writer leaves the old one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let tmp = unique_sibling(path);
-    std::fs::write(&tmp, bytes)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, bytes)?;
+        // On disk before the name points at it: a machine that loses power keeps the old file or the new one.
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })

@@ -103,8 +103,8 @@ pub struct EvalArgs {
     /// holds each mode's scores (for `kenning compare`).
     #[arg(long, value_name = "DIR", requires = "all")]
     out: Option<PathBuf>,
-    /// With --all: how many runs at once (each a process of its own, with its share of the cores
-    /// unless --threads says).
+    /// With --all: how many runs at once (each a process of its own, generating with its share of
+    /// the cores unless --threads says).
     #[arg(long, value_name = "N", default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
     /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote;
@@ -147,8 +147,8 @@ pub struct EvalArgs {
     /// Print each task's prediction to stderr.
     #[arg(long)]
     verbose: bool,
-    /// Print to stderr how many tasks are done and an estimate of the time left (`--all` and
-    /// `kenning train` ask their runs for it).
+    /// Print to stderr how many tasks are done and an estimate of the time left (`kenning train`
+    /// asks its runs for it; `--all` prints a line per chunk done).
     #[arg(long)]
     progress: bool,
     /// Write the figures with every task's score to this file (JSON), to compare a later run with.
@@ -726,6 +726,7 @@ fn run_setup(config: &Config, adapter: Option<&Path>, index: Option<&Path>, type
     let setup = serde_json::json!({
         "generation": generation,
         "completion": config.completion,
+        "index_settings": config.index,
         "adapter": adapter,
         "adapter_weights": weights,
         "index": index,
@@ -875,6 +876,10 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, c
     }
     if rows.iter().all(Result::is_err) {
         bail!("no mode ran");
+    }
+    if !failed.is_empty() {
+        let kept = if args.out.is_some() { "run the same command again to retry what failed" } else { "see the errors above" };
+        bail!("{} mode(s) failed on a chunk (their rows above say where): {kept}", failed.len());
     }
     Ok(())
 }

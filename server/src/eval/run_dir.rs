@@ -36,10 +36,18 @@ const LOCK_FILE: &str = "lock";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct About {
     tasks: usize,
+    /// [`CHUNK_TASKS`] when the run began: scores are kept per chunk.
+    #[serde(default = "first_chunk_tasks")]
+    chunk_tasks: usize,
     /// blake3 of the tasks, one JSON line each.
     tasks_hash: String,
     /// Everything else that decides the scores (model, settings, adapter), as the caller names it.
     setup: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Runs written before their description named their chunk size had chunks of 25 tasks.
+fn first_chunk_tasks() -> usize {
+    25
 }
 
 /// A run's directory.
@@ -56,12 +64,9 @@ impl RunDir {
     /// carries on when it is the same, and is refused otherwise (naming what differs).
     pub fn open(dir: &Path, tasks: &[EvalTask], setup: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
         let lines: Vec<String> = tasks.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-        let about = About { tasks: tasks.len(), tasks_hash: blake3::hash(lines.join("\n").as_bytes()).to_hex().to_string(), setup };
+        let about = About { tasks: tasks.len(), chunk_tasks: CHUNK_TASKS, tasks_hash: blake3::hash(lines.join("\n").as_bytes()).to_hex().to_string(), setup };
         let run_file = dir.join(RUN_FILE);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        if !run_file.exists() && std::fs::read_dir(dir)?.flatten().any(|e| e.file_name() != LOCK_FILE) {
-            bail!("{} is not empty and holds no run: give a new or empty directory to --out", dir.display());
-        }
         // One process carries a run on at a time: a second would do the same work again.
         let lock_path = dir.join(LOCK_FILE);
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
@@ -77,18 +82,21 @@ impl RunDir {
                     bail!("{} holds another run ({difference}): carry it on with what it was run with, or give another --out", dir.display());
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::read_dir(dir)?.flatten().any(|e| e.file_name() != LOCK_FILE) {
+                    bail!("{} is not empty and holds no run: give a new or empty directory to --out", dir.display());
+                }
+                // First: a run stopped while writing its chunks is still this run, carried on.
+                write_atomic(&run_file, serde_json::to_string_pretty(&about)?.as_bytes()).with_context(|| format!("writing {}", run_file.display()))?;
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", run_file.display())),
         }
         let run = Self { dir: dir.to_owned(), chunks: tasks.len().div_ceil(CHUNK_TASKS), _lock: lock };
+        // Written at every start (they follow from the tasks): none is ever missing or damaged.
         for (i, chunk) in lines.chunks(CHUNK_TASKS).enumerate() {
             let file = run.chunk_file(i);
-            if !file.is_file() {
-                write_atomic(&file, (chunk.join("\n") + "\n").as_bytes()).with_context(|| format!("writing {}", file.display()))?;
-            }
+            write_atomic(&file, (chunk.join("\n") + "\n").as_bytes()).with_context(|| format!("writing {}", file.display()))?;
         }
-        // Last: a directory with a description holds all its chunks.
-        write_atomic(&run_file, serde_json::to_string_pretty(&about)?.as_bytes()).with_context(|| format!("writing {}", run_file.display()))?;
         Ok(run)
     }
 
@@ -143,6 +151,9 @@ fn difference(was: &About, now: &About) -> Option<String> {
     }
     if was.tasks_hash != now.tasks_hash {
         return Some("other tasks".into());
+    }
+    if was.chunk_tasks != now.chunk_tasks {
+        return Some(format!("chunks of {} tasks, not {} (another kenning)", was.chunk_tasks, now.chunk_tasks));
     }
     let keys: std::collections::BTreeSet<&String> = was.setup.keys().chain(now.setup.keys()).collect();
     keys.into_iter().find_map(|k| {

@@ -165,9 +165,14 @@ pub fn export(dir: &Path, base: Option<&Path>, out: &Path) -> Result<Exported, L
         ("adapter.type", "lora".to_owned()),
         ("general.name", dir.file_name().map_or_else(|| "adapter".to_owned(), |n| n.to_string_lossy().into_owned())),
     ];
-    let partial = out.with_extension("gguf.partial");
+    // A name of this writer's own: two processes loading the same adapter (`kenning eval --all
+    // --jobs`) each write a whole file and rename it; neither reads nor renames the other's half.
+    let partial = crate::paths::unique_sibling(out);
     write_gguf(&partial, &metadata, alpha, &out_tensors).map_err(|e| file_error(&partial, e))?;
-    std::fs::rename(&partial, out).map_err(|e| file_error(out, e))?;
+    std::fs::rename(&partial, out).map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        file_error(out, e)
+    })?;
     Ok(Exported { path: out.to_owned(), architecture: base.model_type, tensors: out_tensors.len(), rank, alpha })
 }
 
