@@ -28,7 +28,8 @@ pub struct ModelArgs {
     /// `[ask.generation]` first), else qwen2.5-coder-0.5b.
     #[arg(long)]
     model: Option<String>,
-    /// CPU threads for the model while generating (default: the cores, at most 4).
+    /// CPU threads for the model, reading the prompt and generating (default: all the cores
+    /// reading, at most 4 generating).
     #[arg(long)]
     threads: Option<usize>,
     /// A configuration setting over kenning.toml's, as KEY=VALUE with a dotted key and a TOML
@@ -103,8 +104,8 @@ pub struct EvalArgs {
     /// holds each mode's scores (for `kenning compare`).
     #[arg(long, value_name = "DIR", requires = "all")]
     out: Option<PathBuf>,
-    /// With --all: how many runs at once (each a process of its own, generating with its share of
-    /// the cores unless --threads says).
+    /// With --all: how many runs at once (each a process of its own, with its share of the cores
+    /// unless --threads says).
     #[arg(long, value_name = "N", default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
     /// The adapter for ft and hybrid (default: kenning.toml's, else the one `kenning train` wrote;
@@ -227,21 +228,29 @@ fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
         layers.set_toml("--set", &text)?;
     }
     let mut config = layers.resolve()?;
-    if let Some(name) = &model.model {
-        config.generation = config::Generation::Llama {
-            model: name.clone(),
-            adapter: None,
-            threads: model.threads.unwrap_or(0),
-            prefill_threads: 0,
-            shift_cache: true,
-            weights: config::Weights::Auto,
-            context: 4096,
-            family: None,
-        };
-    } else if let (Some(t), config::Generation::Llama { threads, .. }) = (model.threads, &mut config.generation) {
-        *threads = t;
-    }
+    with_model(&mut config.generation, model.model.as_deref(), model.threads);
     Ok(config)
+}
+
+/// `--model NAME` runs NAME with llama.cpp in place of the configured model (the llama.cpp settings
+/// of kenning.toml and `--set` still hold; its adapter and prompt format do not); `--threads N` is
+/// the model's threads both reading the prompt and generating, as llama.cpp's `-t` (a prompt read
+/// on more threads than the process was given would spin against the other processes' threads).
+fn with_model(generation: &mut config::Generation, model: Option<&str>, threads: Option<usize>) {
+    if let Some(name) = model {
+        if !matches!(generation, config::Generation::Llama { .. }) {
+            *generation = config::Generation::default();
+        }
+        if let config::Generation::Llama { model, adapter, family, .. } = generation {
+            name.clone_into(model);
+            *adapter = None;
+            *family = None;
+        }
+    }
+    if let (Some(t), config::Generation::Llama { threads, prefill_threads, .. }) = (threads, generation) {
+        *threads = t;
+        *prefill_threads = t;
+    }
 }
 
 async fn load_model(paths: &Paths, config: &Config) -> Result<Option<Arc<dyn Generator>>> {
@@ -897,5 +906,37 @@ mod tests {
         assert_eq!(offset_of(text, 2, 3).unwrap(), 3 + 4);
         assert_eq!(offset_of(text, 2, 99).unwrap(), 3 + 6);
         assert!(offset_of(text, 9, 1).is_err());
+    }
+
+    #[test]
+    fn model_and_threads_from_the_command_line() {
+        use config::Generation;
+        // A named model keeps the llama.cpp settings given, not the configured adapter or format.
+        let mut g = Generation::Llama {
+            model: "a.gguf".into(),
+            adapter: Some("adapters".into()),
+            threads: 3,
+            prefill_threads: 0,
+            shift_cache: false,
+            weights: config::Weights::AsIs,
+            context: 2048,
+            family: Some(crate::prompt::Family::QwenCoder),
+        };
+        with_model(&mut g, Some("smollm2-135m"), Some(1));
+        let Generation::Llama { model, adapter, threads, prefill_threads, shift_cache, weights, context, family } = g else { panic!("{g:?}") };
+        assert_eq!((model.as_str(), adapter, family), ("smollm2-135m", None, None));
+        assert_eq!((threads, prefill_threads), (1, 1), "--threads is the prompt's threads too");
+        assert_eq!((shift_cache, weights, context), (false, config::Weights::AsIs, 2048));
+        // Another backend is replaced by llama.cpp's defaults; without --threads they stay 0 (auto).
+        let mut g = Generation::None;
+        with_model(&mut g, Some("smollm2-135m"), None);
+        assert!(matches!(&g, Generation::Llama { model, threads: 0, prefill_threads: 0, context: 4096, .. } if model == "smollm2-135m"), "{g:?}");
+        // Without --model the configured model stays and only the threads change.
+        let mut g = Generation::default();
+        with_model(&mut g, None, Some(2));
+        assert!(matches!(&g, Generation::Llama { threads: 2, prefill_threads: 2, .. }), "{g:?}");
+        let mut g = Generation::None;
+        with_model(&mut g, None, Some(2));
+        assert_eq!(g, Generation::None);
     }
 }
