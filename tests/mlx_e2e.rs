@@ -293,6 +293,10 @@ fn eval_all_compares_the_four_modes_on_held_out_lines() {
     let compared = std::process::Command::new(env!("CARGO_BIN_EXE_kenning")).arg("compare").arg("--base").arg(kept.join("none.json")).arg("--with").arg(kept.join("hybrid.json")).arg("--json").output().unwrap();
     let compared = String::from_utf8_lossy(&compared.stdout);
     assert!(compared.contains("\"tasks\":3"), "{compared}");
+    // Only some modes: those alone, from what the run has.
+    let two = parse(&kenning(&[&with_out[..], &["--modes", "ft,none"]].concat()));
+    assert_eq!(two.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["none", "ft"]);
+    same(&two, &[rows[0].clone(), rows[2].clone()]);
     // Carrying on with a setting changed would mix two runs: refused, saying what changed.
     let other = run(&[&with_out[..], &["--set", "completion.prompt_tokens=512"]].concat());
     let stderr = String::from_utf8_lossy(&other.stderr);
@@ -407,6 +411,48 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let out = train(&["--register", "always", "--iters", "3", "--learning-rate", "0.001"]);
     assert!(out.contains("it is left as it is") && !candidate.exists(), "{out}");
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == replaced, "{out}");
+
+    // Completions (a prompt, the loss on what follows it) for SmolLM2, which has no FIM tokens:
+    // mined, written in mlx_lm's completion format and trained on.
+    let other = dir.path().join("completions");
+    let out = train(&["--register", "never", "--fim-per-kb", "4", "--adapter-path", other.to_str().unwrap()]);
+    let train_rows = out.lines().find(|l| l.starts_with("train ")).unwrap_or_else(|| panic!("no counts: {out}"));
+    let fim: usize = train_rows.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(fim > 0 && out.contains("Starting training") && other.join("adapters.safetensors").is_file(), "{out}");
+    let data = std::fs::read_to_string(paths.training_for(&root).join("data").join("train.jsonl")).unwrap();
+    let pairs: Vec<serde_json::Value> = data.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("prompt").is_some()).collect();
+    assert_eq!(pairs.len(), fim, "{out}");
+    assert!(pairs.iter().all(|v| v["completion"].as_str().is_some_and(|c| !c.trim().is_empty())), "{pairs:?}");
+    // The test loss covers the held-out completions (and windows): a number.
+    let test_loss: f64 = out.lines().find_map(|l| l.strip_prefix("Test loss ")?.split(',').next()?.parse().ok()).unwrap_or_else(|| panic!("no test loss: {out}"));
+    assert!(test_loss.is_finite() && test_loss > 0.0, "{out}");
+    // All of them carrying the context a completion there carries, from the index (no held-out
+    // file in it); asked without completions to carry it, refused.
+    // (Examples long enough for a snippet beside the code.)
+    let run = std::process::Command::new(kenning)
+        .arg("train")
+        .arg(&repo)
+        .args(["--model", "smollm2-135m", "--num-layers", "2", "--max-seq-length", "256", "--iters", "2", "--register", "never"])
+        .args(["--fim-per-kb", "4", "--context-share", "1", "--adapter-path", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{out}\n{}", String::from_utf8_lossy(&run.stderr));
+    let carrying: usize = out.lines().find_map(|l| l.split(" fill-in-the-middle examples carry").next().filter(|n| n.len() < l.len())?.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert!(carrying > 0 && out.contains("Starting training"), "{out}");
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(paths.training_for(&root).join("data").join("dataset.json")).unwrap()).unwrap();
+    let held_out: Vec<&str> = split["files"].as_object().unwrap().iter().filter(|(_, s)| s.as_str() != Some("train")).map(|(p, _)| p.as_str()).collect();
+    let prompts = |split: &str| -> Vec<String> {
+        let data = std::fs::read_to_string(paths.training_for(&root).join("data").join(format!("{split}.jsonl"))).unwrap();
+        data.lines().filter_map(|l| Some(serde_json::from_str::<serde_json::Value>(l).ok()?["prompt"].as_str()?.to_owned())).collect()
+    };
+    let all: Vec<String> = ["train", "valid", "test"].into_iter().flat_map(prompts).collect();
+    assert_eq!(all.iter().filter(|p| p.starts_with("// src/")).count(), carrying, "{all:?}");
+    // A snippet is commented, its file named first: no training prompt names a held-out file.
+    assert!(prompts("train").iter().all(|p| held_out.iter().all(|h| !p.contains(&format!("// {h}\n")))), "a held-out file in a prompt");
+    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
 
     // A directory that holds more than an adapter is not taken for one (it would be replaced whole).
     let mine = dir.path().join("mine");

@@ -123,7 +123,7 @@ struct GenerateArgs {
     verbose: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 struct Target {
     /// Index directory (default: a per-workspace directory under the cache root).
     #[arg(long)]

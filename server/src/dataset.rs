@@ -8,10 +8,16 @@
 //! - Whole files go to one split, by a hash of their path (no leakage between splits).
 //! - Fill-in-the-middle examples cut the middle at syntax boundaries (a statement, an expression, a
 //!   function body, the rest of a line) and are written in the model family's FIM format; the
-//!   trainer puts the loss on the middle only. Next-token examples are windows of whole files. Both
+//!   trainer puts the loss on the middle only. A family without FIM tokens gets the same middles
+//!   that end a line as completions of the code before them (`{"prompt", "completion"}`, the loss
+//!   on the completion and the end-of-sequence token after it: where to stop is learnt too).
+//!   Next-token examples are windows of whole files. Both
 //!   are sized to the context length in bytes at the model's own bytes per token, measured with its
 //!   tokenizer on a sample of the files when one is given ([`mine_counted`]); then every example is
 //!   counted, windows that still run over are cut again and middles that do are dropped.
+//! - A share of the fill-in-the-middle examples can carry the context a completion at their place
+//!   would carry ([`Context`]: definitions, signatures, similar code from the index), so that a model
+//!   trained on them learns to use it; never a snippet of a held-out file.
 //! - Identical examples are written once.
 
 use std::collections::HashSet;
@@ -19,7 +25,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::chunk::{self, Language};
-use crate::prompt::Family;
+use crate::prompt::{Family, Snippet};
 use crate::rng::SplitMix64;
 use crate::workspace::{self, SourceFile, WalkItem, WalkOptions};
 
@@ -32,6 +38,50 @@ const SAMPLE_BYTES: usize = 256 * 1024;
 /// Counts the tokens of a text with the model's tokenizer (`None` when it cannot).
 pub type TokenCounter<'a> = &'a (dyn Fn(&str) -> Option<usize> + Sync);
 
+/// The context some fill-in-the-middle examples carry: what a completion at their place would.
+pub struct Context<'a> {
+    /// The repository's name, as completion prompts give it (`<repo_name>`).
+    pub repo: String,
+    /// The share of fill-in-the-middle examples that carry it, from 0 to 1.
+    pub share: f64,
+    /// The snippets a completion carries in the file `path` whose text (the middle taken out) is
+    /// the second argument, at the byte offset given third; oldest first.
+    pub snippets: &'a (dyn Fn(&str, &str, usize) -> Vec<Snippet> + Sync),
+}
+
+/// [`Context`] with the files it must not show.
+struct ContextFor<'a> {
+    context: &'a Context<'a>,
+    /// Files of the valid and test splits: no example shows them.
+    held_out: HashSet<&'a str>,
+}
+
+impl ContextFor<'_> {
+    /// Whether the middle `s..e` of `path` is one of the share that carries context (a hash of
+    /// the place: the same examples in every run, the random draws of the rest untouched).
+    fn chosen(&self, path: &str, s: usize, e: usize) -> bool {
+        let draw = hash64(format!("context {path}:{s}:{e}").as_bytes()) as f64 / u64::MAX as f64;
+        draw < self.context.share
+    }
+
+    /// The snippets for the middle `s..e` of `text`, the newest that `family` renders in at most
+    /// `room` bytes, oldest first; none from a held-out file.
+    fn snippets(&self, family: Family, path: &str, text: &str, (s, e): (usize, usize), room: usize) -> Vec<Snippet> {
+        let without = format!("{}{}", &text[..s], &text[e..]);
+        let found = (self.context.snippets)(path, &without, s);
+        let mut kept: Vec<Snippet> = Vec::new();
+        for snippet in found.into_iter().rev().filter(|n| !self.held_out.contains(n.path.as_str())) {
+            kept.insert(0, snippet);
+            let refs: Vec<&Snippet> = kept.iter().collect();
+            if family.render(&self.context.repo, path, &refs, "", "").len() > room {
+                kept.remove(0);
+                break;
+            }
+        }
+        kept
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatasetOptions {
     pub family: Family,
@@ -39,7 +89,8 @@ pub struct DatasetOptions {
     pub max_seq_length: usize,
     /// Bytes per token used to size examples before they are counted.
     pub bytes_per_token: f64,
-    /// Fill-in-the-middle examples per 1,000 bytes of a file (at least one per file).
+    /// Fill-in-the-middle examples (completions, for a family without FIM tokens) per 1,000 bytes
+    /// of a file (at least one per file; none when 0).
     pub fim_per_kb: f64,
     pub valid_fraction: f64,
     pub test_fraction: f64,
@@ -84,6 +135,20 @@ pub enum SpanKind {
 
 const SPAN_KINDS: [SpanKind; 4] = [SpanKind::Statement, SpanKind::Expression, SpanKind::FunctionBody, SpanKind::RestOfLine];
 
+/// An example as mined from one file, before it is counted.
+struct Mined {
+    span: Option<SpanKind>,
+    text: String,
+    prompt_len: Option<usize>,
+    with_context: bool,
+}
+
+impl Mined {
+    fn window(text: String) -> Self {
+        Self { span: None, text, prompt_len: None, with_context: false }
+    }
+}
+
 /// One example, before it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
@@ -92,6 +157,9 @@ pub struct Example {
     /// `None` for a next-token (whole-window) example.
     pub span: Option<SpanKind>,
     pub text: String,
+    /// Where the completion begins in `text`, for a completion example (written as `prompt` and
+    /// `completion`).
+    pub prompt_len: Option<usize>,
 }
 
 /// Counts per split.
@@ -122,6 +190,8 @@ pub struct Dataset {
     pub tokens_counted: bool,
     /// Fill-in-the-middle examples longer than `max_seq_length` tokens, dropped.
     pub too_long_dropped: usize,
+    /// Fill-in-the-middle examples that carry a completion's context ([`Context`]).
+    pub with_context: usize,
     /// Secrets taken out of the files before any example was made: path, line, kind.
     pub redacted: Vec<(String, u32, &'static str)>,
 }
@@ -150,7 +220,11 @@ impl Dataset {
         for split in Split::ALL {
             let mut text = String::new();
             for e in self.examples.iter().filter(|e| e.split == split) {
-                text.push_str(&serde_json::json!({ "text": e.text }).to_string());
+                let line = match e.prompt_len {
+                    Some(n) => serde_json::json!({ "prompt": e.text[..n], "completion": e.text[n..] }),
+                    None => serde_json::json!({ "text": e.text }),
+                };
+                text.push_str(&line.to_string());
                 text.push('\n');
             }
             std::fs::write(out.join(format!("{}.jsonl", split.name())), text)?;
@@ -198,6 +272,11 @@ pub fn mine(root: &Path, options: &DatasetOptions) -> Dataset {
 /// files, every example counted, none longer than `max_seq_length` tokens with the end-of-sequence
 /// token the trainer appends. `progress` is told the files mined so far of how many, as it goes.
 pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>, progress: &mut dyn FnMut(usize, usize)) -> Dataset {
+    mine_with(root, options, counter, None, progress)
+}
+
+/// [`mine_counted`], a share of the fill-in-the-middle examples carrying `context`.
+pub fn mine_with(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>, context: Option<&Context>, progress: &mut dyn FnMut(usize, usize)) -> Dataset {
     let (files, skipped) = source_files(root);
     let measured = counter.and_then(|count| measure_bytes_per_token(files.iter().map(|f| f.text.as_str()), count));
     let options = &DatasetOptions { bytes_per_token: measured.unwrap_or(options.bytes_per_token), ..options.clone() };
@@ -215,44 +294,51 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
         bytes_per_token: options.bytes_per_token,
         tokens_counted: counter.is_some(),
         too_long_dropped: 0,
+        with_context: 0,
         redacted: files.iter().flat_map(|f| f.redactions.iter().map(|r| (f.meta.rel_path.clone(), r.line, r.kind))).collect(),
     };
     // The trainer appends an end-of-sequence token.
     let limit = options.max_seq_length.saturating_sub(1).max(1);
     let mut seen = HashSet::new();
-    for (done, (file, split)) in files.iter().zip(splits).enumerate() {
+    let context = context.filter(|c| c.share > 0.0).map(|context| ContextFor {
+        context,
+        held_out: files.iter().zip(&splits).filter(|(_, s)| **s != Split::Train).map(|(f, _)| f.meta.rel_path.as_str()).collect(),
+    });
+    for (done, (file, split)) in files.iter().zip(splits.iter().copied()).enumerate() {
         progress(done, files.len());
         dataset.files.insert(file.meta.rel_path.clone(), split);
         let language = Language::from_path(&file.meta.rel_path);
-        let mut examples = next_token_examples(&file.text, options);
+        let mut examples: Vec<Mined> = next_token_examples(&file.text, options).into_iter().map(Mined::window).collect();
         let mut rng = SplitMix64::new(options.seed ^ hash64(file.meta.rel_path.as_bytes()));
-        if options.family.has_fim() {
-            examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, &mut rng));
+        if options.fim_per_kb > 0.0 {
+            examples.extend(fim_examples(&file.meta.rel_path, language, &file.text, options, context.as_ref(), &mut rng));
         }
         dataset.stats_mut(split).files += 1;
         let mut counted = Vec::with_capacity(examples.len());
-        for (span, text) in examples {
+        for mined in examples {
             let Some(count) = counter else {
-                let tokens = (text.len() as f64 / options.bytes_per_token).ceil() as usize;
-                counted.push((span, text, tokens));
+                let tokens = (mined.text.len() as f64 / options.bytes_per_token).ceil() as usize;
+                counted.push((mined, tokens));
                 continue;
             };
-            match span {
-                None => counted.extend(fit_window(text, limit, options.bytes_per_token, count).into_iter().map(|(t, n)| (None, t, n))),
-                Some(_) => match count(&text) {
+            match mined.span {
+                None => counted.extend(fit_window(mined.text, limit, options.bytes_per_token, count).into_iter().map(|(t, n)| (Mined::window(t), n))),
+                // The trainer reads a prompt and its completion each on its own.
+                Some(_) => match mined.prompt_len.map_or_else(|| count(&mined.text), |p| Some(count(&mined.text[..p])? + count(&mined.text[p..])?)) {
                     Some(n) if n > limit => dataset.too_long_dropped += 1,
                     n => {
-                        let n = n.unwrap_or_else(|| (text.len() as f64 / options.bytes_per_token).ceil() as usize);
-                        counted.push((span, text, n));
+                        let n = n.unwrap_or_else(|| (mined.text.len() as f64 / options.bytes_per_token).ceil() as usize);
+                        counted.push((mined, n));
                     }
                 },
             }
         }
-        for (span, text, tokens) in counted {
+        for (Mined { span, text, prompt_len, with_context }, tokens) in counted {
             if !seen.insert(blake3::hash(text.as_bytes())) {
                 dataset.duplicates_dropped += 1;
                 continue;
             }
+            dataset.with_context += usize::from(with_context);
             let stats = dataset.stats_mut(split);
             match span {
                 Some(_) => stats.fim += 1,
@@ -260,7 +346,7 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
             }
             stats.bytes += text.len();
             stats.tokens += tokens;
-            dataset.examples.push(Example { path: file.meta.rel_path.clone(), split, span, text });
+            dataset.examples.push(Example { path: file.meta.rel_path.clone(), split, span, text, prompt_len });
         }
     }
     progress(files.len(), files.len());
@@ -414,7 +500,7 @@ fn fit_window(text: String, max: usize, bytes_per_token: f64, count: TokenCounte
 }
 
 /// Whole-file windows of at most the budget, cut at line ends.
-fn next_token_examples(text: &str, options: &DatasetOptions) -> Vec<(Option<SpanKind>, String)> {
+fn next_token_examples(text: &str, options: &DatasetOptions) -> Vec<String> {
     let max = budget(options).max(64);
     let mut out = Vec::new();
     let mut start = 0;
@@ -428,7 +514,7 @@ fn next_token_examples(text: &str, options: &DatasetOptions) -> Vec<(Option<Span
         }
         let window = &text[start..end];
         if window.trim().len() >= 16 {
-            out.push((None, window.to_owned()));
+            out.push(window.to_owned());
         }
         start = end;
     }
@@ -490,7 +576,18 @@ fn candidates(language: Language, text: &str) -> [Vec<(usize, usize)>; 4] {
     found
 }
 
-fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOptions, rng: &mut SplitMix64) -> Vec<(Option<SpanKind>, String)> {
+/// Fill-in-the-middle examples of one file in the family's format; for a family without FIM
+/// tokens, completions of the code before a middle that ends its line (the code after it is not
+/// in such a prompt), with where the completion begins.
+fn fim_examples(
+    path: &str,
+    language: Language,
+    text: &str,
+    options: &DatasetOptions,
+    context: Option<&ContextFor>,
+    rng: &mut SplitMix64,
+) -> Vec<Mined> {
+    let fim = options.family.has_fim();
     let found = candidates(language, text);
     let wanted = ((text.len() as f64 / 1000.0) * options.fim_per_kb).ceil().max(1.0) as usize;
     let budget = budget(options);
@@ -506,16 +603,34 @@ fn fim_examples(path: &str, language: Language, text: &str, options: &DatasetOpt
             continue;
         }
         let (s, e) = list[rng.below_by_remainder(list.len())];
-        if !used.insert((s, e)) || e - s > budget / 2 {
+        if !used.insert((s, e)) || e - s > budget / 2 || (!fim && !ends_its_line(text, e)) {
             continue;
         }
         let rest = budget - (e - s);
-        let prefix = &text[next_line_start(text, s.saturating_sub(rest * 3 / 4)).min(s)..s];
-        let suffix = &text[e..line_end_before(text, e, e + rest / 4)];
-        let prompt = options.family.render("", path, &[], prefix, suffix);
-        out.push((Some(SPAN_KINDS[kind]), format!("{prompt}{}", &text[s..e])));
+        // Context takes at most half the room; the code around the middle the rest.
+        let snippets = match context {
+            Some(c) if c.chosen(path, s, e) => c.snippets(options.family, path, text, (s, e), rest / 2),
+            _ => Vec::new(),
+        };
+        let (repo, snippets): (&str, Vec<&Snippet>) = match context {
+            Some(c) if !snippets.is_empty() => (&c.context.repo, snippets.iter().collect()),
+            _ => ("", Vec::new()),
+        };
+        let taken = options.family.render(repo, path, &snippets, "", "").len() - options.family.render("", path, &[], "", "").len();
+        let rest = rest.saturating_sub(taken);
+        let before = if fim { rest * 3 / 4 } else { rest };
+        let prefix = &text[next_line_start(text, s.saturating_sub(before)).min(s)..s];
+        let suffix = if fim { &text[e..line_end_before(text, e, e + rest / 4)] } else { "" };
+        let prompt = options.family.render(repo, path, &snippets, prefix, suffix);
+        let prompt_len = (!fim).then_some(prompt.len());
+        out.push(Mined { span: Some(SPAN_KINDS[kind]), text: format!("{prompt}{}", &text[s..e]), prompt_len, with_context: !snippets.is_empty() });
     }
     out
+}
+
+/// Whether only blanks are left of the line after byte `at`.
+fn ends_its_line(text: &str, at: usize) -> bool {
+    text[at..].split('\n').next().is_some_and(|rest| rest.trim().is_empty())
 }
 
 /// The first line start at or after byte `at`.

@@ -1,9 +1,26 @@
 //! Training data in `mlx_lm.lora`'s layout: a directory with `train.jsonl`, `valid.jsonl` and
-//! `test.jsonl`, one `{"text": ...}` object per line. Each text becomes one example of token ids,
-//! ending with the end-of-sequence token. In a fill-in-the-middle example (its text holds the
-//! family's middle token) the loss covers only what follows that token: the completion.
+//! `test.jsonl`, one object per line: `{"text": ...}` or `{"prompt": ..., "completion": ...}`.
+//! Each becomes one example of token ids, ending with the end-of-sequence token. The loss covers a
+//! text whole, except in a fill-in-the-middle example (its text holds the family's middle token),
+//! where it covers only what follows that token; and of a prompt and its completion it covers only
+//! the completion (each tokenized on its own, as a prompt is when a model completes it).
 
 use std::path::{Path, PathBuf};
+
+/// One line of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// `{"text": ...}`.
+    Whole(String),
+    /// `{"prompt": ..., "completion": ...}`: the loss covers the completion only.
+    Completion { prompt: String, completion: String },
+}
+
+impl Text {
+    pub fn whole(text: impl Into<String>) -> Self {
+        Text::Whole(text.into())
+    }
+}
 
 /// One tokenized example; the loss covers the tokens predicted at positions `offset..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +38,7 @@ pub enum DataError {
 }
 
 /// The texts of one split (`train`, `valid`, `test`); an absent file is `None`.
-pub fn read_split(dir: &Path, split: &str) -> Result<Option<Vec<String>>, DataError> {
+pub fn read_split(dir: &Path, split: &str) -> Result<Option<Vec<Text>>, DataError> {
     let path = dir.join(format!("{split}.jsonl"));
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -35,12 +52,14 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Option<Vec<String>>, DataEr
         }
         let line_error = |message: String| DataError::Line { path: path.clone(), line: i + 1, message };
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| line_error(e.to_string()))?;
-        match value.get("text").and_then(|t| t.as_str()) {
-            Some(t) => out.push(t.to_owned()),
-            None => {
+        let field = |name: &str| value.get(name).and_then(|t| t.as_str());
+        match (field("text"), field("prompt"), field("completion")) {
+            (Some(t), None, None) => out.push(Text::whole(t)),
+            (None, Some(prompt), Some(completion)) => out.push(Text::Completion { prompt: prompt.to_owned(), completion: completion.to_owned() }),
+            _ => {
                 return Err(line_error(
-                    "expected an object with a \"text\" string (kenning dataset writes this format; chat and \
-                     prompt/completion data are not supported yet)"
+                    "expected an object with a \"text\" string, or \"prompt\" and \"completion\" strings (kenning dataset \
+                     writes these; chat data is not supported yet)"
                         .into(),
                 ));
             }
@@ -51,9 +70,10 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Option<Vec<String>>, DataEr
 
 /// Tokenizes texts into examples: `encode` turns text into ids (special tokens recognized),
 /// `eos` is appended when missing, examples are cut to `max_len` tokens, and `middle` (the FIM
-/// middle token, when the model has one) starts the loss after its first occurrence.
+/// middle token, when the model has one) starts the loss of a whole text after its first
+/// occurrence; a completion's loss starts at its first token.
 pub fn tokenize(
-    texts: &[String],
+    texts: &[Text],
     mut encode: impl FnMut(&str) -> Result<Vec<u32>, String>,
     eos: u32,
     middle: Option<u32>,
@@ -62,11 +82,23 @@ pub fn tokenize(
     let mut truncated = 0;
     let mut out = Vec::with_capacity(texts.len());
     for text in texts {
-        let mut tokens = encode(text)?;
+        let (mut tokens, offset) = match text {
+            Text::Whole(text) => {
+                let tokens = encode(text)?;
+                let offset = middle.and_then(|m| tokens.iter().position(|&t| t == m)).unwrap_or(0);
+                (tokens, offset)
+            }
+            Text::Completion { prompt, completion } => {
+                let mut tokens = encode(prompt)?;
+                // The position whose next token is the completion's first.
+                let offset = tokens.len().saturating_sub(1);
+                tokens.extend(encode(completion)?);
+                (tokens, offset)
+            }
+        };
         if tokens.last() != Some(&eos) {
             tokens.push(eos);
         }
-        let offset = middle.and_then(|m| tokens.iter().position(|&t| t == m)).unwrap_or(0);
         if tokens.len() > max_len {
             tokens.truncate(max_len);
             truncated += 1;
@@ -153,7 +185,7 @@ mod tests {
 
     #[test]
     fn eos_is_appended_and_the_loss_starts_after_the_middle_token() {
-        let texts = vec!["ab|cd".to_owned(), "xy".to_owned()];
+        let texts = vec![Text::whole("ab|cd"), Text::whole("xy")];
         let (examples, truncated) = tokenize(&texts, chars, 0, Some(1), 100).unwrap();
         assert_eq!(truncated, 0);
         assert_eq!(examples[0], Example { tokens: vec![97, 98, 1, 99, 100, 0], offset: 2 });
@@ -167,11 +199,30 @@ mod tests {
 
     #[test]
     fn long_examples_are_cut_and_useless_ones_dropped() {
-        let texts = vec!["abcdefgh".to_owned(), "abcdef|gh".to_owned(), "".to_owned()];
+        let texts = vec![Text::whole("abcdefgh"), Text::whole("abcdef|gh"), Text::whole("")];
         let (examples, truncated) = tokenize(&texts, chars, 0, Some(1), 4).unwrap();
         assert_eq!(truncated, 2);
         // The FIM example lost its middle to the cut: dropped; the empty text is just EOS: dropped.
         assert_eq!(examples, vec![Example { tokens: vec![97, 98, 99, 100], offset: 0 }]);
+    }
+
+    #[test]
+    fn a_completion_is_the_loss_after_its_prompt_tokenized_on_its_own() {
+        // Tokens that span the boundary: "ab" is one token when read together.
+        let pairs = |text: &str| -> Result<Vec<u32>, String> { Ok(text.as_bytes().chunks(2).map(|c| c.iter().map(|&b| u32::from(b)).sum()).collect()) };
+        let texts = vec![
+            Text::Completion { prompt: "xa".into(), completion: "bc".into() },
+            // An empty prompt: every token after the first counts, as in a whole text.
+            Text::Completion { prompt: String::new(), completion: "a|b".into() },
+        ];
+        let (examples, truncated) = tokenize(&texts, pairs, 0, Some(1), 100).unwrap();
+        assert_eq!(truncated, 0);
+        // "xa" and "bc" each one token: the one read after the prompt is the first counted, and
+        // the middle token of the FIM format means nothing in a completion.
+        assert_eq!(examples[0], Example { tokens: vec![120 + 97, 98 + 99, 0], offset: 0 });
+        assert_eq!(examples[1], Example { tokens: vec![97 + 124, 98, 0], offset: 0 });
+        let b = batches(&examples[..1], 1);
+        assert_eq!((b[0].mask.clone(), b[0].tokens), (vec![1.0, 1.0], 2));
     }
 
     #[test]
@@ -189,9 +240,11 @@ mod tests {
     fn a_line_without_text_is_an_error_naming_the_line() {
         let dir = std::env::temp_dir().join(format!("kenning-data-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("train.jsonl"), "{\"text\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+        std::fs::write(dir.join("train.jsonl"), "{\"text\": \"a\"}\n\n{\"prompt\": \"b\", \"completion\": \"c\"}\n{\"prompt\": \"b\"}\n").unwrap();
         let err = read_split(&dir, "train").unwrap_err().to_string();
-        assert!(err.contains("train.jsonl:3:"), "{err}");
+        assert!(err.contains("train.jsonl:4:"), "{err}");
+        std::fs::write(dir.join("train.jsonl"), "{\"text\": \"a\"}\n\n{\"prompt\": \"b\", \"completion\": \"c\"}\n").unwrap();
+        assert_eq!(read_split(&dir, "train").unwrap().unwrap(), [Text::whole("a"), Text::Completion { prompt: "b".into(), completion: "c".into() }]);
         assert!(read_split(&dir, "valid").unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }

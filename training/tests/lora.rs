@@ -87,7 +87,8 @@ fn mlx_lm_logits(adapter: &Path) -> (Vec<u32>, Vec<f32>) {
 }
 
 fn tokenized(model: &TextModel, texts: &[String]) -> Vec<data::Example> {
-    data::tokenize(texts, |t| model.encode(t).map_err(|e| e.to_string()), model.eos().unwrap(), None, 64).unwrap().0
+    let texts: Vec<data::Text> = texts.iter().map(data::Text::whole).collect();
+    data::tokenize(&texts, |t| model.encode(t).map_err(|e| e.to_string()), model.eos().unwrap(), None, 64).unwrap().0
 }
 
 fn options(iters: usize, learning_rate: f32) -> TrainOptions {

@@ -99,6 +99,10 @@ pub struct EvalArgs {
     /// Run the four modes, each in a process of its own, and print them side by side.
     #[arg(long)]
     all: bool,
+    /// With --all: only these modes (comma-separated), e.g. `ft,hybrid` for another adapter, to
+    /// compare with a run that has none and rag already (`kenning compare`).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "all")]
+    modes: Vec<Condition>,
     /// With --all: keep the run in DIR as it goes (chunks of 25 tasks, every mode's scores on each):
     /// stopped at any point, the same command carries on where it was. At the end DIR/MODE.json
     /// holds each mode's scores (for `kenning compare`).
@@ -326,6 +330,11 @@ fn offset_of(text: &str, line: usize, col: usize) -> Result<usize> {
 fn find_root(file: &Path) -> PathBuf {
     let dir = file.parent().unwrap_or(Path::new("/"));
     dir.ancestors().find(|d| d.join(".git").exists()).unwrap_or(dir).to_owned()
+}
+
+/// Retrieval from the workspace's own index (none when it is not indexed, said on stderr).
+pub(super) async fn workspace_retrieval(paths: &Paths, root: &Path, config: &Config) -> Result<Retrieval> {
+    retrieval_for(paths, &Target::default(), root, config, true).await
 }
 
 async fn retrieval_for(paths: &Paths, target: &Target, root: &Path, config: &Config, enabled: bool) -> Result<Retrieval> {
@@ -774,7 +783,8 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, c
         typed_before: args.typed_before,
         progress: false,
     };
-    let modes: Vec<Condition> = Condition::ALL.into_iter().filter(|m| !m.adapter() || adapter.is_some()).collect();
+    let asked: Vec<Condition> = Condition::ALL.into_iter().filter(|m| args.modes.is_empty() || args.modes.contains(m)).collect();
+    let modes: Vec<Condition> = asked.iter().copied().filter(|m| !m.adapter() || adapter.is_some()).collect();
     // Chunk by chunk, every mode on each: a run stopped early has all of them on the same tasks.
     let units: Vec<(usize, Condition)> = (0..run.chunks()).flat_map(|i| modes.iter().map(move |&m| (i, m))).filter(|&(i, m)| run.done(m, i).is_none()).collect();
     let show = args.progress || !args.json;
@@ -834,7 +844,7 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, c
     });
     let failed = failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut rows = Vec::new();
-    for mode in Condition::ALL {
+    for mode in asked {
         if mode.adapter() && adapter.is_none() {
             let train = if index.is_some() { "`kenning train` on the snapshot named above".to_owned() } else { format!("`kenning train {}`", root.display()) };
             rows.push(Err(format!("{}: no adapter (run {train}, or give --adapter DIR)", mode.name())));

@@ -33,8 +33,9 @@ pub struct DatasetArgs {
     /// Longest example in tokens (counted with the model's tokenizer when it is at hand).
     #[arg(long, default_value_t = 1024)]
     max_seq_length: usize,
-    /// Fill-in-the-middle examples per 1,000 bytes of code.
-    #[arg(long, default_value_t = 1.0)]
+    /// Fill-in-the-middle examples per 1,000 bytes of code (for a family without FIM tokens,
+    /// completions of the code before a middle that ends its line; 0: none).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     fim_per_kb: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -57,6 +58,11 @@ fn options(family: Family, max_seq_length: usize, fim_per_kb: f64, seed: u64) ->
 /// Mines and writes a dataset, printing counts and a sample. Examples are sized with the model's
 /// tokenizer when it is at hand, else at an estimated 3.5 bytes per token.
 fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, options: &DatasetOptions) -> Result<dataset::Dataset> {
+    mine_with_context(paths, root, model, out_dir, options, None)
+}
+
+/// [`mine_and_report`], a share of the fill-in-the-middle examples carrying `context`.
+fn mine_with_context(paths: &Paths, root: &Path, model: &str, out_dir: &Path, options: &DatasetOptions, context: Option<&dataset::Context>) -> Result<dataset::Dataset> {
     let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
     let counter = match finetune::tokenizer(paths, model) {
         Ok((counter, from)) => {
@@ -71,7 +77,7 @@ fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, opti
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} files, eta {eta}").expect("valid template").progress_chars("=> "));
     bar.set_prefix("mining");
-    let data = dataset::mine_counted(&root, options, counter.as_deref().map(|c| c as dataset::TokenCounter), &mut |done, total| {
+    let data = dataset::mine_with(&root, options, counter.as_deref().map(|c| c as dataset::TokenCounter), context, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -89,6 +95,9 @@ fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, opti
             "sized at {:.2} bytes per token (measured); every example ≤ {} tokens ({} middles that ran over dropped)",
             data.bytes_per_token, options.max_seq_length, data.too_long_dropped
         ));
+    }
+    if let Some(c) = context {
+        out(&format!("{} fill-in-the-middle examples carry a completion's context ({:.0} % asked for; a place with no snippet found carries none)", data.with_context, c.share * 100.0));
     }
     out(&format!("{} duplicate examples dropped; {} files skipped (ignored, secret, binary, too large)", data.duplicates_dropped, data.skipped_files));
     if !data.redacted.is_empty() {
@@ -131,6 +140,18 @@ pub struct TrainArgs {
     max_seq_length: usize,
     #[arg(long, default_value_t = 1e-4)]
     learning_rate: f32,
+    /// Fill-in-the-middle examples per 1,000 bytes of code, beside the windows of whole files. For
+    /// a model without FIM tokens (SmolLM2) they are completions of the code before a middle that
+    /// ends its line, the loss on the completion and its end. Default: 1 for a model with FIM
+    /// tokens, 0 for one without (not yet shown to help it).
+    #[arg(long, value_parser = non_negative)]
+    fim_per_kb: Option<f64>,
+    /// The share of those examples (0 to 1) that carry the context a completion at their place
+    /// carries (definitions, signatures and similar code from the workspace's index, as
+    /// `[completion]` chooses it; never from a held-out file), so that the adapter learns to use
+    /// it. Needs the workspace indexed. Default 0 (not yet shown to help).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    context_share: f64,
     /// Write the adapter here (default: next to the workspace's index).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
@@ -163,6 +184,14 @@ pub struct TrainArgs {
     /// finished is not trained again).
     #[arg(long)]
     fresh: bool,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| format!("{s:?} is not a share from 0 to 1"))
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| format!("{s:?} is not a number of 0 or more"))
 }
 
 fn finite(s: &str) -> Result<f64, String> {
@@ -342,7 +371,35 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         remove_dir_if_there(&trained)?;
     }
     let family = Family::detect(&args.model);
-    let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options(family, args.max_seq_length, 1.0, 0)))?;
+    let fim_per_kb = args.fim_per_kb.unwrap_or(if family.has_fim() { 1.0 } else { 0.0 });
+    let data = phases.time("mining", || -> Result<dataset::Dataset> {
+        let options = options(family, args.max_seq_length, fim_per_kb, 0);
+        if args.context_share == 0.0 {
+            return mine_and_report(paths, &root, &args.model, &data_dir, &options);
+        }
+        if fim_per_kb == 0.0 {
+            bail!("--context-share is for fill-in-the-middle examples, and none are asked for: give --fim-per-kb too");
+        }
+        if !paths.index_for(&root).exists() {
+            bail!("--context-share needs the workspace indexed, to find what a completion carries: run `kenning index {}` first", root.display());
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let config = crate::config::Layers::from_workspace(&root)?.resolve()?;
+        let retrieval = runtime.block_on(super::assist::workspace_retrieval(paths, &root, &config))?;
+        let find = |path: &str, text: &str, offset: usize| {
+            let request = crate::complete::CompletionRequest {
+                repo: String::new(),
+                language: crate::chunk::Language::from_path(path),
+                path: path.to_owned(),
+                text: text.to_owned(),
+                offset,
+                buffers: Vec::new(),
+            };
+            runtime.block_on(crate::complete::context_for(&request, &retrieval, &config.completion))
+        };
+        let context = dataset::Context { repo: crate::session::workspace_name(&root), share: args.context_share, snippets: &find };
+        mine_with_context(paths, &root, &args.model, &data_dir, &options, Some(&context))
+    })?;
     let train = data.stats(Split::Train);
     let iters = match args.iters {
         Some(iters) => iters as usize,

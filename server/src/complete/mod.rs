@@ -205,8 +205,8 @@ impl Completer {
     /// completions (`kenning complete`, `kenning eval`).
     pub async fn prepare(&self, request: &CompletionRequest, retrieval: &Retrieval) {
         let snippets = gather(request, retrieval, &self.settings).await;
-        let local = self.local_for_filter(&request.text, request.offset);
-        let room = self.context_room(request);
+        let local = local_for_filter(&self.settings, &request.text, request.offset);
+        let room = context_room(&self.settings, request);
         let mut state = self.context.lock().expect("context lock");
         state.ring.resize(room);
         state.ring.add(snippets, &local);
@@ -228,24 +228,6 @@ impl Completer {
     /// An edited or saved document: ring snippets from it that no longer match are dropped.
     pub fn document_changed(&self, path: &str, text: &str) {
         self.context.lock().expect("context lock").ring.refresh_file(path, text);
-    }
-
-    /// The code around the cursor as the ring sees it: what it must not repeat
-    /// (`completion.drop_local_repeats`, llama.vim's rule) and what a snippet cut to fit keeps the
-    /// window most like (`completion.trim_to_fit`); empty when the ring reads neither. Dropping repeats,
-    /// measured on the tokio API tasks (40, cursor before a cross-file call): edit similarity
-    /// 47.7 % with it, 50.8 % without.
-    fn local_for_filter(&self, text: &str, offset: usize) -> String {
-        if ring_policy(&self.settings).reads_local() { ring::local_window(text, offset).to_owned() } else { String::new() }
-    }
-
-    /// The ring's budget at `request`'s place: what the full prompt's prefix and suffix leave
-    /// there ([`Budget::context_at`]). On the tokio API tasks (40, 31 of them less than 768 tokens
-    /// into their file) the fixed share alone (664 tokens) gave 47.9 % edit similarity, this 52.3 %
-    /// (README, "Completions").
-    fn context_room(&self, request: &CompletionRequest) -> usize {
-        let (prefix, suffix) = request.text.split_at(request.offset);
-        full_budget(&self.settings).context_at(self.settings.prompt_tokens, prefix, suffix)
     }
 
     /// How prompts are built: the full budget once the place is warm, else the first-request one.
@@ -406,9 +388,9 @@ impl Completer {
     /// computed before the first ghost text there.
     async fn gather_for_place(&self, request: &CompletionRequest, retrieval: &Retrieval) {
         let found = gather(request, retrieval, &self.settings).await;
-        let local = self.local_for_filter(&request.text, request.offset);
+        let local = local_for_filter(&self.settings, &request.text, request.offset);
         let (now, later) = ring::split_allowance(found, prompt::first_context(self.settings.first_prompt_tokens));
-        let room = self.context_room(request);
+        let room = context_room(&self.settings, request);
         let mut state = self.context.lock().expect("context lock");
         state.ring.resize(room);
         state.ring.add(now, &local);
@@ -798,6 +780,34 @@ fn ring_policy(settings: &config::CompletionSettings) -> ring::Policy {
 }
 
 /// The budget of a warm place's prompt under `settings`.
+/// The code around the cursor as the ring sees it: what it must not repeat
+/// (`completion.drop_local_repeats`, llama.vim's rule) and what a snippet cut to fit keeps the
+/// window most like (`completion.trim_to_fit`); empty when the ring reads neither. Dropping repeats,
+/// measured on the tokio API tasks (40, cursor before a cross-file call): edit similarity
+/// 47.7 % with it, 50.8 % without.
+fn local_for_filter(settings: &config::CompletionSettings, text: &str, offset: usize) -> String {
+    if ring_policy(settings).reads_local() { ring::local_window(text, offset).to_owned() } else { String::new() }
+}
+
+/// The ring's budget at `request`'s place: what the full prompt's prefix and suffix leave
+/// there ([`Budget::context_at`]). On the tokio API tasks (40, 31 of them less than 768 tokens
+/// into their file) the fixed share alone (664 tokens) gave 47.9 % edit similarity, this 52.3 %
+/// (README, "Completions").
+fn context_room(settings: &config::CompletionSettings, request: &CompletionRequest) -> usize {
+    let (prefix, suffix) = request.text.split_at(request.offset);
+    full_budget(settings).context_at(settings.prompt_tokens, prefix, suffix)
+}
+
+/// The context a completion at `request` carries once its place is warm (what
+/// [`Completer::prepare`] puts in a new completer's ring), oldest first; no model is needed. For
+/// training examples that carry what the completion prompt carries.
+pub async fn context_for(request: &CompletionRequest, retrieval: &Retrieval, settings: &config::CompletionSettings) -> Vec<Snippet> {
+    let snippets = gather(request, retrieval, settings).await;
+    let mut ring = Ring::with_policy(context_room(settings, request), ring_policy(settings));
+    ring.add(snippets, &local_for_filter(settings, &request.text, request.offset));
+    ring.snippets_for("")
+}
+
 fn full_budget(settings: &config::CompletionSettings) -> Budget {
     Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens)
 }

@@ -216,10 +216,40 @@ fn a_window_over_the_limit_is_cut_at_line_ends_until_it_fits() {
 }
 
 #[test]
-fn a_family_without_fim_gets_next_token_examples_only() {
-    let (_dir, dataset) = mined(&DatasetOptions { family: Family::Plain, ..DatasetOptions::default() });
-    assert!(!dataset.examples.is_empty());
-    assert!(dataset.examples.iter().all(|e| e.span.is_none()));
+fn a_family_without_fim_gets_completions_of_the_code_before_a_middle_that_ends_its_line() {
+    let options = DatasetOptions { family: Family::Plain, fim_per_kb: 12.0, ..DatasetOptions::default() };
+    let (dir, dataset) = mined(&options);
+    let completions: Vec<&Example> = dataset.examples.iter().filter(|e| e.span.is_some()).collect();
+    assert!(completions.len() >= 8, "{}", completions.len());
+    for e in &completions {
+        let original = std::fs::read_to_string(dir.path().join(&e.path)).unwrap();
+        let at = e.prompt_len.expect("a completion says where it begins");
+        let (prompt, completion) = e.text.split_at(at);
+        // The prompt is the file's text just before the completion, from a line start; the
+        // completion runs to the end of its line (only blanks after it).
+        let start = original.find(&e.text).unwrap_or_else(|| panic!("{}: not in the file:\n{}", e.path, e.text));
+        assert!(start == 0 || original[..start].ends_with('\n'), "{prompt:?}");
+        assert!(!completion.trim().is_empty());
+        let after = &original[start + e.text.len()..];
+        assert!(after.split('\n').next().unwrap().trim().is_empty(), "{completion:?} is followed by {after:?}");
+    }
+    // Windows of whole files are whole texts.
+    assert!(dataset.examples.iter().filter(|e| e.span.is_none()).all(|e| e.prompt_len.is_none()));
+    let out = dir.path().join("out");
+    dataset.write(&out).unwrap();
+    let written: Vec<serde_json::Value> = Split::ALL
+        .iter()
+        .flat_map(|s| std::fs::read_to_string(out.join(format!("{}.jsonl", s.name()))).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>())
+        .collect();
+    let pairs = written.iter().filter(|v| v.get("prompt").is_some()).count();
+    assert_eq!(pairs, completions.len());
+    let first = completions[0];
+    let line = written.iter().find(|v| v["completion"].as_str().is_some_and(|c| first.text.ends_with(c) && v["prompt"].as_str().is_some_and(|p| first.text.starts_with(p) && p.len() + c.len() == first.text.len())));
+    assert!(line.is_some(), "{:?} is not written as its prompt and completion", first.text);
+    // With none asked for, only windows.
+    let (_dir, windows) = mined(&DatasetOptions { family: Family::Plain, fim_per_kb: 0.0, ..DatasetOptions::default() });
+    assert!(!windows.examples.is_empty());
+    assert!(windows.examples.iter().all(|e| e.span.is_none() && e.prompt_len.is_none()));
 }
 
 #[test]
@@ -294,4 +324,61 @@ fn eval_tasks_cut_code_lines_of_the_held_out_files_only() {
 fn file_splits_are_the_splits_mine_assigns() {
     let (dir, dataset) = mined(&DatasetOptions::default());
     assert_eq!(file_splits(dir.path(), &DatasetOptions::default()), dataset.files);
+}
+
+#[test]
+fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let splits = file_splits(dir.path(), &DatasetOptions::default());
+    let held_out: Vec<&str> = splits.iter().filter(|(_, s)| **s != Split::Train).map(|(p, _)| p.as_str()).collect();
+    assert!(!held_out.is_empty());
+    // What retrieval would find: one snippet of every other file (held-out ones included), then a
+    // note as the newest.
+    let asked: Mutex<Vec<(String, String, usize)>> = Mutex::default();
+    let find = |path: &str, text: &str, offset: usize| {
+        asked.lock().unwrap().push((path.to_owned(), text.to_owned(), offset));
+        let snippet = |path: &str, text: &str| Snippet { path: path.into(), start_line: 1, end_line: 1, text: text.into(), source: crate::prompt::Source::Retrieved };
+        let mut found: Vec<Snippet> = splits.keys().filter(|p| p.as_str() != path).map(|p| snippet(p, &format!("fn from_{}() {{}}\n", p.len()))).collect();
+        found.push(snippet("notes.md", "# Notes\n"));
+        found
+    };
+    let options = DatasetOptions { family: Family::Plain, fim_per_kb: 12.0, max_seq_length: 200, ..DatasetOptions::default() };
+    let context = Context { repo: "shop".into(), share: 0.5, snippets: &find };
+    let dataset = mine_with(dir.path(), &options, None, Some(&context), &mut |_, _| {});
+    let middles: Vec<&Example> = dataset.examples.iter().filter(|e| e.span.is_some()).collect();
+    let carrying: Vec<&&Example> = middles.iter().filter(|e| e.text.starts_with("// ") || e.text.starts_with("# ")).collect();
+    assert_eq!(carrying.len(), dataset.with_context);
+    // About half of them (a hash of the place decides), not all and not none.
+    assert!(carrying.len() * 5 >= middles.len() && carrying.len() * 5 <= middles.len() * 4, "{} of {}", carrying.len(), middles.len());
+    for e in &carrying {
+        let prompt = &e.text[..e.prompt_len.unwrap()];
+        // Newest last, within half the room: the note always; never a held-out file.
+        let comment = if e.path.ends_with(".py") { "#" } else { "//" };
+        assert!(prompt.contains(&format!("{comment} notes.md\n")), "{prompt}");
+        for path in held_out.iter().filter(|p| **p != e.path) {
+            assert!(!prompt.contains(&format!("{comment} {path}\n")), "{path} shown in {prompt}");
+        }
+        // Then the file's own name and the code before the middle.
+        let original = std::fs::read_to_string(dir.path().join(&e.path)).unwrap();
+        let own = format!("{comment} {}\n", e.path);
+        let code = &e.text[e.text.find(&own).unwrap() + own.len()..];
+        assert!(original.contains(code), "{code:?}");
+        assert!(e.text.len() <= (200.0 * BYTES_PER_TOKEN) as usize, "{}", e.text.len());
+    }
+    // Retrieval was asked with the middle taken out of the file, the cursor where it was.
+    for (path, text, offset) in asked.lock().unwrap().iter() {
+        let original = std::fs::read_to_string(dir.path().join(path)).unwrap();
+        assert!(text.len() < original.len() && original.starts_with(&text[..*offset]) && original.ends_with(&text[*offset..]), "{path}:{offset}");
+    }
+    // The same places carry context in the FIM format, and only these: the middles are drawn as
+    // without context (the default's examples do not move).
+    let qwen = mine_with(dir.path(), &DatasetOptions { fim_per_kb: 12.0, ..DatasetOptions::default() }, None, Some(&Context { share: 1.0, ..context }), &mut |_, _| {});
+    let plain = mine(dir.path(), &DatasetOptions { fim_per_kb: 12.0, ..DatasetOptions::default() });
+    let with: Vec<&Example> = qwen.examples.iter().filter(|e| e.span.is_some()).collect();
+    assert_eq!(with.len(), plain.examples.iter().filter(|e| e.span.is_some()).count());
+    assert!(with.iter().all(|e| e.text.starts_with("<|repo_name|>shop\n<|file_sep|>")), "{:?}", with[0].text);
+    assert_eq!(qwen.with_context, with.len());
+    assert_eq!(plain.with_context, 0);
 }

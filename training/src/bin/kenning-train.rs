@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kenning_formats::adapter::{STATE_FILE, WEIGHTS_FILE, checkpoint_file};
-use kenning_training::data::{self, Example};
+use kenning_training::data::{self, Example, Text};
 use kenning_training::lora::{Lora, LoraParameters};
 use kenning_training::models;
 use kenning_training::text::TextModel;
@@ -192,7 +192,7 @@ fn load_model(model: &str) -> Result<(PathBuf, TextModel)> {
     Ok((dir, text))
 }
 
-fn examples(model: &TextModel, texts: &[String], max_len: usize, split: &str) -> Result<Vec<Example>> {
+fn examples(model: &TextModel, texts: &[Text], max_len: usize, split: &str) -> Result<Vec<Example>> {
     let eos = model.eos().context("the tokenizer has no end-of-sequence token")?;
     // The token after which a FIM example's completion starts (Codestral has none: its loss covers all).
     let middle = ["<|fim_middle|>", "<fim_middle>", "<｜fim▁end｜>", "<MID>"].iter().find_map(|t| model.token_id(t));
@@ -354,10 +354,15 @@ fn time_left(elapsed: f64, done: usize, iter: usize, iters: usize) -> String {
     format!("{:.0}% done, about {} left", 100.0 * iter as f64 / iters.max(1) as f64, kenning_formats::clock(left))
 }
 
-/// FNV-1a of texts, each ended by a 0 byte, and how many there are.
-fn texts_hash(texts: &[String]) -> String {
+/// FNV-1a of texts, each ended by a 0 byte (a prompt by a 1 byte before its completion), and how
+/// many there are.
+fn texts_hash(texts: &[Text]) -> String {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for b in texts.iter().flat_map(|t| t.bytes().chain([0])) {
+    let bytes = texts.iter().flat_map(|t| match t {
+        Text::Whole(text) => Box::new(text.bytes().chain([0])) as Box<dyn Iterator<Item = u8>>,
+        Text::Completion { prompt, completion } => Box::new(prompt.bytes().chain([1]).chain(completion.bytes()).chain([0])),
+    });
+    for b in bytes {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{hash:016x}/{}", texts.len())
@@ -366,7 +371,7 @@ fn texts_hash(texts: &[String]) -> String {
 /// What a run is asked to do, as `key=value` lines: a saved state is carried on only by a run with
 /// the same lines. The data counts by its content, not its path; the starting weights by the seed
 /// that draws them or the content of `--resume-adapter-file`.
-fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[String], valid: &[String]) -> Result<String> {
+fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[Text], valid: &[Text]) -> Result<String> {
     let schedule = match args.lr_schedule {
         LrSchedule::Constant => "constant",
         LrSchedule::Cosine => "cosine",
@@ -374,7 +379,7 @@ fn fingerprint(args: &TrainArgs, model_dir: &Path, train: &[String], valid: &[St
     let init = match &args.resume_adapter_file {
         Some(file) => {
             let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            format!("file {}", texts_hash(&[String::from_utf8_lossy(&bytes).into_owned()]))
+            format!("file {}", texts_hash(&[Text::Whole(String::from_utf8_lossy(&bytes).into_owned())]))
         }
         None => "fresh".to_owned(),
     };
@@ -507,11 +512,11 @@ mod tests {
     #[test]
     fn what_changed_between_two_runs_is_named() {
         let args = Cli::parse_from(["kenning-train", "--train", "--iters", "200"]).train;
-        let texts = ["fn a() {}".to_owned()];
+        let texts = [Text::whole("fn a() {}")];
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("my model");
         std::fs::create_dir(&model).unwrap();
-        let print = |args: &TrainArgs, train: &[String], valid: &[String]| fingerprint(args, &model, train, valid).unwrap();
+        let print = |args: &TrainArgs, train: &[Text], valid: &[Text]| fingerprint(args, &model, train, valid).unwrap();
         let saved = print(&args, &texts, &[]);
         assert_eq!(saved, print(&args, &texts, &[]), "the same run, the same lines");
         assert!(differences(&saved, &saved).is_empty());
@@ -523,8 +528,12 @@ mod tests {
         // Other data, even the same texts split otherwise, is another run.
         let moved = differences(&saved, &print(&args, &[], &texts));
         assert!(moved.len() == 2 && moved[0].starts_with("train_data: ") && moved[1].starts_with("valid_data: "), "{moved:?}");
-        let split = |a: &[&str], b: &[&str]| print(&args, &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &b.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let split = |a: &[&str], b: &[&str]| print(&args, &a.iter().map(|&s| Text::whole(s)).collect::<Vec<_>>(), &b.iter().map(|&s| Text::whole(s)).collect::<Vec<_>>());
         assert_ne!(split(&["x"], &["y", ""]), split(&["x", "", "y"], &[]));
+        // Where a prompt ends is part of the data.
+        let cut = |at: usize| print(&args, &[Text::Completion { prompt: "abcd"[..at].into(), completion: "abcd"[at..].into() }], &[]);
+        assert_ne!(cut(1), cut(2));
+        assert_ne!(cut(2), print(&args, &[Text::whole("abcd")], &[]));
         // Other starting weights too.
         let file = dir.path().join("start.safetensors");
         std::fs::write(&file, b"weights").unwrap();
