@@ -64,8 +64,9 @@ impl ContextFor<'_> {
         draw < self.context.share
     }
 
-    /// The snippets for the middle `s..e` of `text`, the newest that `family` renders in at most
-    /// `room` bytes, oldest first; none from a held-out file.
+    /// The snippets for the middle `s..e` of `text`: from the newest on, each that `family` still
+    /// renders in at most `room` bytes with those taken before it, in their order; none from a
+    /// held-out file.
     fn snippets(&self, family: Family, path: &str, text: &str, (s, e): (usize, usize), room: usize) -> Vec<Snippet> {
         let without = format!("{}{}", &text[..s], &text[e..]);
         let found = (self.context.snippets)(path, &without, s);
@@ -75,7 +76,6 @@ impl ContextFor<'_> {
             let refs: Vec<&Snippet> = kept.iter().collect();
             if family.render(&self.context.repo, path, &refs, "", "").len() > room {
                 kept.remove(0);
-                break;
             }
         }
         kept

@@ -37,6 +37,10 @@ pub struct DatasetArgs {
     /// completions of the code before a middle that ends its line; 0: none).
     #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     fim_per_kb: f64,
+    /// The share of those examples (0 to 1) that carry the context a completion at their place
+    /// carries, from the repository's index (see `kenning train --context-share`).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    context_share: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -55,10 +59,37 @@ fn options(family: Family, max_seq_length: usize, fim_per_kb: f64, seed: u64) ->
     DatasetOptions { family, max_seq_length, fim_per_kb, seed, ..DatasetOptions::default() }
 }
 
-/// Mines and writes a dataset, printing counts and a sample. Examples are sized with the model's
-/// tokenizer when it is at hand, else at an estimated 3.5 bytes per token.
-fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, options: &DatasetOptions) -> Result<dataset::Dataset> {
-    mine_with_context(paths, root, model, out_dir, options, None)
+/// Mines and writes a dataset, printing counts and a sample; `context_share` of the
+/// fill-in-the-middle examples carry what a completion at their place would (from the workspace's
+/// index). Examples are sized with the model's tokenizer when it is at hand, else at an estimated
+/// 3.5 bytes per token. Called on a blocking thread of the runtime (the index is read through it).
+fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, options: &DatasetOptions, context_share: f64) -> Result<dataset::Dataset> {
+    if context_share == 0.0 {
+        return mine_with_context(paths, root, model, out_dir, options, None);
+    }
+    if options.fim_per_kb == 0.0 {
+        bail!("--context-share is for fill-in-the-middle examples, and none are asked for: give --fim-per-kb too");
+    }
+    let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
+    if !paths.index_for(&root).exists() {
+        bail!("--context-share needs the workspace indexed, to find what a completion carries: run `kenning index {}` first", root.display());
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let config = crate::config::Layers::from_workspace(&root)?.resolve()?;
+    let retrieval = runtime.block_on(super::assist::workspace_retrieval(paths, &root, &config))?;
+    let find = |path: &str, text: &str, offset: usize| {
+        let request = crate::complete::CompletionRequest {
+            repo: String::new(),
+            language: crate::chunk::Language::from_path(path),
+            path: path.to_owned(),
+            text: text.to_owned(),
+            offset,
+            buffers: Vec::new(),
+        };
+        runtime.block_on(crate::complete::context_for(&request, &retrieval, &config.completion))
+    };
+    let context = dataset::Context { repo: crate::session::workspace_name(&root), share: context_share, snippets: &find };
+    mine_with_context(paths, &root, model, out_dir, options, Some(&context))
 }
 
 /// [`mine_and_report`], a share of the fill-in-the-middle examples carrying `context`.
@@ -118,7 +149,8 @@ fn mine_with_context(paths: &Paths, root: &Path, model: &str, out_dir: &Path, op
 
 pub fn dataset_cmd(paths: &Paths, args: DatasetArgs) -> Result<()> {
     let family = args.family.unwrap_or_else(|| Family::detect(&args.model));
-    mine_and_report(paths, &args.path, &args.model, &args.out, &options(family, args.max_seq_length, args.fim_per_kb, args.seed))?;
+    let options = options(family, args.max_seq_length, args.fim_per_kb, args.seed);
+    mine_and_report(paths, &args.path, &args.model, &args.out, &options, args.context_share)?;
     Ok(())
 }
 
@@ -372,34 +404,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     let family = Family::detect(&args.model);
     let fim_per_kb = args.fim_per_kb.unwrap_or(if family.has_fim() { 1.0 } else { 0.0 });
-    let data = phases.time("mining", || -> Result<dataset::Dataset> {
-        let options = options(family, args.max_seq_length, fim_per_kb, 0);
-        if args.context_share == 0.0 {
-            return mine_and_report(paths, &root, &args.model, &data_dir, &options);
-        }
-        if fim_per_kb == 0.0 {
-            bail!("--context-share is for fill-in-the-middle examples, and none are asked for: give --fim-per-kb too");
-        }
-        if !paths.index_for(&root).exists() {
-            bail!("--context-share needs the workspace indexed, to find what a completion carries: run `kenning index {}` first", root.display());
-        }
-        let runtime = tokio::runtime::Handle::current();
-        let config = crate::config::Layers::from_workspace(&root)?.resolve()?;
-        let retrieval = runtime.block_on(super::assist::workspace_retrieval(paths, &root, &config))?;
-        let find = |path: &str, text: &str, offset: usize| {
-            let request = crate::complete::CompletionRequest {
-                repo: String::new(),
-                language: crate::chunk::Language::from_path(path),
-                path: path.to_owned(),
-                text: text.to_owned(),
-                offset,
-                buffers: Vec::new(),
-            };
-            runtime.block_on(crate::complete::context_for(&request, &retrieval, &config.completion))
-        };
-        let context = dataset::Context { repo: crate::session::workspace_name(&root), share: args.context_share, snippets: &find };
-        mine_with_context(paths, &root, &args.model, &data_dir, &options, Some(&context))
-    })?;
+    let options = options(family, args.max_seq_length, fim_per_kb, 0);
+    let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options, args.context_share))?;
     let train = data.stats(Split::Train);
     let iters = match args.iters {
         Some(iters) => iters as usize,

@@ -342,6 +342,8 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
         let snippet = |path: &str, text: &str| Snippet { path: path.into(), start_line: 1, end_line: 1, text: text.into(), source: crate::prompt::Source::Retrieved };
         let mut found: Vec<Snippet> = splits.keys().filter(|p| p.as_str() != path).map(|p| snippet(p, &format!("fn from_{}() {{}}\n", p.len()))).collect();
         found.push(snippet("notes.md", "# Notes\n"));
+        // The newest of all, too big for any example's room: left out, the others still taken.
+        found.push(snippet("big.rs", &"fn big() {}\n".repeat(200)));
         found
     };
     let options = DatasetOptions { family: Family::Plain, fim_per_kb: 12.0, max_seq_length: 200, ..DatasetOptions::default() };
@@ -356,7 +358,7 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
         let prompt = &e.text[..e.prompt_len.unwrap()];
         // Newest last, within half the room: the note always; never a held-out file.
         let comment = if e.path.ends_with(".py") { "#" } else { "//" };
-        assert!(prompt.contains(&format!("{comment} notes.md\n")), "{prompt}");
+        assert!(prompt.contains(&format!("{comment} notes.md\n")) && !prompt.contains("big.rs"), "{prompt}");
         for path in held_out.iter().filter(|p| **p != e.path) {
             assert!(!prompt.contains(&format!("{comment} {path}\n")), "{path} shown in {prompt}");
         }
