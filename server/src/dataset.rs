@@ -54,6 +54,9 @@ struct ContextFor<'a> {
     context: &'a Context<'a>,
     /// Files of the valid and test splits: no example shows them.
     held_out: HashSet<&'a str>,
+    /// Files left out of the dataset as copies of another: path → the kept one's (a copy of a
+    /// held-out file is held out; a copy of the example's own file is the file itself).
+    copies: &'a std::collections::HashMap<String, String>,
 }
 
 impl ContextFor<'_> {
@@ -70,8 +73,14 @@ impl ContextFor<'_> {
     fn snippets(&self, family: Family, path: &str, text: &str, (s, e): (usize, usize), room: usize) -> Vec<Snippet> {
         let without = format!("{}{}", &text[..s], &text[e..]);
         let found = (self.context.snippets)(path, &without, s);
+        let middle = text[s..e].trim();
+        let shown = |n: &Snippet| {
+            let file = self.copies.get(&n.path).map_or(n.path.as_str(), String::as_str);
+            // Nor the answer itself, whatever file holds it.
+            file != path && !self.held_out.contains(file) && !(middle.len() >= 16 && n.text.contains(middle))
+        };
         let mut kept: Vec<Snippet> = Vec::new();
-        for snippet in found.into_iter().rev().filter(|n| !self.held_out.contains(n.path.as_str())) {
+        for snippet in found.into_iter().rev().filter(shown) {
             kept.insert(0, snippet);
             let refs: Vec<&Snippet> = kept.iter().collect();
             if family.render(&self.context.repo, path, &refs, "", "").len() > room {
@@ -90,7 +99,7 @@ pub struct DatasetOptions {
     /// Bytes per token used to size examples before they are counted.
     pub bytes_per_token: f64,
     /// Fill-in-the-middle examples (completions, for a family without FIM tokens) per 1,000 bytes
-    /// of a file (at least one per file; none when 0).
+    /// of a file: up to that many (at least one tried per file; none when 0).
     pub fim_per_kb: f64,
     pub valid_fraction: f64,
     pub test_fraction: f64,
@@ -233,10 +242,18 @@ impl Dataset {
     }
 }
 
-/// Mines the repository at `root`.
-/// The files the dataset is made of (the index's walk, languages with a grammar, identical files
-/// once), sorted by path, and how many were skipped.
-fn source_files(root: &Path) -> (Vec<SourceFile>, usize) {
+/// The files a dataset is made of.
+struct SourceFiles {
+    /// The index's walk, languages with a grammar, identical files once; sorted by path.
+    files: Vec<SourceFile>,
+    /// Files skipped (ignored, secret, binary, too large, not UTF-8).
+    skipped: usize,
+    /// A file left out as a copy of another (the index holds both): its path → the kept one's.
+    copies: std::collections::HashMap<String, String>,
+}
+
+/// The files the dataset is made of.
+fn source_files(root: &Path) -> SourceFiles {
     let found = Mutex::new(Vec::new());
     let skipped = Mutex::new(0usize);
     workspace::walk(root, &WalkOptions::default(), |item| match item {
@@ -250,14 +267,24 @@ fn source_files(root: &Path) -> (Vec<SourceFile>, usize) {
     let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
     // Walk order is not deterministic; the dataset is.
     files.sort_by(|a, b| a.meta.rel_path.cmp(&b.meta.rel_path));
-    let mut seen_content = HashSet::new();
-    files.retain(|f| seen_content.insert(f.hash.clone()));
-    (files, skipped.into_inner().unwrap_or_else(|e| e.into_inner()))
+    let mut kept: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut copies = std::collections::HashMap::new();
+    files.retain(|f| match kept.get(&f.hash) {
+        Some(first) => {
+            copies.insert(f.meta.rel_path.clone(), first.clone());
+            false
+        }
+        None => {
+            kept.insert(f.hash.clone(), f.meta.rel_path.clone());
+            true
+        }
+    });
+    SourceFiles { files, skipped: skipped.into_inner().unwrap_or_else(|e| e.into_inner()), copies }
 }
 
 /// The split each file of `root` goes to, as [`mine`] assigns it, without mining examples.
 pub fn file_splits(root: &Path, options: &DatasetOptions) -> std::collections::BTreeMap<String, Split> {
-    let (files, _) = source_files(root);
+    let files = source_files(root).files;
     let paths: Vec<&str> = files.iter().map(|f| f.meta.rel_path.as_str()).collect();
     let splits = assign_splits(paths.iter().copied(), options);
     paths.into_iter().map(str::to_owned).zip(splits).collect()
@@ -277,7 +304,7 @@ pub fn mine_counted(root: &Path, options: &DatasetOptions, counter: Option<Token
 
 /// [`mine_counted`], a share of the fill-in-the-middle examples carrying `context`.
 pub fn mine_with(root: &Path, options: &DatasetOptions, counter: Option<TokenCounter>, context: Option<&Context>, progress: &mut dyn FnMut(usize, usize)) -> Dataset {
-    let (files, skipped) = source_files(root);
+    let SourceFiles { files, skipped, copies } = source_files(root);
     let measured = counter.and_then(|count| measure_bytes_per_token(files.iter().map(|f| f.text.as_str()), count));
     let options = &DatasetOptions { bytes_per_token: measured.unwrap_or(options.bytes_per_token), ..options.clone() };
     let counter = counter.filter(|_| measured.is_some());
@@ -303,6 +330,7 @@ pub fn mine_with(root: &Path, options: &DatasetOptions, counter: Option<TokenCou
     let context = context.filter(|c| c.share > 0.0).map(|context| ContextFor {
         context,
         held_out: files.iter().zip(&splits).filter(|(_, s)| **s != Split::Train).map(|(f, _)| f.meta.rel_path.as_str()).collect(),
+        copies: &copies,
     });
     for (done, (file, split)) in files.iter().zip(splits.iter().copied()).enumerate() {
         progress(done, files.len());

@@ -215,10 +215,14 @@ mod tests {
             // An empty prompt: every token after the first counts, as in a whole text.
             Text::Completion { prompt: String::new(), completion: "a|b".into() },
         ];
+        // The FIM middle token (`|` here) means nothing in a completion: the loss starts after the
+        // prompt wherever it is.
+        let marked = vec![Text::Completion { prompt: "a|b".into(), completion: "c|d".into() }];
+        let (e, _) = tokenize(&marked, chars, 0, Some(1), 100).unwrap();
+        assert_eq!(e, [Example { tokens: vec![97, 1, 98, 99, 1, 100, 0], offset: 2 }]);
         let (examples, truncated) = tokenize(&texts, pairs, 0, Some(1), 100).unwrap();
         assert_eq!(truncated, 0);
-        // "xa" and "bc" each one token: the one read after the prompt is the first counted, and
-        // the middle token of the FIM format means nothing in a completion.
+        // "xa" and "bc" each one token: the one read after the prompt is the first counted.
         assert_eq!(examples[0], Example { tokens: vec![120 + 97, 98 + 99, 0], offset: 0 });
         assert_eq!(examples[1], Example { tokens: vec![97 + 124, 98, 0], offset: 0 });
         let b = batches(&examples[..1], 1);

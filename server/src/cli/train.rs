@@ -33,10 +33,11 @@ pub struct DatasetArgs {
     /// Longest example in tokens (counted with the model's tokenizer when it is at hand).
     #[arg(long, default_value_t = 1024)]
     max_seq_length: usize,
-    /// Fill-in-the-middle examples per 1,000 bytes of code (for a family without FIM tokens,
-    /// completions of the code before a middle that ends its line; 0: none).
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
-    fim_per_kb: f64,
+    /// Fill-in-the-middle examples per 1,000 bytes of code, up to (for a family without FIM tokens,
+    /// completions of the code before a middle that ends its line). Default: 1 for a family with
+    /// FIM tokens, 0 for one without, as `kenning train`.
+    #[arg(long, value_parser = non_negative)]
+    fim_per_kb: Option<f64>,
     /// The share of those examples (0 to 1) that carry the context a completion at their place
     /// carries, from the repository's index (see `kenning train --context-share`).
     #[arg(long, default_value_t = 0.0, value_parser = share)]
@@ -67,13 +68,8 @@ fn mine_and_report(paths: &Paths, root: &Path, model: &str, out_dir: &Path, opti
     if context_share == 0.0 {
         return mine_with_context(paths, root, model, out_dir, options, None);
     }
-    if options.fim_per_kb == 0.0 {
-        bail!("--context-share is for fill-in-the-middle examples, and none are asked for: give --fim-per-kb too");
-    }
     let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
-    if !paths.index_for(&root).exists() {
-        bail!("--context-share needs the workspace indexed, to find what a completion carries: run `kenning index {}` first", root.display());
-    }
+    context_possible(paths, &root, options.fim_per_kb)?;
     let runtime = tokio::runtime::Handle::current();
     let config = crate::config::Layers::from_workspace(&root)?.resolve()?;
     let retrieval = runtime.block_on(super::assist::workspace_retrieval(paths, &root, &config))?;
@@ -149,7 +145,7 @@ fn mine_with_context(paths: &Paths, root: &Path, model: &str, out_dir: &Path, op
 
 pub fn dataset_cmd(paths: &Paths, args: DatasetArgs) -> Result<()> {
     let family = args.family.unwrap_or_else(|| Family::detect(&args.model));
-    let options = options(family, args.max_seq_length, args.fim_per_kb, args.seed);
+    let options = options(family, args.max_seq_length, args.fim_per_kb.unwrap_or_else(|| default_fim_per_kb(family)), args.seed);
     mine_and_report(paths, &args.path, &args.model, &args.out, &options, args.context_share)?;
     Ok(())
 }
@@ -216,6 +212,24 @@ pub struct TrainArgs {
     /// finished is not trained again).
     #[arg(long)]
     fresh: bool,
+}
+
+/// Whether examples of the workspace at `root` can carry context: some are asked for, and there
+/// is an index to find it in.
+fn context_possible(paths: &Paths, root: &Path, fim_per_kb: f64) -> Result<()> {
+    if fim_per_kb == 0.0 {
+        bail!("--context-share is for fill-in-the-middle examples, and none are asked for: give --fim-per-kb too");
+    }
+    if !paths.index_for(root).exists() {
+        bail!("--context-share needs the workspace indexed, to find what a completion carries: run `kenning index {}` first", root.display());
+    }
+    Ok(())
+}
+
+/// Fill-in-the-middle examples per 1,000 bytes when none is asked: completions for a family
+/// without FIM tokens are not yet shown to help.
+fn default_fim_per_kb(family: Family) -> f64 {
+    if family.has_fim() { 1.0 } else { 0.0 }
 }
 
 fn share(s: &str) -> Result<f64, String> {
@@ -399,11 +413,14 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             adapter.display()
         );
     }
+    let family = Family::detect(&args.model);
+    let fim_per_kb = args.fim_per_kb.unwrap_or_else(|| default_fim_per_kb(family));
+    if args.context_share > 0.0 {
+        context_possible(paths, &root, fim_per_kb)?;
+    }
     if args.fresh {
         remove_dir_if_there(&trained)?;
     }
-    let family = Family::detect(&args.model);
-    let fim_per_kb = args.fim_per_kb.unwrap_or(if family.has_fim() { 1.0 } else { 0.0 });
     let options = options(family, args.max_seq_length, fim_per_kb, 0);
     let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options, args.context_share))?;
     let train = data.stats(Split::Train);

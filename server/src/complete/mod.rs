@@ -779,7 +779,6 @@ fn ring_policy(settings: &config::CompletionSettings) -> ring::Policy {
     ring::Policy { drop_local_repeats: settings.drop_local_repeats, trim_to_fit: settings.trim_to_fit }
 }
 
-/// The budget of a warm place's prompt under `settings`.
 /// The code around the cursor as the ring sees it: what it must not repeat
 /// (`completion.drop_local_repeats`, llama.vim's rule) and what a snippet cut to fit keeps the
 /// window most like (`completion.trim_to_fit`); empty when the ring reads neither. Dropping repeats,
@@ -808,6 +807,7 @@ pub async fn context_for(request: &CompletionRequest, retrieval: &Retrieval, set
     ring.snippets_for("")
 }
 
+/// The budget of a warm place's prompt under `settings`.
 fn full_budget(settings: &config::CompletionSettings) -> Budget {
     Budget::with_suffix(settings.prompt_tokens, settings.suffix_tokens)
 }

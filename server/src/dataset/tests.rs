@@ -331,6 +331,7 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
     use std::sync::Mutex;
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path());
+    let root = dir.path();
     let splits = file_splits(dir.path(), &DatasetOptions::default());
     let held_out: Vec<&str> = splits.iter().filter(|(_, s)| **s != Split::Train).map(|(p, _)| p.as_str()).collect();
     assert!(!held_out.is_empty());
@@ -341,6 +342,10 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
         asked.lock().unwrap().push((path.to_owned(), text.to_owned(), offset));
         let snippet = |path: &str, text: &str| Snippet { path: path.into(), start_line: 1, end_line: 1, text: text.into(), source: crate::prompt::Source::Retrieved };
         let mut found: Vec<Snippet> = splits.keys().filter(|p| p.as_str() != path).map(|p| snippet(p, &format!("fn from_{}() {{}}\n", p.len()))).collect();
+        // The index holds the copy the dataset left out: it is src/util.rs.
+        found.push(snippet("vendor/util_copy.rs", "pub fn clamp_percent(value: u64) -> u64;\n"));
+        // And, under another name, the whole file the example is cut from, its middle included.
+        found.push(snippet(&format!("mirror/{path}"), &std::fs::read_to_string(root.join(path)).unwrap()));
         found.push(snippet("notes.md", "# Notes\n"));
         // The newest of all, too big for any example's room: left out, the others still taken.
         found.push(snippet("big.rs", &"fn big() {}\n".repeat(200)));
@@ -362,6 +367,12 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
         for path in held_out.iter().filter(|p| **p != e.path) {
             assert!(!prompt.contains(&format!("{comment} {path}\n")), "{path} shown in {prompt}");
         }
+        // A copy of the file itself, or of a held-out file, is that file.
+        if e.path == "src/util.rs" || held_out.contains(&"src/util.rs") {
+            assert!(!prompt.contains("vendor/util_copy.rs"), "{prompt}");
+        }
+        // No snippet holding the answer (a middle of 16 bytes or more).
+        assert!(e.text.len() - e.prompt_len.unwrap() < 16 || !prompt.contains(&format!("mirror/{}", e.path)), "{prompt}");
         // Then the file's own name and the code before the middle.
         let original = std::fs::read_to_string(dir.path().join(&e.path)).unwrap();
         let own = format!("{comment} {}\n", e.path);
@@ -379,7 +390,10 @@ fn a_share_of_middles_carries_a_completions_context_but_never_a_held_out_file() 
     let qwen = mine_with(dir.path(), &DatasetOptions { fim_per_kb: 12.0, ..DatasetOptions::default() }, None, Some(&Context { share: 1.0, ..context }), &mut |_, _| {});
     let plain = mine(dir.path(), &DatasetOptions { fim_per_kb: 12.0, ..DatasetOptions::default() });
     let with: Vec<&Example> = qwen.examples.iter().filter(|e| e.span.is_some()).collect();
-    assert_eq!(with.len(), plain.examples.iter().filter(|e| e.span.is_some()).count());
+    // The same middles (the code around them shorter, to leave room for the context).
+    let middle = |e: &Example| (e.path.clone(), parts(&e.text[e.text.find("<|fim_prefix|>").unwrap()..]).2.to_owned());
+    let middles: std::collections::BTreeSet<(String, String)> = with.iter().map(|e| middle(e)).collect();
+    assert_eq!(middles, plain.examples.iter().filter(|e| e.span.is_some()).map(middle).collect());
     assert!(with.iter().all(|e| e.text.starts_with("<|repo_name|>shop\n<|file_sep|>")), "{:?}", with[0].text);
     assert_eq!(qwen.with_context, with.len());
     assert_eq!(plain.with_context, 0);
