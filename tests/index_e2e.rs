@@ -471,6 +471,16 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(cache_paths.index_for(&snapshot).is_dir(), "the snapshot is indexed");
     assert!(!cache_paths.index_for(&repo).exists(), "today's code is never indexed for the time split");
+    // --context-only chooses each task's context without a model: one that does not exist is never
+    // loaded, and the called function's definition comes from the snapshot's index.
+    let out = eval(&["--mode", "rag", "--context-only", "--model", "no-such-model"], &repo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let contexts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(contexts.len(), ids.len(), "one line per task");
+    let call = contexts.iter().find(|c| c["id"] == "src/cart.rs:5").expect("the line calling price_3");
+    // price_3 is lines 13 to 15 of src/price.rs.
+    let holds_price_3 = |s: &serde_json::Value| s["path"] == "src/price.rs" && s["start_line"].as_u64() <= Some(13) && s["end_line"].as_u64() >= Some(15);
+    assert!(call["context"].as_array().unwrap().iter().any(holds_price_3), "{call}");
     // What would let today's code in is refused.
     for extra in [&["--index-dir", "/tmp/anywhere"][..], &["--tasks", "/tmp/tasks.jsonl"][..]] {
         let out = eval(&[&["--mode", "none"][..], extra].concat(), &repo);

@@ -144,9 +144,9 @@ pub struct EvalArgs {
     /// Print one JSON object with the figures.
     #[arg(long)]
     json: bool,
-    /// Generate nothing: print, one JSON line per task, the context its prompt would hold (path,
-    /// lines and source of each snippet, in prompt order). Two builds or settings compared this way
-    /// show which tasks a change of context selection touches.
+    /// Generate nothing (no model is loaded): print, one JSON line per task, the context its prompt
+    /// would hold (path, lines and source of each snippet, in prompt order). Two builds or settings
+    /// compared this way show which tasks a change of context selection touches.
     #[arg(long, conflicts_with_all = ["all", "save_scores", "baseline", "typed_before"])]
     context_only: bool,
     /// Print each task's prediction to stderr.
@@ -565,11 +565,10 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         _ => {}
     }
     let retrieval = retrieval_for(paths, &args.target, &searched, &config, mode.retrieval()).await?;
-    let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
     let repo = session::workspace_name(&root);
-    let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo, typed_before: args.typed_before };
     if args.context_only {
-        eval::contexts(&setup, &tasks, |task, snippets| {
+        // The context is chosen without the model, so none is loaded.
+        eval::contexts(&config.completion, &retrieval, &repo, &tasks, |task, snippets| {
             let context: Vec<serde_json::Value> = snippets
                 .iter()
                 .map(|s| serde_json::json!({"path": s.path, "start_line": s.start_line, "end_line": s.end_line, "source": s.source}))
@@ -579,6 +578,8 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         .await;
         return Ok(());
     }
+    let generator = load_model(paths, &config).await?.context("no generation model is configured")?;
+    let setup = eval::Setup { generator, family: config.generation.family(), settings: &config.completion, retrieval: &retrieval, repo: &repo, typed_before: args.typed_before };
     let verbose = args.verbose;
     // A line rewritten in place would run into the --verbose lines.
     let mut progress = args.progress.then(|| Progress::new(mode.name(), tasks.len(), !verbose));

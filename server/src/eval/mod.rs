@@ -198,19 +198,21 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
 }
 
 /// What each task's prompt would hold as context (the ring after the one-shot gathering of
-/// [`run`]), nothing generated.
-pub async fn contexts(setup: &Setup<'_>, tasks: &[EvalTask], mut on_task: impl FnMut(&EvalTask, &[crate::prompt::Snippet])) {
+/// [`run`]); no model is needed.
+pub async fn contexts(settings: &config::CompletionSettings, retrieval: &Retrieval, repo: &str, tasks: &[EvalTask], mut on_task: impl FnMut(&EvalTask, &[crate::prompt::Snippet])) {
     for task in tasks {
-        let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
-        let request = task_request(setup, task);
-        completer.prepare(&request, setup.retrieval).await;
-        on_task(task, &completer.ring_snippets());
+        on_task(task, &complete::context_for(&request_for(repo, task), retrieval, settings).await);
     }
 }
 
 fn task_request(setup: &Setup<'_>, task: &EvalTask) -> complete::CompletionRequest {
+    request_for(setup.repo, task)
+}
+
+/// The completion request a task makes: the file as the task holds it, the cursor at the prefix's end.
+fn request_for(repo: &str, task: &EvalTask) -> complete::CompletionRequest {
     complete::CompletionRequest {
-        repo: setup.repo.to_owned(),
+        repo: repo.to_owned(),
         language: Language::from_path(&task.path),
         path: task.path.clone(),
         text: format!("{}{}", task.prefix, task.suffix),
