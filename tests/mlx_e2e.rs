@@ -434,10 +434,14 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         .arg(&repo)
         .args(["--model", "smollm2-135m", "--num-layers", "2", "--max-seq-length", "256", "--iters", "2", "--register", "never"])
         .args(["--fim-per-kb", "4", "--context-share", "1", "--adapter-path", other.to_str().unwrap()])
+        .args(["--rank", "4", "--scale", "2.5"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(run.status.success(), "{out}\n{}", String::from_utf8_lossy(&run.stderr));
+    // The adapter's rank and scale are the ones asked for.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(other.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["lora_parameters"]["rank"].as_u64(), config["lora_parameters"]["scale"].as_f64()), (Some(4), Some(2.5)), "{config}");
     let carrying: usize = out.lines().find_map(|l| l.split(" fill-in-the-middle examples carry").next().filter(|n| n.len() < l.len())?.parse().ok()).unwrap_or_else(|| panic!("{out}"));
     assert!(carrying > 0 && out.contains("Starting training"), "{out}");
     let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(paths.training_for(&root).join("data").join("dataset.json")).unwrap()).unwrap();
@@ -453,6 +457,11 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
+    for (flag, value) in [("--rank", "0"), ("--scale", "-1"), ("--learning-rate", "0"), ("--num-layers", "0")] {
+        let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args([flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(flag) && stderr.contains(value), "{flag} {value}: {stderr}");
+    }
 
     // A directory that holds more than an adapter is not taken for one (it would be replaced whole).
     let mine = dir.path().join("mine");

@@ -67,9 +67,11 @@ pub struct TrainRun<'a> {
     pub data: &'a Path,
     pub adapter: &'a Path,
     pub iters: usize,
-    pub num_layers: usize,
-    pub max_seq_length: usize,
+    pub num_layers: u32,
+    pub max_seq_length: u32,
     pub learning_rate: f32,
+    pub rank: u32,
+    pub scale: f32,
     pub grad_checkpoint: bool,
     /// Carry on the run saved in `adapter` when it was asked the same (the trainer checks; else it
     /// starts over).
@@ -90,6 +92,7 @@ pub fn run_trainer(trainer: &Path, run: &TrainRun<'_>) -> Result<(), FinetuneErr
         .args(["--model", run.model, "--train", "--test", "--batch-size", &BATCH_SIZE.to_string(), "--steps-per-report", "10", "--steps-per-eval", "50", "--val-batches", "8", "--test-batches", "8"])
         .args(["--iters", &run.iters.to_string(), "--num-layers", &run.num_layers.to_string()])
         .args(["--max-seq-length", &run.max_seq_length.to_string(), "--learning-rate", &run.learning_rate.to_string()])
+        .args(["--rank", &run.rank.to_string(), "--scale", &run.scale.to_string()])
         .args(["--warmup", &(run.iters / 20).to_string()])
         .args(["--save-every", &SAVE_EVERY.to_string()])
         .args(run.grad_checkpoint.then_some("--grad-checkpoint"))

@@ -162,12 +162,22 @@ pub struct TrainArgs {
     /// (half an hour on two laptop cores), at most two passes over the examples.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     iters: Option<u32>,
-    #[arg(long, default_value_t = 8)]
-    num_layers: usize,
-    #[arg(long, default_value_t = 512)]
-    max_seq_length: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Layers adapted, counted from the last (all of them when more are asked); every projection
+    /// of each carries an adapter.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    num_layers: u32,
+    /// Tokens of the longest example (longer ones are cut).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(32..=131_072))]
+    max_seq_length: u32,
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true, value_parser = positive)]
     learning_rate: f32,
+    /// The adapters' rank.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    rank: u32,
+    /// What each adapter's update is multiplied by: mlx_lm's raw `scale` (its default, 20, is hot
+    /// next to the usual alpha / rank = 2; a lower scale usually wants a higher --learning-rate).
+    #[arg(long, default_value_t = 20.0, allow_negative_numbers = true, value_parser = positive)]
+    scale: f32,
     /// Fill-in-the-middle examples per 1,000 bytes of code, beside the windows of whole files. For
     /// a model without FIM tokens (SmolLM2) they are completions of the code before a middle that
     /// ends its line, the loss on the completion and its end. Default: 1 for a model with FIM
@@ -234,6 +244,10 @@ fn default_fim_per_kb(family: Family) -> f64 {
 
 fn share(s: &str) -> Result<f64, String> {
     s.parse::<f64>().ok().filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| format!("{s:?} is not a share from 0 to 1"))
+}
+
+fn positive(s: &str) -> Result<f32, String> {
+    s.parse::<f32>().ok().filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| format!("{s:?} is not a number above 0"))
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {
@@ -421,7 +435,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     if args.fresh {
         remove_dir_if_there(&trained)?;
     }
-    let options = options(family, args.max_seq_length, fim_per_kb, 0);
+    let options = options(family, args.max_seq_length as usize, fim_per_kb, 0);
     let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options, args.context_share))?;
     let train = data.stats(Split::Train);
     let iters = match args.iters {
@@ -448,6 +462,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         num_layers: args.num_layers,
         max_seq_length: args.max_seq_length,
         learning_rate: args.learning_rate,
+        rank: args.rank,
+        scale: args.scale,
         grad_checkpoint: args.grad_checkpoint,
         resume: !args.fresh,
     };
