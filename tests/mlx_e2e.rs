@@ -358,8 +358,11 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
 
     // A gain no adapter can show (100 points): measured without retrieval (nothing is indexed),
     // reported, and not switched on; the adapter stays beside where it would go.
+    // Registering it would switch completions from the default model to SmolLM2 with the adapter,
+    // so that is what is measured against what completes now.
     let out = train(&["--min-gain", "100"]);
     assert!(out.contains("ft - none: edit similarity") && out.contains("not registered"), "{out}");
+    assert!(out.contains("(qwen2.5-coder-0.5b, what the workspace completes with now; smollm2-135m with the adapter)"), "{out}");
     assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");
     assert!(candidate.join("adapters.safetensors").is_file() && !adapter.exists(), "{out}");
 
@@ -386,10 +389,19 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
 
     // Trained again (another learning rate: other weights), an adapter that does not pass replaces
     // neither the configuration nor the adapter it names.
+    // Measured against the model in use, SmolLM2 now, without an adapter.
     let out = train(&["--min-gain", "100", "--learning-rate", "0.001"]);
     assert!(out.contains("not registered") && out.contains("still completes with"), "{out}");
+    assert!(out.contains("hybrid - rag") && !out.contains("completes with now"), "{out}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use, "the adapter in use was replaced");
+
+    // An adapter for another model cannot replace the one in use (kenning.toml would then pair
+    // SmolLM2 with it): refused before anything is trained.
+    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--model", "qwen2.5-coder-0.5b"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use);
 
     // A run saved with other settings is not carried on: it starts over and says what changed.
     // `--register never` leaves the adapter in use as it is: the new one stays beside it.

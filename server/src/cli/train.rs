@@ -305,17 +305,23 @@ enum RegisterWhen {
     Never,
 }
 
-/// How the adapter did against the same completions without it.
+/// How the adapter did against the completions the workspace gets without it.
 struct Measured {
     /// The modes compared: (without, with).
     modes: (Condition, Condition),
+    /// The model the workspace completes with now (the baseline's).
+    current: String,
     paired: eval::Paired,
     without: Figures,
     with: Figures,
 }
 
-/// Completes lines of the held-out test files (the files training did not see) without and with
-/// the adapter, each run in a process of its own, and compares them task by task.
+/// Completes lines of the held-out test files (the files training did not see) as the workspace
+/// completes them now (its configured model, or the default one, without an adapter) and with the
+/// trained model and the adapter, each run in a process of its own, and compares them task by
+/// task. When the trained model is not the one completions use, registering the adapter would
+/// switch models too, so that is what is measured: a small model's adapter that beats the small
+/// model but not the model in use must not replace it.
 fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend: Backend) -> Result<Measured> {
     let test_files = eval::held_out_files(paths, root)?;
     if test_files.len() < MIN_HELD_OUT_FILES {
@@ -330,8 +336,16 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     }
     let indexed = paths.index_for(root).exists();
     let modes = if indexed { (Condition::Rag, Condition::Hybrid) } else { (Condition::None, Condition::Ft) };
+    let current = crate::config::Layers::from_workspace(root)
+        .and_then(|l| l.resolve())
+        .context("reading the workspace's configuration")?
+        .generation
+        .model()
+        .context("the workspace configures no completion model to measure the adapter against")?
+        .to_owned();
+    let against = if current == args.model { String::new() } else { format!(" ({current}, what the workspace completes with now; {} with the adapter)", args.model) };
     out(&format!(
-        "measuring the adapter: {} lines of {} held-out files, {} against {}{}",
+        "measuring the adapter: {} lines of {} held-out files, {} against {}{against}{}",
         tasks.len(),
         test_files.len(),
         modes.1.name(),
@@ -355,11 +369,12 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
             (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(args.model.clone())), format!("generation.family=\"{family}\"")])
         }
     };
-    let process = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
-    let without = process.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {}", modes.0.name()))?;
-    let with = process.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
+    let trained = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
+    let now = EvalProcess { model: None, set: &[], ..trained };
+    let without = now.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {} ({current})", modes.0.name()))?;
+    let with = trained.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
-    Ok(Measured { modes, paired, without, with })
+    Ok(Measured { modes, current, paired, without, with })
 }
 
 /// Where a run's time went, phase by phase: printed when it ends, whichever way it ends.
@@ -426,6 +441,17 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             trained.display(),
             adapter.display()
         );
+    }
+    if when != RegisterWhen::Never && finetune::configured_adapter_is(&root, &adapter) {
+        let configured = finetune::configured_generation(&root).and_then(|g| g.get("model")?.as_str().map(str::to_owned));
+        if let Some(model) = configured.filter(|m| *m != args.model) {
+            bail!(
+                "{} completes with {model} and the adapter in {}; an adapter for {} cannot replace it: give --adapter-path another directory, or train --model {model}",
+                crate::config::FILE_NAME,
+                adapter.display(),
+                args.model
+            );
+        }
     }
     let family = Family::detect(&args.model);
     let fim_per_kb = args.fim_per_kb.unwrap_or_else(|| default_fim_per_kb(family));
@@ -517,8 +543,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             }
         };
         let (a, b) = (measured.modes.0.name(), measured.modes.1.name());
-        for f in [&measured.without, &measured.with] {
-            out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
+        for (f, model) in [(&measured.without, measured.current.clone()), (&measured.with, format!("{} + adapter", args.model))] {
+            out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%  ({model})", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
         }
         let p = &measured.paired;
         out(&format!(
@@ -527,6 +553,9 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         ));
         if p.edit_similarity.low <= args.min_gain {
             out(&anyway(&format!("the gain's interval is not above {:+.1} points, so it may not help ({} left as it was)", args.min_gain, crate::config::FILE_NAME)));
+            if measured.current != args.model && p.edit_similarity.mean < 0.0 {
+                out(&format!("note: {0} completes better than {1} with this adapter; an adapter for {0} itself is `kenning train --model {0}` (slower to train)", measured.current, args.model));
+            }
             return Ok(());
         }
         out(&format!("the adapter helps: the gain's interval is above {:+.1} points", args.min_gain));
