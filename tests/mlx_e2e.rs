@@ -196,7 +196,11 @@ fn an_adapter_directory_changes_llama_cpp_as_it_changes_mlx() {
     let base = LlamaEngine::load(&gguf, options.clone()).unwrap();
     let lora = lora_gguf::for_llama(&adapter).unwrap();
     assert_eq!(lora, adapter.join(lora_gguf::EXPORT_NAME));
-    let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora), ..options }).unwrap();
+    let adapted = LlamaEngine::load(&gguf, LlamaOptions { lora: Some(lora.clone()), ..options.clone() }).unwrap();
+    // On another model it is refused, by an error that names the model it was trained on.
+    let qwen = kenning::models::resolve("qwen2.5-coder-0.5b", &paths).unwrap();
+    let refused = LlamaEngine::load(&qwen, LlamaOptions { lora: Some(lora), ..options }).err().expect("a SmolLM2 adapter on Qwen");
+    assert!(refused.to_string().contains(&format!("this one was trained on {}", model.display())), "{refused}");
     let mlx = MlxEngine::load(&model, Some(&adapter)).unwrap();
     for prompt in ADAPTER_PROMPTS {
         let (from_base, from_llama, from_mlx) = (first_tokens(&base, prompt), first_tokens(&adapted, prompt), first_tokens(&mlx, prompt));

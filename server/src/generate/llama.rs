@@ -199,12 +199,20 @@ impl LlamaEngine {
 
 delegate_generator!(LlamaEngine, true, SLOTS);
 
+/// What to add when llama.cpp refuses an adapter (it says only "null result"): the model the
+/// adapter was trained on, from the adapter directory's config beside its llama.cpp export, since
+/// an adapter fits that model only.
+fn trained_on(lora: &Path) -> String {
+    let model = lora.parent().and_then(|dir| kenning_formats::adapter::AdapterConfig::read(dir).ok()).and_then(|c| c.model);
+    model.map(|m| format!(" (an adapter fits only the model it was trained on: this one was trained on {m})")).unwrap_or_default()
+}
+
 fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs) {
     let loaded = (|| -> Result<_, String> {
         let backend = backend()?;
         let mut model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| e.to_string())?;
         let adapter = match &options.lora {
-            Some(lora) => Some(model.lora_adapter_init(lora).map_err(|e| format!("LoRA adapter {}: {e}", lora.display()))?),
+            Some(lora) => Some(model.lora_adapter_init(lora).map_err(|e| format!("LoRA adapter {}: {e}{}", lora.display(), trained_on(lora)))?),
             None => None,
         };
         Ok((backend, model, adapter))
