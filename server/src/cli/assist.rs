@@ -554,14 +554,14 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     if args.all {
         return eval_all(paths, &root, searched_index.as_deref(), &args, &config, &tasks, adapter.as_deref());
     }
-    let wanted = if mode.adapter() {
+    let wanted = if mode.adapter() && !args.context_only {
         Some(adapter.clone().context("ft and hybrid need an adapter: run `kenning train`, or give --adapter DIR")?)
     } else {
         None
     };
     match &mut config.generation {
         G::Llama { adapter, .. } | G::Mlx { adapter, .. } => *adapter = wanted,
-        _ if mode.adapter() => bail!("ft and hybrid need an in-process engine (llama or mlx) to apply the adapter"),
+        _ if mode.adapter() && !args.context_only => bail!("ft and hybrid need an in-process engine (llama or mlx) to apply the adapter"),
         _ => {}
     }
     let retrieval = retrieval_for(paths, &args.target, &searched, &config, mode.retrieval()).await?;

@@ -194,9 +194,10 @@ pub struct TrainArgs {
     #[arg(long)]
     adapter_path: Option<PathBuf>,
     /// When to add the adapter to the workspace's kenning.toml. auto: only when it measurably helps
-    /// on lines of the held-out test files: with it, completions beat the same setup without it
-    /// (retrieval on both sides when the workspace is indexed), the whole 95 % interval of the
-    /// difference in edit similarity above --min-gain.
+    /// on lines of the held-out test files: with it, completions beat what the workspace completes
+    /// with now (its configured model, else qwen2.5-coder-0.5b, without an adapter; retrieval on
+    /// both sides when the workspace is indexed), the whole 95 % interval of the difference in
+    /// edit similarity above --min-gain.
     /// Until it passes, the new adapter is kept beside the old one (`<adapter path>.candidate`),
     /// so an adapter in use is replaced only by one that passed.
     #[arg(long, value_enum, default_value_t = RegisterWhen::Auto)]
@@ -222,6 +223,24 @@ pub struct TrainArgs {
     /// finished is not trained again).
     #[arg(long)]
     fresh: bool,
+}
+
+/// The model the workspace completes with in this process (llama.cpp or MLX, as kenning.toml
+/// resolves it, the default model when it configures none); `None` for a server backend or
+/// `backend = "none"`, whose completions an adapter trained here cannot take part in.
+fn completing_model(root: &Path) -> Result<Option<String>> {
+    use crate::config::Generation as G;
+    let config = crate::config::Layers::from_workspace(root).and_then(|l| l.resolve()).context("reading the workspace's configuration")?;
+    Ok(match config.generation {
+        G::Llama { model, .. } | G::Mlx { model, .. } => Some(model),
+        _ => None,
+    })
+}
+
+/// Whether two model names name the same model: equal, or the same file or directory.
+fn same_model(a: &str, b: &str) -> bool {
+    let canonical = |m: &str| Path::new(m).canonicalize().ok();
+    a == b || canonical(a).is_some_and(|p| Some(p) == canonical(b))
 }
 
 /// Whether examples of the workspace at `root` can carry context: some are asked for, and there
@@ -336,16 +355,17 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     }
     let indexed = paths.index_for(root).exists();
     let modes = if indexed { (Condition::Rag, Condition::Hybrid) } else { (Condition::None, Condition::Ft) };
-    let current = crate::config::Layers::from_workspace(root)
-        .and_then(|l| l.resolve())
-        .context("reading the workspace's configuration")?
-        .generation
-        .model()
-        .context("the workspace configures no completion model to measure the adapter against")?
-        .to_owned();
-    let against = if current == args.model { String::new() } else { format!(" ({current}, what the workspace completes with now; {} with the adapter)", args.model) };
+    // A server backend or `backend = "none"`: no adapter of ours can join it (and kenning.toml,
+    // which configures it, is not written), so the adapter is measured against its own model.
+    let completing = completing_model(root)?;
+    let current = completing.clone().filter(|m| !same_model(m, &args.model)).unwrap_or_else(|| args.model.clone());
+    let (with_label, without_label) = if current == args.model {
+        (format!("{} + adapter", args.model), format!("{} without an adapter", args.model))
+    } else {
+        (format!("{} + adapter", args.model), format!("{current}, what the workspace completes with now, without an adapter"))
+    };
     out(&format!(
-        "measuring the adapter: {} lines of {} held-out files, {} against {}{against}{}",
+        "measuring the adapter: {} lines of {} held-out files, {} ({with_label}) against {} ({without_label}){}",
         tasks.len(),
         test_files.len(),
         modes.1.name(),
@@ -370,7 +390,7 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
         }
     };
     let trained = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
-    let now = EvalProcess { model: None, set: &[], ..trained };
+    let now = if completing.is_some() && current != args.model { EvalProcess { model: None, set: &[], ..trained } } else { EvalProcess { ..trained } };
     let without = now.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {} ({current})", modes.0.name()))?;
     let with = trained.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
@@ -442,16 +462,17 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             adapter.display()
         );
     }
-    if when != RegisterWhen::Never && finetune::configured_adapter_is(&root, &adapter) {
-        let configured = finetune::configured_generation(&root).and_then(|g| g.get("model")?.as_str().map(str::to_owned));
-        if let Some(model) = configured.filter(|m| *m != args.model) {
-            bail!(
-                "{} completes with {model} and the adapter in {}; an adapter for {} cannot replace it: give --adapter-path another directory, or train --model {model}",
-                crate::config::FILE_NAME,
-                adapter.display(),
-                args.model
-            );
-        }
+    if when != RegisterWhen::Never
+        && finetune::configured_adapter_is(&root, &adapter)
+        && let Some(model) = completing_model(&root)?.filter(|m| !same_model(m, &args.model))
+    {
+        bail!(
+            "{} completes with {model} and the adapter in {}; an adapter for {} cannot replace it. Train --model {model}, or give --adapter-path another directory and point kenning.toml's [generation] at {} and that directory yourself",
+            crate::config::FILE_NAME,
+            adapter.display(),
+            args.model,
+            args.model
+        );
     }
     let family = Family::detect(&args.model);
     let fim_per_kb = args.fim_per_kb.unwrap_or_else(|| default_fim_per_kb(family));
@@ -543,7 +564,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             }
         };
         let (a, b) = (measured.modes.0.name(), measured.modes.1.name());
-        for (f, model) in [(&measured.without, measured.current.clone()), (&measured.with, format!("{} + adapter", args.model))] {
+        for (f, model) in [(&measured.without, format!("{} without an adapter", measured.current)), (&measured.with, format!("{} + adapter", args.model))] {
             out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%  ({model})", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
         }
         let p = &measured.paired;
@@ -552,10 +573,14 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             p.edit_similarity.mean, p.edit_similarity.low, p.edit_similarity.high, p.exact_match.mean, p.exact_match.low, p.exact_match.high, p.files, p.helped * 100.0, p.hurt * 100.0, p.tasks
         ));
         if p.edit_similarity.low <= args.min_gain {
-            out(&anyway(&format!("the gain's interval is not above {:+.1} points, so it may not help ({} left as it was)", args.min_gain, crate::config::FILE_NAME)));
-            if measured.current != args.model && p.edit_similarity.mean < 0.0 {
-                out(&format!("note: {0} completes better than {1} with this adapter; an adapter for {0} itself is `kenning train --model {0}` (slower to train)", measured.current, args.model));
+            let bundled = crate::generate::BundledModel::ALL.iter().any(|m| m.name() == measured.current);
+            if measured.current != args.model && p.edit_similarity.below_zero() && bundled {
+                out(&format!(
+                    "{0} completes better than {1} with this adapter, so switching to it would make completions worse; an adapter for {0} itself is `kenning train --model {0}` (slower to train)",
+                    measured.current, args.model
+                ));
             }
+            out(&anyway(&format!("the gain's interval is not above {:+.1} points, so it may not help ({} left as it was)", args.min_gain, crate::config::FILE_NAME)));
             return Ok(());
         }
         out(&format!("the adapter helps: the gain's interval is above {:+.1} points", args.min_gain));

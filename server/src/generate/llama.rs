@@ -199,12 +199,19 @@ impl LlamaEngine {
 
 delegate_generator!(LlamaEngine, true, SLOTS);
 
-/// What to add when llama.cpp refuses an adapter (it says only "null result"): the model the
-/// adapter was trained on, from the adapter directory's config beside its llama.cpp export, since
-/// an adapter fits that model only.
+/// What to add when llama.cpp refuses an adapter (it says only "null result"): for kenning's
+/// export of an adapter directory, the model the adapter was trained on (its `adapter_config.json`;
+/// a bundled model's MLX conversion by its name), since an adapter fits that model only.
 fn trained_on(lora: &Path) -> String {
+    if lora.file_name().is_none_or(|n| n != crate::formats::lora_gguf::EXPORT_NAME) {
+        return String::new();
+    }
     let model = lora.parent().and_then(|dir| kenning_formats::adapter::AdapterConfig::read(dir).ok()).and_then(|c| c.model);
-    model.map(|m| format!(" (an adapter fits only the model it was trained on: this one was trained on {m})")).unwrap_or_default()
+    let name = |m: &str| {
+        let last = Path::new(m).file_name().and_then(|n| n.to_str()).unwrap_or(m);
+        last.strip_suffix("-mlx").filter(|n| crate::generate::BundledModel::ALL.iter().any(|b| b.name() == *n)).map_or_else(|| m.to_owned(), str::to_owned)
+    };
+    model.map(|m| format!(" (the adapter was trained on {}; an adapter fits only the model it was trained on)", name(&m))).unwrap_or_default()
 }
 
 fn engine_thread(path: &Path, options: &LlamaOptions, ready: &Ready, jobs: &Jobs) {
