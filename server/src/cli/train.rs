@@ -357,13 +357,9 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     let modes = if indexed { (Condition::Rag, Condition::Hybrid) } else { (Condition::None, Condition::Ft) };
     // A server backend or `backend = "none"`: no adapter of ours can join it (and kenning.toml,
     // which configures it, is not written), so the adapter is measured against its own model.
-    let completing = completing_model(root)?;
-    let current = completing.clone().filter(|m| !same_model(m, &args.model)).unwrap_or_else(|| args.model.clone());
-    let (with_label, without_label) = if current == args.model {
-        (format!("{} + adapter", args.model), format!("{} without an adapter", args.model))
-    } else {
-        (format!("{} + adapter", args.model), format!("{current}, what the workspace completes with now, without an adapter"))
-    };
+    let current = completing_model(root)?.filter(|m| !same_model(m, &args.model)).unwrap_or_else(|| args.model.clone());
+    let with_label = format!("{} + adapter", args.model);
+    let without_label = if current == args.model { format!("{current} without an adapter") } else { format!("{current}, what the workspace completes with now, without an adapter") };
     out(&format!(
         "measuring the adapter: {} lines of {} held-out files, {} ({with_label}) against {} ({without_label}){}",
         tasks.len(),
@@ -390,7 +386,8 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
         }
     };
     let trained = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
-    let now = if completing.is_some() && current != args.model { EvalProcess { model: None, set: &[], ..trained } } else { EvalProcess { ..trained } };
+    // The workspace's own configuration, when it completes with another model.
+    let now = if current == args.model { EvalProcess { ..trained } } else { EvalProcess { model: None, set: &[], ..trained } };
     let without = now.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {} ({current})", modes.0.name()))?;
     let with = trained.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
@@ -573,8 +570,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             p.edit_similarity.mean, p.edit_similarity.low, p.edit_similarity.high, p.exact_match.mean, p.exact_match.low, p.exact_match.high, p.files, p.helped * 100.0, p.hurt * 100.0, p.tasks
         ));
         if p.edit_similarity.low <= args.min_gain {
-            let bundled = crate::generate::BundledModel::ALL.iter().any(|m| m.name() == measured.current);
-            if measured.current != args.model && p.edit_similarity.below_zero() && bundled {
+            let trainable = crate::generate::BundledModel::is_bundled(&measured.current);
+            if measured.current != args.model && p.edit_similarity.below_zero() && trainable {
                 out(&format!(
                     "{0} completes better than {1} with this adapter, so switching to it would make completions worse; an adapter for {0} itself is `kenning train --model {0}` (slower to train)",
                     measured.current, args.model

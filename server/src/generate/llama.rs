@@ -209,7 +209,7 @@ fn trained_on(lora: &Path) -> String {
     let model = lora.parent().and_then(|dir| kenning_formats::adapter::AdapterConfig::read(dir).ok()).and_then(|c| c.model);
     let name = |m: &str| {
         let last = Path::new(m).file_name().and_then(|n| n.to_str()).unwrap_or(m);
-        last.strip_suffix("-mlx").filter(|n| crate::generate::BundledModel::ALL.iter().any(|b| b.name() == *n)).map_or_else(|| m.to_owned(), str::to_owned)
+        last.strip_suffix("-mlx").filter(|n| crate::generate::BundledModel::is_bundled(n)).map_or_else(|| m.to_owned(), str::to_owned)
     };
     model.map(|m| format!(" (the adapter was trained on {}; an adapter fits only the model it was trained on)", name(&m))).unwrap_or_default()
 }
