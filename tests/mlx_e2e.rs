@@ -360,6 +360,13 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         stdout
     };
 
+    // Without --model, the model the workspace completes with is fine-tuned: here the default,
+    // Qwen, with FIM examples, whose context needs an index (refused before anything is mined).
+    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(stdout.contains("fine-tuning qwen2.5-coder-0.5b: the model the workspace completes with"), "{stdout}");
+    assert!(!refused.status.success() && stderr.contains("needs the workspace indexed"), "{stderr}");
+
     // A gain no adapter can show (100 points): measured without retrieval (nothing is indexed),
     // reported, and not switched on; the adapter stays beside where it would go.
     // Registering it would switch completions from the default model to SmolLM2 with the adapter,
@@ -367,6 +374,7 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let out = train(&["--min-gain", "100"]);
     assert!(out.contains("ft - none: edit similarity") && out.contains("not registered"), "{out}");
     assert!(out.contains("ft (smollm2-135m + adapter) against none (qwen2.5-coder-0.5b, what the workspace completes with now, without an adapter)"), "{out}");
+    assert!(out.contains("note: the workspace completes with qwen2.5-coder-0.5b; registering this adapter would switch completions to smollm2-135m"), "{out}");
     assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");
     assert!(candidate.join("adapters.safetensors").is_file() && !adapter.exists(), "{out}");
 
@@ -477,8 +485,11 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert_eq!(all.iter().filter(|p| p.starts_with("// src/")).count(), carrying, "{all:?}");
     // A snippet is commented, its file named first: no training prompt names a held-out file.
     assert!(prompts("train").iter().all(|p| held_out.iter().all(|h| !p.contains(&format!("// {h}\n")))), "a held-out file in a prompt");
+    // Now that kenning.toml completes with SmolLM2, that is what is fine-tuned without --model: it
+    // has no FIM tokens, so no FIM examples by default, and context for them is refused.
     let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(stdout.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{stdout}");
     assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
     for (flag, value) in [("--rank", "0"), ("--scale", "-1"), ("--learning-rate", "0"), ("--num-layers", "0"), ("--max-seq-length", "16")] {
         let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--iters", "1", flag, value]).output().unwrap();

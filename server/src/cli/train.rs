@@ -155,11 +155,14 @@ pub struct TrainArgs {
     /// Repository root.
     #[arg(default_value = ".")]
     path: PathBuf,
-    /// MLX model to fine-tune: a bundled model's name or a model directory.
-    #[arg(long, default_value = "smollm2-135m")]
-    model: String,
-    /// Training iterations (batches of 2 examples). Default: about 90,000 training tokens' worth
-    /// (half an hour on two laptop cores), at most two passes over the examples.
+    /// MLX model to fine-tune: a bundled model's name or a model directory. Default: the model
+    /// the workspace completes with, when kenning train can fine-tune it (an adapter fits only the
+    /// model it was trained on), else smollm2-135m.
+    #[arg(long)]
+    model: Option<String>,
+    /// Training iterations (batches of 2 examples). Default: about half an hour's worth on two
+    /// laptop cores (90,000 tokens of SmolLM2-135M, 10,000 of any other model), at most two
+    /// passes over the examples.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     iters: Option<u32>,
     /// Layers adapted, counted from the last (all of them when more are asked); every projection
@@ -237,6 +240,42 @@ fn completing_model(root: &Path) -> Result<Option<String>> {
     })
 }
 
+impl TrainArgs {
+    fn register_when(&self) -> RegisterWhen {
+        if self.no_register { RegisterWhen::Never } else { self.register }
+    }
+}
+
+/// What `kenning train` fine-tunes when no `--model` is given and the workspace completes with
+/// nothing it can fine-tune.
+const FALLBACK_MODEL: &str = "smollm2-135m";
+
+/// The model a run fine-tunes, said before anything starts: the one asked for; else the one the
+/// workspace completes with, when MLX can train it (a bundled model, or a model directory with
+/// its config.json), since an adapter fits only the model it was trained on and `--register auto`
+/// measures against what completes now; else [`FALLBACK_MODEL`]. When the adapter is to be
+/// registered for another model than the one completing, that it would switch models is said too.
+fn training_model(root: &Path, asked: Option<&str>, when: RegisterWhen) -> Result<String> {
+    let completing = completing_model(root)?;
+    let trainable = |m: &str| crate::generate::BundledModel::is_bundled(m) || Path::new(m).join("config.json").is_file();
+    let (model, why) = match (asked, completing.as_deref()) {
+        (Some(asked), _) => (asked.to_owned(), None),
+        (None, Some(now)) if trainable(now) => (now.to_owned(), Some("the model the workspace completes with".to_owned())),
+        (None, Some(now)) => (FALLBACK_MODEL.to_owned(), Some(format!("kenning train cannot fine-tune {now}, which the workspace completes with"))),
+        (None, None) => (FALLBACK_MODEL.to_owned(), Some(format!("{} completes through a model server or not at all, which an adapter trained here cannot join", crate::config::FILE_NAME))),
+    };
+    if let Some(why) = why {
+        out(&format!("fine-tuning {model}: {why} (--model to choose)"));
+    }
+    // Only where nothing configures generation does registering write kenning.toml.
+    let switched = completing.filter(|now| when != RegisterWhen::Never && !same_model(now, &model) && finetune::configured_generation(root).is_none());
+    if let Some(now) = switched {
+        let measured = if when == RegisterWhen::Auto { format!(", so the adapter is measured against {now}") } else { String::new() };
+        out(&format!("note: the workspace completes with {now}; registering this adapter would switch completions to {model} with it{measured}"));
+    }
+    Ok(model)
+}
+
 /// Whether two model names name the same model: equal, or the same file or directory.
 fn same_model(a: &str, b: &str) -> bool {
     let canonical = |m: &str| Path::new(m).canonicalize().ok();
@@ -277,21 +316,26 @@ fn finite(s: &str) -> Result<f64, String> {
     s.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| format!("{s:?} is not a number of points"))
 }
 
-/// Tokens a default run trains on: at about 50 training tokens a second on two laptop cores
-/// (SmolLM2-135M, 8 layers; 2 AMD EPYC cores, see README), half an hour, so that mining, training
-/// and measuring fit in an hour.
-const TRAIN_TOKENS: usize = 90_000;
+/// Tokens a default run of `model` trains on: about half an hour of training on two laptop
+/// cores, so that mining, training and measuring fit in an hour. SmolLM2-135M trains at about 50
+/// tokens a second there (8 layers; 2 AMD EPYC cores, see README); Qwen2.5-Coder-0.5B, with 4.7
+/// times the parameters and 3 times the vocabulary, at 6.5 (2 Intel Xeon cores, release build),
+/// its validation passes 160 s against 55, and measuring it takes longer too. A model not bundled
+/// is taken to be as slow as Qwen.
+fn train_tokens(model: &str) -> usize {
+    if model == crate::generate::BundledModel::SmolLm2_135m.name() { 90_000 } else { 10_000 }
+}
 
 /// Passes over the training examples a default run makes at most: a small repository's few
 /// examples are not repeated until they are learnt by heart.
 const MAX_EPOCHS: usize = 2;
 
 /// The iterations of a default run over `examples` training examples of `tokens` tokens in all:
-/// [`TRAIN_TOKENS`] worth, at most [`MAX_EPOCHS`] passes, at least one iteration.
-fn default_iters(examples: usize, tokens: usize) -> usize {
+/// `budget` tokens' worth, at most [`MAX_EPOCHS`] passes, at least one iteration.
+fn default_iters(examples: usize, tokens: usize, budget: usize) -> usize {
     let batch = finetune::BATCH_SIZE;
     let per_iter = (tokens * batch).div_ceil(examples.max(1)).max(1);
-    let by_tokens = TRAIN_TOKENS.div_ceil(per_iter);
+    let by_tokens = budget.div_ceil(per_iter);
     let by_epochs = (MAX_EPOCHS * examples).div_ceil(batch);
     by_tokens.min(by_epochs).max(1)
 }
@@ -341,7 +385,7 @@ struct Measured {
 /// task. When the trained model is not the one completions use, registering the adapter would
 /// switch models too, so that is what is measured: a small model's adapter that beats the small
 /// model but not the model in use must not replace it.
-fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend: Backend) -> Result<Measured> {
+fn measure(paths: &Paths, root: &Path, args: &TrainArgs, model: &str, adapter: &Path, backend: Backend) -> Result<Measured> {
     let test_files = eval::held_out_files(paths, root)?;
     if test_files.len() < MIN_HELD_OUT_FILES {
         bail!(
@@ -357,9 +401,9 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     let modes = if indexed { (Condition::Rag, Condition::Hybrid) } else { (Condition::None, Condition::Ft) };
     // A server backend or `backend = "none"`: no adapter of ours can join it (and kenning.toml,
     // which configures it, is not written), so the adapter is measured against its own model.
-    let current = completing_model(root)?.filter(|m| !same_model(m, &args.model)).unwrap_or_else(|| args.model.clone());
-    let with_label = format!("{} + adapter", args.model);
-    let without_label = if current == args.model { format!("{current} without an adapter") } else { format!("{current}, what the workspace completes with now, without an adapter") };
+    let current = completing_model(root)?.filter(|m| !same_model(m, model)).unwrap_or_else(|| model.to_owned());
+    let with_label = format!("{model} + adapter");
+    let without_label = if current == model { format!("{current} without an adapter") } else { format!("{current}, what the workspace completes with now, without an adapter") };
     out(&format!(
         "measuring the adapter: {} lines of {} held-out files, {} ({with_label}) against {} ({without_label}){}",
         tasks.len(),
@@ -377,17 +421,17 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, adapter: &Path, backend
     }
     std::fs::write(&tasks_file, lines)?;
     // The trained model, whatever the workspace configures.
-    let (model, set) = match backend {
-        Backend::Llama => (Some(args.model.as_str()), Vec::new()),
+    let (asked, set) = match backend {
+        Backend::Llama => (Some(model), Vec::new()),
         Backend::Mlx => {
-            let family = serde_json::to_value(Family::detect(&args.model))?;
+            let family = serde_json::to_value(Family::detect(model))?;
             let family = family.as_str().context("a family is named by a string")?;
-            (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(args.model.clone())), format!("generation.family=\"{family}\"")])
+            (None, vec!["generation.backend=\"mlx\"".to_owned(), format!("generation.model={}", toml::Value::String(model.to_owned())), format!("generation.family=\"{family}\"")])
         }
     };
-    let trained = EvalProcess { paths, root, index_dir: None, model, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
+    let trained = EvalProcess { paths, root, index_dir: None, model: asked, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
     // The workspace's own configuration, when it completes with another model.
-    let now = if current == args.model { EvalProcess { ..trained } } else { EvalProcess { model: None, set: &[], ..trained } };
+    let now = if current == model { EvalProcess { ..trained } } else { EvalProcess { model: None, set: &[], ..trained } };
     let without = now.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {} ({current})", modes.0.name()))?;
     let with = trained.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
@@ -432,10 +476,11 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
 
 fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
+    let model = &training_model(&root, args.model.as_deref(), args.register_when())?;
     let work = paths.training_for(&root);
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
-    let when = if args.no_register { RegisterWhen::Never } else { args.register };
+    let when = args.register_when();
     if adapter.file_name().is_none() {
         bail!("--adapter-path {} names no directory of its own: give one, e.g. {}", adapter.display(), Path::new(&adapter).join("adapters").display());
     }
@@ -461,17 +506,15 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if when != RegisterWhen::Never
         && finetune::configured_adapter_is(&root, &adapter)
-        && let Some(model) = completing_model(&root)?.filter(|m| !same_model(m, &args.model))
+        && let Some(now) = completing_model(&root)?.filter(|m| !same_model(m, model))
     {
         bail!(
-            "{} completes with {model} and the adapter in {}; an adapter for {} cannot replace it. Train --model {model}, or give --adapter-path another directory and point kenning.toml's [generation] at {} and that directory yourself",
+            "{} completes with {now} and the adapter in {}; an adapter for {model} cannot replace it. Train --model {now}, or give --adapter-path another directory and point kenning.toml's [generation] at {model} and that directory yourself",
             crate::config::FILE_NAME,
             adapter.display(),
-            args.model,
-            args.model
         );
     }
-    let family = Family::detect(&args.model);
+    let family = Family::detect(model);
     let fim_per_kb = args.fim_per_kb.unwrap_or_else(|| default_fim_per_kb(family));
     if args.context_share > 0.0 {
         context_possible(paths, &root, fim_per_kb)?;
@@ -480,15 +523,16 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         remove_dir_if_there(&trained)?;
     }
     let options = options(family, args.max_seq_length as usize, fim_per_kb, 0);
-    let data = phases.time("mining", || mine_and_report(paths, &root, &args.model, &data_dir, &options, args.context_share))?;
+    let data = phases.time("mining", || mine_and_report(paths, &root, model, &data_dir, &options, args.context_share))?;
     let train = data.stats(Split::Train);
     let iters = match args.iters {
         Some(iters) => iters as usize,
         None => {
             let examples = train.fim + train.next_token;
-            let iters = default_iters(examples, train.tokens);
+            let iters = default_iters(examples, train.tokens, train_tokens(model));
             let epochs = (iters * finetune::BATCH_SIZE) as f64 / examples.max(1) as f64;
-            out(&format!("training {iters} iterations: about {} tokens, {epochs:.1} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / examples.max(1))));
+            let digits = if epochs < 0.1 { 2 } else { 1 };
+            out(&format!("training {iters} iterations: about {} tokens, {epochs:.digits$} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / examples.max(1))));
             iters
         }
     };
@@ -499,7 +543,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     let trainer = finetune::trainer();
     let run = TrainRun {
-        model: &args.model,
+        model,
         data: &data_dir,
         adapter: &trained,
         iters,
@@ -539,7 +583,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         }
         return Ok(());
     }
-    let backend = Backend::for_model(&args.model);
+    let backend = Backend::for_model(model);
     // Exported now, so that a problem shows here and the server starts at once.
     let exported = if backend == Backend::Llama { Some(lora_gguf::for_llama(&trained)?) } else { None };
     if when == RegisterWhen::Auto {
@@ -553,7 +597,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         if !in_use && finetune::configured_generation(&root).is_some() {
             out("note: kenning.toml already configures generation, so the adapter will not be registered whatever the measurement says; it only tells whether the adapter helps");
         }
-        let measured = match phases.time("measuring", || measure(paths, &root, &args, &trained, backend)) {
+        let measured = match phases.time("measuring", || measure(paths, &root, &args, model, &trained, backend)) {
             Ok(m) => m,
             Err(e) => {
                 out(&anyway(&format!("it could not be measured ({e:#})")));
@@ -561,8 +605,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             }
         };
         let (a, b) = (measured.modes.0.name(), measured.modes.1.name());
-        for (f, model) in [(&measured.without, format!("{} without an adapter", measured.current)), (&measured.with, format!("{} + adapter", args.model))] {
-            out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%  ({model})", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
+        for (f, who) in [(&measured.without, format!("{} without an adapter", measured.current)), (&measured.with, format!("{model} + adapter"))] {
+            out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%  ({who})", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
         }
         let p = &measured.paired;
         out(&format!(
@@ -571,10 +615,10 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         ));
         if p.edit_similarity.low <= args.min_gain {
             let trainable = crate::generate::BundledModel::is_bundled(&measured.current);
-            if measured.current != args.model && p.edit_similarity.below_zero() && trainable {
+            if measured.current != *model && p.edit_similarity.below_zero() && trainable {
                 out(&format!(
                     "{0} completes better than {1} with this adapter, so switching to it would make completions worse; an adapter for {0} itself is `kenning train --model {0}` (slower to train)",
-                    measured.current, args.model
+                    measured.current, model
                 ));
             }
             out(&anyway(&format!("the gain's interval is not above {:+.1} points, so it may not help ({} left as it was)", args.min_gain, crate::config::FILE_NAME)));
@@ -590,7 +634,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
         return Ok(());
     }
-    match finetune::register(&root, &args.model, &adapter, backend)? {
+    match finetune::register(&root, model, &adapter, backend)? {
         Registered::Written { path, needs_mlx } => {
             let note = if needs_mlx { " (the server needs the `mlx` feature to use it)" } else { "" };
             out(&format!("registered the adapter in {}{note}", path.display()));
@@ -743,16 +787,21 @@ mod tests {
 
     #[test]
     fn a_default_run_trains_a_token_budget_or_two_passes_whichever_is_less() {
+        let budget = train_tokens("smollm2-135m");
         // flask 3.0.3: 357 examples, about 130,000 tokens: 124 iterations of about 729 tokens.
-        let iters = default_iters(357, 130_000);
-        assert_eq!(iters, TRAIN_TOKENS.div_ceil(729));
-        assert!((iters * 729).abs_diff(TRAIN_TOKENS) < 729);
+        let iters = default_iters(357, 130_000, budget);
+        assert_eq!(iters, budget.div_ceil(729));
+        assert!((iters * 729).abs_diff(budget) < 729);
         // A small repository: two passes, not the budget.
-        assert_eq!(default_iters(30, 9_000), 30);
-        assert_eq!(default_iters(1, 10), 1);
-        assert_eq!(default_iters(0, 0), 1);
+        assert_eq!(default_iters(30, 9_000, budget), 30);
+        assert_eq!(default_iters(1, 10, budget), 1);
+        assert_eq!(default_iters(0, 0, budget), 1);
         // A large one: the budget, whatever its size.
-        assert_eq!(default_iters(100_000, 40_000_000), TRAIN_TOKENS.div_ceil(800));
+        assert_eq!(default_iters(100_000, 40_000_000, budget), budget.div_ceil(800));
+        // Qwen trains about 7 times slower than SmolLM2, and so does a model kenning does not know.
+        for slower in ["qwen2.5-coder-0.5b", "/models/mine"] {
+            assert!(train_tokens(slower) * 5 < budget, "{slower}");
+        }
         assert_eq!(thousands(145_350), "145,350");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000_000), "1,000,000");
