@@ -366,6 +366,12 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
     assert!(stdout.contains("fine-tuning qwen2.5-coder-0.5b: the model the workspace completes with"), "{stdout}");
     assert!(!refused.status.success() && stderr.contains("needs the workspace indexed"), "{stderr}");
+    // An editor whose own settings choose SmolLM2 passes them on (`--set`, as the VS Code extension
+    // does): SmolLM2 is fine-tuned, with no FIM examples by default, so context is refused for that.
+    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5", "--set", "generation.model=\"smollm2-135m\""]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    assert!(stdout.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{stdout}");
+    assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
 
     // A gain no adapter can show (100 points): measured without retrieval (nothing is indexed),
     // reported, and not switched on; the adapter stays beside where it would go.
@@ -491,6 +497,22 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
     assert!(stdout.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{stdout}");
     assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
+    // An editor whose own settings complete with Qwen over kenning.toml's SmolLM2: a SmolLM2 adapter
+    // is written but not registered (kenning.toml's model would not reach that editor).
+    let editor = dir.path().join("editor");
+    let run = std::process::Command::new(kenning)
+        .arg("train")
+        .arg(&repo)
+        .args(["--model", "smollm2-135m", "--num-layers", "2", "--max-seq-length", "64", "--iters", "2", "--register", "always"])
+        .args(["--set", "generation.model=\"qwen2.5-coder-0.5b\"", "--adapter-path", editor.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.contains("note: the editor's settings (--set) complete with qwen2.5-coder-0.5b"), "{out}");
+    assert!(out.contains("not registered: the editor's settings (--set) complete with qwen2.5-coder-0.5b"), "{out}");
+    assert!(editor.join("adapters.safetensors").is_file(), "{out}");
+    assert_eq!(std::fs::read_to_string(repo.join("kenning.toml")).unwrap(), written);
     for (flag, value) in [("--rank", "0"), ("--scale", "-1"), ("--learning-rate", "0"), ("--num-layers", "0"), ("--max-seq-length", "16")] {
         let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--iters", "1", flag, value]).output().unwrap();
         let stderr = String::from_utf8_lossy(&refused.stderr);

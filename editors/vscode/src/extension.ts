@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as vscode from 'vscode';
 import { DidChangeConfigurationNotification, ExecuteCommandRequest, LanguageClient, LanguageClientOptions, ServerOptions } from 'vscode-languageclient/node';
 
-import { AskResult, Status, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings } from './settings';
+import { AskResult, Status, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from './settings';
 
 let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem | undefined;
@@ -80,7 +80,7 @@ function train(binary: string): void {
     { location: vscode.ProgressLocation.Notification, title: 'kenning: training on this repository', cancellable: true },
     (progress, token) =>
       new Promise<void>((resolve) => {
-        const child = spawn(binary, ['train', folder.uri.fsPath], { cwd: folder.uri.fsPath });
+        const child = spawn(binary, trainArgs(settings(), folder.uri.fsPath), { cwd: folder.uri.fsPath });
         token.onCancellationRequested(() => child.kill());
         let last = '';
         const onData = (data: Buffer) => {

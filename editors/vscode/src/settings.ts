@@ -54,6 +54,16 @@ export function toServerSettings(get: Get): ServerSettings {
   return settings;
 }
 
+/**
+ * `kenning train`'s arguments for a folder: the generation settings made here go along as the
+ * server gets them (`--set`), so that it fine-tunes the model this editor completes with (an
+ * adapter fits only its model) and measures the adapter against it.
+ */
+export function trainArgs(settings: ServerSettings, folder: string): string[] {
+  const sets = Object.entries(settings.generation).flatMap(([key, value]) => ['--set', `generation.${key}=${JSON.stringify(value)}`]);
+  return ['train', folder, ...sets];
+}
+
 /** Whether completions are wanted in a language (an empty list means every language). */
 export function languageEnabled(languages: readonly string[], languageId: string): boolean {
   return languages.length === 0 || languages.includes(languageId);

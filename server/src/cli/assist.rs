@@ -219,11 +219,18 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
 
 /// The workspace's configuration with the command-line overrides applied.
 fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
+    let mut config = config_with(root, &model.set)?;
+    with_model(&mut config.generation, model.model.as_deref(), model.threads);
+    Ok(config)
+}
+
+/// The workspace's configuration with `--set KEY=VALUE` settings (TOML values) over it.
+pub(super) fn config_with(root: &Path, set: &[String]) -> Result<Config> {
     let mut layers = Layers::from_workspace(root)?;
-    if !model.set.is_empty() {
+    if !set.is_empty() {
         // Grouped by table: TOML allows each table header once.
         let mut tables: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
-        for setting in &model.set {
+        for setting in set {
             let (key, value) = setting.split_once('=').with_context(|| format!("--set {setting}: expected KEY=VALUE"))?;
             let (table, key) = key.trim().rsplit_once('.').unwrap_or(("", key.trim()));
             tables.entry(table).or_default().push_str(&format!("{key} = {}\n", value.trim()));
@@ -231,9 +238,7 @@ fn config_for(root: &Path, model: &ModelArgs) -> Result<Config> {
         let text: String = tables.iter().map(|(t, lines)| if t.is_empty() { lines.clone() } else { format!("[{t}]\n{lines}") }).collect();
         layers.set_toml("--set", &text)?;
     }
-    let mut config = layers.resolve()?;
-    with_model(&mut config.generation, model.model.as_deref(), model.threads);
-    Ok(config)
+    Ok(layers.resolve()?)
 }
 
 /// `--model NAME` runs NAME with llama.cpp in place of the configured model (the llama.cpp settings

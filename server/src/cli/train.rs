@@ -196,6 +196,12 @@ pub struct TrainArgs {
     /// Write the adapter here (default: next to the workspace's index).
     #[arg(long)]
     adapter_path: Option<PathBuf>,
+    /// A setting over the workspace's kenning.toml, as for `kenning eval` (`--set
+    /// generation.model='"smollm2-135m"'`): how an editor whose own settings choose the model says
+    /// what it completes with, which is what is fine-tuned by default and measured against;
+    /// repeatable. kenning.toml is written only as before.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// When to add the adapter to the workspace's kenning.toml. auto: only when it measurably helps
     /// on lines of the held-out test files: with it, completions beat what the workspace completes
     /// with now (its configured model, else qwen2.5-coder-0.5b, without an adapter; retrieval on
@@ -228,12 +234,12 @@ pub struct TrainArgs {
     fresh: bool,
 }
 
-/// The model the workspace completes with in this process (llama.cpp or MLX, as kenning.toml
-/// resolves it, the default model when it configures none); `None` for a server backend or
+/// The model the workspace completes with in this process (llama.cpp or MLX, as kenning.toml and
+/// `--set` resolve it, the default model when they configure none); `None` for a server backend or
 /// `backend = "none"`, whose completions an adapter trained here cannot take part in.
-fn completing_model(root: &Path) -> Result<Option<String>> {
+fn completing_model(root: &Path, set: &[String]) -> Result<Option<String>> {
     use crate::config::Generation as G;
-    let config = crate::config::Layers::from_workspace(root).and_then(|l| l.resolve()).context("reading the workspace's configuration")?;
+    let config = super::assist::config_with(root, set).context("reading the workspace's configuration")?;
     Ok(match config.generation {
         G::Llama { model, .. } | G::Mlx { model, .. } => Some(model),
         _ => None,
@@ -255,25 +261,39 @@ const FALLBACK_MODEL: &str = "smollm2-135m";
 /// its config.json), since an adapter fits only the model it was trained on and `--register auto`
 /// measures against what completes now; else [`FALLBACK_MODEL`]. When the adapter is to be
 /// registered for another model than the one completing, that it would switch models is said too.
-fn training_model(root: &Path, asked: Option<&str>, when: RegisterWhen) -> Result<String> {
-    let completing = completing_model(root)?;
+fn training_model(root: &Path, asked: Option<&str>, set: &[String], when: RegisterWhen) -> Result<String> {
+    let completing = completing_model(root, set)?;
     let trainable = |m: &str| crate::generate::BundledModel::is_bundled(m) || Path::new(m).join("config.json").is_file();
     let (model, why) = match (asked, completing.as_deref()) {
         (Some(asked), _) => (asked.to_owned(), None),
         (None, Some(now)) if trainable(now) => (now.to_owned(), Some("the model the workspace completes with".to_owned())),
         (None, Some(now)) => (FALLBACK_MODEL.to_owned(), Some(format!("kenning train cannot fine-tune {now}, which the workspace completes with"))),
-        (None, None) => (FALLBACK_MODEL.to_owned(), Some(format!("{} completes through a model server or not at all, which an adapter trained here cannot join", crate::config::FILE_NAME))),
+        (None, None) => (FALLBACK_MODEL.to_owned(), Some("the workspace completes through a model server or not at all, which an adapter trained here cannot join".to_owned())),
     };
     if let Some(why) = why {
         out(&format!("fine-tuning {model}: {why} (--model to choose)"));
     }
+    let other = completing.filter(|now| when != RegisterWhen::Never && !same_model(now, &model));
+    if let Some(now) = other.as_deref().filter(|_| editor_model(root, set).is_ok_and(|m| m.is_some())) {
+        out(&format!("note: the editor's settings (--set) complete with {now}, over {}: an adapter for {model} will not be registered", crate::config::FILE_NAME));
+        return Ok(model);
+    }
     // Only where nothing configures generation does registering write kenning.toml.
-    let switched = completing.filter(|now| when != RegisterWhen::Never && !same_model(now, &model) && finetune::configured_generation(root).is_none());
-    if let Some(now) = switched {
+    if let Some(now) = other.filter(|_| finetune::configured_generation(root).is_none()) {
         let measured = if when == RegisterWhen::Auto { format!(", so the adapter is measured against {now}") } else { String::new() };
         out(&format!("note: the workspace completes with {now}; registering this adapter would switch completions to {model} with it{measured}"));
     }
     Ok(model)
+}
+
+/// The model the editor's own settings (`--set`) complete with, when it is not the one kenning.toml
+/// alone resolves to: a model kenning.toml's `[generation]` cannot override.
+fn editor_model(root: &Path, set: &[String]) -> Result<Option<String>> {
+    if set.is_empty() {
+        return Ok(None);
+    }
+    let alone = completing_model(root, &[])?;
+    Ok(completing_model(root, set)?.filter(|m| alone.as_deref().is_none_or(|a| !same_model(m, a))))
 }
 
 /// Whether two model names name the same model: equal, or the same file or directory.
@@ -401,7 +421,7 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, model: &str, adapter: &
     let modes = if indexed { (Condition::Rag, Condition::Hybrid) } else { (Condition::None, Condition::Ft) };
     // A server backend or `backend = "none"`: no adapter of ours can join it (and kenning.toml,
     // which configures it, is not written), so the adapter is measured against its own model.
-    let current = completing_model(root)?.filter(|m| !same_model(m, model)).unwrap_or_else(|| model.to_owned());
+    let current = completing_model(root, &args.set)?.filter(|m| !same_model(m, model)).unwrap_or_else(|| model.to_owned());
     let with_label = format!("{model} + adapter");
     let without_label = if current == model { format!("{current} without an adapter") } else { format!("{current}, what the workspace completes with now, without an adapter") };
     out(&format!(
@@ -431,7 +451,7 @@ fn measure(paths: &Paths, root: &Path, args: &TrainArgs, model: &str, adapter: &
     };
     let trained = EvalProcess { paths, root, index_dir: None, model: asked, threads: args.eval_threads, set: &set, typed_before: 0, progress: true };
     // The workspace's own configuration, when it completes with another model.
-    let now = if current == model { EvalProcess { ..trained } } else { EvalProcess { model: None, set: &[], ..trained } };
+    let now = if current == model { EvalProcess { ..trained } } else { EvalProcess { model: None, set: &args.set, ..trained } };
     let without = now.run(modes.0, &tasks_file, None).with_context(|| format!("measuring {} ({current})", modes.0.name()))?;
     let with = trained.run(modes.1, &tasks_file, Some(adapter)).with_context(|| format!("measuring {}", modes.1.name()))?;
     let paired = eval::paired(&without.scores, &with.scores, 0).context("the two runs share no task")?;
@@ -476,7 +496,7 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
 
 fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
-    let model = &training_model(&root, args.model.as_deref(), args.register_when())?;
+    let model = &training_model(&root, args.model.as_deref(), &args.set, args.register_when())?;
     let work = paths.training_for(&root);
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
@@ -506,7 +526,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if when != RegisterWhen::Never
         && finetune::configured_adapter_is(&root, &adapter)
-        && let Some(now) = completing_model(&root)?.filter(|m| !same_model(m, model))
+        && let Some(now) = completing_model(&root, &args.set)?.filter(|m| !same_model(m, model))
     {
         bail!(
             "{} completes with {now} and the adapter in {}; an adapter for {model} cannot replace it. Train --model {now}, or give --adapter-path another directory and point kenning.toml's [generation] at {model} and that directory yourself",
@@ -632,6 +652,14 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if in_use {
         out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
+        return Ok(());
+    }
+    if let Some(chosen) = editor_model(&root, &args.set)?.filter(|m| !same_model(m, model)) {
+        out(&format!(
+            "adapter written to {0}; not registered: the editor's settings (--set) complete with {chosen}, over {1}. To complete with the adapter, set the editor's model to {model} and its adapter to {0}",
+            adapter.display(),
+            crate::config::FILE_NAME
+        ));
         return Ok(());
     }
     match finetune::register(&root, model, &adapter, backend)? {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { AskResult, Get, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings } from '../settings';
+import { AskResult, Get, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from '../settings';
 
 const from = (values: Record<string, unknown>): Get => <T>(key: string, fallback: T) => (key in values ? (values[key] as T) : fallback);
 
@@ -24,6 +24,15 @@ test('http backends carry url and model, never llama-only keys', () => {
   const s = toServerSettings(from({ 'generation.backend': 'ollama', 'generation.model': 'qwen2.5-coder:1.5b', 'generation.url': 'http://h:11434', 'generation.threads': 4 }));
   assert.deepEqual(s.generation, { backend: 'ollama', model: 'qwen2.5-coder:1.5b', url: 'http://h:11434' });
   assert.deepEqual(toServerSettings(from({ 'generation.backend': 'none', 'generation.model': 'x' })).generation, { backend: 'none' });
+});
+
+test('training is told what this editor completes with', () => {
+  assert.deepEqual(trainArgs(toServerSettings(from({})), '/w'), ['train', '/w', '--set', 'generation.backend="llama"']);
+  const args = trainArgs(toServerSettings(from({ 'generation.model': 'smollm2-135m', 'generation.threads': 2 })), '/w');
+  assert.deepEqual(args, ['train', '/w', '--set', 'generation.backend="llama"', '--set', 'generation.model="smollm2-135m"', '--set', 'generation.threads=2']);
+  // A path is a TOML string as it is a JSON one (quotes and backslashes escaped).
+  const windows = trainArgs(toServerSettings(from({ 'generation.model': 'C:\\m\\"q".gguf' })), 'C:\\w');
+  assert.equal(windows[5], 'generation.model="C:\\\\m\\\\\\"q\\".gguf"');
 });
 
 test('questions may have a model and backend of their own', () => {
