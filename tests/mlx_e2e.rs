@@ -380,7 +380,7 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let out = train(&["--min-gain", "100"]);
     assert!(out.contains("ft - none: edit similarity") && out.contains("not registered"), "{out}");
     assert!(out.contains("ft (smollm2-135m + adapter) against none (qwen2.5-coder-0.5b, what the workspace completes with now, without an adapter)"), "{out}");
-    assert!(out.contains("note: the workspace completes with qwen2.5-coder-0.5b; registering this adapter would switch completions to smollm2-135m"), "{out}");
+    assert!(out.contains("note: with no [generation] in kenning.toml, completions come from qwen2.5-coder-0.5b; registering this adapter writes one, switching them to smollm2-135m with it"), "{out}");
     assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");
     assert!(candidate.join("adapters.safetensors").is_file() && !adapter.exists(), "{out}");
 
@@ -426,6 +426,18 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("Starting training"), "trained before refusing");
+    assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use);
+    // Nor when an editor's own settings choose Qwen (the default is then Qwen): kenning.toml pairs
+    // the adapter in use with SmolLM2 still.
+    let refused = std::process::Command::new(kenning)
+        .arg("train")
+        .arg(&repo)
+        .args(["--set", "generation.model=\"qwen2.5-coder-0.5b\"", "--iters", "1", "--num-layers", "1", "--max-seq-length", "64", "--eval-tasks", "6"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("kenning.toml completes with smollm2-135m and the adapter in"), "{stderr}");
+    assert!(stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use);
 
     // A run saved with other settings is not carried on: it starts over and says what changed.
@@ -509,8 +521,8 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{out}\n{}", String::from_utf8_lossy(&run.stderr));
-    assert!(out.contains("note: the editor's settings (--set) complete with qwen2.5-coder-0.5b"), "{out}");
-    assert!(out.contains("not registered: the editor's settings (--set) complete with qwen2.5-coder-0.5b"), "{out}");
+    assert!(out.contains("note: the editor's settings (--set) complete with qwen2.5-coder-0.5b over kenning.toml, and an adapter for smollm2-135m would not reach them: it is only trained"), "{out}");
+    assert!(out.contains(&format!("adapter written to {}", editor.display())) && !out.contains("registered the adapter") && !out.contains("hybrid - rag"), "{out}");
     assert!(editor.join("adapters.safetensors").is_file(), "{out}");
     assert_eq!(std::fs::read_to_string(repo.join("kenning.toml")).unwrap(), written);
     for (flag, value) in [("--rank", "0"), ("--scale", "-1"), ("--learning-rate", "0"), ("--num-layers", "0"), ("--max-seq-length", "16")] {

@@ -256,44 +256,59 @@ impl TrainArgs {
 /// nothing it can fine-tune.
 const FALLBACK_MODEL: &str = "smollm2-135m";
 
-/// The model a run fine-tunes, said before anything starts: the one asked for; else the one the
-/// workspace completes with, when MLX can train it (a bundled model, or a model directory with
-/// its config.json), since an adapter fits only the model it was trained on and `--register auto`
-/// measures against what completes now; else [`FALLBACK_MODEL`]. When the adapter is to be
-/// registered for another model than the one completing, that it would switch models is said too.
-fn training_model(root: &Path, asked: Option<&str>, set: &[String], when: RegisterWhen) -> Result<String> {
-    let completing = completing_model(root, set)?;
+/// What a run fine-tunes and whether it may register the adapter, decided before anything starts.
+#[derive(Debug)]
+struct Plan {
+    model: String,
+    /// Why the adapter cannot be registered whatever it measures: the run only trains, as
+    /// `--register never` does.
+    unregistrable: Option<String>,
+    /// What to say first.
+    notes: Vec<String>,
+}
+
+/// The model a run fine-tunes: the one asked for; else the one the workspace completes with (as
+/// kenning.toml and `--set`, an editor's own settings, resolve it) when MLX can train it (a bundled
+/// model, or a model directory with its config.json), since an adapter fits only the model it was
+/// trained on and `--register auto` measures against what completes now; else [`FALLBACK_MODEL`].
+/// An adapter the editor's settings would not use (they choose another model, or a server, over
+/// kenning.toml) is only trained; with no `--model`, nothing is (an error says why). Registering
+/// that would switch kenning.toml's model is said first too.
+fn plan_for(root: &Path, asked: Option<&str>, set: &[String], when: RegisterWhen) -> Result<Plan> {
+    // Nothing to choose and nothing to register: nothing read (a kenning.toml that does not parse
+    // does not stop it).
+    if let (Some(asked), RegisterWhen::Never) = (asked, when) {
+        return Ok(Plan { model: asked.to_owned(), unregistrable: None, notes: Vec::new() });
+    }
+    let alone = completing_model(root, &[])?;
+    let editor = if set.is_empty() { alone.clone() } else { completing_model(root, set)? };
+    let overridden = match (&alone, &editor) {
+        (Some(a), Some(e)) => !same_model(a, e),
+        (a, e) => a.is_some() != e.is_some(),
+    };
     let trainable = |m: &str| crate::generate::BundledModel::is_bundled(m) || Path::new(m).join("config.json").is_file();
-    let (model, why) = match (asked, completing.as_deref()) {
+    let (model, why) = match (asked, editor.as_deref()) {
         (Some(asked), _) => (asked.to_owned(), None),
         (None, Some(now)) if trainable(now) => (now.to_owned(), Some("the model the workspace completes with".to_owned())),
         (None, Some(now)) => (FALLBACK_MODEL.to_owned(), Some(format!("kenning train cannot fine-tune {now}, which the workspace completes with"))),
         (None, None) => (FALLBACK_MODEL.to_owned(), Some("the workspace completes through a model server or not at all, which an adapter trained here cannot join".to_owned())),
     };
-    if let Some(why) = why {
-        out(&format!("fine-tuning {model}: {why} (--model to choose)"));
+    let mut notes: Vec<String> = why.iter().map(|why| format!("fine-tuning {model}: {why} (--model to choose)")).collect();
+    let unregistrable = (when != RegisterWhen::Never && overridden && !editor.as_deref().is_some_and(|e| same_model(e, &model))).then(|| {
+        let chosen = editor.clone().unwrap_or_else(|| "a model server or no model".to_owned());
+        format!("the editor's settings (--set) complete with {chosen} over {}, and an adapter for {model} would not reach them", crate::config::FILE_NAME)
+    });
+    if let Some(why) = &unregistrable {
+        if asked.is_none() {
+            bail!("{why}: nothing is trained (`kenning train --model {model}` trains it anyway, without registering it)");
+        }
+        notes.push(format!("note: {why}: it is only trained, as with --register never"));
+    } else if let Some(now) = alone.filter(|a| when != RegisterWhen::Never && !same_model(a, &model) && finetune::configured_generation(root).is_none()) {
+        // Only where nothing configures generation does registering write kenning.toml.
+        let measured = if when == RegisterWhen::Auto && !overridden { format!(", so the adapter is measured against {now}") } else { String::new() };
+        notes.push(format!("note: with no [generation] in {}, completions come from {now}; registering this adapter writes one, switching them to {model} with it{measured}", crate::config::FILE_NAME));
     }
-    let other = completing.filter(|now| when != RegisterWhen::Never && !same_model(now, &model));
-    if let Some(now) = other.as_deref().filter(|_| editor_model(root, set).is_ok_and(|m| m.is_some())) {
-        out(&format!("note: the editor's settings (--set) complete with {now}, over {}: an adapter for {model} will not be registered", crate::config::FILE_NAME));
-        return Ok(model);
-    }
-    // Only where nothing configures generation does registering write kenning.toml.
-    if let Some(now) = other.filter(|_| finetune::configured_generation(root).is_none()) {
-        let measured = if when == RegisterWhen::Auto { format!(", so the adapter is measured against {now}") } else { String::new() };
-        out(&format!("note: the workspace completes with {now}; registering this adapter would switch completions to {model} with it{measured}"));
-    }
-    Ok(model)
-}
-
-/// The model the editor's own settings (`--set`) complete with, when it is not the one kenning.toml
-/// alone resolves to: a model kenning.toml's `[generation]` cannot override.
-fn editor_model(root: &Path, set: &[String]) -> Result<Option<String>> {
-    if set.is_empty() {
-        return Ok(None);
-    }
-    let alone = completing_model(root, &[])?;
-    Ok(completing_model(root, set)?.filter(|m| alone.as_deref().is_none_or(|a| !same_model(m, a))))
+    Ok(Plan { model, unregistrable, notes })
 }
 
 /// Whether two model names name the same model: equal, or the same file or directory.
@@ -496,11 +511,13 @@ pub fn train_cmd(paths: &Paths, args: TrainArgs) -> Result<()> {
 
 fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     let root = args.path.canonicalize().with_context(|| format!("{}", args.path.display()))?;
-    let model = &training_model(&root, args.model.as_deref(), &args.set, args.register_when())?;
+    let plan = plan_for(&root, args.model.as_deref(), &args.set, args.register_when())?;
+    plan.notes.iter().for_each(|note| out(note));
+    let model = &plan.model;
     let work = paths.training_for(&root);
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
-    let when = args.register_when();
+    let when = if plan.unregistrable.is_some() { RegisterWhen::Never } else { args.register_when() };
     if adapter.file_name().is_none() {
         bail!("--adapter-path {} names no directory of its own: give one, e.g. {}", adapter.display(), Path::new(&adapter).join("adapters").display());
     }
@@ -526,7 +543,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if when != RegisterWhen::Never
         && finetune::configured_adapter_is(&root, &adapter)
-        && let Some(now) = completing_model(&root, &args.set)?.filter(|m| !same_model(m, model))
+        && let Some(now) = completing_model(&root, &[])?.filter(|m| !same_model(m, model))
     {
         bail!(
             "{} completes with {now} and the adapter in {}; an adapter for {model} cannot replace it. Train --model {now}, or give --adapter-path another directory and point kenning.toml's [generation] at {model} and that directory yourself",
@@ -551,8 +568,12 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             let examples = train.fim + train.next_token;
             let iters = default_iters(examples, train.tokens, train_tokens(model));
             let epochs = (iters * finetune::BATCH_SIZE) as f64 / examples.max(1) as f64;
-            let digits = if epochs < 0.1 { 2 } else { 1 };
-            out(&format!("training {iters} iterations: about {} tokens, {epochs:.digits$} passes over the examples (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / examples.max(1))));
+            let share = if epochs < 0.1 {
+                format!("{} of the {} examples", thousands(iters * finetune::BATCH_SIZE), thousands(examples))
+            } else {
+                format!("{epochs:.1} passes over the examples")
+            };
+            out(&format!("training {iters} iterations: about {} tokens, {share} (--iters to choose)", thousands(iters * finetune::BATCH_SIZE * train.tokens / examples.max(1))));
             iters
         }
     };
@@ -592,10 +613,11 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     if when == RegisterWhen::Never {
         if in_use {
             out(&format!(
-                "adapter written to {}; {} completes with the adapter in {}, left as it was (--register always replaces it, --register auto if the new one helps)",
+                "adapter written to {}; {} completes with the adapter in {}, left as it was{}",
                 trained.display(),
                 crate::config::FILE_NAME,
-                adapter.display()
+                adapter.display(),
+                if plan.unregistrable.is_some() { "" } else { " (--register always replaces it, --register auto if the new one helps)" }
             ));
         } else {
             replace_dir(&trained, &adapter)?;
@@ -652,14 +674,6 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if in_use {
         out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
-        return Ok(());
-    }
-    if let Some(chosen) = editor_model(&root, &args.set)?.filter(|m| !same_model(m, model)) {
-        out(&format!(
-            "adapter written to {0}; not registered: the editor's settings (--set) complete with {chosen}, over {1}. To complete with the adapter, set the editor's model to {model} and its adapter to {0}",
-            adapter.display(),
-            crate::config::FILE_NAME
-        ));
         return Ok(());
     }
     match finetune::register(&root, model, &adapter, backend)? {
@@ -812,6 +826,47 @@ pub fn export_gguf_cmd(paths: &Paths, args: ExportGgufArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_trained_is_the_one_completing_and_an_adapter_the_editor_would_not_use_is_not_registered() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let set = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let auto = RegisterWhen::Auto;
+        // Nothing configured: the default model, Qwen; VS Code's defaults (the backend alone) too.
+        for editor in [set(&[]), set(&["generation.backend=\"llama\""])] {
+            let p = plan_for(root, None, &editor, auto).unwrap();
+            assert_eq!((p.model.as_str(), p.unregistrable.is_none()), ("qwen2.5-coder-0.5b", true), "{editor:?}");
+            assert!(p.notes.iter().any(|n| n.contains("the model the workspace completes with")), "{p:?}");
+        }
+        // SmolLM2 asked for: registering would switch kenning.toml's model, and it is measured against Qwen.
+        let p = plan_for(root, Some("smollm2-135m"), &[], auto).unwrap();
+        assert!(p.notes.iter().any(|n| n.contains("switching them to smollm2-135m") && n.contains("measured against qwen2.5-coder-0.5b")), "{p:?}");
+        // An editor choosing SmolLM2: SmolLM2, measured against itself there; registering switches
+        // kenning.toml's model for other clients, said.
+        let smol = set(&["generation.model=\"smollm2-135m\""]);
+        let p = plan_for(root, None, &smol, auto).unwrap();
+        assert_eq!((p.model.as_str(), p.unregistrable.is_none()), ("smollm2-135m", true));
+        assert!(p.notes.iter().any(|n| n.contains("switching them to smollm2-135m") && !n.contains("measured against")), "{p:?}");
+        // Another model than the editor's: only trained.
+        let p = plan_for(root, Some("qwen2.5-coder-0.5b"), &smol, auto).unwrap();
+        assert!(p.unregistrable.as_deref().is_some_and(|w| w.contains("complete with smollm2-135m")), "{p:?}");
+        assert!(plan_for(root, Some("qwen2.5-coder-0.5b"), &smol, RegisterWhen::Never).unwrap().unregistrable.is_none());
+        // An editor on a model server, or on a model MLX cannot train: nothing to fine-tune for it.
+        for editor in [set(&["generation.backend=\"ollama\"", "generation.model=\"q\""]), set(&["generation.model=\"/m/q.gguf\""])] {
+            let err = plan_for(root, None, &editor, auto).unwrap_err().to_string();
+            assert!(err.contains("would not reach them: nothing is trained"), "{err}");
+        }
+        // kenning.toml configures SmolLM2: that is trained, and nothing is switched.
+        std::fs::write(root.join("kenning.toml"), "[generation]\nmodel = \"smollm2-135m\"\n").unwrap();
+        let p = plan_for(root, None, &[], auto).unwrap();
+        assert_eq!(p.model, "smollm2-135m");
+        assert!(!p.notes.iter().any(|n| n.contains("switch")), "{p:?}");
+        // A kenning.toml that does not parse stops only a run that has to read it.
+        std::fs::write(root.join("kenning.toml"), "[generation\n").unwrap();
+        assert!(plan_for(root, Some("smollm2-135m"), &[], RegisterWhen::Never).is_ok());
+        assert!(plan_for(root, None, &[], auto).is_err());
+    }
 
     #[test]
     fn a_default_run_trains_a_token_budget_or_two_passes_whichever_is_less() {
