@@ -360,18 +360,27 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
         stdout
     };
 
+    // A run expected to be refused before anything is trained: its stdout and stderr, once it
+    // failed. (Fast settings where a regression would train: it then fails rather than trains Qwen
+    // for real.)
+    let refused = |args: &[&str]| {
+        let run = std::process::Command::new(kenning).arg("train").arg(&repo).args(args).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout).into_owned(), String::from_utf8_lossy(&run.stderr).into_owned());
+        assert!(!run.status.success(), "kenning train {args:?} was not refused: {stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let fast = ["--iters", "1", "--num-layers", "1", "--max-seq-length", "64", "--eval-tasks", "6"];
+
     // Without --model, the model the workspace completes with is fine-tuned: here the default,
     // Qwen, with FIM examples, whose context needs an index (refused before anything is mined).
-    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    let (stdout, stderr) = refused(&["--context-share", "0.5"]);
     assert!(stdout.contains("fine-tuning qwen2.5-coder-0.5b: the model the workspace completes with"), "{stdout}");
-    assert!(!refused.status.success() && stderr.contains("needs the workspace indexed"), "{stderr}");
+    assert!(stderr.contains("needs the workspace indexed"), "{stderr}");
     // An editor whose own settings choose SmolLM2 passes them on (`--set`, as the VS Code extension
     // does): SmolLM2 is fine-tuned, with no FIM examples by default, so context is refused for that.
-    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5", "--set", "generation.model=\"smollm2-135m\""]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    let (stdout, stderr) = refused(&["--context-share", "0.5", "--set", "generation.model=\"smollm2-135m\""]);
     assert!(stdout.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{stdout}");
-    assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
+    assert!(stderr.contains("give --fim-per-kb too"), "{stderr}");
 
     // A gain no adapter can show (100 points): measured without retrieval (nothing is indexed),
     // reported, and not switched on; the adapter stays beside where it would go.
@@ -416,27 +425,14 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
 
     // An adapter for another model cannot replace the one in use (kenning.toml would then pair
     // SmolLM2 with it): refused before anything is trained.
-    // (Fast settings, so that a regression fails rather than trains Qwen for real.)
-    let refused = std::process::Command::new(kenning)
-        .arg("train")
-        .arg(&repo)
-        .args(["--model", "qwen2.5-coder-0.5b", "--iters", "1", "--num-layers", "1", "--max-seq-length", "64", "--eval-tasks", "6"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
-    assert!(!String::from_utf8_lossy(&refused.stdout).contains("Starting training"), "trained before refusing");
+    let (stdout, stderr) = refused(&[&["--model", "qwen2.5-coder-0.5b"][..], &fast].concat());
+    assert!(stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
+    assert!(!stdout.contains("Starting training"), "trained before refusing");
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use);
     // Nor when an editor's own settings choose Qwen (the default is then Qwen): kenning.toml pairs
     // the adapter in use with SmolLM2 still.
-    let refused = std::process::Command::new(kenning)
-        .arg("train")
-        .arg(&repo)
-        .args(["--set", "generation.model=\"qwen2.5-coder-0.5b\"", "--iters", "1", "--num-layers", "1", "--max-seq-length", "64", "--eval-tasks", "6"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("kenning.toml completes with smollm2-135m and the adapter in"), "{stderr}");
+    let (_, stderr) = refused(&[&["--set", "generation.model=\"qwen2.5-coder-0.5b\""][..], &fast].concat());
+    assert!(stderr.contains("kenning.toml completes with smollm2-135m and the adapter in"), "{stderr}");
     assert!(stderr.contains("an adapter for qwen2.5-coder-0.5b cannot replace it"), "{stderr}");
     assert!(std::fs::read(adapter.join("adapters.safetensors")).unwrap() == in_use);
 
@@ -505,10 +501,9 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert!(prompts("train").iter().all(|p| held_out.iter().all(|h| !p.contains(&format!("// {h}\n")))), "a held-out file in a prompt");
     // Now that kenning.toml completes with SmolLM2, that is what is fine-tuned without --model: it
     // has no FIM tokens, so no FIM examples by default, and context for them is refused.
-    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--context-share", "0.5"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+    let (stdout, stderr) = refused(&["--context-share", "0.5"]);
     assert!(stdout.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{stdout}");
-    assert!(!refused.status.success() && stderr.contains("give --fim-per-kb too"), "{stderr}");
+    assert!(stderr.contains("give --fim-per-kb too"), "{stderr}");
     // An editor whose own settings complete with Qwen over kenning.toml's SmolLM2: a SmolLM2 adapter
     // is written but not registered (kenning.toml's model would not reach that editor).
     let editor = dir.path().join("editor");
@@ -526,18 +521,16 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     assert!(editor.join("adapters.safetensors").is_file(), "{out}");
     assert_eq!(std::fs::read_to_string(repo.join("kenning.toml")).unwrap(), written);
     for (flag, value) in [("--rank", "0"), ("--scale", "-1"), ("--learning-rate", "0"), ("--num-layers", "0"), ("--max-seq-length", "16")] {
-        let refused = std::process::Command::new(kenning).arg("train").arg(&repo).args(["--iters", "1", flag, value]).output().unwrap();
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success() && stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{flag} {value}: {stderr}");
+        let (_, stderr) = refused(&["--iters", "1", flag, value]);
+        assert!(stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{flag} {value}: {stderr}");
     }
 
     // A directory that holds more than an adapter is not taken for one (it would be replaced whole).
     let mine = dir.path().join("mine");
     std::fs::create_dir_all(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), "mine").unwrap();
-    let refused = std::process::Command::new(kenning).arg("train").arg(&repo).arg("--adapter-path").arg(&mine).output().unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("which is not an adapter's"), "{stderr}");
+    let (_, stderr) = refused(&["--adapter-path", mine.to_str().unwrap()]);
+    assert!(stderr.contains("which is not an adapter's"), "{stderr}");
     assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
 
     // What the runs left in the cache (the index and the training directory of a temporary repository).
