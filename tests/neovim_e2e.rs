@@ -195,4 +195,24 @@ end
     assert!(report.contains("OK binary:") && report.contains("all pinned assets in place"), "{report}");
     // The completions above loaded the model: the server names it.
     assert!(report.contains("OK model: qwen2.5-coder-0.5b"), "{report}");
+
+    // :KenningTrain runs `kenning train` in a terminal split with the binary, flags and generation
+    // settings the editor was set up with: with its model switched to SmolLM2 here (the server
+    // completes with Qwen, as kenning.toml would), that is the model it says it fine-tunes.
+    editor.lua("(function() require('kenning').options.settings.generation.model = 'smollm2-135m'; vim.cmd('KenningTrain --register never'); return '' end)()");
+    // A terminal buffer breaks a line at the window's width: read them joined back.
+    let terminal = editor.wait_for("kenning train's first line", Duration::from_secs(60), "table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '')", |v| {
+        v.contains("fine-tuning")
+    });
+    assert!(terminal.contains("fine-tuning smollm2-135m: the model the workspace completes with"), "{terminal}");
+    assert_eq!(editor.lua("vim.bo.buftype").trim(), "terminal", "{terminal}");
+    // It works in the test's cache: `--cache-dir` went along.
+    let work = cache.training_for(&root);
+    let start = Instant::now();
+    while !work.is_dir() {
+        assert!(start.elapsed() < Duration::from_secs(60), "kenning train did not work in {}: {terminal}", work.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Closing the split stops the run.
+    editor.keys("<C-\\><C-n>:bwipe!<CR>");
 }

@@ -252,6 +252,12 @@ impl TrainArgs {
     }
 }
 
+/// Whether `kenning train` (MLX) can fine-tune `model`: a bundled model, or a model directory with
+/// its config.json. The one test, for what a run trains and for what it suggests training.
+fn trainable(model: &str) -> bool {
+    crate::generate::BundledModel::is_bundled(model) || Path::new(model).join("config.json").is_file()
+}
+
 /// What `kenning train` fine-tunes when no `--model` is given and the workspace completes with
 /// nothing it can fine-tune.
 const FALLBACK_MODEL: &str = "smollm2-135m";
@@ -286,7 +292,6 @@ fn plan_for(root: &Path, asked: Option<&str>, set: &[String], when: RegisterWhen
         (Some(a), Some(e)) => !same_model(a, e),
         (a, e) => a.is_some() != e.is_some(),
     };
-    let trainable = |m: &str| crate::generate::BundledModel::is_bundled(m) || Path::new(m).join("config.json").is_file();
     let (model, why) = match (asked, editor.as_deref()) {
         (Some(asked), _) => (asked.to_owned(), None),
         (None, Some(now)) if trainable(now) => (now.to_owned(), Some("the model the workspace completes with".to_owned())),
@@ -656,8 +661,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
             p.edit_similarity.mean, p.edit_similarity.low, p.edit_similarity.high, p.exact_match.mean, p.exact_match.low, p.exact_match.high, p.files, p.helped * 100.0, p.hurt * 100.0, p.tasks
         ));
         if p.edit_similarity.low <= args.min_gain {
-            let trainable = crate::generate::BundledModel::is_bundled(&measured.current);
-            if measured.current != *model && p.edit_similarity.below_zero() && trainable {
+            if measured.current != *model && p.edit_similarity.below_zero() && trainable(&measured.current) {
                 out(&format!(
                     "{0} completes better than {1} with this adapter, so switching to it would make completions worse; an adapter for {0} itself is `kenning train --model {0}` (slower to train)",
                     measured.current, model

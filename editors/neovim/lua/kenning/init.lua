@@ -1,6 +1,7 @@
 -- kenning for Neovim: starts `kenning serve` through vim.lsp.config/vim.lsp.enable (Neovim 0.11+),
 -- shows ghost text with vim.lsp.inline_completion (0.12+; completion items on 0.11), accepts it with
--- <Tab>, and adds :KenningAsk, :KenningExplain, :KenningIndex, :KenningStatus. See :help kenning.
+-- <Tab>, and adds :KenningAsk, :KenningExplain, :KenningIndex, :KenningStatus, :KenningTrain.
+-- See :help kenning.
 
 local M = {}
 
@@ -106,6 +107,34 @@ local function command(name, show)
   end)
 end
 
+--- `kenning train`'s command line for the workspace at `root`, `extra` appended: the generation
+--- settings given to setup() go along as the server gets them (`--set`), so that the model this
+--- editor completes with is the one fine-tuned, and the one its adapter is measured against.
+--- The binary and its global flags (`--cache-dir`, ...) are `cmd`'s, `serve` left out.
+function M.train_cmd(root, extra)
+  local cmd = vim.deepcopy(M.options.cmd)
+  if cmd[#cmd] == 'serve' then
+    table.remove(cmd)
+  end
+  vim.list_extend(cmd, { 'train', root })
+  local generation = M.options.settings.generation or {}
+  local keys = vim.tbl_keys(generation)
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    vim.list_extend(cmd, { '--set', string.format('generation.%s=%s', key, vim.json.encode(generation[key])) })
+  end
+  return vim.list_extend(cmd, extra or {})
+end
+
+--- Fine-tunes the model on the workspace (`kenning train`) in a terminal split, where its progress
+--- shows; the adapter is switched on for completions only if it measures better.
+function M.train(extra)
+  local client = client_for(0)
+  local root = (client and client.root_dir) or vim.fs.root(0, M.options.root_markers) or vim.fn.getcwd()
+  vim.cmd('botright new')
+  vim.fn.jobstart(M.train_cmd(root, extra), { term = true })
+end
+
 local function on_attach(client, bufnr)
   if M.options.inline and vim.lsp.inline_completion then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
@@ -170,6 +199,9 @@ function M.setup(opts)
   vim.api.nvim_create_user_command('KenningStatus', function()
     command('kenning.status', true)
   end, { desc = 'kenning: what is indexed, which model' })
+  vim.api.nvim_create_user_command('KenningTrain', function(c)
+    M.train(c.fargs)
+  end, { nargs = '*', desc = 'kenning: fine-tune the completion model on this workspace (kenning train [FLAGS])' })
 end
 
 return M
