@@ -527,3 +527,38 @@ async fn similar_prose_is_left_out_of_the_similar_code_when_asked() {
     assert!(with.iter().any(|p| p == "docs/shipping.md") && with.iter().any(|p| p == "src/shipping.rs"), "{with:?}");
     assert!(without.iter().all(|p| p != "docs/shipping.md") && without.iter().any(|p| p == "src/shipping.rs"), "{without:?}");
 }
+
+/// What `kenning eval --context-only` and the training data's context read ([`context_for`]) is what
+/// an editor's completion carries: the ring [`Completer::prepare`] fills, in its order, and the
+/// prompt's context part is those snippets. Near a file's start and deep in one (the room differs),
+/// at two prompt sizes, one too small for all of it.
+#[tokio::test]
+async fn context_for_is_what_a_prepared_completion_carries() {
+    let helper = |i: usize| format!("/// Helper {i}.\npub fn helper_{i}(x: u64) -> u64 {{\n{}    x + {i}\n}}\n", "    let _pad = x * 3; // padding to make the body longer\n".repeat(8));
+    let mut buffers: Vec<Buffer> = (0..8).map(|i| Buffer { path: format!("src/h{i}.rs"), text: helper(i) }).collect();
+    buffers.push(Buffer { path: "src/price.rs".into(), text: "pub fn discounted_price(item: &Item, coupon: &Coupon) -> u64 {\n    item.cents - coupon.cents\n}\n".into() });
+    let calls: String = (0..8).map(|i| format!("    let v{i} = helper_{i}(total);\n")).collect();
+    let near_start = format!("fn total(item: &Item, coupon: &Coupon) -> u64 {{\n{calls}    let price = ");
+    let filler: String = (0..300).map(|i| format!("// line {i} of a long file\n")).collect();
+    let deep = format!("{filler}{near_start}");
+    let mut counts = Vec::new();
+    for prompt_tokens in [384, 2048] {
+        let settings = config::CompletionSettings { speculate: false, prompt_tokens, ..config::CompletionSettings::default() };
+        for text in [&near_start, &deep] {
+            let request = CompletionRequest { path: "src/cart.rs".into(), buffers: buffers.clone(), ..request(text) };
+            let chosen = context_for(&request, &Retrieval::default(), &settings).await;
+            assert!(!chosen.is_empty(), "the open buffers' code is chosen");
+            counts.push(chosen.len());
+
+            let g = Scripted::new(vec!["x"], 1);
+            let c = Completer::new(Arc::clone(&g) as Arc<dyn Generator>, Family::QwenCoder, settings.clone());
+            c.prepare(&request, &Retrieval::default()).await;
+            assert_eq!(c.ring_snippets(), chosen, "the ring a completion reads holds what context_for chose ({prompt_tokens} tokens)");
+            c.complete(request, &Retrieval::default()).await.unwrap();
+            let prompt = g.seen.lock().unwrap()[0].prompt.clone();
+            let written: String = chosen.iter().map(|s| format!("<|file_sep|>{}\n{}\n", s.path, s.text.trim_end_matches('\n'))).collect();
+            assert_eq!(context_part(&prompt), format!("<|repo_name|>r\n{written}"), "the prompt carries them, in that order");
+        }
+    }
+    assert!(counts[1] < counts[3], "deep in a file, a small prompt's room keeps fewer snippets: {counts:?}");
+}
