@@ -539,6 +539,22 @@ mod tests {
         assert_eq!(config.generation.family(), Family::QwenCoder);
     }
 
+    /// What VS Code sends when no backend is chosen there: kenning.toml's table holds, adapter and
+    /// all (`kenning train` registers `backend = "mlx"` on Apple Silicon), under the editor's keys.
+    #[test]
+    fn an_editor_layer_without_a_backend_keeps_the_one_below_and_its_adapter() {
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[generation]\nbackend = \"mlx\"\nmodel = \"smollm2-135m\"\nadapter = \"/a\"\n").unwrap();
+        layers.set("initializationOptions", serde_json::json!({"generation": {}, "completion": {"enabled": true}})).unwrap();
+        let mlx = Generation::Mlx { model: "smollm2-135m".into(), adapter: Some("/a".into()), family: None };
+        assert_eq!(layers.resolve().unwrap().generation, mlx);
+        layers.set("initializationOptions", serde_json::json!({"generation": {"model": "/m"}})).unwrap();
+        assert_eq!(layers.resolve().unwrap().generation, Generation::Mlx { model: "/m".into(), adapter: Some("/a".into()), family: None });
+        // A backend chosen there replaces the table, adapter included.
+        layers.set("initializationOptions", serde_json::json!({"generation": {"backend": "llama"}})).unwrap();
+        assert_eq!(layers.resolve().unwrap().generation, Generation::default());
+    }
+
     #[test]
     fn errors_name_the_source_and_the_key() {
         let mut layers = Layers::default();

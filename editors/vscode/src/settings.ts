@@ -14,18 +14,24 @@ export interface ServerSettings {
   index?: Record<string, unknown>;
 }
 
-/** Maps VS Code settings to the server's schema; empty strings mean "the server's default". */
+/**
+ * Maps VS Code settings to the server's schema; empty strings mean "the server's default". With no
+ * backend chosen here, none is sent: kenning.toml's holds (else llama), and so does what
+ * `kenning train` registered there (on Apple Silicon `backend = "mlx"` with its adapter, which a
+ * backend sent from here would replace, table and adapter together).
+ */
 export function toServerSettings(get: Get): ServerSettings {
-  const backend = get<string>('generation.backend', 'llama');
+  const backend = get<string>('generation.backend', '');
   const model = get<string>('generation.model', '');
   const url = get<string>('generation.url', '');
-  const generation: Record<string, unknown> = { backend };
-  if (backend === 'llama') {
+  const generation: Record<string, unknown> = backend ? { backend } : {};
+  if (backend === '' || backend === 'llama' || backend === 'mlx') {
     if (model) generation.model = model;
     const adapter = get<string>('generation.adapter', '');
     if (adapter) generation.adapter = adapter;
+    // llama's alone (MLX has no thread setting); with no backend chosen, set only by choice.
     const threads = get<number>('generation.threads', 0);
-    if (threads > 0) generation.threads = threads;
+    if (threads > 0 && backend !== 'mlx') generation.threads = threads;
   } else if (backend === 'ollama' || backend === 'openai') {
     generation.model = model;
     if (url) generation.url = url;

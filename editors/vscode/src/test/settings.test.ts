@@ -9,15 +9,23 @@ const from = (values: Record<string, unknown>): Get => <T>(key: string, fallback
 
 test('defaults map to the bundled model and the server defaults', () => {
   assert.deepEqual(toServerSettings(from({})), {
-    generation: { backend: 'llama' },
+    generation: {},
     completion: { enabled: true, prompt_tokens: 1536, debounce_ms: 75, retrieval: true },
   });
 });
 
 test('llama settings carry the model, the adapter and threads', () => {
-  const s = toServerSettings(from({ 'generation.model': '/m/q.gguf', 'generation.adapter': '/a.gguf', 'generation.threads': 2, 'completion.debounceMs': 0 }));
+  const s = toServerSettings(from({ 'generation.backend': 'llama', 'generation.model': '/m/q.gguf', 'generation.adapter': '/a.gguf', 'generation.threads': 2, 'completion.debounceMs': 0 }));
   assert.deepEqual(s.generation, { backend: 'llama', model: '/m/q.gguf', adapter: '/a.gguf', threads: 2 });
   assert.equal(s.completion.debounce_ms, 0);
+  // MLX takes the model and the adapter; threads are llama's.
+  const mlx = toServerSettings(from({ 'generation.backend': 'mlx', 'generation.model': 'smollm2-135m', 'generation.threads': 2 }));
+  assert.deepEqual(mlx.generation, { backend: 'mlx', model: 'smollm2-135m' });
+});
+
+test('with no backend chosen here, none is sent: the one of kenning.toml (say, mlx with its adapter) holds', () => {
+  assert.deepEqual(toServerSettings(from({ 'generation.model': 'smollm2-135m' })).generation, { model: 'smollm2-135m' });
+  assert.deepEqual(toServerSettings(from({ 'generation.backend': '', 'generation.threads': 2 })).generation, { threads: 2 });
 });
 
 test('http backends carry url and model, never llama-only keys', () => {
@@ -27,12 +35,12 @@ test('http backends carry url and model, never llama-only keys', () => {
 });
 
 test('training is told what this editor completes with', () => {
-  assert.deepEqual(trainArgs(toServerSettings(from({})), '/w'), ['train', '/w', '--set', 'generation.backend="llama"']);
-  const args = trainArgs(toServerSettings(from({ 'generation.model': 'smollm2-135m', 'generation.threads': 2 })), '/w');
+  assert.deepEqual(trainArgs(toServerSettings(from({})), '/w'), ['train', '/w'], 'nothing chosen here: kenning.toml decides');
+  const args = trainArgs(toServerSettings(from({ 'generation.backend': 'llama', 'generation.model': 'smollm2-135m', 'generation.threads': 2 })), '/w');
   assert.deepEqual(args, ['train', '/w', '--set', 'generation.backend="llama"', '--set', 'generation.model="smollm2-135m"', '--set', 'generation.threads=2']);
   // A path is a TOML string as it is a JSON one (quotes and backslashes escaped).
   const windows = trainArgs(toServerSettings(from({ 'generation.model': 'C:\\m\\"q".gguf' })), 'C:\\w');
-  assert.equal(windows[5], 'generation.model="C:\\\\m\\\\\\"q\\".gguf"');
+  assert.equal(windows[3], 'generation.model="C:\\\\m\\\\\\"q\\".gguf"');
 });
 
 test('questions may have a model and backend of their own', () => {
