@@ -590,5 +590,20 @@ fn kenning_train_stopped_with_ctrl_c_carries_on_when_run_again() {
     let adapter = paths.training_for(&root).join("adapters");
     assert!(out.contains("adapter written to") && adapter.join("adapters.safetensors").is_file(), "{out}");
     assert!(!paths.training_for(&root).join("adapters.candidate").exists(), "the finished run was moved over the adapter: {out}");
+
+    // The adapter copied elsewhere without its checkpoints and optimizer moments (as
+    // training/measurements keeps one) is still the finished run: nothing is trained again.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["adapters.safetensors", "adapter_config.json", "trainer_state.json"] {
+        std::fs::copy(adapter.join(file), copy.join(file)).unwrap();
+    }
+    let weights = std::fs::read(copy.join("adapters.safetensors")).unwrap();
+    let kept = command().arg("--adapter-path").arg(&copy).output().unwrap();
+    let out = String::from_utf8_lossy(&kept.stdout);
+    assert!(kept.status.success(), "{out}\n{}", String::from_utf8_lossy(&kept.stderr));
+    assert!(out.contains("was trained on this data with these settings already") && !out.contains("Train loss"), "{out}");
+    assert_eq!(std::fs::read(copy.join("adapters.safetensors")).unwrap(), weights, "the copy is left as it was");
+    assert!(!dir.path().join("copy.candidate").exists(), "{out}");
     let _ = std::fs::remove_dir_all(paths.training_for(&root));
 }

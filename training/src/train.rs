@@ -289,6 +289,24 @@ impl Saved {
         self.file.iter
     }
 
+    /// The state of a finished run whose moments were not kept: zeros in their place, which no
+    /// step reads since none is left. Saved again, it is the state it was.
+    pub fn finished(self, params: &[Array]) -> Result<State, Exception> {
+        let file = self.file;
+        let zeros = || params.iter().map(|p| Array::zeros::<f32>(p.shape())).collect::<Result<Vec<_>, _>>();
+        Ok(State {
+            iter: file.iter,
+            rng: file.rng,
+            order: file.order,
+            adam_step: file.adam_step,
+            m: zeros()?,
+            v: zeros()?,
+            pending: None,
+            trained_tokens: file.trained_tokens,
+            first_val_loss: file.first_val_loss,
+        })
+    }
+
     /// The whole state, its moments matched to the parameters by `names` (in parameter order).
     pub fn load(self, dir: &Path, names: &[String]) -> Result<State, ModelError> {
         let file = self.file;

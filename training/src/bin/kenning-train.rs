@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kenning_formats::adapter::{STATE_FILE, WEIGHTS_FILE, checkpoint_file};
+use kenning_formats::adapter::{MOMENTS_FILE, STATE_FILE, WEIGHTS_FILE, checkpoint_file};
 use kenning_training::data::{self, Example, Text};
 use kenning_training::lora::{Lora, LoraParameters};
 use kenning_training::models;
@@ -216,7 +216,7 @@ fn run(args: &TrainArgs) -> Result<()> {
     let config = &model.model.config;
     let params = LoraParameters { rank: args.rank, dropout: args.dropout, scale: args.scale };
     let fingerprint = fingerprint(args, &model_dir, &train_texts, &valid_texts)?;
-    let resumed = if args.train && args.resume { resumable(&args.adapter_path, &fingerprint, config)? } else { None };
+    let resumed = if args.train && args.resume { resumable(&args.adapter_path, &fingerprint, args.iters, config)? } else { None };
     if args.train && !args.resume {
         // A fresh run: a state left by another one is not this run's to carry on.
         remove_if_there(&args.adapter_path.join(STATE_FILE))?;
@@ -424,7 +424,7 @@ fn differences(saved: &str, now: &str) -> Vec<String> {
 /// The saved run in `dir` to carry on, with its adapter and the weights of its last checkpoint;
 /// `None` (said why) when there is none, it was asked something else, or what was saved does not
 /// read (a damaged state is no reason to fail a run: it only costs the iterations it held).
-fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Config) -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
+fn resumable(dir: &Path, fingerprint: &str, iters: usize, config: &kenning_training::model::Config) -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
     let start_over = |why: String| -> Result<Option<(Lora, Vec<mlx_rs::Array>, train::State)>> {
         say(&format!("{why}: starting over"));
         remove_if_there(&dir.join(STATE_FILE))?;
@@ -439,10 +439,19 @@ fn resumable(dir: &Path, fingerprint: &str, config: &kenning_training::model::Co
         return start_over(format!("The run saved in {} was asked something else ({})", dir.display(), differences(saved.fingerprint(), fingerprint).join(", ")));
     }
     let iter = saved.iter();
-    let (lora, weights) = match Lora::load_file(dir, &dir.join(checkpoint_file(iter)), config) {
+    // A finished run is whole with its final weights alone (an adapter copied without the
+    // checkpoints and the optimizer's moments): no step is left to take, so none is read.
+    let finished = iter >= iters && !dir.join(MOMENTS_FILE).is_file();
+    let checkpoint = dir.join(checkpoint_file(iter));
+    let weights_file = if finished && !checkpoint.is_file() { dir.join(WEIGHTS_FILE) } else { checkpoint };
+    let (lora, weights) = match Lora::load_file(dir, &weights_file, config) {
         Ok(loaded) => loaded,
         Err(e) => return start_over(format!("The weights saved with the run in {} do not load ({e})", dir.display())),
     };
+    if finished {
+        let state = saved.finished(&weights).context("making the finished run's state")?;
+        return Ok(Some((lora, weights, state)));
+    }
     // The moments by the names of the weights they belong to, whatever order the file lists them in.
     match saved.load(dir, &lora.names()) {
         Ok(state) => Ok(Some((lora, weights, state))),
