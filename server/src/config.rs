@@ -373,9 +373,16 @@ impl Layers {
             return Err(ConfigError { source_name: name.to_owned(), key: String::new(), message: "expected a table of settings".into() });
         }
         let mut next = self.clone();
-        next.layers.retain(|(n, _)| n != name);
-        if !value.is_null() {
-            next.layers.push((name.to_owned(), value));
+        // A layer set again keeps its place: kenning.toml read again (edited, or written by
+        // `kenning train`) stays under the editor's settings. A new kenning.toml goes first.
+        match next.layers.iter().position(|(n, _)| n == name) {
+            Some(i) if value.is_null() => {
+                next.layers.remove(i);
+            }
+            Some(i) => next.layers[i].1 = value,
+            None if value.is_null() => {}
+            None if name == FILE_NAME => next.layers.insert(0, (name.to_owned(), value)),
+            None => next.layers.push((name.to_owned(), value)),
         }
         next.resolve()?;
         *self = next;
@@ -537,6 +544,21 @@ mod tests {
             Generation::Ollama { url: "http://127.0.0.1:11434".into(), model: "qwen2.5-coder:1.5b".into(), family: None }
         );
         assert_eq!(config.generation.family(), Family::QwenCoder);
+    }
+
+    /// kenning.toml read again while the server runs (edited, or written by `kenning train`) stays
+    /// under the editor's settings, as does one that appears only after them.
+    #[test]
+    fn kenning_toml_read_again_stays_under_the_editor_settings() {
+        let mut layers = Layers::default();
+        layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = 10\n").unwrap();
+        layers.set("initializationOptions", serde_json::json!({"completion": {"debounce_ms": 20}})).unwrap();
+        layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = 30\nmax_lines = 3\n").unwrap();
+        let config = layers.resolve().unwrap();
+        assert_eq!((config.completion.debounce_ms, config.completion.max_lines), (20, 3));
+        layers.set(FILE_NAME, Value::Null).unwrap();
+        layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = 40\n").unwrap();
+        assert_eq!(layers.resolve().unwrap().completion.debounce_ms, 20);
     }
 
     /// What VS Code sends when no backend is chosen there: kenning.toml's table holds, adapter and

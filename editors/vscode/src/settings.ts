@@ -21,17 +21,19 @@ export interface ServerSettings {
  * backend sent from here would replace, table and adapter together).
  */
 export function toServerSettings(get: Get): ServerSettings {
-  const backend = get<string>('generation.backend', '');
   const model = get<string>('generation.model', '');
   const url = get<string>('generation.url', '');
+  const adapter = get<string>('generation.adapter', '');
+  const threads = get<number>('generation.threads', 0);
+  // The adapter (a llama.cpp GGUF) and threads are llama's settings: set here, they choose llama
+  // (as they did when llama was this setting's default), since another backend refuses them.
+  const chosen = get<string>('generation.backend', '');
+  const backend = chosen || (adapter || threads > 0 ? 'llama' : '');
   const generation: Record<string, unknown> = backend ? { backend } : {};
   if (backend === '' || backend === 'llama' || backend === 'mlx') {
     if (model) generation.model = model;
-    const adapter = get<string>('generation.adapter', '');
     if (adapter) generation.adapter = adapter;
-    // llama's alone (MLX has no thread setting); with no backend chosen, set only by choice.
-    const threads = get<number>('generation.threads', 0);
-    if (threads > 0 && backend !== 'mlx') generation.threads = threads;
+    if (threads > 0 && backend === 'llama') generation.threads = threads;
   } else if (backend === 'ollama' || backend === 'openai') {
     generation.model = model;
     if (url) generation.url = url;

@@ -25,7 +25,9 @@ test('llama settings carry the model, the adapter and threads', () => {
 
 test('with no backend chosen here, none is sent: the one of kenning.toml (say, mlx with its adapter) holds', () => {
   assert.deepEqual(toServerSettings(from({ 'generation.model': 'smollm2-135m' })).generation, { model: 'smollm2-135m' });
-  assert.deepEqual(toServerSettings(from({ 'generation.backend': '', 'generation.threads': 2 })).generation, { threads: 2 });
+  // llama's own settings choose llama, which another backend below would refuse them for.
+  assert.deepEqual(toServerSettings(from({ 'generation.backend': '', 'generation.threads': 2 })).generation, { backend: 'llama', threads: 2 });
+  assert.deepEqual(toServerSettings(from({ 'generation.adapter': '/a.gguf' })).generation, { backend: 'llama', adapter: '/a.gguf' });
 });
 
 test('http backends carry url and model, never llama-only keys', () => {
