@@ -292,19 +292,8 @@ impl Saved {
     /// The state of a finished run whose moments were not kept: zeros in their place, which no
     /// step reads since none is left. Saved again, it is the state it was.
     pub fn finished(self, params: &[Array]) -> Result<State, Exception> {
-        let file = self.file;
-        let zeros = || params.iter().map(|p| Array::zeros::<f32>(p.shape())).collect::<Result<Vec<_>, _>>();
-        Ok(State {
-            iter: file.iter,
-            rng: file.rng,
-            order: file.order,
-            adam_step: file.adam_step,
-            m: zeros()?,
-            v: zeros()?,
-            pending: None,
-            trained_tokens: file.trained_tokens,
-            first_val_loss: file.first_val_loss,
-        })
+        let AdamW { m, v, .. } = AdamW::new(params)?;
+        Ok(self.file.into_state(m, v, None))
     }
 
     /// The whole state, its moments matched to the parameters by `names` (in parameter order).
@@ -323,17 +312,24 @@ impl Saved {
         };
         let (m, v) = (take("m")?, take("v")?);
         let pending = if file.pending { Some(take("pending")?) } else { None };
-        Ok(State {
-            iter: file.iter,
-            rng: file.rng,
-            order: file.order,
-            adam_step: file.adam_step,
+        Ok(file.into_state(m, v, pending))
+    }
+}
+
+impl StateFile {
+    /// The state it describes, with its moments (and pending gradients) as read or made.
+    fn into_state(self, m: Vec<Array>, v: Vec<Array>, pending: Option<Vec<Array>>) -> State {
+        State {
+            iter: self.iter,
+            rng: self.rng,
+            order: self.order,
+            adam_step: self.adam_step,
             m,
             v,
             pending,
-            trained_tokens: file.trained_tokens,
-            first_val_loss: file.first_val_loss,
-        })
+            trained_tokens: self.trained_tokens,
+            first_val_loss: self.first_val_loss,
+        }
     }
 }
 
