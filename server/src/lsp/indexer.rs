@@ -23,6 +23,8 @@ use crate::workspace::WalkOptions;
 const IDLE_OPTIMIZE_AFTER: Duration = Duration::from_secs(5);
 /// The longest the shared-index watcher sleeps between looks at the configuration.
 const WATCH_SHARED_TICK: Duration = Duration::from_secs(30);
+/// How often `kenning.toml` is looked at when the client does not report file changes.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// At most one progress report per this interval.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
@@ -202,6 +204,28 @@ pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
     }
 }
 
+/// Reloads the first folder's `kenning.toml` when its modification time or size changes (written,
+/// replaced or removed), for clients that do not report file changes. Stops at shutdown or when the
+/// folder is removed.
+async fn poll_config(state: Arc<State>, root: Arc<Root>) {
+    let path = root.path.join(FILE_NAME);
+    let stamp = || std::fs::metadata(&path).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut seen = stamp();
+    loop {
+        tokio::time::sleep(CONFIG_POLL).await;
+        if state.shutting_down.load(Ordering::Relaxed) || !state.roots().iter().any(|r| Arc::ptr_eq(r, &root)) {
+            return;
+        }
+        let now = stamp();
+        if now != seen {
+            seen = now;
+            if let Some(uri) = Uri::from_file_path(&path) {
+                changed(&state, &[uri]).await;
+            }
+        }
+    }
+}
+
 /// Whether every chunk of `store` has its vector (and there are chunks): searchable by vector.
 async fn fully_embedded(store: &Store) -> bool {
     store.counts().await.is_ok_and(|(chunks, vectors)| chunks > 0 && chunks == vectors)
@@ -221,6 +245,10 @@ pub(super) async fn start(state: Arc<State>) {
                 tracing::warn!("the client refused file watching: {e}");
             }
         });
+    } else if let Some(first) = state.roots().first().cloned() {
+        // Neovim on Linux and Helix report no file changes: a kenning.toml that `kenning train`
+        // (or anything outside the editor) writes would otherwise wait for a restart.
+        tokio::spawn(poll_config(Arc::clone(&state), first));
     }
     let roots = state.roots();
     if roots.is_empty() {
