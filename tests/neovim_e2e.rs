@@ -196,6 +196,13 @@ end
     // The completions above loaded the model: the server names it.
     assert!(report.contains("OK model: qwen2.5-coder-0.5b"), "{report}");
 
+    // Global flags after `serve` go along too: `serve` is left out wherever it is.
+    let line = editor.lua(
+        "(function() local k = require('kenning'); local cmd = k.options.cmd; k.options.cmd = {'kenning', 'serve', '--cache-dir', '/c'}; \
+         local line = table.concat(k.train_cmd('/r', {'--iters', '1'}), ' '); k.options.cmd = cmd; return line end)()",
+    );
+    assert!(line.starts_with("kenning --cache-dir /c train /r ") && line.trim_end().ends_with(" --iters 1") && !line.contains("serve"), "{line}");
+
     // :KenningTrain runs `kenning train` in a terminal split with the binary, flags and generation
     // settings the editor was set up with: with its model switched to SmolLM2 here (the server
     // completes with Qwen, as kenning.toml would), that is the model it says it fine-tunes.

@@ -110,12 +110,16 @@ end
 --- `kenning train`'s command line for the workspace at `root`, `extra` appended: the generation
 --- settings given to setup() go along as the server gets them (`--set`), so that the model this
 --- editor completes with is the one fine-tuned, and the one its adapter is measured against.
---- The binary and its global flags (`--cache-dir`, ...) are `cmd`'s, `serve` left out.
+--- The binary and its global flags (`--cache-dir`, ...) are `cmd`'s, `serve` left out wherever it
+--- is (it takes no arguments; global flags may come after it). A `cmd` given as a function has no
+--- command line to take them from: an error says so.
 function M.train_cmd(root, extra)
-  local cmd = vim.deepcopy(M.options.cmd)
-  if cmd[#cmd] == 'serve' then
-    table.remove(cmd)
+  if type(M.options.cmd) ~= 'table' then
+    error('kenning: :KenningTrain needs `cmd` as a list (the kenning binary and its flags), not a function')
   end
+  local cmd = vim.tbl_filter(function(arg)
+    return arg ~= 'serve'
+  end, M.options.cmd)
   vim.list_extend(cmd, { 'train', root })
   local generation = M.options.settings.generation or {}
   local keys = vim.tbl_keys(generation)
