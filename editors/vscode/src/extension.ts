@@ -6,9 +6,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as vscode from 'vscode';
 import { DidChangeConfigurationNotification, ExecuteCommandRequest, LanguageClient, LanguageClientOptions, ServerOptions } from 'vscode-languageclient/node';
 
-import { AskResult, Status, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from './settings';
+import { AskResult, ServerSettings, Status, dropsKeys, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from './settings';
 
 let client: LanguageClient | undefined;
+/** The settings the running server was started with (its `initializationOptions`). */
+let started: ServerSettings | undefined;
 let statusItem: vscode.StatusBarItem | undefined;
 let statusTimer: NodeJS.Timeout | undefined;
 
@@ -113,7 +115,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   const languages = vscode.workspace.getConfiguration('kenning').get<string[]>('languages', []);
   const clientOptions: LanguageClientOptions = {
     documentSelector: languages.length > 0 ? languages.map((language) => ({ scheme: 'file', language })) : [{ scheme: 'file' }],
-    initializationOptions: settings(),
+    // Read again at every (re)start; kept, since a change that leaves out one of them restarts.
+    initializationOptions: () => (started = settings()),
     middleware: {
       provideInlineCompletionItems: (document, position, ctx, token, next) =>
         languageEnabled(vscode.workspace.getConfiguration('kenning').get<string[]>('languages', []), document.languageId)
@@ -134,7 +137,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     statusItem,
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('kenning') && client) {
-        void client.sendNotification(DidChangeConfigurationNotification.type, { settings: settings() });
+        const now = settings();
+        if (dropsKeys(started, now)) void client.restart();
+        else void client.sendNotification(DidChangeConfigurationNotification.type, { settings: now });
       }
     }),
     vscode.commands.registerCommand('kenning.askCodebase', async () => {

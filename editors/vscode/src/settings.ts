@@ -17,8 +17,8 @@ export interface ServerSettings {
 /**
  * Maps VS Code settings to the server's schema; empty strings mean "the server's default". With no
  * backend chosen here, none is sent: kenning.toml's holds (else llama), and so does what
- * `kenning train` registered there (on Apple Silicon `backend = "mlx"` with its adapter, which a
- * backend sent from here would replace, table and adapter together).
+ * `kenning train` registered there (on Apple Silicon `backend = "mlx"` with its adapter, which
+ * another backend sent from here would replace, table and adapter together).
  */
 export function toServerSettings(get: Get): ServerSettings {
   const model = get<string>('generation.model', '');
@@ -73,6 +73,19 @@ export function trainArgs(settings: ServerSettings, folder: string): string[] {
 }
 
 /** Whether completions are wanted in a language (an empty list means every language). */
+/**
+ * Whether `after` leaves out a setting `before` has (a key at any depth). The server layers changed
+ * settings over those it started with, key by key, so such a key would keep its startup value
+ * (a backend cleared to fall back on kenning.toml's would stay): only a restart, which starts the
+ * server with `after`, drops it.
+ */
+export function dropsKeys(before: unknown, after: unknown): boolean {
+  if (typeof before !== 'object' || before === null || Array.isArray(before)) return false;
+  if (typeof after !== 'object' || after === null || Array.isArray(after)) return Object.keys(before).length > 0;
+  const a = after as Record<string, unknown>;
+  return Object.entries(before as Record<string, unknown>).some(([key, value]) => !(key in a) || dropsKeys(value, a[key]));
+}
+
 export function languageEnabled(languages: readonly string[], languageId: string): boolean {
   return languages.length === 0 || languages.includes(languageId);
 }

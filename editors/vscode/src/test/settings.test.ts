@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { AskResult, Get, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from '../settings';
+import { AskResult, Get, dropsKeys, languageEnabled, renderAnswer, sharedText, statusText, toServerSettings, trainArgs } from '../settings';
 
 const from = (values: Record<string, unknown>): Get => <T>(key: string, fallback: T) => (key in values ? (values[key] as T) : fallback);
 
@@ -28,6 +28,20 @@ test('with no backend chosen here, none is sent: the one of kenning.toml (say, m
   // llama's own settings choose llama, which another backend below would refuse them for.
   assert.deepEqual(toServerSettings(from({ 'generation.backend': '', 'generation.threads': 2 })).generation, { backend: 'llama', threads: 2 });
   assert.deepEqual(toServerSettings(from({ 'generation.adapter': '/a.gguf' })).generation, { backend: 'llama', adapter: '/a.gguf' });
+});
+
+test('a change that leaves out a setting the server started with restarts it; others are sent', () => {
+  const ollama = toServerSettings(from({ 'generation.backend': 'ollama', 'generation.model': 'm' }));
+  const cleared = toServerSettings(from({}));
+  // The backend cleared to fall back on kenning.toml's: layered over the startup's, it would stay.
+  assert.equal(dropsKeys(ollama, cleared), true);
+  assert.equal(dropsKeys(toServerSettings(from({ 'index.shared': 's3://b/k' })), cleared), true, 'a shared index cleared');
+  assert.equal(dropsKeys(toServerSettings(from({ 'generation.adapter': '/a.gguf' })), cleared), true, 'an adapter cleared (it chose llama)');
+  // Values changed, or keys added: sent as they are.
+  assert.equal(dropsKeys(cleared, ollama), false);
+  assert.equal(dropsKeys(cleared, toServerSettings(from({ 'completion.debounceMs': 0 }))), false);
+  assert.equal(dropsKeys(ollama, toServerSettings(from({ 'generation.backend': 'ollama', 'generation.model': 'n' }))), false);
+  assert.equal(dropsKeys(undefined, cleared), false, 'before the first start');
 });
 
 test('http backends carry url and model, never llama-only keys', () => {
