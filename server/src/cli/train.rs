@@ -520,6 +520,9 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     plan.notes.iter().for_each(|note| out(note));
     let model = &plan.model;
     let work = paths.training_for(&root);
+    // Held until training ends: a second run on this workspace would mine into the same data and
+    // train into the same candidate.
+    let _lock = lock_training(&work, &root)?;
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
     let when = if plan.unregistrable.is_some() { RegisterWhen::Never } else { args.register_when() };
@@ -690,6 +693,21 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An exclusive advisory lock on the workspace's training directory `work` (released when the
+/// file is dropped, or the process ends however it ends); a clear error while another run has it.
+fn lock_training(work: &Path, root: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let path = work.join("lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another kenning train is running on {} (in {}): wait for it to end, or stop it", root.display(), work.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// The suffix of where `replace_dir` sets the adapter it replaces aside.
@@ -905,6 +923,17 @@ mod tests {
         phases.done[0].1 = std::time::Duration::from_millis(12_600);
         let summary = phases.summary().unwrap();
         assert!(summary.starts_with("mining 0:13, training 3:01:02 (total 0:0"), "{summary}");
+    }
+
+    #[test]
+    fn one_training_run_at_a_time_per_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("training").join("w");
+        let held = lock_training(&work, Path::new("/w")).unwrap();
+        let second = lock_training(&work, Path::new("/w")).unwrap_err().to_string();
+        assert!(second.contains("another kenning train is running on /w"), "{second}");
+        drop(held);
+        lock_training(&work, Path::new("/w")).expect("free again once the first run ends");
     }
 
     #[test]
