@@ -208,6 +208,9 @@ fn run(args: &TrainArgs) -> Result<()> {
     if !args.train && !args.test {
         bail!("nothing to do: pass --train and/or --test");
     }
+    // Held while this process runs: a second trainer (one left running by a killed `kenning
+    // train`, say) would write its checkpoints between this one's.
+    let _writing = if args.train { Some(lock_adapter_dir(&args.adapter_path)?) } else { None };
     let (model_dir, model) = load_model(&args.model)?;
     say("Loading datasets");
     let split = |name: &str| data::read_split(&args.data, name).map_err(anyhow::Error::msg);
@@ -460,6 +463,20 @@ fn resumable(dir: &Path, fingerprint: &str, iters: usize, config: &kenning_train
 }
 
 /// Removes a file; one that is not there is fine.
+/// An exclusive advisory lock on the adapter directory `dir` itself (made if missing; no lock file
+/// is left in or beside it), released when the returned handle is dropped or the process ends.
+fn lock_adapter_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let handle = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another trainer is writing {} (one left running by a stopped kenning train?): stop it, or give another --adapter-path", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    }
+}
+
 fn remove_if_there(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
@@ -517,6 +534,18 @@ fn export(args: &ExportArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_trainer_writes_an_adapter_directory_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = dir.path().join("adapters.candidate");
+        let held = lock_adapter_dir(&adapter).unwrap();
+        let second = lock_adapter_dir(&adapter).unwrap_err().to_string();
+        assert!(second.contains("another trainer is writing"), "{second}");
+        drop(held);
+        lock_adapter_dir(&adapter).expect("free again once the first trainer ends");
+        assert_eq!(std::fs::read_dir(&adapter).unwrap().count(), 0, "no lock file in the adapter directory");
+    }
 
     #[test]
     fn what_changed_between_two_runs_is_named() {
