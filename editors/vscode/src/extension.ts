@@ -82,8 +82,22 @@ function train(binary: string): void {
     { location: vscode.ProgressLocation.Notification, title: 'kenning: training on this repository', cancellable: true },
     (progress, token) =>
       new Promise<void>((resolve) => {
-        const child = spawn(binary, trainArgs(settings(), folder.uri.fsPath), { cwd: folder.uri.fsPath });
-        token.onCancellationRequested(() => child.kill());
+        // A process group of its own, told as a terminal's Ctrl-C tells it: kenning train and its
+        // trainer both stop, the trainer after saving (the same command carries on). A SIGTERM to
+        // kenning alone would leave the trainer running on.
+        const group = process.platform !== 'win32';
+        const child = spawn(binary, trainArgs(settings(), folder.uri.fsPath), { cwd: folder.uri.fsPath, detached: group });
+        token.onCancellationRequested(() => {
+          if (group && child.pid) {
+            try {
+              process.kill(-child.pid, 'SIGINT');
+              return;
+            } catch {
+              // The group is gone already.
+            }
+          }
+          child.kill();
+        });
         let last = '';
         const onData = (data: Buffer) => {
           last = data.toString().trim().split('\n').pop() ?? last;
