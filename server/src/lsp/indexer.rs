@@ -204,24 +204,26 @@ pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
     }
 }
 
-/// Reloads the first folder's `kenning.toml` when its modification time or size changes (written,
-/// replaced or removed), for clients that do not report file changes. Stops at shutdown or when the
-/// folder is removed.
+/// A file's modification time and size (`None`: not there).
+pub(super) type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()))
+}
+
+/// Reloads the first folder's `kenning.toml` when its modification time or size differs from
+/// when it was last read (written, replaced or removed outside the editor; a save the client
+/// reported was read already and is not read twice). Stops at shutdown or when the folder is removed.
 async fn poll_config(state: Arc<State>, root: Arc<Root>) {
     let path = root.path.join(FILE_NAME);
-    let stamp = || std::fs::metadata(&path).ok().map(|m| (m.modified().ok(), m.len()));
-    let mut seen = stamp();
     loop {
         tokio::time::sleep(CONFIG_POLL).await;
         if state.shutting_down.load(Ordering::Relaxed) || !state.roots().iter().any(|r| Arc::ptr_eq(r, &root)) {
             return;
         }
-        let now = stamp();
-        if now != seen {
-            seen = now;
-            if let Some(uri) = Uri::from_file_path(&path) {
-                changed(&state, &[uri]).await;
-            }
+        let differs = *state.config_seen.lock().expect("config stamp lock") != stamp(&path);
+        if differs && let Some(uri) = Uri::from_file_path(&path) {
+            changed(&state, &[uri]).await;
         }
     }
 }
@@ -245,9 +247,12 @@ pub(super) async fn start(state: Arc<State>) {
                 tracing::warn!("the client refused file watching: {e}");
             }
         });
-    } else if let Some(first) = state.roots().first().cloned() {
-        // Neovim on Linux and Helix report no file changes: a kenning.toml that `kenning train`
-        // (or anything outside the editor) writes would otherwise wait for a restart.
+    }
+    // Whatever the client declares: Neovim on Linux reports no file changes, and Helix registers
+    // a watcher but reports only the files it writes itself, so a kenning.toml that `kenning
+    // train` (or anything outside the editor) writes would otherwise wait for a restart.
+    if let Some(first) = state.roots().first().cloned() {
+        *state.config_seen.lock().expect("config stamp lock") = stamp(&first.path.join(FILE_NAME));
         tokio::spawn(poll_config(Arc::clone(&state), first));
     }
     let roots = state.roots();
@@ -449,6 +454,8 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
         let path = path.canonicalize().unwrap_or(path);
         let Some(root) = state.root_of(&path) else { continue };
         if path.file_name().is_some_and(|n| n == FILE_NAME) && state.roots().first().is_some_and(|r| r.path == root.path) {
+            // Stamped before it is read: a write in between is seen by the next poll.
+            *state.config_seen.lock().expect("config stamp lock") = stamp(&path);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let result = {
                 let mut layers = state.layers.lock().expect("layers lock");

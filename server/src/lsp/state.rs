@@ -97,6 +97,8 @@ pub(super) struct State {
     pub encoding: RwLock<Encoding>,
     pub progress_supported: AtomicBool,
     pub watch_registration: AtomicBool,
+    /// kenning.toml's modification time and size when it was last read (see `indexer::poll_config`).
+    pub config_seen: std::sync::Mutex<super::indexer::Stamp>,
     pub documents: Mutex<HashMap<Uri, Document>>,
     pub roots: RwLock<Vec<Arc<Root>>>,
     pub layers: Mutex<Layers>,
@@ -124,6 +126,7 @@ impl State {
             encoding: RwLock::new(Encoding::Utf16),
             progress_supported: AtomicBool::new(false),
             watch_registration: AtomicBool::new(false),
+            config_seen: std::sync::Mutex::new(None),
             documents: Mutex::new(HashMap::new()),
             roots: RwLock::new(Vec::new()),
             layers: Mutex::new(Layers::default()),
