@@ -520,8 +520,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     plan.notes.iter().for_each(|note| out(note));
     let model = &plan.model;
     let work = paths.training_for(&root);
-    // Held until training ends: a second run on this workspace would mine into the same data and
-    // train into the same candidate.
+    // Held until this run ends (measuring and registering included): a second run on this
+    // workspace would mine into the same data and train into the same candidate.
     let _lock = lock_training(&work, &root)?;
     let data_dir = work.join("data");
     let adapter = args.adapter_path.clone().unwrap_or_else(|| work.join("adapters"));
@@ -565,6 +565,11 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         context_possible(paths, &root, fim_per_kb)?;
     }
     if args.fresh {
+        // Not from under a trainer still writing it (one left by a killed run): the directory
+        // would come back at its next checkpoint, shared with this run's trainer.
+        if trained.is_dir() && matches!(std::fs::File::open(&trained).map(|d| d.try_lock()), Ok(Err(std::fs::TryLockError::WouldBlock))) {
+            bail!("a trainer is still writing {} (one left running by a stopped kenning train?): stop it first", trained.display());
+        }
         remove_dir_if_there(&trained)?;
     }
     let options = options(family, args.max_seq_length as usize, fim_per_kb, 0);
