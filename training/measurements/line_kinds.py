@@ -8,7 +8,7 @@ A time-split task (`kenning eval --split time`) is one whole line added after th
   control    if / else / match / for / while / loop / return / break / continue
   binding    let / const / var, or an assignment
   call       any other line with a call (`name(`, `name!(`)
-  other      the rest (struct fields, match arms, closing expressions, ...)
+  other      match arms, and the rest (struct fields, closing expressions, ...)
 
 Usage: training/measurements/line_kinds.py REPO COMMIT OUT_DIR SCORES.json...
   e.g. (from the repository's root)
@@ -24,7 +24,9 @@ import sys
 
 SIGNATURE = re.compile(r"(pub(\([a-z]+\))?\s+)?(async\s+|const\s+|unsafe\s+|export\s+)*(fn|struct|enum|impl|trait|type|mod|def|class|function|interface)\b")
 CONTROL = re.compile(r"(if|else|match|for|while|loop|return|break|continue)\b|\}\s*else")
-BINDING = re.compile(r"(let|const|var)\b|[A-Za-z_][\w.]*\s*[-+*/|&]?=[^=]")
+BINDING = re.compile(r"(let|const|var)\b|[A-Za-z_][\w.]*\s*[-+*/|&]?=(?![=>])")
+# A match arm (`Some(x) => …`, `_ => {}`): "other", whatever its right-hand side is.
+ARM = re.compile(r"[^=]*=>")
 CALL = re.compile(r"[A-Za-z_]\w*!?\s*\(")
 
 
@@ -34,6 +36,8 @@ def kind(code: str) -> str:
         return "signature"
     if CONTROL.match(c):
         return "control"
+    if ARM.match(c) and not c.startswith(("let ", "const ", "var ")):
+        return "other"
     if BINDING.match(c):
         return "binding"
     if CALL.search(c):

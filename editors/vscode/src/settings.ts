@@ -72,7 +72,6 @@ export function trainArgs(settings: ServerSettings, folder: string): string[] {
   return ['train', folder, ...sets];
 }
 
-/** Whether completions are wanted in a language (an empty list means every language). */
 /**
  * Whether `after` leaves out a setting `before` has (a key at any depth). The server layers changed
  * settings over those it started with, key by key, so such a key would keep its startup value
@@ -86,6 +85,7 @@ export function dropsKeys(before: unknown, after: unknown): boolean {
   return Object.entries(before as Record<string, unknown>).some(([key, value]) => !(key in a) || dropsKeys(value, a[key]));
 }
 
+/** Whether completions are wanted in a language (an empty list means every language). */
 export function languageEnabled(languages: readonly string[], languageId: string): boolean {
   return languages.length === 0 || languages.includes(languageId);
 }

@@ -462,7 +462,6 @@ fn resumable(dir: &Path, fingerprint: &str, iters: usize, config: &kenning_train
     }
 }
 
-/// Removes a file; one that is not there is fine.
 /// An exclusive advisory lock on the adapter directory `dir` itself (made if missing; no lock file
 /// is left in or beside it), released when the returned handle is dropped or the process ends.
 fn lock_adapter_dir(dir: &Path) -> Result<std::fs::File> {
@@ -477,6 +476,7 @@ fn lock_adapter_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Removes a file; one that is not there is fine.
 fn remove_if_there(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),

@@ -135,8 +135,9 @@ end
 function M.train(extra)
   local client = client_for(0)
   local root = (client and client.root_dir) or vim.fs.root(0, M.options.root_markers) or vim.fn.getcwd()
+  local cmd = M.train_cmd(root, extra)
   vim.cmd('botright new')
-  vim.fn.jobstart(M.train_cmd(root, extra), { term = true })
+  vim.fn.jobstart(cmd, { term = true })
 end
 
 local function on_attach(client, bufnr)
