@@ -23,7 +23,7 @@ use crate::workspace::WalkOptions;
 const IDLE_OPTIMIZE_AFTER: Duration = Duration::from_secs(5);
 /// The longest the shared-index watcher sleeps between looks at the configuration.
 const WATCH_SHARED_TICK: Duration = Duration::from_secs(30);
-/// How often `kenning.toml` is looked at when the client does not report file changes.
+/// How often `kenning.toml` is looked at for changes the client did not report.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// At most one progress report per this interval.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
