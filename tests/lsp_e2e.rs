@@ -134,6 +134,44 @@ async fn kenning_toml_written_outside_an_editor_without_a_file_watcher_is_read()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adapter_replaced_under_the_same_path_is_loaded_again() {
+    // `kenning train` writes its adapter where kenning.toml already points (and one named before
+    // it is trained appears later): the configuration does not change, the model must still be
+    // loaded again with what is now on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    let mut options = fast_options();
+    options["generation"]["model"] = json!("smollm2-135m");
+    options["generation"]["adapter"] = json!(adapter);
+    let mut client = started(dir.path(), json!({}), options).await;
+    let uri = client.open("src/checkout.rs", "rust", &format!("{CHECKOUT}\n}}\n")).await;
+    let complete = json!({"textDocument": {"uri": uri}, "position": {"line": 5, "character": 4}, "context": {"triggerKind": 1}});
+    let load_error = |m: &Value| m["method"] == "window/showMessage" && m["params"]["message"].as_str().is_some_and(|t| t.contains("cannot load the model"));
+
+    client.request("textDocument/inlineCompletion", complete.clone()).await;
+    let missing = client.wait_for(Duration::from_secs(120), load_error).await;
+    assert!(missing["params"]["message"].as_str().unwrap().contains("adapter_config.json"), "{missing}");
+
+    // Now there, but of a kind kenning does not load: a different error, from a new load.
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::write(adapter.join("adapter_config.json"), r#"{"fine_tune_type": "dora", "num_layers": 2, "lora_parameters": {"rank": 2, "scale": 2.0, "dropout": 0.0}}"#).unwrap();
+    client.request("textDocument/inlineCompletion", complete.clone()).await;
+    let not_lora = |m: &Value| load_error(m) && m["params"]["message"].as_str().is_some_and(|t| t.contains("only \"lora\" adapters"));
+    let again = client.wait_for(Duration::from_secs(120), not_lora).await;
+    assert!(again["params"]["message"].as_str().unwrap().contains("adapter_config.json"), "{again}");
+
+    // Replaced the way `kenning train` does it: the old one moved aside, a new one renamed in.
+    let new = dir.path().join("adapter.new");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(new.join("adapter_config.json"), r#"{"fine_tune_type": "full", "lora_parameters": {"rank": 8, "scale": 20.0}}"#).unwrap();
+    std::fs::rename(&adapter, dir.path().join("adapter.old")).unwrap();
+    std::fs::rename(&new, &adapter).unwrap();
+    client.request("textDocument/inlineCompletion", complete).await;
+    let full = |m: &Value| load_error(m) && m["params"]["message"].as_str().is_some_and(|t| t.contains("fine_tune_type \"full\""));
+    client.wait_for(Duration::from_secs(120), full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_index_that_cannot_be_opened_is_reported_and_the_server_keeps_answering() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("w");

@@ -318,6 +318,14 @@ impl Generation {
         }
     }
 
+    /// The LoRA adapter of an in-process engine, if one is configured.
+    pub fn adapter(&self) -> Option<&std::path::Path> {
+        match self {
+            Generation::Llama { adapter, .. } | Generation::Mlx { adapter, .. } => adapter.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The prompt family: configured, else detected from the model name.
     pub fn family(&self) -> Family {
         match self {

@@ -567,9 +567,14 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     if args.fresh {
         // Not from under a trainer still writing it (one left by a killed run): the directory
         // would come back at its next checkpoint, shared with this run's trainer.
-        if trained.is_dir() && matches!(std::fs::File::open(&trained).map(|d| d.try_lock()), Ok(Err(std::fs::TryLockError::WouldBlock))) {
-            bail!("a trainer is still writing {} (one left running by a stopped kenning train?): stop it first", trained.display());
-        }
+        // Held while removing it: a trainer starting meanwhile stops at the lock instead of
+        // writing into a directory on its way out.
+        let _held = match kenning_formats::try_lock_dir(&trained) {
+            Ok(None) => bail!("a trainer is still writing {} (one left running by a stopped kenning train?): stop it first", trained.display()),
+            Ok(Some(lock)) => Some(lock),
+            // Not there (nothing to remove), or not a lockable directory: removed as it is.
+            Err(_) => None,
+        };
         remove_dir_if_there(&trained)?;
     }
     let options = options(family, args.max_seq_length as usize, fim_per_kb, 0);
@@ -685,7 +690,7 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         out(&format!("llama.cpp adapter: {}", adapter.join(name).display()));
     }
     if in_use {
-        out(&format!("{} completes with {}: the new adapter replaced the one there", crate::config::FILE_NAME, adapter.display()));
+        out(&format!("{} completes with {}: the new adapter replaced the one there (a running server loads it at its next completion)", crate::config::FILE_NAME, adapter.display()));
         return Ok(());
     }
     match finetune::register(&root, model, &adapter, backend)? {
@@ -705,13 +710,9 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
 fn lock_training(work: &Path, root: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let path = work.join("lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another kenning train is running on {} (in {}): wait for it to end, or stop it", root.display(), work.display())
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    match kenning_formats::try_lock(&path).with_context(|| format!("locking {}", path.display()))? {
+        Some(file) => Ok(file),
+        None => bail!("another kenning train is running on {} (in {}): wait for it to end, or stop it", root.display(), work.display()),
     }
 }
 

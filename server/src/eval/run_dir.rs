@@ -69,12 +69,9 @@ impl RunDir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // One process carries a run on at a time: a second would do the same work again.
         let lock_path = dir.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!("another kenning eval is carrying on the run in {} (wait for it, or stop it)", dir.display()),
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
-        }
+        let Some(lock) = kenning_formats::try_lock(&lock_path).with_context(|| format!("locking {}", lock_path.display()))? else {
+            bail!("another kenning eval is carrying on the run in {} (wait for it, or stop it)", dir.display())
+        };
         match std::fs::read_to_string(&run_file) {
             Ok(text) => {
                 let was: About = serde_json::from_str(&text).with_context(|| format!("{} is not a run's description", run_file.display()))?;

@@ -207,7 +207,7 @@ pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
 /// A file's modification time and size (`None`: not there).
 pub(super) type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
 
-fn stamp(path: &std::path::Path) -> Stamp {
+pub(super) fn stamp(path: &std::path::Path) -> Stamp {
     std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()))
 }
 

@@ -68,6 +68,23 @@ pub(super) struct Model {
     pub completer: Option<Arc<Completer>>,
     /// When the load ended: a hub that could not be reached is tried again after [`RETRY_LOAD_AFTER`].
     pub loaded_at: std::time::Instant,
+    /// The adapter's files as they were when the load began (see [`adapter_stamp`]).
+    pub adapter_seen: AdapterStamp,
+}
+
+/// The modification times and sizes of a configured adapter's files: the file itself, or a
+/// directory's weights and `adapter_config.json` (not the directory's own time, which the GGUF
+/// export written on load changes). `None` without an adapter.
+pub(super) type AdapterStamp = Option<[super::indexer::Stamp; 3]>;
+
+/// `kenning train` replaces an adapter under the path kenning.toml already names, and one named
+/// before it exists appears later: the files are looked at again before each use, and a model
+/// whose adapter changed on disk is loaded again.
+fn adapter_stamp(generation: &config::Generation) -> AdapterStamp {
+    use kenning_formats::adapter::{CONFIG_FILE, WEIGHTS_FILE};
+    let path = generation.adapter()?;
+    let file = |p: &Path| if p.is_file() { super::indexer::stamp(p) } else { None };
+    Some([file(path), file(&path.join(WEIGHTS_FILE)), file(&path.join(CONFIG_FILE))])
 }
 
 /// A completion waits this long for its model to load (a local file loads in seconds); longer (a
@@ -87,7 +104,10 @@ impl Model {
         let unreachable = matches!(hub, Some(HubError::Unreachable { .. } | HubError::Status { status: 429 | 500..=599, .. }));
         // A download stopped for a configuration change continues when the model is named again.
         let stopped = matches!(hub, Some(HubError::Stopped { .. }));
-        self.config == *generation && !stopped && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
+        self.config == *generation
+            && !stopped
+            && !(unreachable && self.loaded_at.elapsed() >= RETRY_LOAD_AFTER)
+            && self.adapter_seen == adapter_stamp(generation)
     }
 }
 
@@ -248,6 +268,8 @@ impl State {
             if slot.as_ref().is_some_and(|m| m.answers_for(&generation)) {
                 return;
             }
+            // Taken before the load: an adapter written while it runs is loaded again next time.
+            let adapter_seen = adapter_stamp(&generation);
             // Free the old engine before loading the new one (memory).
             let old = slot.take();
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
@@ -277,7 +299,7 @@ impl State {
                 let what = if ask { "the model for questions" } else { "the model" };
                 state.client.show_message(MessageType::ERROR, format!("kenning: cannot load {what}: {e}")).await;
             }
-            *slot = Some(Model { config: generation, result, completer: None, loaded_at: std::time::Instant::now() });
+            *slot = Some(Model { config: generation, result, completer: None, loaded_at: std::time::Instant::now(), adapter_seen });
         });
         let finished = match wait {
             None => Some(task.await),

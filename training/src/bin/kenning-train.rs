@@ -466,13 +466,9 @@ fn resumable(dir: &Path, fingerprint: &str, iters: usize, config: &kenning_train
 /// is left in or beside it), released when the returned handle is dropped or the process ends.
 fn lock_adapter_dir(dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let handle = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    match handle.try_lock() {
-        Ok(()) => Ok(handle),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another trainer is writing {} (one left running by a stopped kenning train?): stop it, or give another --adapter-path", dir.display())
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    match kenning_formats::try_lock_dir(dir).with_context(|| format!("locking {}", dir.display()))? {
+        Some(handle) => Ok(handle),
+        None => bail!("another trainer is writing {} (one left running by a stopped kenning train?): stop it, or give another --adapter-path", dir.display()),
     }
 }
 
