@@ -192,10 +192,11 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     }
     if !args.json {
         eprintln!(
-            "{} tasks from lines added after {} up to {} in {} files ({} candidates; {} refused: the line existed at the split){}",
+            "{} tasks from lines added after {} up to {}, in {} of the {} files with added lines ({} candidates; {} refused: the line existed at the split){}",
             set.tasks.len(),
             commit.short(),
             prepared.split.until.short(),
+            set.tasks.iter().map(|t| t.path.as_str()).collect::<std::collections::HashSet<_>>().len(),
             prepared.files_changed,
             set.candidates,
             set.leaked,
@@ -454,13 +455,17 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     println!("{b} against {a}: differences in points with 95 % intervals (bootstrap over files)");
     // The label column fits the longest label (a repository's directory name can be long).
     let w = c.groups.iter().map(|g| g.label.chars().count()).max().unwrap_or(0).max(22);
-    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22} {:>6} {:>5}", "", "tasks", "files", "ES", "ES", "edit similarity", "exact match", "helped", "hurt");
-    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}", "", "", "", a, b, format!("{b} - {a}"), format!("{b} - {a}"));
+    // Identifier exact match: a column when the runs recorded it (scores saved before did not).
+    let names = c.groups.iter().all(|g| g.paired.identifier_match.is_some());
+    let (names_head, names_sub) = if names { (format!(" {:<22}", "identifier match"), format!(" {:<22}", format!("{b} - {a}"))) } else { Default::default() };
+    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}{names_head} {:>6} {:>5}", "", "tasks", "files", "ES", "ES", "edit similarity", "exact match", "helped", "hurt");
+    println!("{:<w$} {:>5} {:>5} {:>6} {:>6}  {:<22} {:<22}{names_sub}", "", "", "", a, b, format!("{b} - {a}"), format!("{b} - {a}"));
     for g in &c.groups {
         let p = &g.paired;
         let interval = |i: &eval::Interval| format!("{:+5.1} [{:+5.1}, {:+5.1}]", i.mean, i.low, i.high);
+        let names = p.identifier_match.filter(|_| names).map_or_else(String::new, |i| format!(" {:<22}", interval(&i)));
         println!(
-            "{:<w$} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22} {:>5.0}% {:>4.0}%",
+            "{:<w$} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22}{names} {:>5.0}% {:>4.0}%",
             g.label,
             p.tasks,
             p.files,
@@ -484,11 +489,17 @@ fn read_saved(file: &Path) -> Result<Figures> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a file written by `kenning eval --save-scores`", file.display()))
 }
 
+/// A run's identifier exact match as a percentage, `-` for scores saved before it was recorded.
+fn identifier_share(f: &Figures) -> String {
+    f.identifier_match.map_or_else(|| "-".to_owned(), |m| format!("{:.1}%", m * 100.0))
+}
+
 /// One line of a paired comparison: `b` against `a`.
 fn print_paired(label: &str, p: &eval::Paired) {
     let verdict = |i: &eval::Interval| if i.above_zero() { "better" } else if i.below_zero() { "worse" } else { "no clear difference" };
+    let names = p.identifier_match.map_or_else(String::new, |i| format!("  identifier match {:+5.1} [{:+5.1}, {:+5.1}]", i.mean, i.low, i.high));
     println!(
-        "{label:<16} edit similarity {:+5.1} [{:+5.1}, {:+5.1}] ({})  exact match {:+5.1} [{:+5.1}, {:+5.1}]  helped {:.0}% hurt {:.0}%  ({} tasks, {} files)",
+        "{label:<16} edit similarity {:+5.1} [{:+5.1}, {:+5.1}] ({})  exact match {:+5.1} [{:+5.1}, {:+5.1}]{names}  helped {:.0}% hurt {:.0}%  ({} tasks, {} files)",
         p.edit_similarity.mean,
         p.edit_similarity.low,
         p.edit_similarity.high,
@@ -612,10 +623,11 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     } else {
         println!(
-            "tasks {}  exact match {:.1}%  edit similarity {:.1}%  mean latency {:.0} ms  peak RSS {:.0} MiB  (mode {})",
+            "tasks {}  exact match {:.1}%  edit similarity {:.1}%  identifier match {}  mean latency {:.0} ms  peak RSS {:.0} MiB  (mode {})",
             figures.tasks,
             figures.exact_match * 100.0,
             figures.edit_similarity * 100.0,
+            identifier_share(&figures),
             figures.mean_latency_ms,
             figures.peak_rss_mib,
             figures.mode,
@@ -869,14 +881,15 @@ fn eval_all(paths: &Paths, root: &Path, index: Option<&Path>, args: &EvalArgs, c
         return Ok(());
     }
     println!("{} tasks; adapter {}", tasks.len(), adapter.map_or_else(|| "none".to_owned(), |a| a.display().to_string()));
-    println!("{:<8} {:>12} {:>16} {:>13} {:>14} {:>14}", "mode", "exact match", "edit similarity", "p50 latency", "mean latency", "peak RSS");
+    println!("{:<8} {:>12} {:>16} {:>12} {:>13} {:>14} {:>14}", "mode", "exact match", "edit similarity", "identifiers", "p50 latency", "mean latency", "peak RSS");
     for row in &rows {
         match row {
             Ok(f) => println!(
-                "{:<8} {:>11.1}% {:>15.1}% {:>10.0} ms {:>11.0} ms {:>10.0} MiB",
+                "{:<8} {:>11.1}% {:>15.1}% {:>12} {:>10.0} ms {:>11.0} ms {:>10.0} MiB",
                 f.mode,
                 f.exact_match * 100.0,
                 f.edit_similarity * 100.0,
+                identifier_share(f),
                 f.p50_latency_ms,
                 f.mean_latency_ms,
                 f.peak_rss_mib

@@ -65,6 +65,9 @@ pub struct Figures {
     pub tasks: usize,
     pub exact_match: f64,
     pub edit_similarity: f64,
+    /// Identifier exact match (0–1), when every score recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier_match: Option<f64>,
     pub mean_latency_ms: f64,
     pub p50_latency_ms: f64,
     /// The process's peak resident memory (model, index, runtime), in MiB.
@@ -91,6 +94,7 @@ impl Figures {
             tasks: scores.len(),
             exact_match: scores.iter().filter(|s| s.exact).count() as f64 / n,
             edit_similarity: scores.iter().map(|s| s.similarity).sum::<f64>() / n,
+            identifier_match: scores.iter().map(|s| s.identifiers.map(f64::from)).sum::<Option<f64>>().map(|same| same / n),
             mean_latency_ms: latencies.iter().sum::<f64>() / n,
             p50_latency_ms: percentile(&mut latencies, 0.5),
             peak_rss_mib,
@@ -234,7 +238,7 @@ mod tests {
     use super::*;
 
     fn score(id: &str, exact: bool, similarity: f64, latency_ms: f64) -> TaskScore {
-        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new() }
+        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new(), identifiers: None }
     }
 
     #[test]

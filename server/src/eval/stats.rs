@@ -30,6 +30,11 @@ pub struct TaskScore {
     /// The task's category (see [`EvalTask::kind`](crate::dataset::EvalTask::kind)); empty: none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// Identifier exact match: the completion names the same identifiers in the same order as the
+    /// expected text (see [`identifiers`]), whatever its spacing and punctuation. `None` in scores
+    /// saved before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifiers: Option<bool>,
 }
 
 impl TaskScore {
@@ -38,14 +43,14 @@ impl TaskScore {
     /// line nested one level off is not the same code), but the first line's (the cursor sits
     /// after it).
     pub fn new(id: &str, path: &str, predicted: &str, expected: &str, latency_ms: f64) -> Self {
-        let (exact, similarity) = if code_lines(expected).nth(1).is_some() {
+        let (exact, similarity, same_names) = if code_lines(expected).nth(1).is_some() {
             let (p, e) = (block_lines(predicted), block_lines(expected));
-            (p == e, edit_similarity(&p, &e))
+            (p == e, edit_similarity(&p, &e), identifiers(&p).eq(identifiers(&e)))
         } else {
             let (p, e) = (first_line(predicted), first_line(expected));
-            (p == e, edit_similarity(p, e))
+            (p == e, edit_similarity(p, e), identifiers(p).eq(identifiers(e)))
         };
-        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new() }
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names) }
     }
 }
 
@@ -78,6 +83,9 @@ pub struct Paired {
     pub files: usize,
     pub edit_similarity: Interval,
     pub exact_match: Interval,
+    /// Identifier exact match, when every task of both runs recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier_match: Option<Interval>,
     /// Share of tasks whose edit similarity rose (fell) from `a` to `b`, 0–1.
     pub helped: f64,
     pub hurt: f64,
@@ -86,57 +94,67 @@ pub struct Paired {
 /// Compares `b` with `a` task by task (matched by id). `None` when they share no task.
 pub fn paired(a: &[TaskScore], b: &[TaskScore], seed: u64) -> Option<Paired> {
     let by_id: BTreeMap<&str, &TaskScore> = a.iter().map(|t| (t.id.as_str(), t)).collect();
-    // Per file: the differences of its tasks (edit similarity, exact match), in points.
-    let mut files: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    let (mut helped, mut hurt, mut n) = (0usize, 0usize, 0usize);
+    // Per file: the differences of its tasks (edit similarity, exact match, identifier match), in points.
+    let mut files: BTreeMap<&str, Vec<[f64; 3]>> = BTreeMap::new();
+    let (mut helped, mut hurt, mut n, mut names) = (0usize, 0usize, 0usize, true);
+    let points = |yes: bool| f64::from(u8::from(yes)) * 100.0;
     for tb in b {
         let Some(ta) = by_id.get(tb.id.as_str()) else { continue };
         let ds = (tb.similarity - ta.similarity) * 100.0;
-        let de = (f64::from(u8::from(tb.exact)) - f64::from(u8::from(ta.exact))) * 100.0;
+        let de = points(tb.exact) - points(ta.exact);
+        let di = match (ta.identifiers, tb.identifiers) {
+            (Some(x), Some(y)) => points(y) - points(x),
+            _ => {
+                names = false;
+                0.0
+            }
+        };
         helped += usize::from(ds > CHANGED);
         hurt += usize::from(ds < -CHANGED);
         n += 1;
-        files.entry(tb.path.as_str()).or_default().push((ds, de));
+        files.entry(tb.path.as_str()).or_default().push([ds, de, di]);
     }
     if n == 0 {
         return None;
     }
-    let clusters: Vec<(f64, f64, usize)> =
-        files.values().map(|d| (d.iter().map(|x| x.0).sum(), d.iter().map(|x| x.1).sum(), d.len())).collect();
-    let (similarity, exact) = cluster_bootstrap(&clusters, BOOTSTRAP_RESAMPLES, seed);
+    let clusters: Vec<([f64; 3], usize)> =
+        files.values().map(|d| (std::array::from_fn(|k| d.iter().map(|x| x[k]).sum()), d.len())).collect();
+    let [similarity, exact, identifiers] = cluster_bootstrap(&clusters, BOOTSTRAP_RESAMPLES, seed);
     Some(Paired {
         tasks: n,
         files: clusters.len(),
         edit_similarity: similarity,
         exact_match: exact,
+        identifier_match: names.then_some(identifiers),
         helped: helped as f64 / n as f64,
         hurt: hurt as f64 / n as f64,
     })
 }
 
-/// Mean per task of two paired differences, with percentile intervals from resampling whole
-/// clusters (each: sum of its tasks' first difference, of the second, task count).
-fn cluster_bootstrap(clusters: &[(f64, f64, usize)], resamples: usize, seed: u64) -> (Interval, Interval) {
-    let total = |picked: &mut dyn Iterator<Item = &(f64, f64, usize)>| {
-        let (mut s1, mut s2, mut n) = (0.0, 0.0, 0usize);
-        for c in picked {
-            s1 += c.0;
-            s2 += c.1;
-            n += c.2;
+/// Mean per task of `K` paired differences, with percentile intervals from resampling whole
+/// clusters (each: the sums of its tasks' differences, its task count). The same resamples for
+/// every difference.
+fn cluster_bootstrap<const K: usize>(clusters: &[([f64; K], usize)], resamples: usize, seed: u64) -> [Interval; K] {
+    let total = |picked: &mut dyn Iterator<Item = &([f64; K], usize)>| {
+        let (mut sums, mut n) = ([0.0; K], 0usize);
+        for (s, count) in picked {
+            for (sum, x) in sums.iter_mut().zip(s) {
+                *sum += x;
+            }
+            n += count;
         }
-        if n == 0 { (0.0, 0.0) } else { (s1 / n as f64, s2 / n as f64) }
+        if n == 0 { [0.0; K] } else { sums.map(|s| s / n as f64) }
     };
-    let (mean1, mean2) = total(&mut clusters.iter());
+    let means = total(&mut clusters.iter());
     let mut rng = SplitMix64::new(seed);
-    let (mut first, mut second) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
+    let mut resampled: [Vec<f64>; K] = std::array::from_fn(|_| Vec::with_capacity(resamples));
     for _ in 0..resamples {
         let mut pick = (0..clusters.len()).map(|_| &clusters[rng.below(clusters.len())]);
-        let (m1, m2) = total(&mut pick);
-        first.push(m1);
-        second.push(m2);
+        for (values, m) in resampled.iter_mut().zip(total(&mut pick)) {
+            values.push(m);
+        }
     }
-    let interval = |mean: f64, values: &mut Vec<f64>| Interval { mean, low: quantile(values, 0.025), high: quantile(values, 0.975) };
-    (interval(mean1, &mut first), interval(mean2, &mut second))
+    std::array::from_fn(|k| Interval { mean: means[k], low: quantile(&mut resampled[k], 0.025), high: quantile(&mut resampled[k], 0.975) })
 }
 
 /// The `p` quantile of `values` by linear interpolation between order statistics; 0 when empty.
@@ -158,6 +176,13 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
     values[rank - 1]
+}
+
+/// The identifiers of `code` in order: runs of letters, digits and `_` that do not start with a
+/// digit (keywords count; literals' digits, punctuation and spacing do not), so `foo(a, b)` and
+/// `foo( a,b )` name the same.
+pub fn identifiers(code: &str) -> impl Iterator<Item = &str> {
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.chars().next().is_some_and(|c| !c.is_ascii_digit()))
 }
 
 /// The first non-empty line, trimmed.
@@ -203,7 +228,7 @@ mod tests {
     use super::*;
 
     fn score(id: usize, path: &str, similarity: f64, exact: bool) -> TaskScore {
-        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new() }
+        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new(), identifiers: None }
     }
 
     #[test]
@@ -232,6 +257,33 @@ mod tests {
         assert!(!short.exact && short.similarity < 0.7, "{short:?}");
         let longer = TaskScore::new("t", "a.rs", "let sum = a + b;\nsum * 2\nprintln!()", body, 0.0);
         assert!(!longer.exact && longer.similarity < 1.0, "{longer:?}");
+    }
+
+    #[test]
+    fn identifier_match_ignores_spacing_punctuation_and_numbers_but_not_names_or_their_order() {
+        assert_eq!(identifiers("let x2 = foo::bar(a, 42, \"é_t\");").collect::<Vec<_>>(), ["let", "x2", "foo", "bar", "a", "é_t"]);
+        let names = |predicted: &str, expected: &str| TaskScore::new("t", "a.rs", predicted, expected, 0.0).identifiers;
+        assert_eq!(names("foo( a,b ) ;", "foo(a, b);"), Some(true));
+        assert_eq!(names("foo(a, 1)", "foo(a, 2)"), Some(true), "a literal's digits are not names");
+        assert_eq!(names("foo(b, a)", "foo(a, b)"), Some(false));
+        assert_eq!(names("foo(a)", "foo(a, b)"), Some(false));
+        // A block: every line's names.
+        assert_eq!(names("let s = a+b;\n s*2", "let s = a + b;\n    s * 2"), Some(true));
+        assert_eq!(names("let s = a+b;", "let s = a + b;\n    s * 2"), Some(false));
+    }
+
+    #[test]
+    fn identifier_match_is_compared_only_when_both_runs_recorded_it() {
+        let with = |id: usize, path: &str, same: bool| TaskScore { identifiers: Some(same), ..score(id, path, 0.5, false) };
+        let a = vec![with(1, "a.rs", false), with(2, "a.rs", false), with(3, "b.rs", true), with(4, "c.rs", false)];
+        let b = vec![with(1, "a.rs", true), with(2, "a.rs", true), with(3, "b.rs", true), with(4, "c.rs", false)];
+        let i = paired(&a, &b, 0).unwrap().identifier_match.expect("both recorded it");
+        assert!((i.mean - 50.0).abs() < 1e-9 && i.low <= i.mean && i.mean <= i.high, "{i:?}");
+        // A run saved before identifiers were recorded: no figure rather than a wrong one.
+        let old: Vec<TaskScore> = a.iter().map(|t| TaskScore { identifiers: None, ..t.clone() }).collect();
+        assert_eq!(paired(&old, &b, 0).unwrap().identifier_match, None);
+        // The other figures are the same with or without it (the same resamples).
+        assert_eq!(paired(&old, &b, 0).unwrap().edit_similarity, paired(&a, &b, 0).unwrap().edit_similarity);
     }
 
     #[test]
