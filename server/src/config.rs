@@ -352,20 +352,39 @@ impl Layers {
         let mut layers = Layers::default();
         let path = root.join(FILE_NAME);
         match std::fs::read_to_string(&path) {
-            Ok(text) => layers.set_toml(FILE_NAME, &text)?,
+            Ok(text) => layers.set_workspace_toml(root, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ConfigError { source_name: path.display().to_string(), key: String::new(), message: e.to_string() }),
         }
         Ok(layers)
     }
 
-    /// Sets (or replaces) a layer from TOML text.
-    pub fn set_toml(&mut self, name: &str, text: &str) -> Result<(), ConfigError> {
-        let value: Value = toml::from_str(text).map_err(|e| ConfigError {
+    /// Sets (or replaces) the `kenning.toml` layer of the workspace `root` from its text: a relative
+    /// adapter path there is the workspace's (`adapter = "adapters/mine"`), not the server
+    /// process's working directory, which the editor chooses.
+    pub fn set_workspace_toml(&mut self, root: &Path, text: &str) -> Result<(), ConfigError> {
+        let mut value: Value = Self::parse_toml(FILE_NAME, text)?;
+        for pointer in ["/generation/adapter", "/ask/generation/adapter"] {
+            if let Some(Value::String(path)) = value.pointer_mut(pointer)
+                && Path::new(path.as_str()).is_relative()
+            {
+                *path = root.join(path.as_str()).display().to_string();
+            }
+        }
+        self.set(FILE_NAME, value)
+    }
+
+    fn parse_toml(name: &str, text: &str) -> Result<Value, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
             source_name: name.to_owned(),
             key: String::new(),
             message: e.message().to_owned() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
-        })?;
+        })
+    }
+
+    /// Sets (or replaces) a layer from TOML text.
+    pub fn set_toml(&mut self, name: &str, text: &str) -> Result<(), ConfigError> {
+        let value = Self::parse_toml(name, text)?;
         self.set(name, value)
     }
 
@@ -567,6 +586,23 @@ mod tests {
         layers.set(FILE_NAME, Value::Null).unwrap();
         layers.set_toml(FILE_NAME, "[completion]\ndebounce_ms = 40\n").unwrap();
         assert_eq!(layers.resolve().unwrap().completion.debounce_ms, 20);
+    }
+
+    #[test]
+    fn a_relative_adapter_in_kenning_toml_is_the_workspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "[generation]\nadapter = \"adapters/mine\"\n[ask.generation]\nbackend = \"llama\"\nadapter = \"/abs/a\"\n",
+        )
+        .unwrap();
+        let config = Layers::from_workspace(dir.path()).unwrap().resolve().unwrap();
+        assert_eq!(config.generation.adapter(), Some(dir.path().join("adapters/mine").as_path()));
+        assert_eq!(config.ask.generation.as_ref().and_then(Generation::adapter), Some(Path::new("/abs/a")), "an absolute path stays");
+        // Another layer (`--set`, an editor's settings) is not the file's: left as it is.
+        let mut layers = Layers::default();
+        layers.set_toml("--set", "[generation]\nadapter = \"rel\"\n").unwrap();
+        assert_eq!(layers.resolve().unwrap().generation.adapter(), Some(Path::new("rel")));
     }
 
     /// What VS Code sends when no backend is chosen there: kenning.toml's table holds, adapter and

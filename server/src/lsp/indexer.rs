@@ -459,7 +459,7 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let result = {
                 let mut layers = state.layers.lock().expect("layers lock");
-                layers.set_toml(FILE_NAME, &text).and_then(|()| layers.resolve())
+                layers.set_workspace_toml(&root.path, &text).and_then(|()| layers.resolve())
             };
             state.apply_config(result).await;
         }
