@@ -463,9 +463,9 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     for g in &c.groups {
         let p = &g.paired;
         let interval = |i: &eval::Interval| format!("{:+5.1} [{:+5.1}, {:+5.1}]", i.mean, i.low, i.high);
-        let names = p.identifier_match.filter(|_| names).map_or_else(String::new, |i| format!(" {:<22}", interval(&i)));
+        let names_cell = p.identifier_match.filter(|_| names).map_or_else(String::new, |i| format!(" {:<22}", interval(&i)));
         println!(
-            "{:<w$} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22}{names} {:>5.0}% {:>4.0}%",
+            "{:<w$} {:>5} {:>5} {:>6.1} {:>6.1}  {:<22} {:<22}{names_cell} {:>5.0}% {:>4.0}%",
             g.label,
             p.tasks,
             p.files,

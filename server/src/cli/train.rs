@@ -566,9 +566,8 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
     }
     if args.fresh {
         // Not from under a trainer still writing it (one left by a killed run): the directory
-        // would come back at its next checkpoint, shared with this run's trainer.
-        // Held while removing it: a trainer starting meanwhile stops at the lock instead of
-        // writing into a directory on its way out.
+        // would come back at its next checkpoint, shared with this run's trainer. The lock is held
+        // while removing it, so a trainer starting meanwhile stops instead of writing into it.
         let _held = match kenning_formats::try_lock_dir(&trained) {
             Ok(None) => bail!("a trainer is still writing {} (one left running by a stopped kenning train?): stop it first", trained.display()),
             Ok(Some(lock)) => Some(lock),

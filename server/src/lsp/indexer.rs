@@ -204,11 +204,11 @@ pub(super) async fn watch_shared(state: Arc<State>, root: Arc<Root>) {
     }
 }
 
-/// A file's modification time and size (`None`: not there).
+/// A file's modification time and size (`None`: no file there).
 pub(super) type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
 
 pub(super) fn stamp(path: &std::path::Path) -> Stamp {
-    std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()))
+    std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file).map(|m| (m.modified().ok(), m.len()))
 }
 
 /// Reloads the first folder's `kenning.toml` when its modification time or size differs from

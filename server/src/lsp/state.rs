@@ -82,9 +82,9 @@ pub(super) type AdapterStamp = Option<[super::indexer::Stamp; 3]>;
 /// whose adapter changed on disk is loaded again.
 fn adapter_stamp(generation: &config::Generation) -> AdapterStamp {
     use kenning_formats::adapter::{CONFIG_FILE, WEIGHTS_FILE};
+    use super::indexer::stamp;
     let path = generation.adapter()?;
-    let file = |p: &Path| if p.is_file() { super::indexer::stamp(p) } else { None };
-    Some([file(path), file(&path.join(WEIGHTS_FILE)), file(&path.join(CONFIG_FILE))])
+    Some([stamp(path), stamp(&path.join(WEIGHTS_FILE)), stamp(&path.join(CONFIG_FILE))])
 }
 
 /// A completion waits this long for its model to load (a local file loads in seconds); longer (a
@@ -118,7 +118,7 @@ pub(super) struct State {
     pub progress_supported: AtomicBool,
     pub watch_registration: AtomicBool,
     /// kenning.toml's modification time and size when it was last read (see `indexer::poll_config`).
-    pub config_seen: std::sync::Mutex<super::indexer::Stamp>,
+    pub config_seen: Mutex<super::indexer::Stamp>,
     pub documents: Mutex<HashMap<Uri, Document>>,
     pub roots: RwLock<Vec<Arc<Root>>>,
     pub layers: Mutex<Layers>,
@@ -146,7 +146,7 @@ impl State {
             encoding: RwLock::new(Encoding::Utf16),
             progress_supported: AtomicBool::new(false),
             watch_registration: AtomicBool::new(false),
-            config_seen: std::sync::Mutex::new(None),
+            config_seen: Mutex::new(None),
             documents: Mutex::new(HashMap::new()),
             roots: RwLock::new(Vec::new()),
             layers: Mutex::new(Layers::default()),
