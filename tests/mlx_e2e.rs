@@ -387,7 +387,7 @@ fn kenning_train_switches_the_adapter_on_only_when_it_measurably_helps() {
     // Registering it would switch completions from the default model to SmolLM2 with the adapter,
     // so that is what is measured against what completes now.
     let out = train(&["--min-gain", "100"]);
-    assert!(out.contains("ft - none: edit similarity") && out.contains("not registered"), "{out}");
+    assert!(out.contains("ft - none: edit similarity") && out.contains(", identifier match ") && out.contains("not registered"), "{out}");
     assert!(out.contains("ft (smollm2-135m + adapter) against none (qwen2.5-coder-0.5b, what the workspace completes with now, without an adapter)"), "{out}");
     assert!(out.contains("note: with no [generation] in kenning.toml, completions come from qwen2.5-coder-0.5b; registering this adapter writes one, switching them to smollm2-135m with it"), "{out}");
     assert!(!config.exists(), "kenning.toml was written although the adapter did not pass: {out}");

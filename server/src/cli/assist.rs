@@ -490,7 +490,7 @@ fn read_saved(file: &Path) -> Result<Figures> {
 }
 
 /// A run's identifier exact match as a percentage, `-` for scores saved before it was recorded.
-fn identifier_share(f: &Figures) -> String {
+pub(super) fn identifier_share(f: &Figures) -> String {
     f.identifier_match.map_or_else(|| "-".to_owned(), |m| format!("{:.1}%", m * 100.0))
 }
 

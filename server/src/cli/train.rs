@@ -665,11 +665,18 @@ fn train(paths: &Paths, args: TrainArgs, phases: &mut Phases) -> Result<()> {
         };
         let (a, b) = (measured.modes.0.name(), measured.modes.1.name());
         for (f, who) in [(&measured.without, format!("{} without an adapter", measured.current)), (&measured.with, format!("{model} + adapter"))] {
-            out(&format!("{:<7} exact match {:5.1}%  edit similarity {:5.1}%  ({who})", f.mode, f.exact_match * 100.0, f.edit_similarity * 100.0));
+            out(&format!(
+                "{:<7} exact match {:5.1}%  edit similarity {:5.1}%  identifier match {}  ({who})",
+                f.mode,
+                f.exact_match * 100.0,
+                f.edit_similarity * 100.0,
+                super::assist::identifier_share(f)
+            ));
         }
         let p = &measured.paired;
+        let names = p.identifier_match.map_or_else(String::new, |i| format!(", identifier match {:+.1} [{:+.1}, {:+.1}]", i.mean, i.low, i.high));
         out(&format!(
-            "{b} - {a}: edit similarity {:+.1} [{:+.1}, {:+.1}], exact match {:+.1} [{:+.1}, {:+.1}] (95 % intervals, bootstrap over {} files), helped {:.0}% hurt {:.0}% of {} tasks",
+            "{b} - {a}: edit similarity {:+.1} [{:+.1}, {:+.1}], exact match {:+.1} [{:+.1}, {:+.1}]{names} (95 % intervals, bootstrap over {} files), helped {:.0}% hurt {:.0}% of {} tasks",
             p.edit_similarity.mean, p.edit_similarity.low, p.edit_similarity.high, p.exact_match.mean, p.exact_match.low, p.exact_match.high, p.files, p.helped * 100.0, p.hurt * 100.0, p.tasks
         ));
         if p.edit_similarity.low <= args.min_gain {
