@@ -133,6 +133,11 @@ pub struct EvalArgs {
     /// --split-at) to ask the same tasks in a later run.
     #[arg(long, value_name = "REV")]
     until: Option<String>,
+    /// With --split time: what the tasks ask for, comma-separated: `line` (the whole line after
+    /// its indentation), `call` (the rest of the line from the first name it calls), `rest` (the
+    /// rest of the line from a word boundary in its middle). Files give one of each in turn.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "line")]
+    kinds: Vec<history::TaskKind>,
     /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
@@ -181,7 +186,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
         bail!("--split time searches an index of the split commit, which it builds itself: leave out --index-dir");
     }
     let wanted = args.limit.unwrap_or(500);
-    let prepared = history::prepare(paths, root, args.split_at.as_deref(), args.until.as_deref(), wanted)?;
+    let prepared = history::prepare(paths, root, args.split_at.as_deref(), args.until.as_deref(), wanted, &args.kinds)?;
     let (commit, snapshot, set) = (&prepared.split.at, &prepared.snapshot, &prepared.tasks);
     if mode.adapter() && prepared.adapter.is_none() && args.adapter.is_none() {
         bail!(
@@ -550,8 +555,8 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
     let mode = if args.no_retrieval { Condition::None } else { args.mode };
-    if (args.split_at.is_some() || args.until.is_some()) && args.split != SplitKind::Time {
-        bail!("--split-at and --until are for --split time");
+    if (args.split_at.is_some() || args.until.is_some() || args.kinds != [history::TaskKind::Line]) && args.split != SplitKind::Time {
+        bail!("--split-at, --until and --kinds are for --split time");
     }
     let split = if args.split == SplitKind::Time { Some(time_split(paths, &root, &args, mode)?) } else { None };
     let tasks = match &split {

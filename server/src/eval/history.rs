@@ -49,9 +49,9 @@ pub struct TimeSplit {
 
 /// The time split of `root`: the split commit (`at`, default where the last [`TAIL_SHARE`] of the
 /// added lines begin) up to `until` (default HEAD), its snapshot (extracted once, under the cache,
-/// named like the repository so that prompts carry the same name), and up to `count` tasks from
-/// the lines added after it. Indexing the snapshot is the caller's (a process of its own).
-pub fn prepare(paths: &crate::paths::Paths, root: &Path, at: Option<&str>, until: Option<&str>, count: usize) -> Result<TimeSplit, HistoryError> {
+/// named like the repository so that prompts carry the same name), and up to `count` tasks of
+/// `kinds` from the lines added after it. Indexing the snapshot is the caller's (a process of its own).
+pub fn prepare(paths: &crate::paths::Paths, root: &Path, at: Option<&str>, until: Option<&str>, count: usize, kinds: &[TaskKind]) -> Result<TimeSplit, HistoryError> {
     let split = split_commit(root, at, until)?;
     let snapshot = paths.cache().join("snapshots").join(split.at.short()).join(crate::session::workspace_name(root));
     self::snapshot(root, &split.at, &snapshot)?;
@@ -60,7 +60,7 @@ pub fn prepare(paths: &crate::paths::Paths, root: &Path, at: Option<&str>, until
     let adapter = trained.join(kenning_formats::adapter::WEIGHTS_FILE).is_file().then_some(trained);
     let added = added_lines(root, &split)?;
     let files = files_at(root, &split.until, added.keys().cloned())?;
-    let set = tasks(&files, &added, &lines_under(&snapshot), count, 0);
+    let set = tasks(&files, &added, &lines_under(&snapshot), count, 0, kinds);
     if set.tasks.is_empty() {
         return Err(HistoryError::NoTasks { split: split.at.short().to_owned(), files: added.len(), leaked: set.leaked });
     }
@@ -280,19 +280,112 @@ pub struct TaskSet {
     pub candidates: usize,
 }
 
-/// Up to `count` line tasks (the cursor after the indentation, the rest of the line expected)
-/// from the lines added after the split, read from the end's files in `files` (path → text). A line
-/// that exists anywhere in `before` (the code at the split, trimmed) is refused; comments and
-/// short lines are not tasks. Files give their lines in turn (each file's in an order chosen by
-/// `seed`): no file gives a second task before every file gave one, so one big new file does not
-/// make the whole set; a file gives more than the others only when they have run out.
-pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usize>>, before: &HashSet<String>, count: usize, seed: u64) -> TaskSet {
+/// What a time-split task asks for (`kenning eval --split time --kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskKind {
+    /// The cursor after the line's indentation; the whole line expected (RepoEval's line tasks).
+    Line,
+    /// The cursor before the first name the line calls, with code before it on the line; the rest
+    /// of the line expected (CrossCodeEval's API tasks, without their cross-file condition).
+    Call,
+    /// The cursor at a word boundary inside the line, at least 6 characters from either end of its
+    /// code (24 at least); the rest of the line expected: what a user sees most while typing.
+    Rest,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Line => "line",
+            Self::Call => "call",
+            Self::Rest => "rest",
+        }
+    }
+
+    /// Where in `line` (its indentation `indent` bytes) this kind puts the cursor, if the line has
+    /// such a place; `pick` chooses among a rest task's places.
+    fn cursor(self, line: &str, indent: usize, pick: &mut SplitMix64) -> Option<usize> {
+        let end = line.trim_end().len();
+        match self {
+            Self::Line => Some(indent),
+            Self::Call => called_names(&line[..end]).find(|&at| at > indent && end - at >= MIN_CALL_REST),
+            Self::Rest => {
+                let code = &line[indent..end];
+                if code.chars().count() < MIN_REST_LINE {
+                    return None;
+                }
+                let cuts: Vec<usize> = word_boundaries(line).filter(|&at| at >= indent + MIN_REST_SIDE && at + MIN_REST_SIDE <= end).collect();
+                (!cuts.is_empty()).then(|| cuts[pick.below(cuts.len())])
+            }
+        }
+    }
+}
+
+/// A call task leaves at least this much of its line to complete; a rest task's line has this
+/// much code at least and its cut leaves this much on either side.
+const MIN_CALL_REST: usize = 8;
+const MIN_REST_LINE: usize = 24;
+const MIN_REST_SIDE: usize = 6;
+/// Words a `(` follows that are not calls (definitions, control flow).
+const NOT_CALLED: &[&str] = &["if", "while", "for", "match", "switch", "return", "catch", "fn", "def", "func", "function", "class", "elif", "and", "or", "not", "in", "with", "assert", "sizeof", "typeof"];
+
+/// Byte offsets of the names in `line` that a call's `(` follows (`name(`, `name::<T>(` is not
+/// one), and whose name is not a definition's (`fn name(`) or a keyword.
+fn called_names(line: &str) -> impl Iterator<Item = usize> + '_ {
+    let mut previous = "";
+    let words = word_spans(line).filter_map(move |(at, word)| {
+        let before = std::mem::replace(&mut previous, word);
+        let called = line[at + word.len()..].starts_with('(')
+            && word.len() >= 3
+            && !word.starts_with(|c: char| c.is_ascii_digit())
+            && !NOT_CALLED.contains(&word)
+            && !matches!(before, "fn" | "def" | "func" | "function");
+        called.then_some(at)
+    });
+    words
+}
+
+/// The identifier-like words of `line` with their byte offsets.
+fn word_spans(line: &str) -> impl Iterator<Item = (usize, &str)> {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at + line[at..].find(is_word)?;
+        let end = line[start..].find(|c: char| !is_word(c)).map_or(line.len(), |i| start + i);
+        at = end;
+        Some((start, &line[start..end]))
+    })
+}
+
+/// Byte offsets in `line` where a word begins or ends (regex's `\b`).
+fn word_boundaries(line: &str) -> impl Iterator<Item = usize> + '_ {
+    word_spans(line).flat_map(|(at, word)| [at, at + word.len()])
+}
+
+/// Up to `count` tasks of `kinds` (see [`TaskKind`]) from the lines added after the split, read
+/// from the end's files in `files` (path → text). A line that exists anywhere in `before` (the
+/// code at the split, trimmed) is refused; comments and short lines are not tasks. Files give
+/// their tasks in turn (each file's in an order chosen by `seed`), one of each kind per turn: no
+/// file gives a second task of a kind before every file gave one, so one big new file does not
+/// make the whole set; a file gives more than the others only when they have run out. With
+/// `kinds` = line alone, tasks are named `PATH:LINE` with no kind (as before kinds existed, so
+/// such runs carry on); otherwise `PATH:LINE:KIND`, with their kind.
+pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usize>>, before: &HashSet<String>, count: usize, seed: u64, kinds: &[TaskKind]) -> TaskSet {
     let mut set = TaskSet::default();
-    let mut per_file: Vec<Vec<EvalTask>> = Vec::new();
+    let mut distinct = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        if !distinct.contains(kind) {
+            distinct.push(*kind);
+        }
+    }
+    let kinds = distinct.as_slice();
+    let named = kinds != [TaskKind::Line];
+    // Per file, per kind: its tasks in a seeded order.
+    let mut per_file: Vec<Vec<Vec<EvalTask>>> = Vec::new();
     for (path, numbers) in added {
         let Some(text) = files.get(path) else { continue };
         let starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        let mut found = Vec::new();
+        let mut found: Vec<Vec<EvalTask>> = vec![Vec::new(); kinds.len()];
         for &n in numbers {
             let Some(&start) = starts.get(n - 1) else { continue };
             let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
@@ -305,30 +398,35 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
                 set.leaked += 1;
                 continue;
             }
-            let cursor = start + (line.len() - line.trim_start().len());
+            let indent = line.len() - line.trim_start().len();
             let expected_end = start + line.trim_end().len();
-            found.push(EvalTask {
-                id: format!("{path}:{n}"),
-                path: path.clone(),
-                prefix: text[..cursor].to_owned(),
-                suffix: text[expected_end..].to_owned(),
-                expected: text[cursor..expected_end].to_owned(),
-                kind: String::new(),
-            });
+            let mut pick = SplitMix64::new(seed ^ crate::dataset::hash64(format!("{path}:{n}").as_bytes()));
+            for (kind, found) in kinds.iter().zip(&mut found) {
+                let Some(cursor) = kind.cursor(line, indent, &mut pick).map(|c| start + c) else { continue };
+                found.push(EvalTask {
+                    id: if named { format!("{path}:{n}:{}", kind.name()) } else { format!("{path}:{n}") },
+                    path: path.clone(),
+                    prefix: text[..cursor].to_owned(),
+                    suffix: text[expected_end..].to_owned(),
+                    expected: text[cursor..expected_end].to_owned(),
+                    kind: if named { kind.name().to_owned() } else { String::new() },
+                });
+            }
         }
-        set.candidates += found.len();
-        SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes())).shuffle(&mut found);
+        for (kind, found) in kinds.iter().zip(&mut found) {
+            set.candidates += found.len();
+            let salt = if *kind == TaskKind::Line { 0 } else { crate::dataset::hash64(kind.name().as_bytes()) };
+            SplitMix64::new(seed ^ crate::dataset::hash64(path.as_bytes()) ^ salt).shuffle(found);
+        }
         per_file.push(found);
     }
     // In turn from each file (in a seeded order: not the first paths alphabetically), so that a
     // small count still spreads over files.
     SplitMix64::new(seed).shuffle(&mut per_file);
     let mut round = 0;
-    while set.tasks.len() < count && per_file.iter().any(|f| round < f.len()) {
-        for file in &per_file {
-            if let Some(task) = file.get(round)
-                && set.tasks.len() < count
-            {
+    while set.tasks.len() < count && per_file.iter().flatten().any(|f| round < f.len()) {
+        for task in per_file.iter().flat_map(|kinds| kinds.iter().filter_map(|f| f.get(round))) {
+            if set.tasks.len() < count {
                 set.tasks.push(task.clone());
             }
         }
@@ -447,7 +545,7 @@ mod tests {
         assert!(before.contains("pub fn price_3(cents: u64) -> u64 { cents * 3 }"));
         // A line copied from the split's code: refused.
         std::fs::write(snap.join("src/extra.rs"), "        crate::price::price_3(sum)\n").unwrap();
-        let set = tasks(&files, &added, &lines_under(&snap), 500, 0);
+        let set = tasks(&files, &added, &lines_under(&snap), 500, 0, &[TaskKind::Line]);
         std::fs::remove_file(snap.join("src/extra.rs")).unwrap();
         let expected: HashSet<&str> = set.tasks.iter().map(|t| t.expected.as_str()).collect();
         assert_eq!(set.leaked, 1);
@@ -505,7 +603,7 @@ mod tests {
         let files = BTreeMap::from([("src/main.rs".to_owned(), text.to_owned())]);
         let added = BTreeMap::from([("src/main.rs".to_owned(), vec![2, 3, 4, 5, 99])]);
         let before: HashSet<String> = HashSet::from(["println!(\"{total}\");".to_owned()]);
-        let set = tasks(&files, &added, &before, 10, 0);
+        let set = tasks(&files, &added, &before, 10, 0, &[TaskKind::Line]);
         assert_eq!(set.leaked, 1);
         assert_eq!(set.tasks.len(), 1, "{:?}", set.tasks);
         let task = &set.tasks[0];
@@ -520,13 +618,47 @@ mod tests {
         let files = BTreeMap::from([("big.rs".to_owned(), file(40)), ("a.rs".to_owned(), file(3)), ("b.rs".to_owned(), file(5))]);
         let added: BTreeMap<String, Vec<usize>> = files.iter().map(|(p, t)| (p.clone(), (1..=t.lines().count()).collect())).collect();
         let count = |set: &TaskSet, path: &str| set.tasks.iter().filter(|t| t.path == path).count();
-        let set = tasks(&files, &added, &HashSet::new(), 9, 7);
+        let set = tasks(&files, &added, &HashSet::new(), 9, 7, &[TaskKind::Line]);
         assert_eq!((count(&set, "big.rs"), count(&set, "a.rs"), count(&set, "b.rs")), (3, 3, 3), "three rounds of three files");
         assert_eq!(set.candidates, 48);
-        let set = tasks(&files, &added, &HashSet::new(), 30, 7);
+        let set = tasks(&files, &added, &HashSet::new(), 30, 7, &[TaskKind::Line]);
         assert_eq!((count(&set, "big.rs"), count(&set, "a.rs"), count(&set, "b.rs")), (22, 3, 5), "the big file fills in once the others are out");
         let ids: HashSet<&str> = set.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids.len(), 30, "no line twice");
-        assert_eq!(tasks(&files, &added, &HashSet::new(), 500, 7).tasks.len(), 48, "fewer than asked when that is all there is");
+        assert_eq!(tasks(&files, &added, &HashSet::new(), 500, 7, &[TaskKind::Line]).tasks.len(), 48, "fewer than asked when that is all there is");
+    }
+
+    #[test]
+    fn each_kind_cuts_the_line_where_it_says_and_names_its_tasks() {
+        let text = "fn helper_function(a: u64) -> u64 {\n    let total = compute_total(&items, a);\n    compute_all(a, total, 3);\n    if (ready) { self.items.push(total); }\n}\n";
+        let files = BTreeMap::from([("src/a.rs".to_owned(), text.to_owned())]);
+        let added = BTreeMap::from([("src/a.rs".to_owned(), vec![1, 2, 3, 4])]);
+        let kinds = [TaskKind::Line, TaskKind::Call, TaskKind::Rest, TaskKind::Call];
+        let set = tasks(&files, &added, &HashSet::new(), 100, 3, &kinds);
+        for t in &set.tasks {
+            assert_eq!(format!("{}{}{}", t.prefix, t.expected, t.suffix), text, "{t:?}");
+            assert!(t.id.ends_with(&format!(":{}", t.kind)), "{t:?}");
+        }
+        let of = |kind: &str| -> Vec<(&str, &str)> { set.tasks.iter().filter(|t| t.kind == kind).map(|t| (t.id.as_str(), t.expected.as_str())).collect::<Vec<_>>() };
+        let mut lines = of("line");
+        lines.sort();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let mut calls = of("call");
+        calls.sort();
+        // Not the definition's name, not a call the line begins with, not `if (`.
+        assert_eq!(calls, [("src/a.rs:2:call", "compute_total(&items, a);"), ("src/a.rs:4:call", "push(total); }")]);
+        let rests = of("rest");
+        assert_eq!(rests.len(), 4, "every line has 24 characters of code: {rests:?}");
+        for t in set.tasks.iter().filter(|t| t.kind == "rest") {
+            let line_start = t.prefix.rfind('\n').map_or(0, |i| i + 1);
+            let before = t.prefix[line_start..].trim_start();
+            assert!(before.len() >= MIN_REST_SIDE && t.expected.len() >= MIN_REST_SIDE, "{t:?}");
+            let (a, b) = (before.chars().last().unwrap(), t.expected.chars().next().unwrap());
+            let word = |c: char| c.is_alphanumeric() || c == '_';
+            assert!(word(a) != word(b), "a cut at a word boundary: {t:?}");
+        }
+        assert_eq!(set.candidates, 10, "a kind asked twice counts once");
+        let again = tasks(&files, &added, &HashSet::new(), 100, 3, &kinds);
+        assert_eq!(again.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), set.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), "the same seed, the same tasks");
     }
 }
