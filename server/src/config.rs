@@ -207,6 +207,11 @@ pub struct CompletionSettings {
     /// instead of left out: a definition to its first lines (signature and doc), other code to
     /// its window most like the code around the cursor.
     pub trim_to_fit: bool,
+    /// `kenning eval` only, an experiment: complete first without context, then gather context as
+    /// if that draft had been typed (its line joins the search query, its names are looked up as
+    /// definitions; RepoCoder's iterative retrieval), and complete again with it. Two generations
+    /// per task; the editor's ghost text and `kenning complete` do not use it.
+    pub draft_query: bool,
     /// With retrieval: context also for a request at a line's start (only indentation before the
     /// cursor: the whole line is to be guessed). Off = such a request is completed from the local
     /// prefix and suffix alone (its prompt goes to the engine's other cache sequence; the ring is
@@ -252,6 +257,7 @@ impl Default for CompletionSettings {
             imports: false,
             drop_local_repeats: false,
             trim_to_fit: false,
+            draft_query: false,
             line_start_context: true,
             speculate: true,
             prepare_on_edit: false,

@@ -588,6 +588,9 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     let retrieval = retrieval_for(paths, &args.target, &searched, &config, mode.retrieval()).await?;
     let repo = session::workspace_name(&root);
     if args.context_only {
+        if config.completion.draft_query && mode.retrieval() {
+            bail!("completion.draft_query gathers context around the model's draft: --context-only cannot show it without the model");
+        }
         // The context is chosen without the model, so none is loaded.
         eval::contexts(&config.completion, &retrieval, &repo, &tasks, |task, snippets| {
             let context: Vec<serde_json::Value> = snippets

@@ -204,7 +204,13 @@ impl Completer {
     /// what an editor's ring would hold after the user had been here a moment. For one-shot
     /// completions (`kenning complete`, `kenning eval`).
     pub async fn prepare(&self, request: &CompletionRequest, retrieval: &Retrieval) {
-        let snippets = gather(request, retrieval, &self.settings).await;
+        self.prepare_around(request, request, retrieval).await
+    }
+
+    /// [`Completer::prepare`] with context gathered at `gather_at` (the request with a draft
+    /// typed in, [`drafted`]) while the ring's room and what it must not repeat are `request`'s.
+    pub async fn prepare_around(&self, request: &CompletionRequest, gather_at: &CompletionRequest, retrieval: &Retrieval) {
+        let snippets = gather(gather_at, retrieval, &self.settings).await;
         let local = local_for_filter(&self.settings, &request.text, request.offset);
         let room = context_room(&self.settings, request);
         let mut state = self.context.lock().expect("context lock");
@@ -772,6 +778,14 @@ async fn gather(request: &CompletionRequest, retrieval: &Retrieval, settings: &c
         crate::secrets::redact(&mut s.text);
     }
     context::dedupe(all)
+}
+
+/// `request` as if `draft` had been typed at its cursor (the cursor after it): where
+/// `completion.draft_query` gathers context, so the search query holds the line the model expects
+/// and the names it would call are the ones nearest the cursor.
+pub fn drafted(request: &CompletionRequest, draft: &str) -> CompletionRequest {
+    let (prefix, suffix) = request.text.split_at(request.offset);
+    CompletionRequest { text: format!("{prefix}{draft}{suffix}"), offset: request.offset + draft.len(), ..request.clone() }
 }
 
 /// What the ring does with the code around the cursor under `settings`.

@@ -562,3 +562,31 @@ async fn context_for_is_what_a_prepared_completion_carries() {
     }
     assert!(counts[1] < counts[3], "deep in a file, a small prompt's room keeps fewer snippets: {counts:?}");
 }
+
+/// `completion.draft_query`: context gathered around a draft finds the definition of what the
+/// draft calls, which nothing before the cursor names; the ring's room and local text stay the
+/// request's, and the draft itself is not in the request the prompt is built from.
+#[tokio::test]
+async fn context_gathered_around_a_draft_holds_what_the_draft_calls() {
+    let price = "/// Applies the loyalty discount.\npub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {\n    total_cents - total_cents * percent as u64 / 100\n}\n";
+    let (_dir, store) = indexed(&[("src/price.rs", price), ("src/cart.rs", "pub struct Cart {\n    pub cents: u64,\n}\n")]).await;
+    let retrieval = Retrieval { store: Some(store), embedder: None };
+    let text = "pub fn checkout(basket: u64, share: u8) -> u64 {\n    let reduced = ";
+    let request = CompletionRequest { path: "src/checkout.rs".into(), ..request(text) };
+    let settings = config::CompletionSettings { similar_code: false, speculate: false, ..config::CompletionSettings::default() };
+
+    let plain = Completer::new(Scripted::new(vec!["x"], 1), Family::QwenCoder, settings.clone());
+    plain.prepare(&request, &retrieval).await;
+    assert!(plain.ring_snippets().iter().all(|s| s.path != "src/price.rs"), "{:?}", plain.ring_snippets());
+
+    let draft = drafted(&request, "apply_loyalty_discount_cents(basket, share);");
+    assert_eq!(draft.text, format!("{text}apply_loyalty_discount_cents(basket, share);"));
+    assert_eq!(&draft.text[..draft.offset], draft.text, "the cursor is after the draft");
+    let g = Scripted::new(vec!["x"], 1);
+    let around = Completer::new(Arc::clone(&g) as Arc<dyn Generator>, Family::QwenCoder, settings);
+    around.prepare_around(&request, &draft, &retrieval).await;
+    assert!(around.ring_snippets().iter().any(|s| s.path == "src/price.rs" && s.text.contains("pub fn apply_loyalty_discount_cents")), "{:?}", around.ring_snippets());
+    around.complete(request, &retrieval).await.unwrap();
+    let prompt = g.seen.lock().unwrap()[0].prompt.clone();
+    assert!(prompt.contains("let reduced = ") && !prompt.contains("(basket, share);"), "the prompt is the request's, not the draft's: {prompt}");
+}

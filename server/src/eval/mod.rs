@@ -174,7 +174,16 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
         let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
         let request = task_request(setup, task);
         let started = Instant::now();
-        completer.prepare(&request, setup.retrieval).await;
+        let gather_at = if setup.settings.draft_query && setup.retrieval.store.is_some() {
+            // The draft is what `none` completes: a warm place, no context.
+            let drafter = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
+            drafter.prepare(&request, &Retrieval::default()).await;
+            let draft = drafter.complete(request.clone(), &Retrieval::default()).await?.map(|c| c.text).unwrap_or_default();
+            complete::drafted(&request, &draft)
+        } else {
+            request.clone()
+        };
+        completer.prepare_around(&request, &gather_at, setup.retrieval).await;
         let gathered_ms = started.elapsed().as_secs_f64() * 1e3;
         if setup.typed_before > 0 {
             let mut cut = task.prefix.len().saturating_sub(setup.typed_before);
