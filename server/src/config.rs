@@ -207,10 +207,12 @@ pub struct CompletionSettings {
     /// instead of left out: a definition to its first lines (signature and doc), other code to
     /// its window most like the code around the cursor.
     pub trim_to_fit: bool,
-    /// `kenning eval` only, an experiment: complete first without context, then gather context as
-    /// if that draft had been typed (its line joins the search query, its names are looked up as
+    /// `kenning eval` only, an experiment: complete first without context (with the mode's model:
+    /// for hybrid, the adapter's), then gather context as if that draft had been typed (its line joins the search query, its names are looked up as
     /// definitions; RepoCoder's iterative retrieval), and complete again with it. Two generations
-    /// per task; the editor's ghost text and `kenning complete` do not use it.
+    /// per task; the editor's ghost text and `kenning complete` do not use it. Left out of the
+    /// settings a kept run records (`run.json`) while off, so runs kept before it carry on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub draft_query: bool,
     /// With retrieval: context also for a request at a line's start (only indentation before the
     /// cursor: the whole line is to be guessed). Off = such a request is completed from the local
@@ -552,6 +554,19 @@ mod tests {
         let config = Layers::default().resolve().unwrap();
         assert_eq!(config, Config::default());
         assert_eq!(config.generation.family(), Family::QwenCoder);
+    }
+
+    /// A kept run records the completion settings it ran with and carries on only with the same:
+    /// a setting added later must not appear while off, or every older run would be refused.
+    #[test]
+    fn draft_query_is_recorded_only_when_on() {
+        let off = serde_json::to_value(CompletionSettings::default()).unwrap();
+        assert!(off.get("draft_query").is_none(), "{off}");
+        assert!(off.get("trim_to_fit").is_some(), "the others are recorded");
+        let on = serde_json::to_value(CompletionSettings { draft_query: true, ..CompletionSettings::default() }).unwrap();
+        assert_eq!(on["draft_query"], true);
+        let read: CompletionSettings = serde_json::from_value(off).unwrap();
+        assert_eq!(read, CompletionSettings::default());
     }
 
     #[test]

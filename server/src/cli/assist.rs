@@ -197,7 +197,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     }
     if !args.json {
         eprintln!(
-            "{} tasks from lines added after {} up to {}, in {} of the {} files with added lines ({} candidates; {} refused: the line existed at the split){}",
+            "{} tasks from lines added after {} up to {}, in {} of the {} files with added lines ({} candidate tasks; {} lines refused: the line existed at the split){}",
             set.tasks.len(),
             commit.short(),
             prepared.split.until.short(),

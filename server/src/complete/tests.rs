@@ -564,8 +564,8 @@ async fn context_for_is_what_a_prepared_completion_carries() {
 }
 
 /// `completion.draft_query`: context gathered around a draft finds the definition of what the
-/// draft calls, which nothing before the cursor names; the ring's room and local text stay the
-/// request's, and the draft itself is not in the request the prompt is built from.
+/// draft calls, which nothing before the cursor names; the draft itself is not in the request the
+/// prompt is built from.
 #[tokio::test]
 async fn context_gathered_around_a_draft_holds_what_the_draft_calls() {
     let price = "/// Applies the loyalty discount.\npub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {\n    total_cents - total_cents * percent as u64 / 100\n}\n";
@@ -589,4 +589,38 @@ async fn context_gathered_around_a_draft_holds_what_the_draft_calls() {
     around.complete(request, &retrieval).await.unwrap();
     let prompt = g.seen.lock().unwrap()[0].prompt.clone();
     assert!(prompt.contains("let reduced = ") && !prompt.contains("(basket, share);"), "the prompt is the request's, not the draft's: {prompt}");
+}
+
+/// `kenning eval` with `completion.draft_query`: each task is completed twice, first with no
+/// context at all (the draft), then with the context gathered around the draft; off, once.
+#[tokio::test]
+async fn eval_with_a_draft_completes_without_context_then_with_what_the_draft_called() {
+    let price = "/// Applies the loyalty discount.\npub fn apply_loyalty_discount_cents(total_cents: u64, percent: u8) -> u64 {\n    total_cents - total_cents * percent as u64 / 100\n}\n";
+    let (_dir, store) = indexed(&[("src/price.rs", price), ("src/cart.rs", "pub struct Cart {\n    pub cents: u64,\n}\n")]).await;
+    let retrieval = Retrieval { store: Some(store), embedder: None };
+    let task = crate::dataset::EvalTask {
+        id: "src/checkout.rs:2".into(),
+        path: "src/checkout.rs".into(),
+        prefix: "pub fn checkout(basket: u64, share: u8) -> u64 {\n    let reduced = ".into(),
+        suffix: "\n    reduced\n}\n".into(),
+        expected: "apply_loyalty_discount_cents(basket, share);".into(),
+        kind: String::new(),
+    };
+    for draft_query in [false, true] {
+        let g = Scripted::new(vec!["apply_loyalty_discount_cents(basket, share);"], 1);
+        let settings = config::CompletionSettings { similar_code: false, draft_query, ..config::CompletionSettings::default() };
+        let setup = crate::eval::Setup { generator: Arc::clone(&g) as Arc<dyn Generator>, family: Family::QwenCoder, settings: &settings, retrieval: &retrieval, repo: "r", typed_before: 0 };
+        let (figures, _) = crate::eval::run(crate::eval::Condition::Rag, &setup, std::slice::from_ref(&task), |_, _, _| {}).await.unwrap();
+        assert_eq!(figures.exact_match, 1.0);
+        let prompts: Vec<String> = g.seen.lock().unwrap().iter().map(|r| r.prompt.clone()).collect();
+        let holds_definition = |p: &String| p.contains("<|file_sep|>src/price.rs");
+        if draft_query {
+            assert_eq!(prompts.len(), 2, "a draft, then the task");
+            assert!(!prompts[0].contains("<|file_sep|>src/"), "the draft has no context: {}", prompts[0]);
+            assert!(holds_definition(&prompts[1]), "the task's prompt holds what the draft called: {}", prompts[1]);
+        } else {
+            assert_eq!(prompts.len(), 1);
+            assert!(!holds_definition(&prompts[0]), "nothing near the cursor names it: {}", prompts[0]);
+        }
+    }
 }

@@ -276,7 +276,8 @@ pub struct TaskSet {
     pub tasks: Vec<EvalTask>,
     /// Added lines that existed verbatim somewhere at the split (moved or copied code).
     pub leaked: usize,
-    /// Added lines that qualified (before the count cut them).
+    /// Tasks that qualified, before the count cut them (a line gives one per kind it has a place
+    /// for).
     pub candidates: usize,
 }
 
@@ -308,29 +309,50 @@ impl TaskKind {
         let end = line.trim_end().len();
         match self {
             Self::Line => Some(indent),
-            Self::Call => called_names(&line[..end]).find(|&at| at > indent && end - at >= MIN_CALL_REST),
+            Self::Call => {
+                if defines(&line[indent..end]) {
+                    return None;
+                }
+                called_names(&line[..end]).find(|&at| at > indent && line[at..end].chars().count() >= MIN_CALL_REST)
+            }
             Self::Rest => {
                 let code = &line[indent..end];
                 if code.chars().count() < MIN_REST_LINE {
                     return None;
                 }
-                let cuts: Vec<usize> = word_boundaries(line).filter(|&at| at >= indent + MIN_REST_SIDE && at + MIN_REST_SIDE <= end).collect();
+                let cuts: Vec<usize> = word_boundaries(line)
+                    .filter(|&at| at > indent && at < end && line[indent..at].chars().count() >= MIN_REST_SIDE && line[at..end].chars().count() >= MIN_REST_SIDE)
+                    .collect();
                 (!cuts.is_empty()).then(|| cuts[pick.below(cuts.len())])
             }
         }
     }
 }
 
-/// A call task leaves at least this much of its line to complete; a rest task's line has this
-/// much code at least and its cut leaves this much on either side.
+/// Characters: a call task leaves at least this much of its line to complete; a rest task's line
+/// has this much code at least and its cut leaves this much on either side.
 const MIN_CALL_REST: usize = 8;
 const MIN_REST_LINE: usize = 24;
 const MIN_REST_SIDE: usize = 6;
-/// Words a `(` follows that are not calls (definitions, control flow).
-const NOT_CALLED: &[&str] = &["if", "while", "for", "match", "switch", "return", "catch", "fn", "def", "func", "function", "class", "elif", "and", "or", "not", "in", "with", "assert", "sizeof", "typeof"];
+/// Words of 3 characters or more that a `(` follows in code without being calls (control flow,
+/// operators).
+const NOT_CALLED: &[&str] = &["while", "for", "match", "switch", "return", "catch", "elif", "and", "not", "with", "assert", "sizeof", "typeof", "await", "yield"];
+/// Words that begin a definition or an attribute: such a line is no call task (`fn name(`, `func (r
+/// *T) Name(`, `struct W(u64);`, `#[derive(Debug)]`).
+const DEFINES: &[&str] = &["fn", "def", "func", "function", "fun", "class", "struct", "enum", "trait", "impl", "type", "interface", "macro_rules"];
+/// Words that may come before a definition's keyword.
+const MODIFIERS: &[&str] = &["pub", "crate", "super", "self", "in", "async", "unsafe", "const", "extern", "export", "default", "static", "public", "private", "protected", "abstract"];
 
-/// Byte offsets of the names in `line` that a call's `(` follows (`name(`, `name::<T>(` is not
-/// one), and whose name is not a definition's (`fn name(`) or a keyword.
+/// Whether `code` (a line without its indentation) begins a definition or is an attribute.
+fn defines(code: &str) -> bool {
+    if code.starts_with("#[") || code.starts_with("#![") || code.starts_with('@') {
+        return true;
+    }
+    word_spans(code).map(|(_, w)| w).find(|w| !MODIFIERS.contains(w)).is_some_and(|w| DEFINES.contains(&w))
+}
+
+/// Byte offsets of the names in `line` that a call's `(` follows (`name(`; `name::<T>(` is not
+/// one), of 3 characters or more, that are not a definition's (`fn name(`) or a keyword.
 fn called_names(line: &str) -> impl Iterator<Item = usize> + '_ {
     let mut previous = "";
     let words = word_spans(line).filter_map(move |(at, word)| {
@@ -630,9 +652,9 @@ mod tests {
 
     #[test]
     fn each_kind_cuts_the_line_where_it_says_and_names_its_tasks() {
-        let text = "fn helper_function(a: u64) -> u64 {\n    let total = compute_total(&items, a);\n    compute_all(a, total, 3);\n    if (ready) { self.items.push(total); }\n}\n";
+        let text = "fn helper_function(a: u64) -> u64 {\n    let total = compute_total(&items, a);\n    compute_all(a, total, 3);\n    while(ready) { self.items.push(total); }\n    #[derive(Debug)] struct Wrapped(u64);\n}\n";
         let files = BTreeMap::from([("src/a.rs".to_owned(), text.to_owned())]);
-        let added = BTreeMap::from([("src/a.rs".to_owned(), vec![1, 2, 3, 4])]);
+        let added = BTreeMap::from([("src/a.rs".to_owned(), vec![1, 2, 3, 4, 5])]);
         let kinds = [TaskKind::Line, TaskKind::Call, TaskKind::Rest, TaskKind::Call];
         let set = tasks(&files, &added, &HashSet::new(), 100, 3, &kinds);
         for t in &set.tasks {
@@ -642,13 +664,13 @@ mod tests {
         let of = |kind: &str| -> Vec<(&str, &str)> { set.tasks.iter().filter(|t| t.kind == kind).map(|t| (t.id.as_str(), t.expected.as_str())).collect::<Vec<_>>() };
         let mut lines = of("line");
         lines.sort();
-        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
         let mut calls = of("call");
         calls.sort();
-        // Not the definition's name, not a call the line begins with, not `if (`.
+        // Not a definition's name, not a call the line begins with, not `while(`, not an attribute.
         assert_eq!(calls, [("src/a.rs:2:call", "compute_total(&items, a);"), ("src/a.rs:4:call", "push(total); }")]);
         let rests = of("rest");
-        assert_eq!(rests.len(), 4, "every line has 24 characters of code: {rests:?}");
+        assert_eq!(rests.len(), 5, "every line has 24 characters of code: {rests:?}");
         for t in set.tasks.iter().filter(|t| t.kind == "rest") {
             let line_start = t.prefix.rfind('\n').map_or(0, |i| i + 1);
             let before = t.prefix[line_start..].trim_start();
@@ -657,8 +679,19 @@ mod tests {
             let word = |c: char| c.is_alphanumeric() || c == '_';
             assert!(word(a) != word(b), "a cut at a word boundary: {t:?}");
         }
-        assert_eq!(set.candidates, 10, "a kind asked twice counts once");
+        assert_eq!(set.candidates, 12, "a kind asked twice counts once");
         let again = tasks(&files, &added, &HashSet::new(), 100, 3, &kinds);
         assert_eq!(again.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), set.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), "the same seed, the same tasks");
+    }
+
+    #[test]
+    fn a_rest_cut_counts_characters_not_bytes() {
+        let line = "    let größe = berechne_größe(&daten, ü);";
+        for seed in 0..50 {
+            let at = TaskKind::Rest.cursor(line, 4, &mut SplitMix64::new(seed)).expect("a long line has a cut");
+            assert!(line[4..at].chars().count() >= MIN_REST_SIDE && line[at..].trim_end().chars().count() >= MIN_REST_SIDE, "{seed}: {at}");
+        }
+        assert_eq!(TaskKind::Call.cursor(line, 4, &mut SplitMix64::new(0)), Some(line.find("berechne").unwrap()));
+        assert_eq!(TaskKind::Call.cursor("    pub async fn größe(x: u8) {", 4, &mut SplitMix64::new(0)), None, "a definition");
     }
 }
