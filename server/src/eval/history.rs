@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use crate::chunk::Language;
 use crate::dataset::EvalTask;
 use crate::rng::SplitMix64;
+use super::stats::word_spans;
 
 /// Why a time split cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +356,7 @@ fn defines(code: &str) -> bool {
 /// one), of 3 characters or more, that are not a definition's (`fn name(`) or a keyword.
 fn called_names(line: &str) -> impl Iterator<Item = usize> + '_ {
     let mut previous = "";
-    let words = word_spans(line).filter_map(move |(at, word)| {
+    word_spans(line).filter_map(move |(at, word)| {
         let before = std::mem::replace(&mut previous, word);
         let called = line[at + word.len()..].starts_with('(')
             && word.len() >= 3
@@ -363,19 +364,6 @@ fn called_names(line: &str) -> impl Iterator<Item = usize> + '_ {
             && !NOT_CALLED.contains(&word)
             && !matches!(before, "fn" | "def" | "func" | "function");
         called.then_some(at)
-    });
-    words
-}
-
-/// The identifier-like words of `line` with their byte offsets.
-fn word_spans(line: &str) -> impl Iterator<Item = (usize, &str)> {
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let start = at + line[at..].find(is_word)?;
-        let end = line[start..].find(|c: char| !is_word(c)).map_or(line.len(), |i| start + i);
-        at = end;
-        Some((start, &line[start..end]))
     })
 }
 

@@ -182,7 +182,19 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 /// digit (keywords count; literals' digits, punctuation and spacing do not), so `foo(a, b)` and
 /// `foo( a,b )` name the same.
 pub fn identifiers(code: &str) -> impl Iterator<Item = &str> {
-    code.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.chars().next().is_some_and(|c| !c.is_ascii_digit()))
+    word_spans(code).map(|(_, w)| w).filter(|w| !w.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// The words of `code` (runs of letters, digits and `_`, Unicode included) with their byte offsets.
+pub fn word_spans(code: &str) -> impl Iterator<Item = (usize, &str)> {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at + code[at..].find(is_word)?;
+        let end = code[start..].find(|c: char| !is_word(c)).map_or(code.len(), |i| start + i);
+        at = end;
+        Some((start, &code[start..end]))
+    })
 }
 
 /// The first non-empty line, trimmed.
