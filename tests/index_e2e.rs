@@ -455,7 +455,7 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     assert!(!out.status.success());
     assert!(stderr.contains("kenning train") && stderr.contains("snapshots"), "{stderr}");
 
-    let out = eval(&["--mode", "none", "--model", "smollm2-135m", "--threads", "1", "--json", "--verbose"], &repo);
+    let out = eval(&["--mode", "none", "--kinds", "line", "--model", "smollm2-135m", "--threads", "1", "--json", "--verbose"], &repo);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -472,12 +472,17 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     assert!(cache_paths.index_for(&snapshot).is_dir(), "the snapshot is indexed");
     assert!(!cache_paths.index_for(&repo).exists(), "today's code is never indexed for the time split");
     // --context-only chooses each task's context without a model: one that does not exist is never
-    // loaded, and the called function's definition comes from the snapshot's index.
+    // loaded, and the called function's definition comes from the snapshot's index. By default the
+    // tasks are of all four kinds: the whole line, from the called name, from a cut inside the
+    // line, and the new function's body.
     let out = eval(&["--mode", "rag", "--context-only", "--model", "no-such-model"], &repo);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let contexts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(contexts.len(), ids.len(), "one line per task");
-    let call = contexts.iter().find(|c| c["id"] == "src/cart.rs:5").expect("the line calling price_3");
+    let mut kinds: Vec<&str> = contexts.iter().map(|c| c["id"].as_str().unwrap()).filter(|id| !id.ends_with(":line") && !id.ends_with(":rest")).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["src/cart.rs:3:block", "src/cart.rs:4:call", "src/cart.rs:5:call", "src/cart.rs:6:call"]);
+    assert_eq!(contexts.len(), 2 * ids.len() + kinds.len(), "one line per task: a line and a rest task of each line");
+    let call = contexts.iter().find(|c| c["id"] == "src/cart.rs:5:call").expect("the call of price_3");
     // price_3 is lines 13 to 15 of src/price.rs.
     let holds_price_3 = |s: &serde_json::Value| s["path"] == "src/price.rs" && s["start_line"].as_u64() <= Some(13) && s["end_line"].as_u64() >= Some(15);
     assert!(call["context"].as_array().unwrap().iter().any(holds_price_3), "{call}");

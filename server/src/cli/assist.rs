@@ -135,9 +135,10 @@ pub struct EvalArgs {
     until: Option<String>,
     /// With --split time: what the tasks ask for, comma-separated: `line` (the whole line after
     /// its indentation), `call` (the rest of the line from the first name it calls), `rest` (the
-    /// rest of the line from a word boundary in its middle). Files give one of each in turn.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "line")]
-    kinds: Vec<history::TaskKind>,
+    /// rest of the line from a word boundary in its middle), `block` (a new function's body, 2 to
+    /// 10 lines). Files give one of each in turn. Default: all four.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    kinds: Option<Vec<history::TaskKind>>,
     /// Only the first N tasks (default: 40 for held-out files, 500 for the time split).
     #[arg(long)]
     limit: Option<usize>,
@@ -186,7 +187,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
         bail!("--split time searches an index of the split commit, which it builds itself: leave out --index-dir");
     }
     let wanted = args.limit.unwrap_or(500);
-    let prepared = history::prepare(paths, root, args.split_at.as_deref(), args.until.as_deref(), wanted, &args.kinds)?;
+    let prepared = history::prepare(paths, root, args.split_at.as_deref(), args.until.as_deref(), wanted, args.kinds.as_deref().unwrap_or(history::DEFAULT_KINDS))?;
     let (commit, snapshot, set) = (&prepared.split.at, &prepared.snapshot, &prepared.tasks);
     if mode.adapter() && prepared.adapter.is_none() && args.adapter.is_none() {
         bail!(
@@ -555,7 +556,7 @@ pub async fn eval_cmd(paths: &Paths, args: EvalArgs) -> Result<()> {
     use config::Generation as G;
     let root = super::workspace_root(&args.workspace)?;
     let mode = if args.no_retrieval { Condition::None } else { args.mode };
-    if (args.split_at.is_some() || args.until.is_some() || args.kinds != [history::TaskKind::Line]) && args.split != SplitKind::Time {
+    if (args.split_at.is_some() || args.until.is_some() || args.kinds.is_some()) && args.split != SplitKind::Time {
         bail!("--split-at, --until and --kinds are for --split time");
     }
     let split = if args.split == SplitKind::Time { Some(time_split(paths, &root, &args, mode)?) } else { None };

@@ -293,7 +293,15 @@ pub enum TaskKind {
     /// The cursor at a word boundary inside the line, at least 6 characters from either end of its
     /// code (24 at least); the rest of the line expected: what a user sees most while typing.
     Rest,
+    /// A new function's body (2 to 10 lines of code, every one added after the split, none of
+    /// them at the split already): the cursor after its first line's indentation, the whole body
+    /// expected and scored on all its lines (RepoEval's function tasks, cut to what one completion
+    /// shows). Named by the function's first line.
+    Block,
 }
+
+/// The kinds a time split asks for unless told: each of the four.
+pub const DEFAULT_KINDS: &[TaskKind] = &[TaskKind::Line, TaskKind::Call, TaskKind::Rest, TaskKind::Block];
 
 impl TaskKind {
     pub fn name(self) -> &'static str {
@@ -301,14 +309,17 @@ impl TaskKind {
             Self::Line => "line",
             Self::Call => "call",
             Self::Rest => "rest",
+            Self::Block => "block",
         }
     }
 
     /// Where in `line` (its indentation `indent` bytes) this kind puts the cursor, if the line has
-    /// such a place; `pick` chooses among a rest task's places.
+    /// such a place; `pick` chooses among a rest task's places. A block's cursor is not on the line
+    /// that opens it: see [`block_at`].
     fn cursor(self, line: &str, indent: usize, pick: &mut SplitMix64) -> Option<usize> {
         let end = line.trim_end().len();
         match self {
+            Self::Block => None,
             Self::Line => Some(indent),
             Self::Call => {
                 if defines(&line[indent..end]) {
@@ -367,6 +378,140 @@ fn called_names(line: &str) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// A block task's body: code lines at least and at most, lines from its first to its last code
+/// line at most (one completion shows at most `completion.max_lines`, 12), and characters at most
+/// (about `completion.max_tokens_multiline`, 128 tokens), as `scripts/make_eval_tasks.py` cuts them.
+const MIN_BODY: usize = 2;
+const MAX_BODY: usize = 10;
+const MAX_BODY_SPAN: usize = 12;
+const MAX_BODY_CHARS: usize = 400;
+/// Words that begin a function's definition.
+const FUNCTIONS: &[&str] = &["fn", "def", "func", "function", "fun"];
+/// Words that begin a statement a `(…) {` line may open, not a method (`if (ready) {`).
+const STATEMENTS: &[&str] = &["if", "else", "for", "while", "switch", "catch", "return", "match", "do", "try", "new", "await"];
+
+/// How a line opens a function's body, if it does: with `{` at its end (`fn`, `func`, `function`,
+/// a TypeScript or JavaScript method `name(…) {`), or with `:` (Python's `def`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opens {
+    Braces,
+    Indented,
+}
+
+fn opens_body(code: &str, language: Language) -> Option<Opens> {
+    let mut words = word_spans(code).filter(|(_, w)| !MODIFIERS.contains(w));
+    let (at, first) = words.next()?;
+    if FUNCTIONS.contains(&first) {
+        return if code.ends_with('{') && first != "def" {
+            Some(Opens::Braces)
+        } else if code.ends_with(':') && first == "def" {
+            Some(Opens::Indented)
+        } else {
+            None
+        };
+    }
+    // A method in a class: `name(…) {` or `name(…): Type {`.
+    let method = matches!(language, Language::TypeScript | Language::JavaScript)
+        && code.ends_with('{')
+        && code[at + first.len()..].starts_with('(')
+        && !STATEMENTS.contains(&first)
+        && !NOT_CALLED.contains(&first);
+    method.then_some(Opens::Braces)
+}
+
+/// Leading whitespace of `line`, in bytes.
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The body of the function `lines[i]` opens (indices into `lines`, blank ones included, a Python
+/// docstring left out): up to the `}` at the opener's indentation, or the lines indented deeper.
+/// Empty when the body does not close where it should.
+fn body_of(lines: &[&str], i: usize, opens: Opens) -> Vec<usize> {
+    let indent = indent_of(lines[i]);
+    let mut body = Vec::new();
+    let mut closed = false;
+    for (j, line) in lines.iter().enumerate().skip(i + 1) {
+        if line.trim().is_empty() || indent_of(line) > indent {
+            body.push(j);
+            continue;
+        }
+        closed = indent_of(line) == indent && matches!(line.trim(), "}" | "};" | "},");
+        break;
+    }
+    if opens == Opens::Braces && !closed {
+        return Vec::new();
+    }
+    while body.last().is_some_and(|&j| lines[j].trim().is_empty()) {
+        body.pop();
+    }
+    if opens == Opens::Indented {
+        // A docstring stays in the prompt: the body begins after the line that closes it.
+        let first = body.iter().position(|&j| !lines[j].trim().is_empty());
+        if let Some(k) = first {
+            let code = lines[body[k]].trim().trim_start_matches(['r', 'b', 'u', 'R', 'B', 'U']);
+            if let Some(quote) = ["\"\"\"", "'''"].into_iter().find(|q| code.starts_with(q)) {
+                let closed = if code[3..].contains(quote) { Some(k) } else { (k + 1..body.len()).find(|&m| lines[body[m]].contains(quote)) };
+                body = closed.map_or_else(Vec::new, |m| body[m + 1..].to_vec());
+            }
+        }
+    }
+    body
+}
+
+/// Whether `text` closes every bracket it opens and every multi-line string it begins (a body cut
+/// inside a string literal is not a block).
+fn balanced(text: &str) -> bool {
+    if ["\"\"\"", "'''", "`"].iter().any(|q| text.matches(q).count() % 2 == 1) {
+        return false;
+    }
+    let mut open = Vec::new();
+    for c in text.chars() {
+        match c {
+            '(' | '[' | '{' => open.push(c),
+            ')' | ']' | '}' => {
+                let wanted = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if open.pop() != Some(wanted) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    open.is_empty()
+}
+
+/// The block task the function opening on line `n` (1-based) of `text` (its `lines`, each
+/// beginning at its `starts`) gives, as the byte range of
+/// its expected body (from its first line's code to its last line's end), if it is one: a short
+/// body, balanced, every code line of it added after the split (`added`) and none that existed at
+/// it (`before`: a moved function is no task), and not found elsewhere in the file.
+fn block_at(text: &str, starts: &[usize], lines: &[&str], n: usize, language: Language, added: &HashSet<usize>, before: &HashSet<String>) -> Option<(usize, usize)> {
+    let i = n.checked_sub(1)?;
+    let opens = opens_body(lines.get(i)?.trim(), language)?;
+    let body = body_of(lines, i, opens);
+    let code: Vec<usize> = body.into_iter().filter(|&j| !lines[j].trim().is_empty()).collect();
+    let (&first, &last) = (code.first()?, code.last()?);
+    if !(MIN_BODY..=MAX_BODY).contains(&code.len()) || last - first >= MAX_BODY_SPAN {
+        return None;
+    }
+    let fresh = |j: &usize| {
+        let line = lines[*j].trim();
+        added.contains(&(j + 1)) && (line.chars().count() < MIN_LINE_CHARS || !before.contains(line))
+    };
+    if !code.iter().all(fresh) || crate::dataset::starts_as_comment(lines[first].trim()) {
+        return None;
+    }
+    let (cursor, end) = (starts[first] + indent_of(lines[first]), starts[last] + lines[last].trim_end().len());
+    let expected = &text[cursor..end];
+    let copied = text[..cursor].contains(expected) || text[end..].contains(expected);
+    (expected.chars().count() <= MAX_BODY_CHARS && balanced(expected) && !copied).then_some((cursor, end))
+}
+
 /// Byte offsets in `line` where a word begins or ends (regex's `\b`).
 fn word_boundaries(line: &str) -> impl Iterator<Item = usize> + '_ {
     word_spans(line).flat_map(|(at, word)| [at, at + word.len()])
@@ -396,23 +541,33 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
         let Some(text) = files.get(path) else { continue };
         let starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         let mut found: Vec<Vec<EvalTask>> = vec![Vec::new(); kinds.len()];
+        let blocks = kinds.contains(&TaskKind::Block);
+        let added_here: HashSet<usize> = if blocks { numbers.iter().copied().collect() } else { HashSet::new() };
+        let lines: Vec<&str> = if blocks { text.split('\n').collect() } else { Vec::new() };
+        let language = Language::from_path(path);
         for &n in numbers {
             let Some(&start) = starts.get(n - 1) else { continue };
             let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
             let line = &text[start..end];
             let code = line.trim();
-            if code.chars().count() < MIN_LINE_CHARS || (crate::dataset::starts_as_comment(code) && !code.starts_with("#[")) {
+            if crate::dataset::starts_as_comment(code) && !code.starts_with("#[") {
                 continue;
             }
-            if before.contains(code) {
-                set.leaked += 1;
-                continue;
-            }
+            // A line task's line is long enough and new; a block's opening line need be neither
+            // (`fn new() -> Self {`): its body is checked instead.
+            let long = code.chars().count() >= MIN_LINE_CHARS;
+            let existed = long && before.contains(code);
+            set.leaked += usize::from(existed);
             let indent = line.len() - line.trim_start().len();
             let expected_end = start + line.trim_end().len();
             let mut pick = SplitMix64::new(seed ^ crate::dataset::hash64(format!("{path}:{n}").as_bytes()));
             for (kind, found) in kinds.iter().zip(&mut found) {
-                let Some(cursor) = kind.cursor(line, indent, &mut pick).map(|c| start + c) else { continue };
+                let place = match kind {
+                    TaskKind::Block => block_at(text, &starts, &lines, n, language, &added_here, before),
+                    _ if !long || existed => None,
+                    _ => kind.cursor(line, indent, &mut pick).map(|c| (start + c, expected_end)),
+                };
+                let Some((cursor, expected_end)) = place else { continue };
                 found.push(EvalTask {
                     id: if named { format!("{path}:{n}:{}", kind.name()) } else { format!("{path}:{n}") },
                     path: path.clone(),
@@ -670,6 +825,80 @@ mod tests {
         assert_eq!(set.candidates, 12, "a kind asked twice counts once");
         let again = tasks(&files, &added, &HashSet::new(), 100, 3, &kinds);
         assert_eq!(again.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), set.tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), "the same seed, the same tasks");
+    }
+
+    #[test]
+    fn a_block_is_a_new_short_body_and_nothing_else() {
+        let rust = concat!(
+            "impl Cart {\n",
+            "    pub fn total(&self) -> u64 {\n",
+            "        let sum: u64 = self.items.iter().sum();\n",
+            "\n",
+            "        crate::price::with_tax(sum)\n",
+            "    }\n",
+            "    fn moved(&self) -> u64 {\n",
+            "        let old_line_here = self.items.len() as u64;\n",
+            "        old_line_here * 2\n",
+            "    }\n",
+            "    fn one_line(&self) -> bool {\n",
+            "        self.items.is_empty()\n",
+            "    }\n",
+            "    fn half_new(&self) -> usize {\n",
+            "        let count_of_items = self.items.len();\n",
+            "        count_of_items + self.extra\n",
+            "    }\n",
+            "}\n",
+        );
+        let python = concat!(
+            "class Cart:\n",
+            "    def total(self):\n",
+            "        \"\"\"The sum,\n",
+            "        with tax.\"\"\"\n",
+            "        subtotal = sum(self.items)\n",
+            "        return with_tax(subtotal)\n",
+            "\n",
+            "    def empty(self): return not self.items\n",
+        );
+        let typescript = "export class Cart {\n  total(tax: number): number {\n    const sum = this.items.reduce((a, b) => a + b, 0);\n    return sum * (1 + tax);\n  }\n  if (ready) {\n    start();\n    go();\n  }\n}\n";
+        let go = "func (c *Cart) Total() int {\n\tsum := c.Sum()\n\treturn withTax(sum)\n}\n";
+        let files = BTreeMap::from([
+            ("src/cart.rs".to_owned(), rust.to_owned()),
+            ("cart.py".to_owned(), python.to_owned()),
+            ("cart.ts".to_owned(), typescript.to_owned()),
+            ("cart.go".to_owned(), go.to_owned()),
+        ]);
+        let every = |text: &str| (1..=text.lines().count()).collect::<Vec<_>>();
+        let mut added: BTreeMap<String, Vec<usize>> = files.iter().map(|(p, t)| (p.clone(), every(t))).collect();
+        // half_new's first body line is old: it is not a new body.
+        added.get_mut("src/cart.rs").unwrap().retain(|&n| n != 15);
+        let before: HashSet<String> = HashSet::from(["let old_line_here = self.items.len() as u64;".to_owned()]);
+        let set = tasks(&files, &added, &before, 100, 0, &[TaskKind::Block]);
+        let mut got: Vec<(&str, &str)> = set.tasks.iter().map(|t| (t.id.as_str(), t.expected.as_str())).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("cart.go:1:block", "sum := c.Sum()\n\treturn withTax(sum)"),
+                ("cart.py:2:block", "subtotal = sum(self.items)\n        return with_tax(subtotal)"),
+                ("cart.ts:2:block", "const sum = this.items.reduce((a, b) => a + b, 0);\n    return sum * (1 + tax);"),
+                ("src/cart.rs:2:block", "let sum: u64 = self.items.iter().sum();\n\n        crate::price::with_tax(sum)"),
+            ],
+            "not a body that existed at the split, one line long, partly old, a one-line def, or an `if`"
+        );
+        for t in &set.tasks {
+            assert_eq!(format!("{}{}{}", t.prefix, t.expected, t.suffix), files[&t.path], "{t:?}");
+            assert_eq!(t.kind, "block");
+        }
+        // A body that occurs elsewhere in its file would be copied, not written: no task.
+        let twice = format!("{go}func (c *Cart) Again() int {{\n\tsum := c.Sum()\n\treturn withTax(sum)\n}}\n");
+        let files = BTreeMap::from([("cart.go".to_owned(), twice.clone())]);
+        let added = BTreeMap::from([("cart.go".to_owned(), every(&twice))]);
+        assert!(tasks(&files, &added, &HashSet::new(), 10, 0, &[TaskKind::Block]).tasks.is_empty());
+        // Unclosed, or cut inside a string: no task.
+        assert!(body_of(&["fn a() {", "    x();", "    y();"], 0, Opens::Braces).is_empty());
+        assert!(!balanced("let q = `select\n  *;"));
+        assert!(balanced("f(a[0], { b })"));
+        assert!(!balanced("f(a[0)]"));
     }
 
     #[test]
