@@ -2,8 +2,9 @@
 """Labels a time-split run's tasks by what their expected line is, so that `kenning compare`
 breaks the run down by it (its `kind` groups): the evidence of where an adapter or retrieval helps.
 
-A time-split task (`kenning eval --split time`) is one whole line added after the split, its id
-`PATH:LINE` at the run's end commit. Kinds, the first that matches the line's code:
+A time-split task of a whole line (`kenning eval --split time --kinds line`, the first runs' only
+kind) is one line added after the split, its id `PATH:LINE` at the run's end commit; runs of
+several kinds (ids `PATH:LINE:KIND`) carry their kinds already and are not for this script. Kinds, the first that matches the line's code:
   signature  a definition or attribute line (fn, struct, impl, def, class, #[...], ...)
   control    if / else / match / for / while / loop / return / break / continue
   binding    let / const / var, or an assignment

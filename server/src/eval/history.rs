@@ -411,7 +411,7 @@ fn opens_body(code: &str, language: Language) -> Option<Opens> {
         };
     }
     // A method in a class: `name(…) {` or `name(…): Type {`.
-    let method = matches!(language, Language::TypeScript | Language::JavaScript)
+    let method = matches!(language, Language::TypeScript | Language::Tsx | Language::JavaScript)
         && code.ends_with('{')
         && code[at + first.len()..].starts_with('(')
         && !STATEMENTS.contains(&first)
@@ -425,14 +425,16 @@ fn indent_of(line: &str) -> usize {
 }
 
 /// The body of the function `lines[i]` opens (indices into `lines`, blank ones included, a Python
-/// docstring left out): up to the `}` at the opener's indentation, or the lines indented deeper.
+/// docstring left out): up to the `}` at the opener's indentation, or the lines indented deeper (and
+/// Python comments at any indentation).
 /// Empty when the body does not close where it should.
 fn body_of(lines: &[&str], i: usize, opens: Opens) -> Vec<usize> {
     let indent = indent_of(lines[i]);
     let mut body = Vec::new();
     let mut closed = false;
     for (j, line) in lines.iter().enumerate().skip(i + 1) {
-        if line.trim().is_empty() || indent_of(line) > indent {
+        let comment = opens == Opens::Indented && line.trim_start().starts_with('#');
+        if line.trim().is_empty() || indent_of(line) > indent || comment {
             body.push(j);
             continue;
         }
@@ -488,8 +490,9 @@ fn balanced(text: &str) -> bool {
 /// The block task the function opening on line `n` (1-based) of `text` (its `lines`, each
 /// beginning at its `starts`) gives, as the byte range of
 /// its expected body (from its first line's code to its last line's end), if it is one: a short
-/// body, balanced, every code line of it added after the split (`added`) and none that existed at
-/// it (`before`: a moved function is no task), and not found elsewhere in the file.
+/// body, balanced, every code line of it added after the split (`added`), none of its lines of
+/// [`MIN_LINE_CHARS`] or more and not all of its shorter ones existing at it (`before`: a moved
+/// function is no task), and not found elsewhere in the file (at any indentation).
 fn block_at(text: &str, starts: &[usize], lines: &[&str], n: usize, language: Language, added: &HashSet<usize>, before: &HashSet<String>) -> Option<(usize, usize)> {
     let i = n.checked_sub(1)?;
     let opens = opens_body(lines.get(i)?.trim(), language)?;
@@ -503,12 +506,19 @@ fn block_at(text: &str, starts: &[usize], lines: &[&str], n: usize, language: La
         let line = lines[*j].trim();
         added.contains(&(j + 1)) && (line.chars().count() < MIN_LINE_CHARS || !before.contains(line))
     };
-    if !code.iter().all(fresh) || crate::dataset::starts_as_comment(lines[first].trim()) {
+    // Short lines are common everywhere (`}`, `Ok(())`), but a body made only of old lines was moved.
+    let moved = code.iter().all(|&j| before.contains(lines[j].trim()));
+    if moved || !code.iter().all(fresh) || crate::dataset::starts_as_comment(lines[first].trim()) {
         return None;
     }
     let (cursor, end) = (starts[first] + indent_of(lines[first]), starts[last] + lines[last].trim_end().len());
     let expected = &text[cursor..end];
-    let copied = text[..cursor].contains(expected) || text[end..].contains(expected);
+    // The same body elsewhere in the file, at any indentation, would be copied, not written.
+    let want: Vec<&str> = code.iter().map(|&j| lines[j].trim()).collect();
+    let others: Vec<(usize, &str)> = lines.iter().map(|l| l.trim()).enumerate().filter(|(_, l)| !l.is_empty()).collect();
+    let copied = text[..cursor].contains(expected)
+        || text[end..].contains(expected)
+        || others.windows(want.len()).any(|w| w[0].0 != first && w.iter().map(|(_, l)| *l).eq(want.iter().copied()));
     (expected.chars().count() <= MAX_BODY_CHARS && balanced(expected) && !copied).then_some((cursor, end))
 }
 
@@ -519,7 +529,8 @@ fn word_boundaries(line: &str) -> impl Iterator<Item = usize> + '_ {
 
 /// Up to `count` tasks of `kinds` (see [`TaskKind`]) from the lines added after the split, read
 /// from the end's files in `files` (path → text). A line that exists anywhere in `before` (the
-/// code at the split, trimmed) is refused; comments and short lines are not tasks. Files give
+/// code at the split, trimmed) is refused; comments and short lines are not line tasks (a block's
+/// opening line may be short; its body is checked, see [`block_at`]). Files give
 /// their tasks in turn (each file's in an order chosen by `seed`), one of each kind per turn: no
 /// file gives a second task of a kind before every file gave one, so one big new file does not
 /// make the whole set; a file gives more than the others only when they have run out. With
@@ -894,6 +905,33 @@ mod tests {
         let files = BTreeMap::from([("cart.go".to_owned(), twice.clone())]);
         let added = BTreeMap::from([("cart.go".to_owned(), every(&twice))]);
         assert!(tasks(&files, &added, &HashSet::new(), 10, 0, &[TaskKind::Block]).tasks.is_empty());
+        // Nor the same body at another indentation (a method copied to a free function), nor a
+        // body of short lines that all existed at the split.
+        let method = "impl Cart {\n    fn total(&self) -> u64 {\n        let sum = self.sum();\n        with_tax(sum)\n    }\n}\n";
+        let free = format!("{method}fn total(cart: &Cart) -> u64 {{\n    let sum = self.sum();\n    with_tax(sum)\n}}\n");
+        let files = BTreeMap::from([("cart.rs".to_owned(), free.clone())]);
+        let added = BTreeMap::from([("cart.rs".to_owned(), every(&free))]);
+        assert!(tasks(&files, &added, &HashSet::new(), 10, 0, &[TaskKind::Block]).tasks.is_empty());
+        let short = "fn go() {\n    a();\n    b();\n}\n";
+        let files = BTreeMap::from([("go.rs".to_owned(), short.to_owned())]);
+        let added = BTreeMap::from([("go.rs".to_owned(), every(short))]);
+        assert_eq!(tasks(&files, &added, &HashSet::new(), 10, 0, &[TaskKind::Block]).tasks.len(), 1, "new short lines make a block");
+        let old: HashSet<String> = HashSet::from(["a();".to_owned(), "b();".to_owned()]);
+        assert!(tasks(&files, &added, &old, 10, 0, &[TaskKind::Block]).tasks.is_empty(), "all of them old: moved");
+        // A Python comment at the left margin does not end the body; a .tsx method is a method.
+        let commented = "def total(items):\n    subtotal = sum(items)\n# TODO: taxes\n    return subtotal * 2\n";
+        let component = "class Cart {\n  render(): Element {\n    const rows = this.rows();\n    return <ul>{rows}</ul>;\n  }\n}\n";
+        let files = BTreeMap::from([("cart.py".to_owned(), commented.to_owned()), ("cart.tsx".to_owned(), component.to_owned())]);
+        let added: BTreeMap<String, Vec<usize>> = files.iter().map(|(p, t)| (p.clone(), every(t))).collect();
+        let mut got: Vec<(String, String)> = tasks(&files, &added, &HashSet::new(), 10, 0, &[TaskKind::Block]).tasks.into_iter().map(|t| (t.id, t.expected)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("cart.py:1:block".to_owned(), "subtotal = sum(items)\n# TODO: taxes\n    return subtotal * 2".to_owned()),
+                ("cart.tsx:2:block".to_owned(), "const rows = this.rows();\n    return <ul>{rows}</ul>;".to_owned()),
+            ]
+        );
         // Unclosed, or cut inside a string: no task.
         assert!(body_of(&["fn a() {", "    x();", "    y();"], 0, Opens::Braces).is_empty());
         assert!(!balanced("let q = `select\n  *;"));
