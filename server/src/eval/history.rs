@@ -294,7 +294,7 @@ pub enum TaskKind {
     /// code (24 at least); the rest of the line expected: what a user sees most while typing.
     Rest,
     /// A new function's body (2 to 10 lines of code, every one added after the split, none of
-    /// them at the split already): the cursor after its first line's indentation, the whole body
+    /// 10 characters or more at the split already, nor all of the shorter ones): the cursor after its first line's indentation, the whole body
     /// expected and scored on all its lines (RepoEval's function tasks, cut to what one completion
     /// shows). Named by the function's first line.
     Block,
@@ -569,7 +569,7 @@ pub fn tasks(files: &BTreeMap<String, String>, added: &BTreeMap<String, Vec<usiz
             let long = code.chars().count() >= MIN_LINE_CHARS;
             let existed = long && before.contains(code);
             set.leaked += usize::from(existed);
-            let indent = line.len() - line.trim_start().len();
+            let indent = indent_of(line);
             let expected_end = start + line.trim_end().len();
             let mut pick = SplitMix64::new(seed ^ crate::dataset::hash64(format!("{path}:{n}").as_bytes()));
             for (kind, found) in kinds.iter().zip(&mut found) {
