@@ -46,6 +46,16 @@ fn greedy_fim_completes_an_obvious_rust_body() {
     );
     assert_eq!(finish.reason, FinishReason::Stop, "the stop sequence ends it: {text:?}");
     assert!(!text.contains("fn main"), "{text:?}");
+
+    // The first tokens' log-probabilities come with it: an obvious body is written surely, the
+    // start of an open string much less so.
+    assert_eq!(finish.logprobs.len(), finish.generated_tokens.min(kenning::generate::LOGPROB_TOKENS), "{:?}", finish.logprobs);
+    assert!(finish.logprobs.iter().all(|p| p.is_finite() && *p <= 0.0), "{:?}", finish.logprobs);
+    let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len() as f32;
+    let open = fim(engine, "fn main() {\n    let greeting = \"", "\n}\n");
+    let (_, unsure) = engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new(open) }).unwrap().collect_blocking().unwrap();
+    assert_eq!(unsure.logprobs.len(), 4);
+    assert!(mean(&finish.logprobs) > -0.2 && mean(&unsure.logprobs) < -0.3, "{:?} against {:?}", finish.logprobs, unsure.logprobs);
 }
 
 #[test]

@@ -463,6 +463,10 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     ids.sort();
     // The new file's lines of code: not the blank one, not the closing brace (too short).
     assert_eq!(ids, ["src/cart.rs:1", "src/cart.rs:3", "src/cart.rs:4", "src/cart.rs:5", "src/cart.rs:6"]);
+    // Each score keeps how sure the model was of its first tokens (llama.cpp records them).
+    let logprobs: Vec<Vec<f64>> = figures["scores"].as_array().unwrap().iter().filter_map(|s| s.get("logprobs")).map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    assert!(!logprobs.is_empty(), "{figures}");
+    assert!(logprobs.iter().all(|p| !p.is_empty() && p.len() <= 16 && p.iter().all(|x| *x <= 0.0)), "{logprobs:?}");
     let snapshot = fs::read_dir(cache.path().join("snapshots")).unwrap().next().unwrap().unwrap().path().join("shop");
     assert!(snapshot.join("src/price.rs").is_file() && !snapshot.join("src/cart.rs").exists(), "the snapshot is the split commit");
 

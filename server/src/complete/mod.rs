@@ -124,6 +124,27 @@ pub struct Completion {
     pub generate_ms: f64,
     /// Time from the start of generation to the first generated text.
     pub first_token_ms: f64,
+    /// The log-probabilities of the generation's first tokens, once its engine has finished
+    /// (after this text, when the completion was cut early). `None` for an answer taken from an
+    /// earlier generation.
+    #[serde(skip)]
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// The log-probabilities of a generation's first tokens (see
+/// [`Finish::logprobs`](crate::generate::Finish::logprobs)), known once the engine reports it finished.
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs(watch::Receiver<Option<Arc<[f32]>>>);
+
+impl TokenLogprobs {
+    /// Waits for the generation to finish; empty when it was stopped without finishing, or its
+    /// engine records none.
+    pub async fn wait(mut self) -> Vec<f32> {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(found) => found.as_deref().map(<[f32]>::to_vec).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// What a slot's generation has produced so far.
@@ -143,6 +164,8 @@ struct Slot {
     task: tokio::task::AbortHandle,
     /// When the first text arrived, after the generation started.
     first_token: Arc<std::sync::OnceLock<Duration>>,
+    /// The generation's log-probabilities, sent when its engine reports it finished.
+    logprobs: watch::Receiver<Option<Arc<[f32]>>>,
     /// Filled in by the request that started the slot.
     snippets: Vec<Snippet>,
     /// Started by [`Completer::speculate`], not by a request: any fresh request stops it.
@@ -333,7 +356,8 @@ impl Completer {
         }
         self.speculate(&request, &text);
         let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
-        Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms }))
+        let logprobs = Some(TokenLogprobs(slot.logprobs.clone()));
+        Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms, logprobs }))
     }
 
     /// Whether line `line` of `path` is somewhere context was not gathered for (see
@@ -579,6 +603,7 @@ impl Completer {
             prompt_ms: 0.0,
             generate_ms: 0.0,
             first_token_ms: 0.0,
+            logprobs: None,
         }))
     }
 
@@ -619,10 +644,12 @@ fn start_slot(
     let offset = request.offset;
     let first_token = Arc::new(std::sync::OnceLock::new());
     let first = Arc::clone(&first_token);
+    let (logprobs_tx, logprobs) = watch::channel(None);
     let task = tokio::spawn(async move {
         let cursor = Cursor::new(&text, offset);
         let mut raw = String::new();
         let log = |finish: &crate::generate::Finish| {
+            logprobs_tx.send_replace(Some(Arc::from(finish.logprobs.as_slice())));
             tracing::debug!(
                 prompt_tokens = finish.prompt_tokens,
                 computed = finish.prompt_tokens - finish.reused_prompt_tokens,
@@ -677,6 +704,7 @@ fn start_slot(
         state: rx,
         task: task.abort_handle(),
         first_token,
+        logprobs,
         snippets,
         speculative,
     });

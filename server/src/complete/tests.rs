@@ -94,6 +94,7 @@ impl Generator for Scripted {
                 generated_tokens: 1,
                 time_to_first_token: Duration::ZERO,
                 total: Duration::ZERO,
+                logprobs: Vec::new(),
             }));
         });
         Ok(generation)

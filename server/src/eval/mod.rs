@@ -206,8 +206,12 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
             timings.building.push(gathered_ms + c.context_ms + c.prompt_ms);
             timings.first_token.push(c.first_token_ms);
         }
+        let logprobs = match completion.as_ref().and_then(|c| c.logprobs.clone()) {
+            Some(logprobs) => logprobs.wait().await,
+            None => Vec::new(),
+        };
         let predicted = completion.map(|c| c.text).unwrap_or_default();
-        let score = TaskScore { kind: task.kind.clone(), ..TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms) };
+        let score = TaskScore { kind: task.kind.clone(), logprobs, ..TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms) };
         on_task(task, &score, &predicted);
         scores.push(score);
     }
@@ -251,7 +255,7 @@ mod tests {
     use super::*;
 
     fn score(id: &str, exact: bool, similarity: f64, latency_ms: f64) -> TaskScore {
-        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new(), identifiers: None }
+        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new(), identifiers: None, logprobs: Vec::new() }
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct TaskScore {
     /// saved before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifiers: Option<bool>,
+    /// The log-probabilities of the completion's first generated tokens (see
+    /// [`Finish::logprobs`](crate::generate::Finish::logprobs)): how sure the model was. Empty when
+    /// the engine records none, nothing was generated, or in scores saved before they were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<f32>,
 }
 
 impl TaskScore {
@@ -50,7 +55,7 @@ impl TaskScore {
             let (p, e) = (first_line(predicted), first_line(expected));
             (p == e, edit_similarity(p, e), identifiers(p).eq(identifiers(e)))
         };
-        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names) }
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names), logprobs: Vec::new() }
     }
 }
 
@@ -240,7 +245,7 @@ mod tests {
     use super::*;
 
     fn score(id: usize, path: &str, similarity: f64, exact: bool) -> TaskScore {
-        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new(), identifiers: None }
+        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new(), identifiers: None, logprobs: Vec::new() }
     }
 
     #[test]

@@ -177,6 +177,7 @@ async fn stream(api: Api, http: reqwest::RequestBuilder, request: &GenerationReq
         generated_tokens: generated,
         time_to_first_token: first.unwrap_or_else(|| started.elapsed()),
         total: started.elapsed(),
+        logprobs: Vec::new(),
     }));
     Ok(())
 }

@@ -519,7 +519,7 @@ impl Session<'_> {
         let prefilled = self.prefill(seq, &runs, &prompt, true, self.prompt_chunk, || sink.is_cancelled())?;
         let common = prefilled.kept;
         if !prefilled.complete {
-            return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO));
+            return Ok(self.finish(FinishReason::Cancelled, &prompt, common, 0, started, Duration::ZERO, Vec::new()));
         }
         let mut last_index = prefilled.last_index;
         let mut batch = LlamaBatch::new(1, 1);
@@ -537,6 +537,7 @@ impl Session<'_> {
         let mut stops = StopMatcher::new(&request.stop);
         let mut first_token = None;
         let mut generated = 0;
+        let mut logprobs = Vec::new();
         // Token healing: what the output must still begin with, and how much of it is left out.
         let mut heal = request.heal.as_bytes();
         let mut hidden = heal.len();
@@ -560,6 +561,10 @@ impl Session<'_> {
                 sampler.accept(token);
                 token
             };
+            if logprobs.len() < super::LOGPROB_TOKENS {
+                let logits = self.ctx.get_logits_ith(last_index);
+                logprobs.extend(usize::try_from(token.0).ok().filter(|&t| t < logits.len()).map(|t| super::log_probability(logits, t)));
+            }
             generated += 1;
             first_token.get_or_insert_with(|| started.elapsed());
             if vocab.is_eog(token) {
@@ -585,10 +590,11 @@ impl Session<'_> {
             last_index = 0;
         };
         sink.flush_held(&mut stops, reason);
-        Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default()))
+        Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default(), logprobs))
     }
 
-    fn finish(&self, reason: FinishReason, prompt: &[LlamaToken], reused: usize, generated: usize, started: Instant, ttft: Duration) -> Finish {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(&self, reason: FinishReason, prompt: &[LlamaToken], reused: usize, generated: usize, started: Instant, ttft: Duration, logprobs: Vec<f32>) -> Finish {
         Finish {
             reason,
             prompt_tokens: prompt.len(),
@@ -596,6 +602,7 @@ impl Session<'_> {
             generated_tokens: generated,
             time_to_first_token: ttft,
             total: started.elapsed(),
+            logprobs,
         }
     }
 }

@@ -110,6 +110,7 @@ fn run(model: &TextModel, session: &mut Session, request: &GenerationRequest, si
                 generated_tokens: stats.generated_tokens,
                 time_to_first_token: stats.time_to_first_token,
                 total: started.elapsed(),
+                logprobs: Vec::new(),
             }));
         }
         Err(e) => sink.send(Event::Error(EngineError::Mlx(e.to_string()))),

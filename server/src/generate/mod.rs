@@ -254,6 +254,23 @@ pub struct Finish {
     pub generated_tokens: usize,
     pub time_to_first_token: Duration,
     pub total: Duration,
+    /// The natural log of the probability the model gave each of the first [`LOGPROB_TOKENS`]
+    /// generated tokens, in order, before sampling (a token healing chose still counts with its
+    /// probability among all tokens). The in-process llama.cpp engine records them; empty from
+    /// the others.
+    #[serde(skip)]
+    pub logprobs: Vec<f32>,
+}
+
+/// Generated tokens whose log-probability a generation records (the first ones: what a gate on
+/// the model's confidence reads).
+pub const LOGPROB_TOKENS: usize = 16;
+
+/// The natural log of `token`'s probability under the softmax of `logits`.
+pub fn log_probability(logits: &[f32], token: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    (f64::from(logits[token] - max) - sum.ln()) as f32
 }
 
 impl Finish {
@@ -502,6 +519,15 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_probability_is_taken_under_the_softmax_and_stays_finite_for_large_logits() {
+        let close = |a: f32, b: f64| (f64::from(a) - b).abs() < 1e-6;
+        assert!(close(log_probability(&[0.0, 3f32.ln()], 1), 0.75f64.ln()));
+        assert!(close(log_probability(&[0.0, 3f32.ln()], 0), 0.25f64.ln()));
+        assert!(close(log_probability(&[1000.0, 1000.0, -1000.0], 0), 0.5f64.ln()));
+        assert!(log_probability(&[1000.0, 1000.0, -1000.0], 2) < -1000.0);
+    }
 
     #[test]
     fn healing_picks_the_likeliest_token_that_agrees_with_the_typed_text() {
