@@ -86,6 +86,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// This kenning binary, to start again as a child process. On Linux it is the running file itself
+/// (`/proc/self/exe`): a rebuild or an upgrade that replaces the file at its path during a run of
+/// hours leaves that path pointing nowhere (`… (deleted)`), and the children still run the build
+/// their parent is. Elsewhere, its path.
+pub fn this_binary() -> std::io::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && running.exists() {
+        return Ok(running.to_owned());
+    }
+    std::env::current_exe()
+}
+
 /// `PATH.kenning-PID-N`: a name no other writer (process or thread) uses at the same time.
 pub fn unique_sibling(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

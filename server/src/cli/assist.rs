@@ -212,7 +212,7 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     }
     if mode.retrieval() || args.all {
         // Incremental: a finished index is checked and kept, an interrupted one completed.
-        let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+        let exe = crate::paths::this_binary().context("cannot find this kenning binary")?;
         if !args.json {
             eprintln!("indexing the snapshot (once; later runs only check it)…");
         }
@@ -718,7 +718,7 @@ pub(super) struct EvalProcess<'a> {
 impl EvalProcess<'_> {
     /// The figures of `mode` on the tasks in `tasks_file`; its progress and errors go to stderr.
     pub fn run(&self, mode: Condition, tasks_file: &Path, adapter: Option<&Path>) -> Result<Figures> {
-        let exe = std::env::current_exe().context("cannot find this kenning binary")?;
+        let exe = crate::paths::this_binary().context("cannot find this kenning binary")?;
         let mut command = std::process::Command::new(&exe);
         command.arg("--cache-dir").arg(self.paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
         command.arg("--tasks").arg(tasks_file).arg("--workspace").arg(self.root);
