@@ -37,7 +37,7 @@ fn fim(engine: &dyn Generator, prefix: &str, suffix: &str) -> String {
 fn greedy_fim_completes_an_obvious_rust_body() {
     let engine = qwen();
     let prompt = fim(engine, "/// Returns the larger of two numbers.\nfn max(a: i32, b: i32) -> i32 {\n    ", "\n}\n");
-    let request = GenerationRequest { max_tokens: 40, stop: vec!["\n}".into()], ..GenerationRequest::new(prompt) };
+    let request = GenerationRequest { max_tokens: 40, stop: vec!["\n}".into()], logprobs: true, ..GenerationRequest::new(prompt.clone()) };
     let (text, finish) = engine.generate(request).unwrap().collect_blocking().unwrap();
     let code: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
@@ -53,7 +53,9 @@ fn greedy_fim_completes_an_obvious_rust_body() {
     assert!(finish.logprobs.iter().all(|p| p.is_finite() && *p <= 0.0), "{:?}", finish.logprobs);
     let mean = |p: &[f32]| p.iter().sum::<f32>() / p.len() as f32;
     let open = fim(engine, "fn main() {\n    let greeting = \"", "\n}\n");
-    let (_, unsure) = engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new(open) }).unwrap().collect_blocking().unwrap();
+    let (_, unsure) = engine.generate(GenerationRequest { max_tokens: 4, logprobs: true, ..GenerationRequest::new(open) }).unwrap().collect_blocking().unwrap();
+    let (_, unasked) = engine.generate(GenerationRequest { max_tokens: 4, ..GenerationRequest::new(prompt) }).unwrap().collect_blocking().unwrap();
+    assert!(unasked.logprobs.is_empty(), "recorded only when asked: {:?}", unasked.logprobs);
     assert_eq!(unsure.logprobs.len(), 4);
     assert!(mean(&finish.logprobs) > -0.2 && mean(&unsure.logprobs) < -0.3, "{:?} against {:?}", finish.logprobs, unsure.logprobs);
 }

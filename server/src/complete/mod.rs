@@ -125,8 +125,8 @@ pub struct Completion {
     /// Time from the start of generation to the first generated text.
     pub first_token_ms: f64,
     /// The log-probabilities of the generation's first tokens, once its engine has finished
-    /// (after this text, when the completion was cut early). `None` for an answer taken from an
-    /// earlier generation.
+    /// (after this text, when the completion was cut early). `None` unless the completer records
+    /// them ([`Completer::recording_logprobs`]), and for an answer taken from an earlier generation.
     #[serde(skip)]
     pub logprobs: Option<TokenLogprobs>,
 }
@@ -207,6 +207,8 @@ pub struct Completer {
     generator: Arc<dyn Generator>,
     family: Family,
     settings: config::CompletionSettings,
+    /// Generations record their first tokens' log-probabilities (see [`Self::recording_logprobs`]).
+    logprobs: bool,
     slots: Arc<Mutex<Vec<Arc<Slot>>>>,
     context: Arc<Mutex<ContextState>>,
     /// Counts completion requests as they arrive (before anything else): a speculation started
@@ -220,7 +222,14 @@ pub struct Completer {
 impl Completer {
     pub fn new(generator: Arc<dyn Generator>, family: Family, settings: config::CompletionSettings) -> Self {
         let context = ContextState { ring: Ring::with_policy(full_budget(&settings).context, ring_policy(&settings)), ..ContextState::default() };
-        Self { generator, family, settings, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default(), gathering: tokio::sync::Mutex::new(()) }
+        Self { generator, family, settings, logprobs: false, slots: Arc::default(), context: Arc::new(Mutex::new(context)), epoch: Arc::default(), gathering: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Has each fresh generation record its first tokens' log-probabilities
+    /// ([`Completion::logprobs`]; `kenning eval` keeps them with its scores). They cost a softmax
+    /// over the vocabulary per token, so an editor's completer goes without.
+    pub fn recording_logprobs(self) -> Self {
+        Self { logprobs: true, ..self }
     }
 
     /// Gathers context for `request` and puts it in the ring at once (no waiting for a pause):
@@ -341,7 +350,7 @@ impl Completer {
             Mode::SingleLine => self.settings.max_tokens,
             Mode::MultiLine => self.settings.max_tokens_multiline,
         };
-        let gen_request = GenerationRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned() };
+        let gen_request = GenerationRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned(), logprobs: self.logprobs };
         let started = Instant::now();
         let slot = self.start(&request, mode, gen_request, used.clone())?;
         drop(ahead);
@@ -356,7 +365,7 @@ impl Completer {
         }
         self.speculate(&request, &text);
         let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
-        let logprobs = Some(TokenLogprobs(slot.logprobs.clone()));
+        let logprobs = self.logprobs.then(|| TokenLogprobs(slot.logprobs.clone()));
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms, logprobs }))
     }
 
@@ -535,7 +544,7 @@ impl Completer {
             let built = shape.build(&next, &local, &snippets);
             // One line, whatever the place would get: it is what the user is likely to take next, and
             // a block would keep the engine busy for text nobody may want.
-            let gen_request = GenerationRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal };
+            let gen_request = GenerationRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal, logprobs: false };
             let limits = Limits { max_lines: settings.max_lines };
             match start_slot(&generator, &slots, limits, &next, Mode::SingleLine, gen_request, snippets, true) {
                 // A request that came while this started may have missed it: it is stopped then.

@@ -171,7 +171,7 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
     let mut scores = Vec::with_capacity(tasks.len());
     let mut timings = Timings::default();
     for task in tasks {
-        let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot());
+        let completer = Completer::new(Arc::clone(&setup.generator), setup.family, setup.settings.one_shot()).recording_logprobs();
         let request = task_request(setup, task);
         // `completion.draft_query`: the draft is what this model completes without context at a
         // warm place (what `none` completes; for hybrid, what `ft` does). Its time counts in the

@@ -561,7 +561,7 @@ impl Session<'_> {
                 sampler.accept(token);
                 token
             };
-            if logprobs.len() < super::LOGPROB_TOKENS {
+            if request.logprobs && logprobs.len() < super::LOGPROB_TOKENS {
                 let logits = self.ctx.get_logits_ith(last_index);
                 logprobs.extend(usize::try_from(token.0).ok().filter(|&t| t < logits.len()).map(|t| super::log_probability(logits, t)));
             }
