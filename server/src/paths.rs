@@ -86,16 +86,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-/// This kenning binary, to start again as a child process. On Linux it is the running file itself
-/// (`/proc/self/exe`): a rebuild or an upgrade that replaces the file at its path during a run of
-/// hours leaves that path pointing nowhere (`… (deleted)`), and the children still run the build
-/// their parent is. Elsewhere, its path.
-pub fn this_binary() -> std::io::Result<PathBuf> {
-    let running = Path::new("/proc/self/exe");
-    if cfg!(target_os = "linux") && running.exists() {
-        return Ok(running.to_owned());
+/// A command that starts this kenning binary again as a child process. On Linux it runs the
+/// running file itself (`/proc/self/exe`): a rebuild or an upgrade that replaces the file at its
+/// path during a run of hours leaves that path pointing nowhere (`… (deleted)`), and the children
+/// still run the build their parent is; `ps` shows them under the binary's path. Elsewhere, its path.
+pub fn this_binary() -> std::io::Result<std::process::Command> {
+    let path = std::env::current_exe()?;
+    #[cfg(target_os = "linux")]
+    {
+        let running = Path::new("/proc/self/exe");
+        if running.exists() {
+            let mut command = std::process::Command::new(running);
+            std::os::unix::process::CommandExt::arg0(&mut command, &path);
+            return Ok(command);
+        }
     }
-    std::env::current_exe()
+    Ok(std::process::Command::new(path))
 }
 
 /// `PATH.kenning-PID-N`: a name no other writer (process or thread) uses at the same time.

@@ -212,11 +212,11 @@ fn time_split(paths: &Paths, root: &Path, args: &EvalArgs, mode: Condition) -> R
     }
     if mode.retrieval() || args.all {
         // Incremental: a finished index is checked and kept, an interrupted one completed.
-        let exe = crate::paths::this_binary().context("cannot find this kenning binary")?;
+        let mut command = crate::paths::this_binary().context("cannot find this kenning binary")?;
         if !args.json {
             eprintln!("indexing the snapshot (once; later runs only check it)…");
         }
-        let status = std::process::Command::new(&exe).arg("--cache-dir").arg(paths.cache()).arg("index").arg(snapshot).stdout(std::process::Stdio::null()).status()?;
+        let status = command.arg("--cache-dir").arg(paths.cache()).arg("index").arg(snapshot).stdout(std::process::Stdio::null()).status()?;
         if !status.success() {
             bail!("indexing {} failed ({status})", snapshot.display());
         }
@@ -718,8 +718,7 @@ pub(super) struct EvalProcess<'a> {
 impl EvalProcess<'_> {
     /// The figures of `mode` on the tasks in `tasks_file`; its progress and errors go to stderr.
     pub fn run(&self, mode: Condition, tasks_file: &Path, adapter: Option<&Path>) -> Result<Figures> {
-        let exe = crate::paths::this_binary().context("cannot find this kenning binary")?;
-        let mut command = std::process::Command::new(&exe);
+        let mut command = crate::paths::this_binary().context("cannot find this kenning binary")?;
         command.arg("--cache-dir").arg(self.paths.cache()).arg("eval").arg("--json").arg("--mode").arg(mode.name());
         command.arg("--tasks").arg(tasks_file).arg("--workspace").arg(self.root);
         if let Some(d) = self.index_dir {
@@ -743,7 +742,7 @@ impl EvalProcess<'_> {
         if self.progress {
             command.arg("--progress");
         }
-        let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", exe.display()))?;
+        let output = command.stderr(std::process::Stdio::inherit()).output().context("starting kenning eval in a process of its own")?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         match (output.status.success(), stdout.lines().last().and_then(|l| serde_json::from_str::<Figures>(l).ok())) {
             (true, Some(f)) => Ok(f),
