@@ -315,6 +315,21 @@ impl Default for Index {
     }
 }
 
+/// Whether `model`, a `model` of the workspace's `kenning.toml`, is a relative path into the
+/// workspace: one that is there (a GGUF file, an MLX model's directory), or a `.gguf` path (a
+/// missing one is then reported at the workspace's path). Names stay as they are: bundled and
+/// catalogued models, `hf:` and `ollama:` references, a server's model (`qwen2.5-coder:0.5b`).
+fn is_workspace_model_path(root: &Path, model: &str) -> bool {
+    let path = Path::new(model);
+    if model.is_empty() || !path.is_relative() || model.contains(':') {
+        return false;
+    }
+    if crate::generate::BundledModel::ALL.iter().any(|m| m.name() == model) || crate::models::catalogue::find(model).is_some() {
+        return false;
+    }
+    root.join(path).exists() || model.to_ascii_lowercase().ends_with(".gguf")
+}
+
 impl Generation {
     /// The model as configured (a name, path or `hf:`/`ollama:` reference); `None` without one.
     pub fn model(&self) -> Option<&str> {
@@ -368,8 +383,8 @@ impl Layers {
     }
 
     /// Sets (or replaces) the `kenning.toml` layer of the workspace `root` from its text: a relative
-    /// adapter path there is the workspace's (`adapter = "adapters/mine"`), not the server
-    /// process's working directory, which the editor chooses.
+    /// adapter or model path there is the workspace's (`adapter = "adapters/mine"`, `model =
+    /// "models/team.gguf"`), not the server process's working directory, which the editor chooses.
     pub fn set_workspace_toml(&mut self, root: &Path, text: &str) -> Result<(), ConfigError> {
         let mut value: Value = Self::parse_toml(FILE_NAME, text)?;
         for pointer in ["/generation/adapter", "/ask/generation/adapter"] {
@@ -377,6 +392,13 @@ impl Layers {
                 && Path::new(path.as_str()).is_relative()
             {
                 *path = root.join(path.as_str()).display().to_string();
+            }
+        }
+        for pointer in ["/generation/model", "/ask/generation/model"] {
+            if let Some(Value::String(model)) = value.pointer_mut(pointer)
+                && is_workspace_model_path(root, model)
+            {
+                *model = root.join(model.as_str()).display().to_string();
             }
         }
         self.set(FILE_NAME, value)
@@ -624,6 +646,33 @@ mod tests {
         let mut layers = Layers::default();
         layers.set_toml("--set", "[generation]\nadapter = \"rel\"\n").unwrap();
         assert_eq!(layers.resolve().unwrap().generation.adapter(), Some(Path::new("rel")));
+    }
+
+    #[test]
+    fn a_relative_model_path_in_kenning_toml_is_the_workspaces_and_names_stay_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("models/mlx-model")).unwrap();
+        std::fs::write(dir.path().join("models/team.gguf"), b"GGUF").unwrap();
+        let model = |toml: &str| {
+            let mut layers = Layers::default();
+            layers.set_workspace_toml(dir.path(), toml).unwrap();
+            layers.resolve().unwrap().generation.model().map(str::to_owned)
+        };
+        let inside = |p: &str| Some(dir.path().join(p).display().to_string());
+        assert_eq!(model("[generation]\nmodel = \"models/team.gguf\"\n"), inside("models/team.gguf"));
+        assert_eq!(model("[generation]\nbackend = \"mlx\"\nmodel = \"models/mlx-model\"\n"), inside("models/mlx-model"));
+        assert_eq!(model("[generation]\nmodel = \"not-yet/there.GGUF\"\n"), inside("not-yet/there.GGUF"), "reported at the workspace's path");
+        for name in ["qwen2.5-coder-0.5b", "/abs/model.gguf", "hf:Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q8_0.gguf"] {
+            assert_eq!(model(&format!("[generation]\nmodel = \"{name}\"\n")).as_deref(), Some(name));
+        }
+        for name in ["qwen2.5-coder:0.5b", "gpt-4o-mini"] {
+            let toml = format!("[generation]\nbackend = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\nmodel = \"{name}\"\n");
+            assert_eq!(model(&toml).as_deref(), Some(name), "a server's model name");
+        }
+        let mut layers = Layers::default();
+        layers.set_workspace_toml(dir.path(), "[ask.generation]\nbackend = \"llama\"\nmodel = \"models/team.gguf\"\n").unwrap();
+        let ask = layers.resolve().unwrap().ask.generation.unwrap();
+        assert_eq!(ask.model().map(str::to_owned), inside("models/team.gguf"));
     }
 
     /// What VS Code sends when no backend is chosen there: kenning.toml's table holds, adapter and
