@@ -9,7 +9,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Stopped with Ctrl-C (and saved): the status a shell gives an interrupted command.
+            let stopped = e.chain().any(|c| matches!(c.downcast_ref(), Some(kenning::finetune::FinetuneError::TrainerStopped)));
+            if stopped { ExitCode::from(130) } else { ExitCode::FAILURE }
         }
     }
 }
