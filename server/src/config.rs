@@ -315,10 +315,11 @@ impl Default for Index {
     }
 }
 
-/// Whether `model`, a `model` of the workspace's `kenning.toml`, is a relative path into the
-/// workspace: one that is there (a GGUF file, an MLX model's directory), or a `.gguf` path (a
-/// missing one is then reported at the workspace's path). Names stay as they are: bundled and
-/// catalogued models, `hf:` and `ollama:` references, a server's model (`qwen2.5-coder:0.5b`).
+/// Whether `model`, an in-process engine's `model` in the workspace's `kenning.toml`, is a
+/// relative path into the workspace: one that is there (a GGUF file, an MLX model's directory), or
+/// one that is plainly a path (`.gguf`, `./`, `../`; a missing one is then reported at the
+/// workspace's path). Names stay as they are: bundled and catalogued models, `hf:` and `ollama:`
+/// references.
 fn is_workspace_model_path(root: &Path, model: &str) -> bool {
     let path = Path::new(model);
     if model.is_empty() || !path.is_relative() || model.contains(':') {
@@ -327,7 +328,7 @@ fn is_workspace_model_path(root: &Path, model: &str) -> bool {
     if crate::generate::BundledModel::ALL.iter().any(|m| m.name() == model) || crate::models::catalogue::find(model).is_some() {
         return false;
     }
-    root.join(path).exists() || model.to_ascii_lowercase().ends_with(".gguf")
+    root.join(path).exists() || model.to_ascii_lowercase().ends_with(".gguf") || model.starts_with("./") || model.starts_with("../")
 }
 
 impl Generation {
@@ -394,8 +395,12 @@ impl Layers {
                 *path = root.join(path.as_str()).display().to_string();
             }
         }
-        for pointer in ["/generation/model", "/ask/generation/model"] {
-            if let Some(Value::String(model)) = value.pointer_mut(pointer)
+        for table in ["/generation", "/ask/generation"] {
+            // A model server's model is its name, whatever it looks like (`llama-server` names its
+            // model after the GGUF file it loaded).
+            let served = matches!(value.pointer(&format!("{table}/backend")).and_then(Value::as_str), Some("ollama" | "openai"));
+            if let Some(Value::String(model)) = value.pointer_mut(&format!("{table}/model"))
+                && !served
                 && is_workspace_model_path(root, model)
             {
                 *model = root.join(model.as_str()).display().to_string();
@@ -665,10 +670,11 @@ mod tests {
         for name in ["qwen2.5-coder-0.5b", "/abs/model.gguf", "hf:Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q8_0.gguf"] {
             assert_eq!(model(&format!("[generation]\nmodel = \"{name}\"\n")).as_deref(), Some(name));
         }
-        for name in ["qwen2.5-coder:0.5b", "gpt-4o-mini"] {
-            let toml = format!("[generation]\nbackend = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\nmodel = \"{name}\"\n");
-            assert_eq!(model(&toml).as_deref(), Some(name), "a server's model name");
+        for (backend, name) in [("ollama", "qwen2.5-coder:0.5b"), ("openai", "gpt-4o-mini"), ("openai", "models/team.gguf")] {
+            let toml = format!("[generation]\nbackend = \"{backend}\"\nurl = \"http://127.0.0.1:11434\"\nmodel = \"{name}\"\n");
+            assert_eq!(model(&toml).as_deref(), Some(name), "a server's model name, even one that looks like a path");
         }
+        assert_eq!(model("[generation]\nbackend = \"mlx\"\nmodel = \"./not-yet\"\n"), inside("./not-yet"));
         let mut layers = Layers::default();
         layers.set_workspace_toml(dir.path(), "[ask.generation]\nbackend = \"llama\"\nmodel = \"models/team.gguf\"\n").unwrap();
         let ask = layers.resolve().unwrap().ask.generation.unwrap();

@@ -89,7 +89,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// A command that starts this kenning binary again as a child process. On Linux it runs the
 /// running file itself (`/proc/self/exe`): a rebuild or an upgrade that replaces the file at its
 /// path during a run of hours leaves that path pointing nowhere (`… (deleted)`), and the children
-/// still run the build their parent is; `ps` shows them under the binary's path. Elsewhere, its path.
+/// still run the build their parent is (`ps` shows them under the path the parent started from,
+/// marked deleted once it is). Elsewhere it runs the file at the binary's path, whatever is there
+/// by then.
 pub fn this_binary() -> std::io::Result<std::process::Command> {
     let path = std::env::current_exe()?;
     #[cfg(target_os = "linux")]

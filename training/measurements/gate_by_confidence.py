@@ -16,8 +16,13 @@ then judged on the other half only (validation), which played no part in choosin
 Writes OUT_DIR/{none,rag,gated}-{design,validation}-WORKSPACE.json (or -all- with --threshold), and
 none's and rag's tasks by quartile of confidence (OUT_DIR/{none,rag}-qN-WORKSPACE.json), files that
 `kenning compare` reads for the paired intervals (the commands are printed):
-  kenning compare --base OUT_DIR/none-validation.json --with OUT_DIR/gated-validation.json
-  kenning compare --base OUT_DIR/rag-validation.json --with OUT_DIR/gated-validation.json
+  kenning compare --base OUT_DIR/none-validation-*.json --with OUT_DIR/gated-validation-*.json
+  kenning compare --base OUT_DIR/rag-validation-*.json --with OUT_DIR/gated-validation-*.json
+It also prints how confidence goes with rag − none and with none's own edit similarity (Pearson
+correlation over the tasks), for the mean of the first TOKENS, the first token alone, the lowest of
+the first TOKENS and the mean of all recorded (16). The first token of a task cut inside a word is
+often the one token healing chose to spell the typed part again: its probability is counted too.
+The threshold's ties go to the larger one (context on more tasks).
 
 Usage: training/measurements/gate_by_confidence.py --none NONE.json... --rag RAG.json... --out OUT_DIR
                                                    [--tokens N] [--threshold T]
@@ -101,6 +106,8 @@ def main():
         sys.exit("the two sides share no task")
     recorded = [k for k in keys if none[k].get("logprobs")]
     empty = [k for k in keys if not none[k].get("logprobs") and none[k]["similarity"] > 0]
+    if len(keys) < 8:
+        sys.exit(f"{len(keys)} tasks in both runs: too few to say anything")
     if not recorded:
         sys.exit("none's scores carry no log-probabilities: run none again with a build that records them")
     if empty:
@@ -108,7 +115,22 @@ def main():
     conf = {k: confidence(none[k], args.tokens) for k in keys}
     print(f"{len(keys)} tasks in both runs; {len(keys) - len(recorded)} where none wrote nothing (unsure)")
 
-    # Is the signal there at all: rag − none by confidence quartile, on every task.
+    # Is the signal there at all: how confidence goes with context's gain and with none's quality.
+    def correlation(xs, ys):
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+        sx, sy = math.sqrt(sum((x - mx) ** 2 for x in xs)), math.sqrt(sum((y - my) ** 2 for y in ys))
+        return sxy / (sx * sy) if sx and sy else float("nan")
+    # Tasks where none wrote nothing have no confidence: left out of the correlations.
+    signals = {f"mean of the first {args.tokens}": lambda p: statistics.fmean(p[:args.tokens]), "first token": lambda p: p[0],
+               f"lowest of the first {args.tokens}": lambda p: min(p[:args.tokens]), "mean of all recorded": statistics.fmean}
+    for name, signal in signals.items():
+        xs = [signal(none[k]["logprobs"]) for k in recorded]
+        gain = correlation(xs, [rag[k]["similarity"] - none[k]["similarity"] for k in recorded])
+        quality = correlation(xs, [none[k]["similarity"] for k in recorded])
+        print(f"  {name}: correlation with rag − none {gain:+.3f}, with none {quality:+.3f} ({len(recorded)} tasks)")
+
+    # rag − none by confidence quartile, on every task.
     ordered = sorted(keys, key=lambda k: conf[k])
     q = len(ordered) // 4
     for i in range(4):

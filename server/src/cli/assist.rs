@@ -742,7 +742,7 @@ impl EvalProcess<'_> {
         if self.progress {
             command.arg("--progress");
         }
-        let output = command.stderr(std::process::Stdio::inherit()).output().context("starting kenning eval in a process of its own")?;
+        let output = command.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("starting {} in a process of its own", std::env::current_exe().unwrap_or_default().display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         match (output.status.success(), stdout.lines().last().and_then(|l| serde_json::from_str::<Figures>(l).ok())) {
             (true, Some(f)) => Ok(f),

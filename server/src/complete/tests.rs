@@ -156,6 +156,8 @@ async fn after_a_suggestion_the_next_line_is_computed_and_answers_the_user_press
     assert_eq!((typed.text.as_str(), typed.reuse), ("ute_total(items);", Reuse::TypedAhead));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(g.started.load(Ordering::SeqCst), 3, "one generation per line shown, none for typing on");
+    assert!(g.seen.lock().unwrap().iter().all(|r| !r.logprobs), "an editor's generations, speculations too, record no log-probabilities");
+    assert!(shown.logprobs.is_none() && next.logprobs.is_none());
 }
 
 #[tokio::test]
@@ -614,8 +616,11 @@ async fn eval_with_a_draft_completes_without_context_then_with_what_the_draft_ca
         let (figures, _) = crate::eval::run(crate::eval::Condition::Rag, &setup, std::slice::from_ref(&task), |_, _, _| {}).await.unwrap();
         assert_eq!(figures.exact_match, 1.0);
         let prompts: Vec<String> = g.seen.lock().unwrap().iter().map(|r| r.prompt.clone()).collect();
+        let asked: Vec<bool> = g.seen.lock().unwrap().iter().map(|r| r.logprobs).collect();
+        assert_eq!(asked.last(), Some(&true), "the task's generation records its log-probabilities");
         let holds_definition = |p: &String| p.contains("<|file_sep|>src/price.rs");
         if draft_query {
+            assert_eq!(asked[0], false, "the draft's does not");
             assert_eq!(prompts.len(), 2, "a draft, then the task");
             assert!(!prompts[0].contains("<|file_sep|>src/"), "the draft has no context: {}", prompts[0]);
             assert!(holds_definition(&prompts[1]), "the task's prompt holds what the draft called: {}", prompts[1]);

@@ -561,13 +561,12 @@ impl Session<'_> {
                 sampler.accept(token);
                 token
             };
-            if request.logprobs && logprobs.len() < super::LOGPROB_TOKENS {
-                let logits = self.ctx.get_logits_ith(last_index);
-                logprobs.extend(usize::try_from(token.0).ok().filter(|&t| t < logits.len()).map(|t| super::log_probability(logits, t)));
-            }
             generated += 1;
             first_token.get_or_insert_with(|| started.elapsed());
             if vocab.is_eog(token) {
+                if request.logprobs {
+                    self.record_logprob(&mut logprobs, last_index, token);
+                }
                 break FinishReason::EndOfText;
             }
             let piece = vocab.token_to_piece(token, false, None);
@@ -578,6 +577,11 @@ impl Session<'_> {
             let (shown, stopped) = stops.push(&text);
             if !shown.is_empty() {
                 sink.send(Event::Text(shown));
+            }
+            // After the text is on its way (the logits last until the next decode): the times to
+            // the first token and to each piece are what an editor would see.
+            if request.logprobs {
+                self.record_logprob(&mut logprobs, last_index, token);
             }
             if stopped {
                 break FinishReason::Stop;
@@ -591,6 +595,17 @@ impl Session<'_> {
         };
         sink.flush_held(&mut stops, reason);
         Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default(), logprobs))
+    }
+
+    /// Adds `token`'s log-probability under the logits of batch position `index` to the first
+    /// [`LOGPROB_TOKENS`](super::LOGPROB_TOKENS) (only until the next decode replaces them).
+    fn record_logprob(&self, logprobs: &mut Vec<f32>, index: i32, token: LlamaToken) {
+        if logprobs.len() < super::LOGPROB_TOKENS {
+            let logits = self.ctx.get_logits_ith(index);
+            if let Some(t) = usize::try_from(token.0).ok().filter(|&t| t < logits.len()) {
+                logprobs.push(super::log_probability(logits, t));
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

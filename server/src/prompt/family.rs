@@ -49,9 +49,13 @@ impl Family {
         Family::Plain,
     ];
 
-    /// Guesses the family from a model's name or file name.
+    /// Guesses the family from a model's name or file name: of a path, from its last two
+    /// components (the file and the directory holding it), not from the directories above them,
+    /// which name the user's folders (a workspace called `qwen-coder-tools`), not the model.
     pub fn detect(model: &str) -> Family {
-        let m = model.to_ascii_lowercase();
+        let mut tail: Vec<&str> = model.rsplit(['/', '\\']).take(2).collect();
+        tail.reverse();
+        let m = tail.join("/").to_ascii_lowercase();
         if m.contains("qwen") && m.contains("coder") {
             Family::QwenCoder
         } else if m.contains("starcoder") {

@@ -146,6 +146,13 @@ fn family_is_detected_from_model_names() {
         ("codegemma:2b", Family::CodeGemma),
         ("smollm2-135m", Family::Plain),
         ("qwen2.5-7b-instruct", Family::Plain),
+        ("hf:Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q8_0.gguf", Family::QwenCoder),
+        // A path: the file and its directory name the model, the folders above do not.
+        ("models/Qwen2.5-Coder-7B/model-q4.gguf", Family::QwenCoder),
+        ("/home/me/qwen-coder-tools/models/starcoder2-3b.gguf", Family::StarCoder2),
+        ("/home/me/deepseek-coder-x/models/codellama-7b.gguf", Family::CodeLlama),
+        ("/work/qwen-coder/models/mystery.gguf", Family::Plain),
+        ("C:\\Users\\me\\qwen-coder\\models\\smollm2.gguf", Family::Plain),
     ];
     for (name, family) in cases {
         assert_eq!(Family::detect(name), family, "{name}");
