@@ -388,14 +388,12 @@ impl Layers {
     /// "models/team.gguf"`), not the server process's working directory, which the editor chooses.
     pub fn set_workspace_toml(&mut self, root: &Path, text: &str) -> Result<(), ConfigError> {
         let mut value: Value = Self::parse_toml(FILE_NAME, text)?;
-        for pointer in ["/generation/adapter", "/ask/generation/adapter"] {
-            if let Some(Value::String(path)) = value.pointer_mut(pointer)
+        for table in ["/generation", "/ask/generation"] {
+            if let Some(Value::String(path)) = value.pointer_mut(&format!("{table}/adapter"))
                 && Path::new(path.as_str()).is_relative()
             {
                 *path = root.join(path.as_str()).display().to_string();
             }
-        }
-        for table in ["/generation", "/ask/generation"] {
             // A model server's model is its name, whatever it looks like (`llama-server` names its
             // model after the GGUF file it loaded).
             let served = matches!(value.pointer(&format!("{table}/backend")).and_then(Value::as_str), Some("ollama" | "openai"));

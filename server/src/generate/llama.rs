@@ -538,6 +538,7 @@ impl Session<'_> {
         let mut first_token = None;
         let mut generated = 0;
         let mut logprobs = Vec::new();
+        let logprob_tokens = if request.logprobs { super::LOGPROB_TOKENS } else { 0 };
         // Token healing: what the output must still begin with, and how much of it is left out.
         let mut heal = request.heal.as_bytes();
         let mut hidden = heal.len();
@@ -564,9 +565,7 @@ impl Session<'_> {
             generated += 1;
             first_token.get_or_insert_with(|| started.elapsed());
             if vocab.is_eog(token) {
-                if request.logprobs {
-                    self.record_logprob(&mut logprobs, last_index, token);
-                }
+                self.record_logprob(&mut logprobs, logprob_tokens, last_index, token);
                 break FinishReason::EndOfText;
             }
             let piece = vocab.token_to_piece(token, false, None);
@@ -580,9 +579,7 @@ impl Session<'_> {
             }
             // After the text is on its way (the logits last until the next decode): the times to
             // the first token and to each piece are what an editor would see.
-            if request.logprobs {
-                self.record_logprob(&mut logprobs, last_index, token);
-            }
+            self.record_logprob(&mut logprobs, logprob_tokens, last_index, token);
             if stopped {
                 break FinishReason::Stop;
             }
@@ -597,10 +594,11 @@ impl Session<'_> {
         Ok(self.finish(reason, &prompt, common, generated, started, first_token.unwrap_or_default(), logprobs))
     }
 
-    /// Adds `token`'s log-probability under the logits of batch position `index` to the first
-    /// [`LOGPROB_TOKENS`](super::LOGPROB_TOKENS) (only until the next decode replaces them).
-    fn record_logprob(&self, logprobs: &mut Vec<f32>, index: i32, token: LlamaToken) {
-        if logprobs.len() < super::LOGPROB_TOKENS {
+    /// Adds `token`'s log-probability under the logits of batch position `index` while fewer than
+    /// `limit` are recorded (only until the next decode replaces the logits; the limit is 0 unless
+    /// the request asked).
+    fn record_logprob(&self, logprobs: &mut Vec<f32>, limit: usize, index: i32, token: LlamaToken) {
+        if logprobs.len() < limit {
             let logits = self.ctx.get_logits_ith(index);
             if let Some(t) = usize::try_from(token.0).ok().filter(|&t| t < logits.len()) {
                 logprobs.push(super::log_probability(logits, t));
