@@ -467,6 +467,13 @@ fn eval_split_time_asks_for_lines_added_after_the_split_and_only_fair_adapters()
     let logprobs: Vec<Vec<f64>> = figures["scores"].as_array().unwrap().iter().filter_map(|s| s.get("logprobs")).map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
     assert!(!logprobs.is_empty(), "{figures}");
     assert!(logprobs.iter().all(|p| !p.is_empty() && p.len() <= 16 && p.iter().all(|x| *x <= 0.0)), "{logprobs:?}");
+    // And what the model wrote: the lines --verbose printed as predicted.
+    let completions: Vec<&str> = figures["scores"].as_array().unwrap().iter().filter_map(|s| s.get("completion")).map(|c| c.as_str().unwrap()).collect();
+    assert!(!completions.is_empty(), "{figures}");
+    for completion in completions {
+        let line = completion.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+        assert!(stderr.contains(&format!("predicted {line}")), "{line:?} not in {stderr}");
+    }
     let snapshot = fs::read_dir(cache.path().join("snapshots")).unwrap().next().unwrap().unwrap().path().join("shop");
     assert!(snapshot.join("src/price.rs").is_file() && !snapshot.join("src/cart.rs").exists(), "the snapshot is the split commit");
 

@@ -123,7 +123,7 @@ mod tests {
     fn run(workspace: &str, tasks: &[(&str, &str, &str, f64)]) -> Figures {
         let scores = tasks
             .iter()
-            .map(|&(id, path, kind, similarity)| TaskScore { id: id.into(), path: path.into(), exact: similarity == 1.0, similarity, latency_ms: 0.0, kind: kind.into(), identifiers: None, logprobs: Vec::new() })
+            .map(|&(id, path, kind, similarity)| TaskScore { id: id.into(), path: path.into(), exact: similarity == 1.0, similarity, latency_ms: 0.0, kind: kind.into(), identifiers: None, logprobs: Vec::new(), completion: String::new() })
             .collect();
         Figures { workspace: workspace.into(), ..Figures::new(Condition::None, scores) }
     }

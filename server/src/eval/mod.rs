@@ -255,7 +255,7 @@ mod tests {
     use super::*;
 
     fn score(id: &str, exact: bool, similarity: f64, latency_ms: f64) -> TaskScore {
-        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new(), identifiers: None, logprobs: Vec::new() }
+        TaskScore { id: id.into(), path: "a.rs".into(), exact, similarity, latency_ms, kind: String::new(), identifiers: None, logprobs: Vec::new(), completion: String::new() }
     }
 
     #[test]

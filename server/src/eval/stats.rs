@@ -40,6 +40,11 @@ pub struct TaskScore {
     /// the engine records none, nothing was generated, or in scores saved before they were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<f32>,
+    /// What the model wrote (secrets redacted), so that a saved run can be read task by task: where
+    /// context helped or hurt, and how. Empty when it wrote nothing, or in scores saved before it
+    /// was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub completion: String,
 }
 
 impl TaskScore {
@@ -55,7 +60,8 @@ impl TaskScore {
             let (p, e) = (first_line(predicted), first_line(expected));
             (p == e, edit_similarity(p, e), identifiers(p).eq(identifiers(e)))
         };
-        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names), logprobs: Vec::new() }
+        let completion = crate::secrets::redacted(predicted).0.into_owned();
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names), logprobs: Vec::new(), completion }
     }
 }
 
@@ -245,7 +251,7 @@ mod tests {
     use super::*;
 
     fn score(id: usize, path: &str, similarity: f64, exact: bool) -> TaskScore {
-        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new(), identifiers: None, logprobs: Vec::new() }
+        TaskScore { id: id.to_string(), path: path.into(), exact, similarity, latency_ms: 0.0, kind: String::new(), identifiers: None, logprobs: Vec::new(), completion: String::new() }
     }
 
     #[test]
@@ -274,6 +280,19 @@ mod tests {
         assert!(!short.exact && short.similarity < 0.7, "{short:?}");
         let longer = TaskScore::new("t", "a.rs", "let sum = a + b;\nsum * 2\nprintln!()", body, 0.0);
         assert!(!longer.exact && longer.similarity < 1.0, "{longer:?}");
+    }
+
+    #[test]
+    fn a_score_keeps_what_the_model_wrote_without_its_secrets() {
+        let score = TaskScore::new("t", "a.py", "key = 'AKIAIOSFODNN7EXAMPLE'\nnext()", "key = load_key()", 0.0);
+        assert!(score.completion.starts_with("key = '") && score.completion.ends_with("'\nnext()"), "{}", score.completion);
+        assert!(!score.completion.contains("AKIAIOSFODNN7EXAMPLE"), "{}", score.completion);
+        let saved = serde_json::to_string(&score).unwrap();
+        assert!(!saved.contains("AKIA"), "{saved}");
+        // Scores saved before completions were kept still read, and an empty one is not written.
+        let old: TaskScore = serde_json::from_str(r#"{"id":"t","path":"a.rs","exact":false,"similarity":0.5,"latency_ms":1.0}"#).unwrap();
+        assert!(old.completion.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("completion"));
     }
 
     #[test]
