@@ -137,6 +137,20 @@ pub fn redacted(text: &str) -> (std::borrow::Cow<'_, str>, usize) {
     if found.is_empty() { (std::borrow::Cow::Borrowed(text), 0) } else { (std::borrow::Cow::Owned(owned), found.len()) }
 }
 
+/// `text` as it stands after `before` in a file (a completion after the code it completes), with
+/// the secrets of the whole taken out: one that only the name in `before` makes a secret
+/// (`API_TOKEN = "` then the value) or that starts in `before` goes too. Where a secret spans the
+/// cut, the continuation starts at its placeholder.
+pub fn redacted_continuation(before: &str, text: &str) -> String {
+    let mut whole = format!("{before}{text}");
+    if redact(&mut whole).is_empty() {
+        return text.to_owned();
+    }
+    let (head, _) = redacted(before);
+    let common: usize = whole.chars().zip(head.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a.len_utf8()).sum();
+    whole.split_off(common)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +222,23 @@ mod tests {
             assert!(found.is_empty(), "{text:?} was redacted: {out}");
             assert_eq!(out, text);
         }
+    }
+
+    #[test]
+    fn a_continuation_loses_the_secrets_its_line_makes_it_part_of() {
+        // The name is typed, the value is what follows: alone it is just a random-looking string.
+        let before = "import os\nAPI_TOKEN = \"";
+        let value = "Zx81kq0PLm2vB7wq9Rt3\"\nnext()";
+        assert_eq!(redacted(value).1, 0, "alone, the value is no secret");
+        let out = redacted_continuation(before, value);
+        assert!(!out.contains("Zx81kq0PLm2vB7wq9Rt3"), "{out}");
+        assert_eq!(out, "<redacted:assigned-secret>\"\nnext()");
+        // A key started before the cut: the continuation starts at its placeholder.
+        let out = redacted_continuation("key = 'AKIAIOSFOD", "NN7EXAMPLE'\n");
+        assert!(!out.contains("NN7EXAMPLE") && out.starts_with("<redacted:aws-access-key>"), "{out}");
+        // A secret of its own, and nothing to take out.
+        assert_eq!(redacted_continuation("x = ", "'AKIAIOSFODNN7EXAMPLE'"), "'<redacted:aws-access-key>'");
+        assert_eq!(redacted_continuation("let total = ", "price(cart);"), "price(cart);");
     }
 
     #[test]

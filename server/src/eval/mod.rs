@@ -211,7 +211,12 @@ pub async fn run(mode: Condition, setup: &Setup<'_>, tasks: &[EvalTask], mut on_
             None => Vec::new(),
         };
         let predicted = completion.map(|c| c.text).unwrap_or_default();
-        let score = TaskScore { kind: task.kind.clone(), logprobs, ..TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms) };
+        let score = TaskScore {
+            kind: task.kind.clone(),
+            logprobs,
+            completion: crate::secrets::redacted_continuation(&task.prefix, &predicted),
+            ..TaskScore::new(&task.id, &task.path, &predicted, &task.expected, latency_ms)
+        };
         on_task(task, &score, &predicted);
         scores.push(score);
     }

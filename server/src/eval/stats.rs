@@ -40,9 +40,10 @@ pub struct TaskScore {
     /// the engine records none, nothing was generated, or in scores saved before they were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<f32>,
-    /// What the model wrote (secrets redacted), so that a saved run can be read task by task: where
-    /// context helped or hurt, and how. Empty when it wrote nothing, or in scores saved before it
-    /// was kept.
+    /// What the model wrote (secrets redacted as it would stand in the file:
+    /// [`redacted_continuation`](crate::secrets::redacted_continuation)), so that a saved run can be
+    /// read task by task: where context helped or hurt, and how. Set by [`crate::eval::run`]; empty
+    /// when it wrote nothing, or in scores saved before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub completion: String,
 }
@@ -60,8 +61,7 @@ impl TaskScore {
             let (p, e) = (first_line(predicted), first_line(expected));
             (p == e, edit_similarity(p, e), identifiers(p).eq(identifiers(e)))
         };
-        let completion = crate::secrets::redacted(predicted).0.into_owned();
-        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names), logprobs: Vec::new(), completion }
+        Self { id: id.to_owned(), path: path.to_owned(), exact, similarity, latency_ms, kind: String::new(), identifiers: Some(same_names), logprobs: Vec::new(), completion: String::new() }
     }
 }
 
@@ -283,16 +283,12 @@ mod tests {
     }
 
     #[test]
-    fn a_score_keeps_what_the_model_wrote_without_its_secrets() {
-        let score = TaskScore::new("t", "a.py", "key = 'AKIAIOSFODNN7EXAMPLE'\nnext()", "key = load_key()", 0.0);
-        assert!(score.completion.starts_with("key = '") && score.completion.ends_with("'\nnext()"), "{}", score.completion);
-        assert!(!score.completion.contains("AKIAIOSFODNN7EXAMPLE"), "{}", score.completion);
-        let saved = serde_json::to_string(&score).unwrap();
-        assert!(!saved.contains("AKIA"), "{saved}");
-        // Scores saved before completions were kept still read, and an empty one is not written.
+    fn scores_saved_before_completions_were_kept_still_read() {
         let old: TaskScore = serde_json::from_str(r#"{"id":"t","path":"a.rs","exact":false,"similarity":0.5,"latency_ms":1.0}"#).unwrap();
-        assert!(old.completion.is_empty());
-        assert!(!serde_json::to_string(&old).unwrap().contains("completion"));
+        assert!(old.completion.is_empty() && old.logprobs.is_empty() && old.identifiers.is_none());
+        assert!(!serde_json::to_string(&old).unwrap().contains("completion"), "an empty one is not written");
+        let kept = TaskScore { completion: "total(cart)".into(), ..old };
+        assert!(serde_json::to_string(&kept).unwrap().contains(r#""completion":"total(cart)""#));
     }
 
     #[test]
