@@ -134,6 +134,51 @@ async fn kenning_toml_written_outside_an_editor_without_a_file_watcher_is_read()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_next_folders_kenning_toml_applies_when_the_first_folder_is_removed() {
+    // The settings are the first folder's. Once it is removed from the workspace (VS Code's
+    // "Remove Folder from Workspace"), the next folder's kenning.toml is read, and watched.
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), json!({"generation": {"backend": "none"}})).await;
+    client.wait_indexed().await;
+    let other = dir.path().join("other");
+    write(&other, "kenning.toml", "[completion]\nmax_tokens = \"many\"\n");
+    let other = other.canonicalize().unwrap();
+    let invalid = |key: &'static str| move |m: &Value| m["method"] == "window/showMessage" && m["params"]["message"].as_str().is_some_and(|t| t.contains("invalid configuration") && t.contains(key));
+    client.notify("workspace/didChangeWorkspaceFolders", json!({"event": {"added": [{"uri": uri(&other), "name": "other"}], "removed": []}})).await;
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    assert_eq!(status["result"]["roots"].as_array().map(Vec::len), Some(2), "{status}");
+    client.drain();
+    assert!(!client.seen.iter().any(invalid("max_tokens")), "a second folder's settings do not apply: {:#?}", client.seen);
+
+    let shop = dir.path().join("shop").canonicalize().unwrap();
+    client.notify("workspace/didChangeWorkspaceFolders", json!({"event": {"added": [], "removed": [{"uri": uri(&shop), "name": "shop"}]}})).await;
+    client.wait_for(Duration::from_secs(20), invalid("max_tokens")).await;
+    // Written outside the editor, with no file watcher: polled as the first folder's was.
+    std::fs::write(other.join("kenning.toml"), "[completion]\ndebounce_ms = \"soon\"\n").unwrap();
+    client.wait_for(Duration::from_secs(20), invalid("debounce_ms")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kenning_toml_of_a_project_nested_in_the_folder_is_not_the_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = started(dir.path(), json!({}), json!({"generation": {"backend": "none"}})).await;
+    client.wait_indexed().await;
+    let shop = dir.path().join("shop").canonicalize().unwrap();
+    write(&shop, "vendor/lib/kenning.toml", "[completion]\nmax_tokens = \"many\"\n");
+    write(&shop, "kenning.toml", "[completion]\ndebounce_ms = \"soon\"\n");
+    let changes = json!({"changes": [
+        {"uri": uri(&shop.join("vendor/lib/kenning.toml")), "type": 1},
+        {"uri": uri(&shop.join("kenning.toml")), "type": 1},
+    ]});
+    client.notify("workspace/didChangeWatchedFiles", changes).await;
+    let shown = |m: &Value| m["method"] == "window/showMessage" && m["params"]["message"].as_str().is_some_and(|t| t.contains("invalid configuration"));
+    let message = client.wait_for(Duration::from_secs(20), shown).await;
+    assert!(message["params"]["message"].as_str().unwrap().contains("debounce_ms"), "the folder's own kenning.toml is read first and only: {message}");
+    client.drain();
+    assert!(!client.seen.iter().any(|m| shown(m) && m.to_string().contains("max_tokens")), "{:#?}", client.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_adapter_replaced_under_the_same_path_is_loaded_again() {
     // `kenning train` writes its adapter where kenning.toml already points (and one named before
     // it is trained appears later): the configuration does not change, the model must still be

@@ -453,15 +453,9 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
         let Some(path) = uri.to_file_path().map(|p| p.into_owned()) else { continue };
         let path = path.canonicalize().unwrap_or(path);
         let Some(root) = state.root_of(&path) else { continue };
-        if path.file_name().is_some_and(|n| n == FILE_NAME) && state.roots().first().is_some_and(|r| r.path == root.path) {
-            // Stamped before it is read: a write in between is seen by the next poll.
-            *state.config_seen.lock().expect("config stamp lock") = stamp(&path);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let result = {
-                let mut layers = state.layers.lock().expect("layers lock");
-                layers.set_workspace_toml(&root.path, &text).and_then(|()| layers.resolve())
-            };
-            state.apply_config(result).await;
+        // The first folder's own kenning.toml, not one of a project nested in it.
+        if path == root.path.join(FILE_NAME) && state.roots().first().is_some_and(|r| r.path == root.path) {
+            reload_config(state, Some(&root.path)).await;
         }
         if !roots.iter().any(|r| Arc::ptr_eq(r, &root)) {
             roots.push(root);
@@ -470,6 +464,25 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
     for root in roots {
         tokio::spawn(run(Arc::clone(state), root, false));
     }
+}
+
+/// Reads the first folder's `kenning.toml` into the configuration (`None`: no folder is left, so
+/// no folder's settings apply). Stamped before it is read: a write in between is seen by the next
+/// poll. A missing file is an empty one.
+async fn reload_config(state: &State, first: Option<&std::path::Path>) {
+    let result = {
+        let mut layers = state.layers.lock().expect("layers lock");
+        let set = match first {
+            Some(root) => {
+                let path = root.join(FILE_NAME);
+                *state.config_seen.lock().expect("config stamp lock") = stamp(&path);
+                layers.set_workspace_toml(root, &std::fs::read_to_string(&path).unwrap_or_default())
+            }
+            None => layers.set_toml(FILE_NAME, ""),
+        };
+        set.and_then(|()| layers.resolve())
+    };
+    state.apply_config(result).await;
 }
 
 /// Workspace folders added or removed.
@@ -481,10 +494,24 @@ pub(super) async fn folders_changed(state: &Arc<State>, event: WorkspaceFoldersC
         .filter_map(|f| f.uri.to_file_path().map(|p| p.into_owned()))
         .map(|p| Arc::new(Root::new(p.canonicalize().unwrap_or(p))))
         .collect();
-    {
+    let (was_first, first) = {
         let mut roots = state.roots.write().expect("roots lock");
+        let was_first = roots.first().cloned();
         roots.retain(|r| !removed.iter().any(|p| p.canonicalize().unwrap_or_else(|_| p.clone()) == r.path));
         roots.extend(added.iter().cloned());
+        (was_first, roots.first().cloned())
+    };
+    // The settings are the first folder's: when it is removed, its kenning.toml stops applying and
+    // the next folder's is read, and watched from now on (the old folder's poll ends by itself).
+    let same = match (&was_first, &first) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    };
+    if !same {
+        reload_config(state, first.as_ref().map(|r| r.path.as_path())).await;
+        if let Some(first) = first {
+            tokio::spawn(poll_config(Arc::clone(state), first));
+        }
     }
     for root in added {
         tokio::spawn(watch_shared(Arc::clone(state), Arc::clone(&root)));
