@@ -117,6 +117,26 @@ async fn a_bad_setting_is_reported_with_its_key_and_the_rest_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_editors_settings_apply_beside_a_kenning_toml_that_does_not_parse() {
+    // A broken kenning.toml is reported and left out; the editor's settings (here: no model at
+    // all) still apply, instead of the defaults, which would load the bundled model.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("w");
+    write(&root, "kenning.toml", "[completion\n");
+    write(&root, "src/a.rs", "fn main() {}\n");
+    let mut client = Client::start(test_cache(&dir.path().join("cache")), &root.canonicalize().unwrap());
+    client.initialize(json!({}), json!({"generation": {"backend": "none"}})).await;
+    let message = client.wait_for(Duration::from_secs(30), |m| m["method"] == "window/showMessage").await;
+    let text = message["params"]["message"].as_str().unwrap();
+    assert!(text.contains("kenning.toml") && text.contains("the other settings apply"), "{text}");
+    let uri = client.open("src/a.rs", "rust", "fn main() {\n    \n}\n").await;
+    let complete = json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": 4}, "context": {"triggerKind": 1}});
+    client.request("textDocument/inlineCompletion", complete).await;
+    let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
+    assert_eq!(status["result"]["model"], json!({"loaded": null}), "backend none, from the editor's settings: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kenning_toml_written_outside_an_editor_without_a_file_watcher_is_read() {
     // Neovim on Linux reports no file changes; Helix registers a watcher but reports only the
     // files it writes itself: `kenning train` registering an adapter in kenning.toml must still

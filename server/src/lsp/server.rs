@@ -73,20 +73,31 @@ impl LanguageServer for Server {
         let folders: Vec<PathBuf> = folders.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
         *state.roots.write().expect("roots lock") = folders.iter().cloned().map(|p| Arc::new(Root::new(p))).collect();
 
-        // kenning.toml of the first folder, then initializationOptions.
-        let mut layers = match folders.first() {
-            Some(root) => Layers::from_workspace(root),
-            None => Ok(Layers::default()),
-        };
-        if let (Ok(l), Some(options)) = (&mut layers, params.initialization_options) {
-            layers = l.set("initializationOptions", options).map(|()| l.clone());
+        // kenning.toml of the first folder, then initializationOptions. A source that is invalid is
+        // left out and reported; the others apply, and stay in place for a later fix of it.
+        let mut layers = Layers::default();
+        let mut errors = Vec::new();
+        if let Some(root) = folders.first() {
+            match Layers::from_workspace(root) {
+                Ok(workspace) => layers = workspace,
+                Err(e) => errors.push(e.to_string()),
+            }
         }
-        match layers.and_then(|l| l.resolve().map(|c| (l, c))) {
-            Ok((layers, config)) => {
+        if let Some(options) = params.initialization_options
+            && let Err(e) = layers.set("initializationOptions", options)
+        {
+            errors.push(e.to_string());
+        }
+        // Every layer was checked as it was set: this merge does not fail.
+        match layers.resolve() {
+            Ok(config) => {
                 *state.layers.lock().expect("layers lock") = layers;
                 *state.config.write().expect("config lock") = config;
             }
-            Err(e) => *state.config_error.lock().expect("config error lock") = Some(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+        if !errors.is_empty() {
+            *state.config_error.lock().expect("config error lock") = Some(errors.join("; "));
         }
 
         Ok(InitializeResult {
@@ -127,7 +138,7 @@ impl LanguageServer for Server {
         let state = Arc::clone(&self.state);
         let error = state.config_error.lock().expect("config error lock").take();
         if let Some(e) = error {
-            state.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, using defaults: {e}")).await;
+            state.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, left out (the other settings apply): {e}")).await;
         }
         // Never await the client here: a client that does not answer would hang the server.
         tokio::spawn(indexer::start(state));
