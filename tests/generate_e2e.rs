@@ -79,6 +79,25 @@ fn healing_makes_the_output_begin_with_the_typed_part_of_a_word_and_leaves_it_ou
 }
 
 #[test]
+fn avoid_makes_the_output_start_otherwise_from_the_same_prompt() {
+    // A completion thrown away (it repeated the line after the cursor) is asked for again with
+    // its start avoided: the next-best start, still code, from the prompt the cache holds.
+    let engine = qwen();
+    assert!(engine.avoids());
+    let prompt = fim(engine, "/// A point in space.\nstruct Point3 {\n    x: f32,\n    ", "\n    z: f32,\n}\n");
+    let greedy = |avoid: &str| {
+        let request = GenerationRequest { max_tokens: 8, stop: vec!["\n".into()], avoid: avoid.into(), ..GenerationRequest::new(prompt.clone()) };
+        engine.generate(request).unwrap().collect_blocking().unwrap()
+    };
+    let (free, _) = greedy("");
+    assert!(!free.trim().is_empty(), "{free:?}");
+    let (other, finish) = greedy(&free);
+    assert!(!other.trim().is_empty() && !other.starts_with(&free) && !free.starts_with(&other), "{free:?} avoided, then {other:?}");
+    assert!(finish.reused_prompt_tokens + 1 >= finish.prompt_tokens, "the prompt came from the cache: {finish:?}");
+    assert_eq!(greedy("").0, free, "avoiding nothing changes nothing");
+}
+
+#[test]
 fn qwen_names_its_fim_and_repo_tokens_and_smollm_has_none() {
     let engine = qwen();
     assert_eq!(engine.special(SpecialToken::FimPrefix).as_deref(), Some("<|fim_prefix|>"));

@@ -88,6 +88,7 @@ pub async fn ask(
         sampling: Sampling::default(),
         stop: family.chat_stop().iter().map(|s| (*s).to_owned()).collect(),
         heal: String::new(),
+        avoid: String::new(),
         logprobs: false,
     };
     let mut generation = generator.generate(request)?;

@@ -727,6 +727,7 @@ fn generate_cmd(paths: &Paths, args: GenerateArgs) -> Result<()> {
         sampling: Sampling { temperature: args.temp, top_p: args.top_p, seed: args.seed },
         stop: args.stop,
         heal: args.heal,
+        avoid: String::new(),
         logprobs: false,
     };
     if !request.heal.is_empty() && !engine.heals() {

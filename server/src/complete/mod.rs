@@ -350,23 +350,55 @@ impl Completer {
             Mode::SingleLine => self.settings.max_tokens,
             Mode::MultiLine => self.settings.max_tokens_multiline,
         };
-        let gen_request = GenerationRequest { prompt: built.text, max_tokens, sampling: Sampling::default(), stop: built.stop, heal: heal.to_owned(), logprobs: self.logprobs };
+        let gen_request = GenerationRequest {
+            prompt: built.text,
+            max_tokens,
+            sampling: Sampling::default(),
+            stop: built.stop,
+            heal: heal.to_owned(),
+            avoid: String::new(),
+            logprobs: self.logprobs,
+        };
         let started = Instant::now();
-        let slot = self.start(&request, mode, gen_request, used.clone())?;
+        let mut slot = self.start(&request, mode, gen_request.clone(), used.clone())?;
         drop(ahead);
         let raw = wait(&slot).await;
         self.after_request(&request);
         let raw = raw?;
-        let generate_ms = ms(started.elapsed());
         let cursor = Cursor::new(&request.text, request.offset);
-        let text = shape::finish(mode, &raw, &cursor);
+        let mut text = shape::finish(mode, &raw, &cursor);
+        let mut first_token_ms = slot.first_token.get().map(|d| ms(*d));
+        if let Some(avoid) = self.insertion_retry(&raw, &text, heal, &cursor) {
+            // A line being written between two others, completed as the one after it (which the
+            // suffix has, so nothing was left to show): once more with the same prompt, starting
+            // otherwise. The engine has the prompt in its cache: this costs the decoding only.
+            let before = ms(started.elapsed());
+            slot = self.start(&request, mode, GenerationRequest { avoid, ..gen_request }, used.clone())?;
+            text = shape::finish(mode, &wait(&slot).await?, &cursor);
+            first_token_ms = slot.first_token.get().map(|d| before + ms(*d));
+        }
+        let generate_ms = ms(started.elapsed());
         if text.is_empty() {
             return Ok(None);
         }
         self.speculate(&request, &text);
-        let first_token_ms = slot.first_token.get().map_or(generate_ms, |d| ms(*d));
+        let first_token_ms = first_token_ms.unwrap_or(generate_ms);
         let logprobs = self.logprobs.then(|| TokenLogprobs(slot.logprobs.clone()));
         Ok(Some(Completion { text, mode, reuse: Reuse::Fresh, snippets: used, prompt_tokens, context_ms, prompt_ms, generate_ms, first_token_ms, logprobs }))
+    }
+
+    /// What a second generation must not begin with when the first one's output (`raw`) came to
+    /// nothing (`shown` empty) only because it repeated the lines after the cursor, at the end of a
+    /// line (a line being inserted): the thrown-away start, up to the end of its first line with
+    /// code. `None` otherwise (something was shown, the cursor is mid-line or inside a word, or the
+    /// engine cannot be told).
+    fn insertion_retry(&self, raw: &str, shown: &str, heal: &str, cursor: &Cursor<'_>) -> Option<String> {
+        if !shown.is_empty() || !heal.is_empty() || !cursor.line_after.trim().is_empty() || !self.generator.avoids() {
+            return None;
+        }
+        let code = raw.find(|c: char| !c.is_whitespace())?;
+        let end = raw[code..].find('\n').map_or(raw.len(), |n| code + n);
+        Some(raw[..end].trim_end().to_owned())
     }
 
     /// Whether line `line` of `path` is somewhere context was not gathered for (see
@@ -544,7 +576,7 @@ impl Completer {
             let built = shape.build(&next, &local, &snippets);
             // One line, whatever the place would get: it is what the user is likely to take next, and
             // a block would keep the engine busy for text nobody may want.
-            let gen_request = GenerationRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal, logprobs: false };
+            let gen_request = GenerationRequest { prompt: built.text, max_tokens: settings.max_tokens, sampling: Sampling::default(), stop: built.stop, heal: local.heal, avoid: String::new(), logprobs: false };
             let limits = Limits { max_lines: settings.max_lines };
             match start_slot(&generator, &slots, limits, &next, Mode::SingleLine, gen_request, snippets, true) {
                 // A request that came while this started may have missed it: it is stopped then.

@@ -15,6 +15,9 @@ struct Scripted {
     cancelled: Arc<AtomicUsize>,
     /// Whether it claims to honour token healing.
     heals: bool,
+    /// Whether it claims to honour `avoid`, and what it writes when told to.
+    avoids: bool,
+    otherwise: Vec<&'static str>,
     /// The requests it was given.
     seen: std::sync::Mutex<Vec<GenerationRequest>>,
     /// Prompts the cache keeps (`Generator::cache_slots`); 0: it does not warm at all.
@@ -37,6 +40,8 @@ impl Scripted {
             started: AtomicUsize::new(0),
             cancelled: Arc::default(),
             heals: false,
+            avoids: false,
+            otherwise: Vec::new(),
             seen: std::sync::Mutex::default(),
             slots: 0,
             warm_completes: std::sync::atomic::AtomicBool::new(true),
@@ -58,6 +63,9 @@ impl Generator for Scripted {
     fn heals(&self) -> bool {
         self.heals
     }
+    fn avoids(&self) -> bool {
+        self.avoids
+    }
     fn cache_slots(&self) -> usize {
         self.slots.max(1)
     }
@@ -72,10 +80,10 @@ impl Generator for Scripted {
         Ok(crate::generate::Warming(Some(rx)))
     }
     fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError> {
+        let pieces = if request.avoid.is_empty() { self.pieces.clone() } else { self.otherwise.clone() };
         self.seen.lock().unwrap().push(request);
         self.started.fetch_add(1, Ordering::SeqCst);
         let (generation, sink) = Generation::channel();
-        let pieces = self.pieces.clone();
         let delay = self.delay;
         let cancelled = Arc::clone(&self.cancelled);
         tokio::spawn(async move {
@@ -246,6 +254,31 @@ async fn a_partial_word_at_the_cursor_is_healed_when_the_engine_can() {
     let seen = plain.seen.lock().unwrap();
     assert_eq!(seen[0].heal, "");
     assert!(seen[0].prompt.contains("let total = comp<|fim_suffix|>"), "{}", seen[0].prompt);
+}
+
+#[tokio::test]
+async fn a_line_completed_as_the_one_after_it_is_asked_again_starting_otherwise() {
+    // A field being inserted between two others: the likeliest start is the next field, which the
+    // suffix has (nothing to show); the engine is asked once more to start otherwise.
+    let text = "struct S {\n    a: u8,\n    \n    c: u8,\n}\n";
+    let at = |text: &str| CompletionRequest { offset: text.find("    \n").unwrap() + 4, ..request(text) };
+    let g = Arc::new(Scripted { avoids: true, otherwise: vec!["b: u8,"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    let done = completer(Arc::clone(&g)).complete(at(text), &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(done.text, "b: u8,");
+    {
+        let seen = g.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].avoid.as_str(), seen[1].avoid.as_str()), ("", "c: u8,"));
+        assert_eq!(seen[0].prompt, seen[1].prompt, "the same prompt, in the engine's cache");
+    }
+    // An engine that cannot be told: nothing, after one generation.
+    let plain = Arc::new(Scripted { otherwise: vec!["b: u8,"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    assert!(completer(Arc::clone(&plain)).complete(at(text), &Retrieval::default()).await.unwrap().is_none());
+    assert_eq!(plain.started.load(Ordering::SeqCst), 1);
+    // Something shown the first time: no second generation.
+    let fine = Arc::new(Scripted { avoids: true, otherwise: vec!["x"], ..Scripted::unshared(vec!["b: u8,"], 1) });
+    assert_eq!(completer(Arc::clone(&fine)).complete(at(text), &Retrieval::default()).await.unwrap().unwrap().text, "b: u8,");
+    assert_eq!(fine.started.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

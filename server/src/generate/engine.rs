@@ -156,12 +156,15 @@ impl Generator for EngineThread {
 /// Implements [`Generator`] for a newtype over [`EngineThread`] by delegation.
 macro_rules! delegate_generator {
     ($engine:ty) => {
-        delegate_generator!($engine, false, 1);
+        delegate_generator!($engine, false, false, 1);
     };
-    ($engine:ty, $heals:expr, $slots:expr) => {
+    ($engine:ty, $heals:expr, $avoids:expr, $slots:expr) => {
         impl $crate::generate::Generator for $engine {
             fn heals(&self) -> bool {
                 $heals
+            }
+            fn avoids(&self) -> bool {
+                $avoids
             }
             fn cache_slots(&self) -> usize {
                 $slots

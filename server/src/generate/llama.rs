@@ -197,7 +197,7 @@ impl LlamaEngine {
     }
 }
 
-delegate_generator!(LlamaEngine, true, SLOTS);
+delegate_generator!(LlamaEngine, true, true, SLOTS);
 
 /// What to add when llama.cpp refuses an adapter (it says only "null result"): for kenning's
 /// export of an adapter directory, the model the adapter was trained on (its `adapter_config.json`;
@@ -542,7 +542,8 @@ impl Session<'_> {
         // Token healing: what the output must still begin with, and how much of it is left out.
         let mut heal = request.heal.as_bytes();
         let mut hidden = heal.len();
-        if !heal.is_empty() && self.pieces.is_empty() {
+        let avoid = if heal.is_empty() { request.avoid.as_bytes() } else { b"" };
+        if (!heal.is_empty() || !avoid.is_empty()) && self.pieces.is_empty() {
             self.pieces = (0..model.n_vocab()).map(|i| vocab.token_to_piece(LlamaToken(i), false, None)).collect();
         }
         let reason = loop {
@@ -552,7 +553,14 @@ impl Session<'_> {
             if sink.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            let token = if heal.is_empty() {
+            let token = if generated == 0 && !avoid.is_empty() {
+                let Some(id) = super::avoiding_token(self.ctx.get_logits_ith(last_index), &self.pieces, avoid) else {
+                    break FinishReason::EndOfText;
+                };
+                let token = LlamaToken(id as i32);
+                sampler.accept(token);
+                token
+            } else if heal.is_empty() {
                 sampler.sample(&self.ctx, last_index)
             } else {
                 let Some(id) = super::healing_token(self.ctx.get_logits_ith(last_index), &self.pieces, heal) else {

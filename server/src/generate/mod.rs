@@ -209,6 +209,11 @@ pub struct GenerationRequest {
     /// (`is_cancelled`) instead of continuing from the token boundary the cut made. Only engines
     /// whose [`Generator::heals`] is true honour it.
     pub heal: String,
+    /// Text the output must not begin with: its first token is the likeliest one that neither
+    /// begins this text nor runs past all of it (a start thrown away before, asked for again with
+    /// the same prompt: the next-best start). Only engines whose [`Generator::avoids`] is true
+    /// honour it, and only without `heal`.
+    pub avoid: String,
     /// Record the first generated tokens' log-probabilities ([`Finish::logprobs`]): a softmax over
     /// the whole vocabulary for each, about a millisecond on a laptop's core, so completions in an
     /// editor go without.
@@ -217,7 +222,7 @@ pub struct GenerationRequest {
 
 impl GenerationRequest {
     pub fn new(prompt: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new(), heal: String::new(), logprobs: false }
+        Self { prompt: prompt.into(), max_tokens: 128, sampling: Sampling::default(), stop: Vec::new(), heal: String::new(), avoid: String::new(), logprobs: false }
     }
 }
 
@@ -225,11 +230,23 @@ impl GenerationRequest {
 /// piece is a prefix of `heal` (more tokens follow) or begins with all of it. `None` when no token
 /// does (cannot happen with a byte-level vocabulary).
 pub fn healing_token(logits: &[f32], pieces: &[Vec<u8>], heal: &[u8]) -> Option<usize> {
+    likeliest(logits, pieces, |p| heal.starts_with(p) || p.starts_with(heal))
+}
+
+/// The most likely token that does not agree with `avoid` (see [`healing_token`]): the output
+/// starts otherwise. Control tokens (empty pieces) are never chosen: something else is wanted,
+/// not nothing. `None` when no token qualifies.
+pub fn avoiding_token(logits: &[f32], pieces: &[Vec<u8>], avoid: &[u8]) -> Option<usize> {
+    likeliest(logits, pieces, |p| !(avoid.starts_with(p) || p.starts_with(avoid)))
+}
+
+/// The token of highest logit among those with a piece that `keep` accepts.
+fn likeliest(logits: &[f32], pieces: &[Vec<u8>], keep: impl Fn(&[u8]) -> bool) -> Option<usize> {
     logits
         .iter()
         .zip(pieces)
         .enumerate()
-        .filter(|(_, (_, p))| !p.is_empty() && (heal.starts_with(p) || p.starts_with(heal)))
+        .filter(|(_, (_, p))| !p.is_empty() && keep(p))
         .max_by(|(_, (a, _)), (_, (b, _))| a.total_cmp(b))
         .map(|(i, _)| i)
 }
@@ -383,6 +400,10 @@ pub trait Generator: Send + Sync {
     fn generate(&self, request: GenerationRequest) -> Result<Generation, GenerateError>;
     /// Whether [`GenerationRequest::heal`] is honoured (the engine sees the logits).
     fn heals(&self) -> bool {
+        false
+    }
+    /// Whether [`GenerationRequest::avoid`] is honoured.
+    fn avoids(&self) -> bool {
         false
     }
     /// Puts `prompt` into the engine's cache without generating, so that a later request that
@@ -542,6 +563,17 @@ mod tests {
         assert_eq!(healing_token(&logits, &pieces, b"is_ca"), Some(2), "a piece that runs past the typed text");
         assert_eq!(healing_token(&[1.0, 2.0, 0.0, 9.0, 0.5, 10.0, 11.0], &pieces, b"is_ca"), Some(1), "a piece inside it");
         assert_eq!(healing_token(&logits, &pieces, b"zz"), None);
+    }
+
+    #[test]
+    fn avoiding_picks_the_likeliest_token_that_starts_otherwise() {
+        // The output that was thrown away began `imports: false,`.
+        let pieces: Vec<Vec<u8>> = ["imports", "im", "similar", "", "imports: false, // x", "s", "in"].iter().map(|p| p.as_bytes().to_vec()).collect();
+        let avoid = b"imports: false,";
+        assert_eq!(avoiding_token(&[9.0, 8.0, 5.0, 10.0, 7.0, 6.0, 1.0], &pieces, avoid), Some(5), "not a start of it, not past all of it, not a control token");
+        assert_eq!(avoiding_token(&[9.0, 8.0, 5.0, 10.0, 7.0, 1.0, 6.0], &pieces, avoid), Some(6), "`in` is not a start of `imports`");
+        let pieces: Vec<Vec<u8>> = ["a", ""].iter().map(|p| p.as_bytes().to_vec()).collect();
+        assert_eq!(avoiding_token(&[1.0, 2.0], &pieces, b"a"), None);
     }
 
     #[test]
