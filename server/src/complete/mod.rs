@@ -371,10 +371,11 @@ impl Completer {
         if let Some(avoid) = self.insertion_retry(&raw, &text, heal, &cursor) {
             // A line being written between two others, completed as the one after it (which the
             // suffix has, so nothing was left to show): once more with the same prompt, starting
-            // otherwise. The engine has the prompt in its cache: this costs the decoding only.
+            // otherwise, and kept only up to where it too turns to copying the lines that follow.
+            // The engine has the prompt in its cache: this costs the decoding only.
             let before = ms(started.elapsed());
             slot = self.start(&request, mode, GenerationRequest { avoid, ..gen_request }, used.clone())?;
-            text = shape::finish(mode, &wait(&slot).await?, &cursor);
+            text = shape::before_suffix_lines(&shape::finish(mode, &wait(&slot).await?, &cursor), cursor.suffix);
             first_token_ms = slot.first_token.get().map(|d| before + ms(*d));
         }
         let generate_ms = ms(started.elapsed());

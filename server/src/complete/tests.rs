@@ -262,7 +262,7 @@ async fn a_line_completed_as_the_one_after_it_is_asked_again_starting_otherwise(
     // suffix has (nothing to show); the engine is asked once more to start otherwise.
     let text = "struct S {\n    a: u8,\n    \n    c: u8,\n}\n";
     let at = |text: &str| CompletionRequest { offset: text.find("    \n").unwrap() + 4, ..request(text) };
-    let g = Arc::new(Scripted { avoids: true, otherwise: vec!["b: u8,"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    let g = Arc::new(Scripted { avoids: true, otherwise: vec!["b: u8,\n", "    c: u8,\n", "}"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
     let done = completer(Arc::clone(&g)).complete(at(text), &Retrieval::default()).await.unwrap().unwrap();
     assert_eq!(done.text, "b: u8,");
     {
@@ -271,6 +271,10 @@ async fn a_line_completed_as_the_one_after_it_is_asked_again_starting_otherwise(
         assert_eq!((seen[0].avoid.as_str(), seen[1].avoid.as_str()), ("", "c: u8,"));
         assert_eq!(seen[0].prompt, seen[1].prompt, "the same prompt, in the engine's cache");
     }
+    // A second start that copies a line that follows from its first line: nothing.
+    let copies = Arc::new(Scripted { avoids: true, otherwise: vec!["}\n"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    assert!(completer(Arc::clone(&copies)).complete(at(text), &Retrieval::default()).await.unwrap().is_none());
+    assert_eq!(copies.started.load(Ordering::SeqCst), 2);
     // An engine that cannot be told: nothing, after one generation.
     let plain = Arc::new(Scripted { otherwise: vec!["b: u8,"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
     assert!(completer(Arc::clone(&plain)).complete(at(text), &Retrieval::default()).await.unwrap().is_none());

@@ -111,6 +111,16 @@ fn repeating_the_suffix_is_dropped() {
 }
 
 #[test]
+fn a_second_start_stops_where_it_copies_the_lines_that_follow() {
+    let suffix = "\n    c: u8,\n    d: u8,\n}\n";
+    assert_eq!(before_suffix_lines("b: u8,\n    d: u8,\n}", suffix), "b: u8,");
+    assert_eq!(before_suffix_lines("d: u8,\n    e: u8,", suffix), "", "a copy from its first line");
+    assert_eq!(before_suffix_lines("b: u8,\n\n    e: u8,", suffix), "b: u8,\n\n    e: u8,", "nothing copied");
+    // The rest of the cursor's own line is not a line that follows.
+    assert_eq!(before_suffix_lines("x", "x\nfoo"), "x");
+}
+
+#[test]
 fn trailing_whitespace_is_trimmed() {
     check_finish(Mode::SingleLine, "let x = $0", "1;   ", "1;");
 }
