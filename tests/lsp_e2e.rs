@@ -153,29 +153,53 @@ async fn kenning_toml_written_outside_an_editor_without_a_file_watcher_is_read()
     }
 }
 
+/// What `kenning.status` says of the model after a completion at line 2, column 5 of `uri` (which
+/// loads the configured model).
+async fn model_after_a_completion(client: &mut Client, uri: &str) -> Value {
+    let complete = json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": 4}, "context": {"triggerKind": 1}});
+    client.request("textDocument/inlineCompletion", complete).await;
+    client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await["result"]["model"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_next_folders_kenning_toml_applies_when_the_first_folder_is_removed() {
     // The settings are the first folder's. Once it is removed from the workspace (VS Code's
-    // "Remove Folder from Workspace"), the next folder's kenning.toml is read, and watched.
+    // "Remove Folder from Workspace"), its kenning.toml stops applying, even when the next
+    // folder's is invalid, and the next folder's is read, and watched.
     let dir = tempfile::tempdir().unwrap();
-    let mut client = started(dir.path(), json!({}), json!({"generation": {"backend": "none"}})).await;
+    write(&dir.path().join("shop"), "kenning.toml", "[generation]\nbackend = \"none\"\n");
+    let mut client = started(dir.path(), json!({}), json!({})).await;
     client.wait_indexed().await;
     let other = dir.path().join("other");
     write(&other, "kenning.toml", "[completion]\nmax_tokens = \"many\"\n");
+    write(&other, "src/a.rs", "fn main() {}\n");
     let other = other.canonicalize().unwrap();
-    let invalid = |key: &'static str| move |m: &Value| m["method"] == "window/showMessage" && m["params"]["message"].as_str().is_some_and(|t| t.contains("invalid configuration") && t.contains(key));
     client.notify("workspace/didChangeWorkspaceFolders", json!({"event": {"added": [{"uri": uri(&other), "name": "other"}], "removed": []}})).await;
     let status = client.request("workspace/executeCommand", json!({"command": "kenning.status", "arguments": []})).await;
     assert_eq!(status["result"]["roots"].as_array().map(Vec::len), Some(2), "{status}");
-    client.drain();
-    assert!(!client.seen.iter().any(invalid("max_tokens")), "a second folder's settings do not apply: {:#?}", client.seen);
 
     let shop = dir.path().join("shop").canonicalize().unwrap();
     client.notify("workspace/didChangeWorkspaceFolders", json!({"event": {"added": [], "removed": [{"uri": uri(&shop), "name": "shop"}]}})).await;
-    client.wait_for(Duration::from_secs(20), invalid("max_tokens")).await;
+    let invalid = |key: &'static str| move |m: &Value| m["method"] == "window/showMessage" && m["params"]["message"].as_str().is_some_and(|t| t.contains("invalid configuration") && t.contains(key));
+    let message = client.wait_for(Duration::from_secs(20), invalid("max_tokens")).await;
+    assert!(message["params"]["message"].as_str().unwrap().contains("left out"), "{message}");
+    // The removed folder's `backend = "none"` no longer applies: a completion loads the default model.
+    let uri_a = uri(&other.join("src/a.rs"));
+    client.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri_a, "languageId": "rust", "version": 1, "text": "fn main() {\n    \n}\n"}})).await;
+    let loaded = model_after_a_completion(&mut client, &uri_a).await;
+    assert!(loaded["loaded"].as_str().is_some_and(|m| m.contains("qwen")), "{loaded}");
+
     // Written outside the editor, with no file watcher: polled as the first folder's was.
-    std::fs::write(other.join("kenning.toml"), "[completion]\ndebounce_ms = \"soon\"\n").unwrap();
-    client.wait_for(Duration::from_secs(20), invalid("debounce_ms")).await;
+    std::fs::write(other.join("kenning.toml"), "[generation]\nbackend = \"none\"\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = model_after_a_completion(&mut client, &uri_a).await;
+        if now == json!({"loaded": null}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the next folder's kenning.toml was not read again: {now}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -415,6 +415,12 @@ impl Layers {
         })
     }
 
+    /// Takes a layer out, whether or not the others resolve without it (a removed workspace
+    /// folder's `kenning.toml` no longer applies, even when the rest is invalid alone).
+    pub fn remove(&mut self, name: &str) {
+        self.layers.retain(|(n, _)| n != name);
+    }
+
     /// Sets (or replaces) a layer from TOML text.
     pub fn set_toml(&mut self, name: &str, text: &str) -> Result<(), ConfigError> {
         let value = Self::parse_toml(name, text)?;

@@ -170,6 +170,9 @@ struct Slot {
     snippets: Vec<Snippet>,
     /// Started by [`Completer::speculate`], not by a request: any fresh request stops it.
     speculative: bool,
+    /// A second start (its request had `avoid`): what it shows stops where it copies the lines
+    /// that follow, reused as when fresh.
+    second_start: bool,
 }
 
 impl Slot {
@@ -390,16 +393,19 @@ impl Completer {
 
     /// What a second generation must not begin with when the first one's output (`raw`) came to
     /// nothing (`shown` empty) only because it repeated the lines after the cursor, at the end of a
-    /// line (a line being inserted): the thrown-away start, up to the end of its first line with
-    /// code. `None` otherwise (something was shown, the cursor is mid-line or inside a word, or the
+    /// line (a line being inserted): the thrown-away start's first line with code. Every first token
+    /// that begins it is ruled out, so a line that starts the same (`pub c: u8,` avoided, `pub b:
+    /// u8,` wanted) is out of reach too: a coarse rule, for a case that showed nothing at all before.
+    /// `None` otherwise (something was shown, the cursor is mid-line or inside a word, or the
     /// engine cannot be told).
     fn insertion_retry(&self, raw: &str, shown: &str, heal: &str, cursor: &Cursor<'_>) -> Option<String> {
         if !shown.is_empty() || !heal.is_empty() || !cursor.line_after.trim().is_empty() || !self.generator.avoids() {
             return None;
         }
+        // Without the whitespace before it: avoiding that would push the indentation off instead.
         let code = raw.find(|c: char| !c.is_whitespace())?;
         let end = raw[code..].find('\n').map_or(raw.len(), |n| code + n);
-        Some(raw[..end].trim_end().to_owned())
+        Some(raw[code..end].trim_end().to_owned())
     }
 
     /// Whether line `line` of `path` is somewhere context was not gathered for (see
@@ -634,7 +640,10 @@ impl Completer {
         let text_now = format!("{prefix}{suffix}");
         let cursor = Cursor::new(&text_now, prefix.len());
         let (cut, _) = shape::cut(mode, rest, &cursor, Limits { max_lines: self.settings.max_lines });
-        let text = shape::finish(mode, &cut, &cursor);
+        let mut text = shape::finish(mode, &cut, &cursor);
+        if slot.second_start {
+            text = shape::before_suffix_lines(&text, suffix);
+        }
         Some(Ok(Completion {
             text,
             mode,
@@ -680,6 +689,7 @@ fn start_slot(
     speculative: bool,
 ) -> Result<Arc<Slot>, GenerateError> {
     let started = Instant::now();
+    let second_start = !gen_request.avoid.is_empty();
     let mut generation = generator.generate(gen_request)?;
     let (tx, rx) = watch::channel(SlotState::Running(String::new()));
     let text = request.text.clone();
@@ -749,6 +759,7 @@ fn start_slot(
         logprobs,
         snippets,
         speculative,
+        second_start,
     });
     let mut slots = slots.lock().expect("slots lock");
     slots.push(Arc::clone(&slot));

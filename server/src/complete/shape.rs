@@ -280,12 +280,13 @@ pub fn finish(mode: Mode, text: &str, cursor: &Cursor<'_>) -> String {
     out.trim_end().to_owned()
 }
 
-/// `text` up to its first line that is one of the suffix's next lines (after the cursor's): what
-/// a second start writes once it turns to copying the code that follows. Used only for the second
-/// start (see `Completer::complete`), whose first start was that code already.
+/// `text` up to its first line that is one of the suffix's next lines (after the cursor's) with a
+/// word in it (a closing `}` or `});` is every block's, not a copy): what a second start writes
+/// once it turns to copying the code that follows. Used only for the second start (see
+/// `Completer::complete`), whose first start was that code already.
 pub fn before_suffix_lines(text: &str, suffix: &str) -> String {
-    let next: Vec<&str> = suffix.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).take(8).collect();
-    let kept: Vec<&str> = text.lines().take_while(|l| !next.contains(&l.trim()) || l.trim().is_empty()).collect();
+    let next: Vec<&str> = suffix.lines().skip(1).map(str::trim).filter(|l| l.chars().any(char::is_alphanumeric)).take(8).collect();
+    let kept: Vec<&str> = text.lines().take_while(|l| !next.contains(&l.trim())).collect();
     kept.join("\n").trim_end().to_owned()
 }
 

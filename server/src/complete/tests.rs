@@ -260,29 +260,43 @@ async fn a_partial_word_at_the_cursor_is_healed_when_the_engine_can() {
 async fn a_line_completed_as_the_one_after_it_is_asked_again_starting_otherwise() {
     // A field being inserted between two others: the likeliest start is the next field, which the
     // suffix has (nothing to show); the engine is asked once more to start otherwise.
-    let text = "struct S {\n    a: u8,\n    \n    c: u8,\n}\n";
+    let text = "struct S {\n    a: u8,\n    \n    c: u8,\n    d: u8,\n}\n";
     let at = |text: &str| CompletionRequest { offset: text.find("    \n").unwrap() + 4, ..request(text) };
-    let g = Arc::new(Scripted { avoids: true, otherwise: vec!["b: u8,\n", "    c: u8,\n", "}"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
-    let done = completer(Arc::clone(&g)).complete(at(text), &Retrieval::default()).await.unwrap().unwrap();
-    assert_eq!(done.text, "b: u8,");
+    let first = vec!["c: u8,\n", "    d: u8,\n", "}"];
+    let g = Arc::new(Scripted { avoids: true, otherwise: vec!["b: u8,\n", "    d: u8,\n", "}"], ..Scripted::unshared(first.clone(), 1) });
+    let c = completer(Arc::clone(&g));
+    let done = c.complete(at(text), &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!(done.text, "b: u8,", "up to where it copies `d: u8,`");
     {
         let seen = g.seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!((seen[0].avoid.as_str(), seen[1].avoid.as_str()), ("", "c: u8,"));
         assert_eq!(seen[0].prompt, seen[1].prompt, "the same prompt, in the engine's cache");
     }
+    // Asked again at the same place: the second start is reused, and shows the same.
+    let again = c.complete(at(text), &Retrieval::default()).await.unwrap().unwrap();
+    assert_eq!((again.text.as_str(), again.reuse), ("b: u8,", Reuse::Cache));
+    assert_eq!(g.started.load(Ordering::SeqCst), 2);
+
     // A second start that copies a line that follows from its first line: nothing.
-    let copies = Arc::new(Scripted { avoids: true, otherwise: vec!["}\n"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    let copies = Arc::new(Scripted { avoids: true, otherwise: vec!["d: u8,\n"], ..Scripted::unshared(first.clone(), 1) });
     assert!(completer(Arc::clone(&copies)).complete(at(text), &Retrieval::default()).await.unwrap().is_none());
     assert_eq!(copies.started.load(Ordering::SeqCst), 2);
     // An engine that cannot be told: nothing, after one generation.
-    let plain = Arc::new(Scripted { otherwise: vec!["b: u8,"], ..Scripted::unshared(vec!["c: u8,\n", "}"], 1) });
+    let plain = Arc::new(Scripted { otherwise: vec!["b: u8,"], ..Scripted::unshared(first, 1) });
     assert!(completer(Arc::clone(&plain)).complete(at(text), &Retrieval::default()).await.unwrap().is_none());
     assert_eq!(plain.started.load(Ordering::SeqCst), 1);
     // Something shown the first time: no second generation.
     let fine = Arc::new(Scripted { avoids: true, otherwise: vec!["x"], ..Scripted::unshared(vec!["b: u8,"], 1) });
     assert_eq!(completer(Arc::clone(&fine)).complete(at(text), &Retrieval::default()).await.unwrap().unwrap().text, "b: u8,");
     assert_eq!(fine.started.load(Ordering::SeqCst), 1);
+    // Text after the cursor on its line (here the closer the model wrote too): not a line being
+    // inserted, no second generation.
+    let closing = Arc::new(Scripted { avoids: true, otherwise: vec!["x"], ..Scripted::unshared(vec![")"], 1) });
+    let text = "fn f() {\n    g()\n}\n";
+    let before_closer = CompletionRequest { offset: text.find("g()").unwrap() + 2, ..request(text) };
+    assert!(completer(Arc::clone(&closing)).complete(before_closer, &Retrieval::default()).await.unwrap().is_none());
+    assert_eq!(closing.started.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -455,7 +455,7 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
         let Some(root) = state.root_of(&path) else { continue };
         // The first folder's own kenning.toml, not one of a project nested in it.
         if path == root.path.join(FILE_NAME) && state.roots().first().is_some_and(|r| r.path == root.path) {
-            reload_config(state, Some(&root.path)).await;
+            reload_config(state, Some(&root.path), false).await;
         }
         if !roots.iter().any(|r| Arc::ptr_eq(r, &root)) {
             roots.push(root);
@@ -466,22 +466,34 @@ pub(super) async fn changed(state: &Arc<State>, uris: &[Uri]) {
     }
 }
 
-/// Reads the first folder's `kenning.toml` into the configuration (`None`: no folder is left, so
-/// no folder's settings apply). Stamped before it is read: a write in between is seen by the next
-/// poll. A missing file is an empty one.
-async fn reload_config(state: &State, first: Option<&std::path::Path>) {
-    let result = {
+/// Reads the first folder's `kenning.toml` into the configuration (`None`: no folder is left).
+/// Stamped before it is read: a write in between is seen by the next poll. A missing file is an
+/// empty one. `folder_changed`: the first folder is another one now, so the old folder's file is
+/// taken out first and stays out even if this one is invalid (an edit that does not parse keeps
+/// the last good one instead).
+async fn reload_config(state: &State, first: Option<&std::path::Path>, folder_changed: bool) {
+    let text = first.map(|root| {
+        let path = root.join(FILE_NAME);
+        *state.config_seen.lock().expect("config stamp lock") = stamp(&path);
+        std::fs::read_to_string(&path).unwrap_or_default()
+    });
+    let (result, left_out) = {
         let mut layers = state.layers.lock().expect("layers lock");
-        let set = match first {
-            Some(root) => {
-                let path = root.join(FILE_NAME);
-                *state.config_seen.lock().expect("config stamp lock") = stamp(&path);
-                layers.set_workspace_toml(root, &std::fs::read_to_string(&path).unwrap_or_default())
-            }
-            None => layers.set_toml(FILE_NAME, ""),
-        };
-        set.and_then(|()| layers.resolve())
+        if folder_changed {
+            layers.remove(FILE_NAME);
+        }
+        match (first, text) {
+            (Some(root), Some(text)) => match layers.set_workspace_toml(root, &text) {
+                Ok(()) => (layers.resolve(), None),
+                Err(e) if folder_changed => (layers.resolve(), Some(e)),
+                Err(e) => (Err(e), None),
+            },
+            _ => (layers.resolve(), None),
+        }
     };
+    if let Some(e) = left_out {
+        state.client.show_message(MessageType::ERROR, format!("kenning: invalid configuration, left out (the other settings apply): {e}")).await;
+    }
     state.apply_config(result).await;
 }
 
@@ -508,7 +520,7 @@ pub(super) async fn folders_changed(state: &Arc<State>, event: WorkspaceFoldersC
         (a, b) => a.is_none() && b.is_none(),
     };
     if !same {
-        reload_config(state, first.as_ref().map(|r| r.path.as_path())).await;
+        reload_config(state, first.as_ref().map(|r| r.path.as_path()), true).await;
         if let Some(first) = first {
             tokio::spawn(poll_config(Arc::clone(state), first));
         }

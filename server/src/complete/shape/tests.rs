@@ -118,6 +118,8 @@ fn a_second_start_stops_where_it_copies_the_lines_that_follow() {
     assert_eq!(before_suffix_lines("b: u8,\n\n    e: u8,", suffix), "b: u8,\n\n    e: u8,", "nothing copied");
     // The rest of the cursor's own line is not a line that follows.
     assert_eq!(before_suffix_lines("x", "x\nfoo"), "x");
+    // A closer is every block's: a block the second start opens keeps its own.
+    assert_eq!(before_suffix_lines("if ready {\n        go();\n    }", "\n    done();\n}\n"), "if ready {\n        go();\n    }");
 }
 
 #[test]
