@@ -81,8 +81,9 @@ fn healing_makes_the_output_begin_with_the_typed_part_of_a_word_and_leaves_it_ou
 #[test]
 fn avoid_makes_the_output_start_otherwise_from_the_same_prompt() {
     // A completion thrown away (it repeated the line after the cursor) is asked for again with
-    // its start avoided: the next-best start, still code, from the prompt the cache holds.
-    let engine = qwen();
+    // its start avoided: the next-best start, still code, from the prompt the cache holds. An
+    // engine of its own: the shared one's cache is other tests' too, in parallel.
+    let engine = &load("qwen2.5-coder-0.5b");
     assert!(engine.avoids());
     let prompt = fim(engine, "/// A point in space.\nstruct Point3 {\n    x: f32,\n    ", "\n    z: f32,\n}\n");
     let greedy = |avoid: &str| {
