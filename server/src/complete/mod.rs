@@ -176,6 +176,13 @@ struct Slot {
 }
 
 impl Slot {
+    /// What this slot's finished text `raw` shows at `cursor`: cleaned up, and for a second start
+    /// cut where it copies the lines that follow (fresh or reused alike).
+    fn shown(&self, mode: Mode, raw: &str, cursor: &Cursor<'_>) -> String {
+        let text = shape::finish(mode, raw, cursor);
+        if self.second_start { shape::before_suffix_lines(&text, cursor.suffix) } else { text }
+    }
+
     /// Still generating (not finished, not aborted).
     fn running(&self) -> bool {
         matches!(*self.state.borrow(), SlotState::Running(_)) && !self.task.is_finished()
@@ -378,7 +385,7 @@ impl Completer {
             // The engine has the prompt in its cache: this costs the decoding only.
             let before = ms(started.elapsed());
             slot = self.start(&request, mode, GenerationRequest { avoid, ..gen_request }, used.clone())?;
-            text = shape::before_suffix_lines(&shape::finish(mode, &wait(&slot).await?, &cursor), cursor.suffix);
+            text = slot.shown(mode, &wait(&slot).await?, &cursor);
             first_token_ms = slot.first_token.get().map(|d| before + ms(*d));
         }
         let generate_ms = ms(started.elapsed());
@@ -640,10 +647,7 @@ impl Completer {
         let text_now = format!("{prefix}{suffix}");
         let cursor = Cursor::new(&text_now, prefix.len());
         let (cut, _) = shape::cut(mode, rest, &cursor, Limits { max_lines: self.settings.max_lines });
-        let mut text = shape::finish(mode, &cut, &cursor);
-        if slot.second_start {
-            text = shape::before_suffix_lines(&text, suffix);
-        }
+        let text = slot.shown(mode, &cut, &cursor);
         Some(Ok(Completion {
             text,
             mode,

@@ -285,14 +285,19 @@ pub fn finish(mode: Mode, text: &str, cursor: &Cursor<'_>) -> String {
 /// once it turns to copying the code that follows. Used only for the second start (see
 /// `Completer::complete`), whose first start was that code already.
 pub fn before_suffix_lines(text: &str, suffix: &str) -> String {
-    let next: Vec<&str> = suffix.lines().skip(1).map(str::trim).filter(|l| l.chars().any(char::is_alphanumeric)).take(8).collect();
+    let next: Vec<&str> = following_lines(suffix).filter(|l| l.chars().any(char::is_alphanumeric)).take(8).collect();
     let kept: Vec<&str> = text.lines().take_while(|l| !next.contains(&l.trim())).collect();
     kept.join("\n").trim_end().to_owned()
 }
 
+/// The lines after the cursor's own, trimmed.
+fn following_lines(suffix: &str) -> impl Iterator<Item = &str> {
+    suffix.lines().skip(1).map(str::trim)
+}
+
 /// Lines at the end of `text` that the suffix starts with (after blank lines), removed.
 fn drop_suffix_lines(text: &str, suffix: &str) -> String {
-    let suffix_lines: Vec<&str> = suffix.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).take(8).collect();
+    let suffix_lines: Vec<&str> = following_lines(suffix).filter(|l| !l.is_empty()).take(8).collect();
     let lines: Vec<&str> = text.lines().collect();
     for n in (1..=lines.len().min(suffix_lines.len())).rev() {
         let tail: Vec<&str> = lines[lines.len() - n..].iter().map(|l| l.trim()).collect();

@@ -553,22 +553,23 @@ impl Session<'_> {
             if sink.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            let token = if generated == 0 && !avoid.is_empty() {
-                let Some(id) = super::avoiding_token(self.ctx.get_logits_ith(last_index), &self.pieces, avoid) else {
-                    break FinishReason::EndOfText;
-                };
-                let token = LlamaToken(id as i32);
-                sampler.accept(token);
-                token
-            } else if heal.is_empty() {
-                sampler.sample(&self.ctx, last_index)
+            // A token chosen under a constraint (the first one away from `avoid`, or one that
+            // agrees with what is left to heal), else the sampler's.
+            let forced = if generated == 0 && !avoid.is_empty() {
+                Some(super::avoiding_token(self.ctx.get_logits_ith(last_index), &self.pieces, avoid))
+            } else if !heal.is_empty() {
+                Some(super::healing_token(self.ctx.get_logits_ith(last_index), &self.pieces, heal))
             } else {
-                let Some(id) = super::healing_token(self.ctx.get_logits_ith(last_index), &self.pieces, heal) else {
-                    break FinishReason::EndOfText;
-                };
-                let token = LlamaToken(id as i32);
-                sampler.accept(token);
-                token
+                None
+            };
+            let token = match forced {
+                None => sampler.sample(&self.ctx, last_index),
+                Some(None) => break FinishReason::EndOfText,
+                Some(Some(id)) => {
+                    let token = LlamaToken(id as i32);
+                    sampler.accept(token);
+                    token
+                }
             };
             generated += 1;
             first_token.get_or_insert_with(|| started.elapsed());
